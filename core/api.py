@@ -1,0 +1,145 @@
+"""The Python API: one function per command, for notebooks and training scripts.
+
+>>> import torch, edgex.core as edgex
+>>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+>>> report = edgex.convert(model, example_inputs=(torch.randn(1, 3, 32, 32),), targets=["onnx"], out="out")
+>>> report.targets["onnx"].status
+'passed'
+
+Functions return typed reports (:class:`Report`, :class:`TargetReport`, :class:`ParityReport`)
+whose ``to_json()`` is exactly report.json. Errors are :class:`edgex.core.errors.EdgexError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from edgex.core import pipeline
+from edgex.core.compress import CompressionStep
+from edgex.core.loading import load_model as _load_model
+from edgex.core.parity import ParityReport
+from edgex.core.pipeline import ConvertSettings
+from edgex.core.report import Report, TargetReport
+from edgex.core.types import ReferenceModel
+
+__all__ = ["convert", "validate", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport"]
+
+
+def plugin_manager(observers: Iterable[Any] = ()) -> Any:
+    """The installed plugins (built-ins and the ``edgex`` entry-point group), plus ``observers``."""
+    from edgex.plugins.manager import PluginManager
+
+    manager = PluginManager()
+    for index, observer in enumerate(observers):
+        manager.register_observer(observer, f"observer-{index}")
+    return manager
+
+
+def load_model(
+    model: Any,
+    *,
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> ReferenceModel:
+    """A MODEL spec string (see SPEC.md) or an in-memory ``nn.Module`` as a :class:`ReferenceModel`."""
+    if isinstance(model, ReferenceModel):
+        return model
+    shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes else None
+    if isinstance(model, (str, Path)):
+        return _load_model(str(model), input_shapes=shapes, example_inputs=example_inputs, weights=Path(weights) if weights else None, trust_pickle=trust_pickle)
+    name = type(model).__name__
+    return _load_model(f"<in-memory {name}>", module=model, input_shapes=shapes, example_inputs=example_inputs)
+
+
+def _settings(settings: ConvertSettings | None, overrides: Mapping[str, Any]) -> ConvertSettings:
+    from dataclasses import replace
+
+    base = settings or ConvertSettings()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def convert(
+    model: Any,
+    targets: Sequence[str] = ("onnx",),
+    *,
+    out: str | Path = "edgex-out",
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    precision: str | None = None,
+    calibration: Any = None,
+    eval_data: Any = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    compression: Sequence[CompressionStep] | None = None,
+    settings: ConvertSettings | None = None,
+    plugins: Any = None,
+) -> Report:
+    """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
+
+    ``model`` is a MODEL spec or an ``nn.Module`` (then give ``example_inputs``). Writes
+    artifacts and report.json under ``out`` and returns the :class:`Report`.
+    """
+    reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
+    resolved = _settings(
+        settings,
+        {
+            "targets": tuple(targets),
+            "precision": precision,
+            "calibration": calibration,
+            "eval_data": eval_data,
+            "samples": samples,
+            "seed": seed,
+            "atol": atol,
+            "rtol": rtol,
+            "options": dict(options) if options else None,
+            "compression": tuple(compression) if compression else None,
+        },
+    )
+    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out))
+
+
+def validate(
+    artifact: str | Path,
+    reference: Any,
+    *,
+    target: str | None = None,
+    out: str | Path = "edgex-out",
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    precision: str | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    settings: ConvertSettings | None = None,
+    plugins: Any = None,
+) -> Report:
+    """Check an existing artifact against ``reference`` on the artifact's own runtime."""
+    model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
+    resolved = _settings(settings, {"precision": precision, "samples": samples, "seed": seed, "atol": atol, "rtol": rtol})
+    return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
+
+
+def compress(
+    model: Any,
+    steps: Sequence[CompressionStep],
+    *,
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    calibration: Any = None,
+    distill_data: Any = None,
+    seed: int = 0,
+    plugins: Any = None,
+) -> tuple[ReferenceModel, dict[str, Any]]:
+    """Apply compression ``steps``; returns the compressed reference and the summary."""
+    from edgex.core.compress import compress_reference
+
+    reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
+    settings = ConvertSettings(compression=tuple(steps), calibration=calibration, distill_data=distill_data, seed=seed)
+    return compress_reference(plugins or plugin_manager(), reference, settings)

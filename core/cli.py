@@ -1,0 +1,332 @@
+"""The ``edgex`` command line: the only core module that reaches into ``edgex.plugins``.
+
+Heavy frameworks are imported by the commands that use them, never here: ``edgex --help`` and
+``edgex targets`` stay fast. Errors a user can act on print as one line (``edgex: error: ...``)
+with the exit code of SPEC.md; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgex.core import __version__
+from edgex.core.errors import EdgexError, UsageError
+
+EPILOG = "exit codes: 0 all passed, 1 an artifact failed parity, 2 bad usage or input, 3 a target failed to convert or its backend is missing"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _manager():
+    from edgex.plugins.manager import PluginManager
+
+    return PluginManager()
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--input-shape", action="append", metavar="N,C,H,W", help="input shape, once per input (e.g. 1,3,224,224)")
+    group.add_argument("--example-inputs", type=Path, metavar="FILE", help="example inputs (.npy, or .npz with one array per input); several rows are used as parity samples")
+    group.add_argument("--weights", type=Path, metavar="FILE", help="a state dict to load into a factory's model (weights_only=True)")
+    group.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole nn.Module (runs code from the file: only for files you trust)")
+
+
+def _add_parity_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parity")
+    group.add_argument("--samples", type=int, default=32, metavar="N", help="parity inputs per target (default 32)")
+    group.add_argument("--seed", type=int, default=0, help="seed for sampled inputs (default 0)")
+    group.add_argument("--atol", type=float, help="absolute tolerance, replacing the precision's own")
+    group.add_argument("--rtol", type=float, help="relative tolerance, replacing the precision's own")
+    group.add_argument("--eval-data", type=Path, metavar="FILE.npz", help="labelled data (x, y) for task accuracy")
+    group.add_argument("--timeout", type=float, metavar="S", help="per-target time limit in seconds")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder (default ./edgex-out); nothing is written outside it")
+    parser.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
+
+def _add_target_options(parser: argparse.ArgumentParser, manager: Any) -> None:
+    """``--<option>`` for every option an installed target declares."""
+    if manager is None:
+        return
+    seen: dict[str, Any] = {}
+    group = parser.add_argument_group("target options")
+    try:
+        targets = manager.targets().values()
+    except EdgexError:
+        return  # reported when the command resolves its targets
+    for target in targets:
+        for option in target.spec.options:
+            if option.name in seen:
+                continue
+            seen[option.name] = option
+            flag = "--" + option.name.replace("_", "-")
+            help_text = f"{option.help} [{target.name}]"
+            if option.type is bool:
+                group.add_argument(flag, dest=f"opt_{option.name}", action="store_true", default=None, help=help_text)
+            else:
+                group.add_argument(
+                    flag, dest=f"opt_{option.name}", type=option.type, default=None, help=help_text,
+                    choices=list(option.choices) or None,
+                )
+
+
+def _target_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+
+
+def _shapes(args: argparse.Namespace) -> list[tuple[int, ...]] | None:
+    from edgex.core.loading import parse_shape
+
+    return [parse_shape(s) for s in args.input_shape] if args.input_shape else None
+
+
+def _quantize(value: str | None) -> str | None:
+    return {"none": "fp32", None: None}.get(value, value)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _print_report(report: Any, args: argparse.Namespace, out: Path) -> None:
+    from edgex.core.report import dumps, render_table, summary_line
+
+    if args.json:
+        print(dumps(report.to_json()))
+        return
+    print(render_table(report))
+    print(summary_line(report, out))
+    if args.debug:
+        for row in report.targets.values():
+            if getattr(row, "traceback", ""):
+                print(f"--- {row.name} traceback (from the child process) ---\n{row.traceback}", file=sys.stderr)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from edgex.core.report import dumps
+
+    manager = _manager()
+    rows = []
+    for target in manager.targets().values():
+        status = manager.backend_status(target.name)
+        rows.append(
+            {
+                "name": target.name,
+                "aliases": list(target.spec.aliases),
+                "plugin": target.plugin,
+                "package": target.package,
+                "version": target.version,
+                "status": "available" if status.available else "unavailable",
+                "backend": status.backend,
+                "install_hint": status.install_hint or None,
+                "precisions": list(target.spec.precisions),
+                "default_precision": target.spec.default_precision,
+                "artifacts": list(target.spec.artifact_kinds),
+                "description": target.spec.description,
+            }
+        )
+    if args.json:
+        print(dumps(rows))
+        return 0
+    table = [("target", "aliases", "status", "precisions", "plugin", "backend")]
+    for r in rows:
+        backend = r["backend"] if r["status"] == "available" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
+        table.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from edgex.core.report import dumps
+
+    manager = _manager()
+    infos = manager.plugins()
+    if args.json:
+        print(dumps([p.to_json() for p in infos]))
+    else:
+        for info in infos:
+            where = f"{info.package} {info.version}".strip()
+            line = f"{info.name}  [{info.status}]  {where}"
+            print(line)
+            if info.status == "failed":
+                print(f"    error: {info.error}")
+            else:
+                print(f"    hooks: {', '.join(info.hooks)}")
+    return 1 if any(p.status == "failed" for p in infos) and args.strict else 0
+
+
+def _settings(args: argparse.Namespace, **extra: Any):
+    from edgex.core.pipeline import ConvertSettings
+
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    return ConvertSettings(
+        samples=args.samples,
+        seed=args.seed,
+        atol=args.atol,
+        rtol=args.rtol,
+        eval_data=args.eval_data,
+        parity_inputs=args.example_inputs,
+        options=_target_options(args),
+        timeout_s=args.timeout,
+        **extra,
+    )
+
+
+def _load(args: argparse.Namespace, spec: str):
+    from edgex.core.loading import load_model
+
+    return load_model(spec, input_shapes=_shapes(args), example_inputs=args.example_inputs, weights=args.weights, trust_pickle=args.trust_pickle)
+
+
+def _compression_steps(args: argparse.Namespace) -> tuple[Any, ...]:
+    from edgex.core.compress.options import steps_from_args
+
+    return steps_from_args(args)
+
+
+def cmd_convert(args: argparse.Namespace, manager: Any) -> int:
+    from edgex.core import pipeline
+
+    model = _load(args, args.model)
+    settings = _settings(
+        args,
+        targets=tuple(args.target or ()),
+        precision=_quantize(args.quantize),
+        calibration=args.calibration,
+        compression=_compression_steps(args),
+        distill_data=getattr(args, "distill_data", None),
+    )
+    report = pipeline.convert(manager, model, settings, args.out)
+    _print_report(report, args, args.out)
+    return report.exit_code
+
+
+def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
+    from edgex.core import pipeline
+
+    model = _load(args, args.reference)
+    settings = _settings(args, precision=_quantize(args.quantize))
+    report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target)
+    _print_report(report, args, args.out)
+    return report.exit_code
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser(manager: Any = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edgex",
+        description="Compress a PyTorch model, convert it for edge targets, and prove on each target's own runtime that it still computes the same thing.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"edgex {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("targets", help="list every target and whether its backend is available", epilog=EPILOG)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_targets)
+
+    p = sub.add_parser("plugins", help="list every plugin module and the hooks it implements", epilog=EPILOG)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a plugin failed to load")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("convert", help="convert MODEL for targets and validate each artifact", epilog=EPILOG)
+    p.add_argument("model", metavar="MODEL", help="file.py:factory, package.module:factory, model.pt2, model.pt, model.onnx or examples:NAME")
+    p.add_argument("--target", "-t", action="append", metavar="T", help="target name or alias (repeatable), or 'all'")
+    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="precision (default: each target's own)")
+    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="calibration samples for int8 (.npy, .npz or a folder of images)")
+    _add_model_options(p)
+    _add_parity_options(p)
+    _add_compression_options(p)
+    _add_target_options(p, manager)
+    _add_output_options(p)
+    p.set_defaults(handler=cmd_convert, needs_manager=True)
+
+    p = sub.add_parser("validate", help="validate an existing artifact against its reference model", epilog=EPILOG)
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("--reference", required=True, metavar="MODEL", help="the model the artifact must match (a MODEL spec)")
+    p.add_argument("--target", "-t", metavar="T", help="the artifact's target (default: from its file name)")
+    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="judge at this precision (default: read from the artifact)")
+    _add_model_options(p)
+    _add_parity_options(p)
+    _add_target_options(p, manager)
+    _add_output_options(p)
+    p.set_defaults(handler=cmd_validate, needs_manager=True)
+    return parser
+
+
+def _add_compression_options(parser: argparse.ArgumentParser) -> None:
+    from edgex.core.compress.options import add_compression_options
+
+    add_compression_options(parser)
+
+
+def _wants_manager(argv: Sequence[str]) -> bool:
+    """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return bool(words) and words[0] in ("convert", "validate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not debug:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    progress = None
+    try:
+        manager = _manager() if _wants_manager(argv) else None
+        parser = build_parser(manager)
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        if getattr(args, "needs_manager", False):
+            from edgex.core.progress import ProgressDisplay
+
+            progress = ProgressDisplay(enabled=None if not args.json else False)
+            manager.register_observer(progress, "edgex.progress")
+            return int(args.handler(args, manager))
+        return int(args.handler(args))
+    except EdgexError as exc:
+        if debug:
+            raise
+        print(f"edgex: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgex: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"edgex: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 3
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

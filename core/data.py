@@ -1,0 +1,172 @@
+"""Sample data: calibration sets, parity inputs, labelled evaluation data.
+
+A *sample set* is a tuple with one array per model input, each ``(N, *input_shape[1:])``: the
+samples stacked on axis 0. ``batches`` cuts it into tuples shaped exactly like the model's
+inputs. Files are .npy, .npz (arrays by input name or in order; ``x``/``y`` for labelled data)
+or a folder of images; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgex.core.errors import UsageError
+from edgex.core.loading import load_arrays, synthetic_input
+from edgex.core.types import TensorSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+SMALL_CALIBRATION = 100
+
+SampleSet = tuple[np.ndarray, ...]
+
+
+def _per_sample(spec: TensorSpec) -> tuple[int, ...]:
+    return tuple(spec.shape[1:])
+
+
+def check_samples(arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec], what: str) -> SampleSet:
+    """Validate that ``arrays`` stack samples for ``inputs``; a one-line error otherwise."""
+    if len(arrays) != len(inputs):
+        raise UsageError(f"{what} holds {len(arrays)} arrays but the model takes {len(inputs)} inputs ({', '.join(s.name for s in inputs)})")
+    checked = []
+    for array, spec in zip(arrays, inputs):
+        array = np.asarray(array)
+        if tuple(array.shape) == spec.shape:
+            pass  # one batch exactly as the model takes it
+        elif tuple(array.shape[1:]) != _per_sample(spec):
+            raise UsageError(
+                f"{what}: samples of shape {tuple(array.shape[1:])} (array {tuple(array.shape)}) do not fit "
+                f"input {spec.name!r}, which takes {_per_sample(spec)} per sample (model input {spec.shape})"
+            )
+        if np.issubdtype(np.dtype(spec.dtype), np.floating):
+            array = array.astype(spec.dtype, copy=False)
+        checked.append(array)
+    counts = {len(a) for a in checked}
+    if len(counts) != 1:
+        raise UsageError(f"{what}: the inputs hold different numbers of samples ({sorted(counts)})")
+    return tuple(checked)
+
+
+def _load_images(folder: Path, spec: TensorSpec) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no .npy files")
+    if len(spec.shape) != 4:
+        raise UsageError(f"a folder of images fits a 4-D image input, but {spec.name!r} is {spec.shape}")
+    channels_first = spec.shape[1] in (1, 3)
+    channels = spec.shape[1] if channels_first else spec.shape[3]
+    height, width = (spec.shape[2], spec.shape[3]) if channels_first else (spec.shape[1], spec.shape[2])
+    if channels not in (1, 3):
+        raise UsageError(f"input {spec.name!r} {spec.shape} is not a 1- or 3-channel image")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                pixels = np.asarray(image, dtype=np.float32) / 255.0
+        except Exception as exc:
+            raise UsageError(f"cannot read image {file}: {exc}") from exc
+        pixels = pixels.reshape(height, width, channels)
+        images.append(pixels.transpose(2, 0, 1) if channels_first else pixels)
+    return np.stack(images).astype(spec.dtype)
+
+
+def load_samples(path: Path, inputs: Sequence[TensorSpec], what: str) -> SampleSet:
+    """A sample set from an .npy/.npz file or a folder of images (or of .npy files)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} not found: {path}")
+    if path.is_dir():
+        npys = sorted(path.glob("*.npy"))
+        if npys and len(inputs) == 1:
+            arrays = [np.stack([np.load(p, allow_pickle=False) for p in npys])]
+            arrays = [a.reshape(len(a), *inputs[0].shape[1:]) if a[0].shape == inputs[0].shape else a for a in arrays]
+        else:
+            if len(inputs) != 1:
+                raise UsageError(f"{what}: a folder fits a single-input model; this one takes {len(inputs)} inputs (use .npz)")
+            arrays = [_load_images(path, inputs[0])]
+        return check_samples(arrays, inputs, f"{what} {path}")
+    named = dict(load_arrays(path, what))
+    if "x" in named and len(inputs) == 1:
+        arrays = [named["x"]]
+    elif all(spec.name in named for spec in inputs):
+        arrays = [named[spec.name] for spec in inputs]
+    else:
+        arrays = list(named.values())
+    return check_samples(arrays, inputs, f"{what} {path}")
+
+
+def load_labelled(path: Path, inputs: Sequence[TensorSpec], what: str) -> tuple[SampleSet, np.ndarray | None]:
+    """Samples plus labels ``y`` when the .npz holds them."""
+    samples = load_samples(path, inputs, what)
+    labels = None
+    if Path(path).suffix == ".npz":
+        named = dict(load_arrays(Path(path), what))
+        if "y" in named:
+            labels = np.asarray(named["y"])
+            if len(labels) != len(samples[0]):
+                raise UsageError(f"{what} {path}: {len(labels)} labels for {len(samples[0])} samples")
+    return samples, labels
+
+
+def count(samples: SampleSet) -> int:
+    return int(len(samples[0]))
+
+
+def batches(samples: SampleSet, inputs: Sequence[TensorSpec]) -> list[tuple[np.ndarray, ...]]:
+    """Cut a sample set into tuples shaped exactly like the model's inputs (a ragged tail is dropped)."""
+    batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    if all(tuple(a.shape) == s.shape for a, s in zip(samples, inputs)):
+        return [tuple(samples)]
+    n = count(samples) // batch
+    return [tuple(np.ascontiguousarray(a[i * batch : (i + 1) * batch]) for a in samples) for i in range(n)]
+
+
+def take(samples: SampleSet, n: int, seed: int) -> SampleSet:
+    """``n`` samples drawn without replacement (all of them, in order, when there are fewer)."""
+    total = count(samples)
+    if total <= n:
+        return samples
+    index = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    return tuple(a[index] for a in samples)
+
+
+def synthetic_samples(inputs: Sequence[TensorSpec], n: int, seed: int) -> SampleSet:
+    """``n`` seeded random samples (standard normal floats)."""
+    rng = np.random.default_rng(seed)
+    stacked = []
+    for spec in inputs:
+        sample = TensorSpec(spec.name, (n * spec.shape[0], *spec.shape[1:]), spec.dtype)
+        stacked.append(synthetic_input(sample, rng))
+    return tuple(stacked)
+
+
+def calibration_warnings(calibration: SampleSet, reference: SampleSet | None, inputs: Sequence[TensorSpec]) -> list[str]:
+    """Warnings about a calibration set that may give poor int8 scales."""
+    warnings = []
+    if count(calibration) < SMALL_CALIBRATION:
+        warnings.append(
+            f"calibration has {count(calibration)} samples (< {SMALL_CALIBRATION}): int8 ranges may miss "
+            "real inputs; pass more with --calibration"
+        )
+    for index, (array, spec) in enumerate(zip(calibration, inputs)):
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        low, high = float(array.min()), float(array.max())
+        if high - low <= 1e-12:
+            warnings.append(f"calibration input {spec.name!r} is constant ({low:g}): int8 scales will be degenerate")
+            continue
+        if reference is not None:
+            ref_low, ref_high = float(reference[index].min()), float(reference[index].max())
+            width, ref_width = high - low, ref_high - ref_low
+            if ref_width > 4 * width or ref_low < low - width or ref_high > high + width:
+                warnings.append(
+                    f"calibration input {spec.name!r} spans [{low:.3g}, {high:.3g}] but the parity inputs span "
+                    f"[{ref_low:.3g}, {ref_high:.3g}]: the calibration looks unrepresentative"
+                )
+    return warnings

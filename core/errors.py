@@ -1,0 +1,51 @@
+"""The errors edgex raises on purpose: each one is a message a user can act on.
+
+The command line prints them as one line (a traceback only with ``--debug``) and exits with
+``exit_code``; see the exit codes in SPEC.md.
+"""
+
+from __future__ import annotations
+
+
+class EdgexError(Exception):
+    """Base of every error edgex raises deliberately."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(EdgexError):
+    """Bad usage or bad input: a wrong option, a missing file, data of the wrong shape."""
+
+
+class ModelLoadError(UsageError):
+    """The MODEL argument could not be turned into a runnable model."""
+
+
+class PluginError(EdgexError):
+    """The installed plugins contradict each other (two claim one target name, ...)."""
+
+
+class TargetError(EdgexError):
+    """A target failed while converting or running its artifact.
+
+    The pipeline turns it into that target's ``error`` status; the other targets still run.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, target: str = "", stage: str = "", plugin: str = ""):
+        super().__init__(message)
+        self.target = target
+        self.stage = stage
+        self.plugin = plugin
+
+
+class BackendMissingError(TargetError):
+    """The target's converter or runtime is not installed here."""

@@ -1,0 +1,346 @@
+"""The one parity implementation every target goes through.
+
+Reference outputs come from the torch model (or onnxruntime for an ONNX reference) on seeded
+inputs; artifact outputs come back from the target's runtime with layout and quantization
+already undone (``edgex.core.layout``). This module measures the difference and judges it
+against a tolerance that follows the precision:
+
+- fp32: a multiple of the model's own float noise floor, measured by running the reference in
+  float64 on the same inputs (``|fp32 - fp64|``): converters reorder float arithmetic, so an
+  honest fp32 artifact differs from torch by about that much, and a real defect by far more.
+- fp16: the fp32 noise floor scaled by the fp16/fp32 machine-epsilon ratio (2**13), and never
+  below a few fp16 steps at the output's peak.
+- int8 (and int8 weights): a number of output quantization steps (the artifact's own output
+  scale, or the reference output range / 255 where outputs are float).
+
+Every tolerance carries a ``source`` sentence saying where it came from; ``--atol``/``--rtol``
+replace it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgex.core.errors import UsageError
+from edgex.core.types import QuantParams, ReferenceModel
+
+#: fp32 tolerance = FP32_NOISE_FACTOR x the measured fp32-vs-fp64 noise floor
+FP32_NOISE_FACTOR = 100.0
+#: fp16 tolerance = FP16_NOISE_FACTOR x noise floor x (eps16 / eps32) ...
+FP16_NOISE_FACTOR = 4.0
+#: ... but never below FP16_PEAK_STEPS fp16 steps at the output's peak magnitude
+FP16_PEAK_STEPS = 8.0
+EPS32, EPS16 = 2.0**-23, 2.0**-10
+#: int8 tolerance in output quantization steps (LSB)
+INT8_STEPS = 8.0
+#: int8-weights (float activations) tolerance in steps of the reference output range / 255
+DYNAMIC_INT8_STEPS = 8.0
+#: samples the float64 noise-floor run uses (the floor is per output, not per sample)
+NOISE_FLOOR_SAMPLES = 4
+SQNR_CAP_DB = 300.0
+
+Outputs = list[list[np.ndarray]]  # [sample][output]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "source": self.source}
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    tolerance: Tolerance
+    within_tolerance: float  # fraction of elements inside the tolerance
+    passed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tolerance"] = self.tolerance.to_json()
+        return data
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The parity block of report.json (see SPEC.md)."""
+
+    samples: int
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    sqnr_db: float
+    top1_agreement: float | None
+    tolerance: Tolerance
+    passed: bool
+    inputs: str = ""
+    outputs: tuple[OutputParity, ...] = ()
+    messages: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "max_abs": self.max_abs,
+            "mean_abs": self.mean_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "sqnr_db": self.sqnr_db,
+            "top1_agreement": self.top1_agreement,
+            "tolerance": self.tolerance.to_json(),
+            "passed": self.passed,
+            "inputs": self.inputs,
+            "outputs": [o.to_json() for o in self.outputs],
+        }
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Per-output max |fp32 - fp64| of the reference, or ``None`` where it could not be measured."""
+
+    per_output: tuple[float, ...] | None
+    source: str
+
+
+# --------------------------------------------------------------------------- reference runs
+
+
+def _torch_run(module: Any, batches: Sequence[tuple[np.ndarray, ...]], dtype: Any = None) -> Outputs:
+    """Run ``module`` on each batch; batched into one call when the model allows it."""
+    import torch
+
+    from edgex.core.loading import flatten_outputs
+
+    def tensors(arrays: Sequence[np.ndarray]) -> list[Any]:
+        out = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        return [t.to(dtype) if dtype is not None and t.is_floating_point() else t for t in out]
+
+    def as_numpy(result: Any) -> list[np.ndarray]:
+        return [t.detach().cpu().numpy() for t in flatten_outputs(result)[1]]
+
+    with torch.no_grad():
+        if len(batches) > 1:
+            stacked = [np.concatenate(parts) for parts in zip(*batches)]
+            size = len(batches[0][0])
+            try:
+                outputs = as_numpy(module(*tensors(stacked)))
+            except Exception:
+                outputs = None
+            if outputs is not None and all(o.ndim > 0 and o.shape[0] == size * len(batches) for o in outputs):
+                return [[o[i * size : (i + 1) * size] for o in outputs] for i in range(len(batches))]
+        return [as_numpy(module(*tensors(b))) for b in batches]
+
+
+def _onnx_run(path: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return [list(session.run(None, dict(zip(names, b)))) for b in batches]
+
+
+def reference_outputs(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
+    """The reference's outputs for each batch; NaN or inf in them is a usage error."""
+    outputs = _onnx_run(model.onnx_path, batches) if model.module is None else _torch_run(model.module, batches)
+    for index, sample in enumerate(outputs):
+        for name, value in zip(model.output_names, sample):
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                raise UsageError(
+                    f"the reference model's output {name!r} is NaN or infinite on parity sample {index}; "
+                    "fix the model (or its inputs) first: no artifact can be judged against it"
+                )
+    return outputs
+
+
+def noise_floor(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs) -> NoiseFloor:
+    """Measure the reference's fp32 rounding noise by a float64 run on a few of the samples."""
+    if model.module is None:
+        return NoiseFloor(None, "an ONNX reference has no float64 run")
+    import torch
+
+    k = min(NOISE_FLOOR_SAMPLES, len(batches))
+    try:
+        double = copy.deepcopy(model.module).to(torch.float64)
+        exact = _torch_run(double, batches[:k], dtype=torch.float64)
+    except Exception as exc:
+        return NoiseFloor(None, f"the float64 reference run failed ({type(exc).__name__})")
+    per_output = []
+    for index in range(len(model.output_names)):
+        diffs = [
+            float(np.max(np.abs(reference[i][index].astype(np.float64) - exact[i][index].astype(np.float64)), initial=0.0))
+            for i in range(k)
+        ]
+        per_output.append(max(diffs))
+    return NoiseFloor(tuple(per_output), f"max|fp32 - fp64| of the torch reference over {k} samples")
+
+
+# --------------------------------------------------------------------------- tolerances
+
+
+def _peak(reference: Outputs, index: int) -> float:
+    return max(float(np.max(np.abs(sample[index]), initial=0.0)) for sample in reference)
+
+
+def _range_scale(reference: Outputs, index: int) -> float:
+    low = min(float(np.min(sample[index], initial=0.0)) for sample in reference)
+    high = max(float(np.max(sample[index], initial=0.0)) for sample in reference)
+    return max(high - low, 1e-12) / 255.0
+
+
+def tolerance_for(
+    precision: str,
+    index: int,
+    reference: Outputs,
+    noise: NoiseFloor,
+    output_quant: QuantParams | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> Tolerance:
+    """The tolerance of output ``index`` at ``precision``, with where it came from."""
+    if atol is not None or rtol is not None:
+        return Tolerance(atol or 0.0, rtol or 0.0, "user (--atol/--rtol)")
+    peak = _peak(reference, index)
+    floor = noise.per_output[index] if noise.per_output is not None else None
+    if precision == "fp32":
+        minimum = max(1e-6 * peak, 1e-9)
+        if floor is None:
+            return Tolerance(max(1e-5 * peak, 1e-7), 0.0, f"fp32 default 1e-5 x output peak ({noise.source})")
+        value = max(FP32_NOISE_FACTOR * floor, minimum)
+        return Tolerance(value, 0.0, f"fp32 noise floor: {FP32_NOISE_FACTOR:g} x {floor:.3g} ({noise.source})")
+    if precision == "fp16":
+        steps = FP16_PEAK_STEPS * EPS16 * peak
+        if floor is None:
+            return Tolerance(max(steps, 1e-6), 0.0, f"fp16: {FP16_PEAK_STEPS:g} fp16 steps at the output peak {peak:.3g} ({noise.source})")
+        scaled = FP16_NOISE_FACTOR * floor * (EPS16 / EPS32)
+        if scaled >= steps:
+            return Tolerance(scaled, 0.0, f"fp16: {FP16_NOISE_FACTOR:g} x fp32 noise floor {floor:.3g} x 2^13 (fp16/fp32 epsilon)")
+        return Tolerance(max(steps, 1e-6), 0.0, f"fp16: {FP16_PEAK_STEPS:g} fp16 steps at the output peak {peak:.3g}")
+    if precision == "int8":
+        if output_quant is not None:
+            return Tolerance(INT8_STEPS * output_quant.scale, 0.0, f"int8: {INT8_STEPS:g} x the artifact's output scale {output_quant.scale:.4g}")
+        scale = _range_scale(reference, index)
+        return Tolerance(INT8_STEPS * scale, 0.0, f"int8: {INT8_STEPS:g} x output step {scale:.4g} (reference output range / 255)")
+    if precision == "dynamic-int8":
+        scale = _range_scale(reference, index)
+        return Tolerance(DYNAMIC_INT8_STEPS * scale, 0.0, f"int8 weights: {DYNAMIC_INT8_STEPS:g} x output step {scale:.4g} (reference output range / 255)")
+    raise UsageError(f"no parity tolerance is defined for precision {precision!r}")
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _is_class_scores(sample_outputs: Sequence[np.ndarray]) -> bool:
+    first = sample_outputs[0]
+    return first.ndim == 2 and first.shape[1] >= 2
+
+
+def compare(
+    reference: Outputs,
+    actual: Outputs,
+    output_names: Sequence[str],
+    tolerances: Sequence[Tolerance],
+    inputs: str = "",
+) -> ParityReport:
+    """Judge ``actual`` against ``reference``, sample by sample and output by output."""
+    if len(reference) != len(actual):
+        raise ValueError(f"{len(actual)} artifact results for {len(reference)} reference samples")
+    messages: list[str] = []
+    per_output: list[OutputParity] = []
+    total_signal = total_noise = 0.0
+    abs_sum, elements, max_abs, worst_rel = 0.0, 0, 0.0, 0.0
+    for index, name in enumerate(output_names):
+        ref = [np.asarray(s[index], dtype=np.float64) for s in reference]
+        got = [np.asarray(s[index], dtype=np.float64) for s in actual]
+        for r, g in zip(ref, got):
+            if r.shape != g.shape:
+                raise ValueError(f"output {name!r} has shape {g.shape} in the artifact but {r.shape} in the reference")
+        r_all = np.concatenate([r.ravel() for r in ref])
+        g_all = np.concatenate([g.ravel() for g in got])
+        finite = np.isfinite(g_all)
+        if not finite.all():
+            messages.append(f"output {name!r}: the artifact produced {int((~finite).sum())} NaN/inf values")
+        diff = np.where(finite, np.abs(g_all - r_all), np.inf)
+        tol = tolerances[index]
+        inside = diff <= tol.atol + tol.rtol * np.abs(r_all)
+        peak = float(np.max(np.abs(r_all), initial=0.0))
+        out_max = float(np.max(diff, initial=0.0))
+        per_output.append(
+            OutputParity(
+                name=name,
+                max_abs=out_max,
+                mean_abs=float(np.mean(diff)) if diff.size else 0.0,
+                max_rel=out_max / peak if peak > 0 else (0.0 if out_max == 0 else math.inf),
+                tolerance=tol,
+                within_tolerance=float(np.mean(inside)) if inside.size else 1.0,
+                passed=bool(inside.all()),
+            )
+        )
+        finite_diff = np.where(finite, g_all - r_all, 0.0)
+        total_signal += float(np.sum(r_all**2))
+        total_noise += float(np.sum(finite_diff**2)) if finite.all() else math.inf
+        abs_sum += float(np.sum(diff))
+        elements += diff.size
+        max_abs = max(max_abs, out_max)
+        worst_rel = max(worst_rel, per_output[-1].max_rel)
+
+    cosine = 1.0
+    for r_sample, g_sample in zip(reference, actual):
+        r_flat = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in r_sample])
+        g_flat = np.nan_to_num(np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in g_sample]), nan=0.0, posinf=0.0, neginf=0.0)
+        cosine = min(cosine, _cosine(r_flat, g_flat))
+    if total_noise == 0.0:
+        sqnr = SQNR_CAP_DB
+    elif math.isinf(total_noise) or total_signal == 0.0:
+        sqnr = -SQNR_CAP_DB
+    else:
+        sqnr = float(np.clip(10.0 * math.log10(total_signal / total_noise), -SQNR_CAP_DB, SQNR_CAP_DB))
+
+    top1 = None
+    if reference and _is_class_scores(reference[0]):
+        agree = [
+            np.argmax(np.nan_to_num(g[0], nan=-np.inf), axis=1) == np.argmax(r[0], axis=1) for r, g in zip(reference, actual)
+        ]
+        top1 = float(np.mean(np.concatenate(agree)))
+
+    worst = max(per_output, key=lambda o: o.max_abs / max(o.tolerance.atol, 1e-30))
+    passed = all(o.passed for o in per_output)
+    if not passed:
+        messages.append(
+            f"output {worst.name!r}: max |error| {worst.max_abs:.3g} exceeds the tolerance {worst.tolerance.atol:.3g} "
+            f"({(1 - worst.within_tolerance) * 100:.2f}% of values outside)"
+        )
+    return ParityReport(
+        samples=len(reference),
+        max_abs=max_abs,
+        mean_abs=abs_sum / elements if elements else 0.0,
+        max_rel=worst_rel,
+        cosine=cosine,
+        sqnr_db=sqnr,
+        top1_agreement=top1,
+        tolerance=worst.tolerance,
+        passed=passed,
+        inputs=inputs,
+        outputs=tuple(per_output),
+        messages=tuple(messages),
+    )

@@ -1,0 +1,202 @@
+"""report.json and its human renderings.
+
+The JSON shape is the contract in SPEC.md; :class:`Report` and :class:`TargetReport` are its
+typed form for the Python API. Files are written to a temporary name and renamed into place so
+that a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgex.core.parity import ParityReport
+
+STATUS_ORDER = ("passed", "failed", "error", "skipped")
+
+
+@dataclass
+class TargetReport:
+    """One target's row of the report."""
+
+    name: str
+    status: str
+    plugin: str = ""
+    precision: str = ""
+    artifacts: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    backend: str = ""
+    converter: str = ""
+    convert_seconds: float = 0.0
+    parity: ParityReport | None = None
+    latency_ms: dict[str, float] | None = None
+    io: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    #: True when the user named this target (a skip then counts as a failure of the run)
+    requested: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "status": self.status,
+            "plugin": self.plugin,
+            "precision": self.precision,
+            "artifacts": list(self.artifacts),
+            "size_bytes": self.size_bytes,
+            "backend": self.backend,
+            "converter": self.converter,
+            "convert_seconds": round(self.convert_seconds, 4),
+            "parity": self.parity.to_json() if self.parity else None,
+            "latency_ms": self.latency_ms,
+            "io": self.io,
+            "accuracy": self.accuracy,
+            "messages": list(self.messages),
+        }
+        data.update(self.details)
+        return data
+
+
+@dataclass
+class Report:
+    """What ``edgex convert`` / ``edgex validate`` produce (report.json)."""
+
+    edgex_version: str
+    command: str
+    model: dict[str, Any]
+    compression: dict[str, Any] | None = None
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all passed; 1 an artifact failed parity; 3 a target errored or a requested one was skipped."""
+        rows = self.targets.values()
+        if any(t.status == "error" or (t.status == "skipped" and t.requested) for t in rows):
+            return 3
+        if any(t.status == "failed" for t in rows):
+            return 1
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edgex_version": self.edgex_version,
+            "command": self.command,
+            "model": self.model,
+            "compression": self.compression,
+            "targets": {name: t.to_json() for name, t in self.targets.items()},
+            "messages": list(self.messages),
+            "exit_code": self.exit_code,
+        }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/NaN: write them as strings a reader can still parse with float()."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_finite(data), fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(_finite(data), indent=2, default=str)
+
+
+# --------------------------------------------------------------------------- human rendering
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _num(value: float | None, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"
+    return format(value, spec)
+
+
+def render_table(report: Report) -> str:
+    """The terminal view: one row per target, then each target's messages."""
+    header = ("target", "status", "precision", "max_abs", "tolerance", "cosine", "sqnr_db", "top1", "size", "backend")
+    rows = [header]
+    for name, t in report.targets.items():
+        p = t.parity
+        rows.append(
+            (
+                name,
+                t.status,
+                t.precision or "-",
+                _num(p.max_abs, ".3g") if p else "-",
+                _num(p.tolerance.atol, ".3g") if p else "-",
+                _num(p.cosine, ".6f") if p else "-",
+                _num(p.sqnr_db, ".1f") if p else "-",
+                _num(p.top1_agreement, ".3f") if p else "-",
+                _size(t.size_bytes) if t.size_bytes else "-",
+                t.backend or "-",
+            )
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, t in report.targets.items():
+        for message in t.messages:
+            lines.append(f"{name}: {message}")
+        if t.accuracy:
+            a = t.accuracy
+            lines.append(
+                f"{name}: task accuracy {a['artifact']:.4f} vs reference {a['reference']:.4f} "
+                f"({a['samples']} labelled samples, drop {a['drop_points']:+.2f} points)"
+            )
+    for message in report.messages:
+        lines.append(message)
+    return "\n".join(lines)
+
+
+def summary_line(report: Report, out: Path | None) -> str:
+    counts: dict[str, int] = {}
+    for t in report.targets.values():
+        counts[t.status] = counts.get(t.status, 0) + 1
+    parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts]
+    where = f"; report: {out / 'report.json'}" if out is not None else ""
+    return f"{', '.join(parts) or 'no targets'}{where}"
+
+
+def model_json(model: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    data = {
+        "spec": model.spec,
+        "kind": model.kind,
+        "sha256": model.sha256,
+        "params": model.params,
+        "macs": model.macs,
+        "inputs": [i.to_json() for i in model.inputs],
+        "outputs": list(model.output_names),
+    }
+    data.update(extra or {})
+    return data

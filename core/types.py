@@ -1,0 +1,269 @@
+"""The typed values that cross the plugin boundary.
+
+Everything a plugin receives or returns is one of these frozen dataclasses (or a ``Runtime``),
+never a loose dict, so a plugin author can read the whole contract here. Importing this module
+is cheap: numpy arrays and torch modules appear only as annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+#: Precisions edgex knows. ``int8`` is full integer (weights and activations, calibrated);
+#: ``dynamic-int8`` stores int8 weights and computes in float.
+PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")
+Precision = Literal["fp32", "fp16", "int8", "dynamic-int8"]
+
+#: Pipeline stages, in order, as observers see them.
+STAGES = ("load", "compress", "reference", "convert", "validate", "report")
+
+Status = Literal["passed", "failed", "error", "skipped"]
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    """A target-specific command-line option, e.g. ``--opset`` of the onnx target.
+
+    The command line adds ``--<name>`` (underscores become dashes) for every option an installed
+    target declares; its value reaches ``ConversionRequest.options[name]``.
+    """
+
+    name: str
+    help: str
+    type: type = str
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a plugin declares for one target it offers."""
+
+    name: str
+    description: str
+    #: file kinds the target writes, e.g. (".onnx",) or (".tflite", "_edgetpu.tflite")
+    artifact_kinds: tuple[str, ...]
+    #: precisions it can produce, from ``PRECISIONS``
+    precisions: tuple[str, ...]
+    #: the precision used when the user does not pass ``--quantize``
+    default_precision: str = "fp32"
+    aliases: tuple[str, ...] = ()
+    options: tuple[TargetOption, ...] = ()
+    #: reference kinds it can convert from: "torch" (an nn.Module) and/or "onnx" (an .onnx file)
+    accepts: tuple[str, ...] = ("torch",)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a target can convert and run here, checked without importing heavy frameworks."""
+
+    available: bool
+    #: what converts and validates, e.g. "onnxruntime 1.32.0"
+    backend: str
+    #: what to install when unavailable, e.g. "pip install 'edgex[tflite]'"
+    install_hint: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CompressorSpec:
+    """What a plugin declares for one compression method."""
+
+    name: str
+    description: str
+    #: "prune" changes the architecture or weights; "recover" wins accuracy back afterwards
+    kind: Literal["prune", "recover"] = "prune"
+    aliases: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- tensors and models
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "int8", "uint8", "int16"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class TensorBinding:
+    """How one reference tensor appears inside an artifact.
+
+    ``perm`` says how the artifact's axes are taken from the reference tensor's axes
+    (``artifact = reference.transpose(perm)``; (0, 2, 3, 1) turns NCHW into NHWC); ``quant`` says
+    how real values map to the artifact's integers. Core undoes both before comparing.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str | None = None
+    perm: tuple[int, ...] | None = None
+    quant: QuantParams | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        data["layout"] = self.layout
+        data["quantization"] = self.quant.to_json() if self.quant else None
+        return data
+
+
+@dataclass(frozen=True)
+class ArtifactIO:
+    """A runnable artifact and how its inputs and outputs relate to the reference model."""
+
+    path: Path
+    precision: str
+    inputs: tuple[TensorBinding, ...]
+    outputs: tuple[TensorBinding, ...]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file (or package directory) a target wrote."""
+
+    path: Path
+    #: what it is: "onnx", "tflite", "mlpackage", "engine", "c-source", "report", ...
+    kind: str
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """The model every artifact is compared against, as loaded from a MODEL spec.
+
+    Exactly one of ``module`` (a torch ``nn.Module`` in eval mode) and ``onnx_path`` is set.
+    """
+
+    spec: str
+    inputs: tuple[TensorSpec, ...]
+    output_names: tuple[str, ...]
+    example_inputs: tuple["np.ndarray", ...]
+    module: Any = None
+    onnx_path: Path | None = None
+    sha256: str = ""
+    params: int = 0
+    macs: int | None = None
+    #: data the model spec ships with (the examples do): arrays, one sample per leading index
+    calibration: tuple["np.ndarray", ...] | None = None
+    #: labelled data (x, y) for task accuracy, where the spec ships some
+    eval_data: tuple["np.ndarray", "np.ndarray"] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "onnx" if self.onnx_path is not None else "torch"
+
+
+# --------------------------------------------------------------------------- the convert stage
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """Everything a target needs to convert the reference model."""
+
+    target: str
+    precision: str
+    model: ReferenceModel
+    #: where the target writes its files; it exists, is empty and lies inside ``--out``
+    workdir: Path
+    #: calibration samples, each a tuple with one array per input (batch dimension included)
+    calibration: tuple[tuple["np.ndarray", ...], ...] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a target returns after converting."""
+
+    artifacts: tuple[Artifact, ...]
+    #: the artifact parity runs, with its input/output bindings
+    io: ArtifactIO
+    #: which converter produced it, e.g. "torch.onnx.export (dynamo)"
+    converter: str
+    messages: tuple[str, ...] = ()
+    #: extra report keys of this target (an Edge TPU mapping, a memory estimate, ...)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A loaded artifact on the target's own backend.
+
+    ``run`` takes the artifact's native inputs (already permuted and quantized by core) for one
+    sample and returns its native outputs in the artifact's order.
+    """
+
+    backend: str
+
+    def run(self, inputs: Sequence["np.ndarray"]) -> Sequence["np.ndarray"]: ...
+
+
+# --------------------------------------------------------------------------- the compress stage
+
+
+@dataclass(frozen=True)
+class CompressionRequest:
+    """Everything a compression method needs."""
+
+    method: str
+    module: Any  # torch.nn.Module, a copy the method may change in place
+    example_inputs: tuple[Any, ...]  # torch tensors
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: unlabelled samples (one array per input, batch first) for recovery methods
+    data: tuple["np.ndarray", ...] | None = None
+    #: labels matching ``data`` where the user gave some
+    labels: "np.ndarray | None" = None
+    #: the model before compression (the teacher of a recovery method)
+    teacher: Any = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """A compressed model and what the method did."""
+
+    module: Any  # torch.nn.Module
+    method: str
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    messages: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- observers
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """A pipeline stage starting or finishing, for observers (progress displays, loggers)."""
+
+    stage: str
+    target: str | None = None
+    #: set when finished: "ok", or the target's status ("passed", "failed", "error", "skipped")
+    outcome: str | None = None
+    seconds: float | None = None
+    detail: str = ""

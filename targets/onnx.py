@@ -1,0 +1,471 @@
+"""Targets ``onnx`` and ``jetson`` (alias ``tensorrt``).
+
+``onnx``: ``torch.onnx.export`` (the dynamo exporter, falling back to the TorchScript exporter
+when it fails, the fallback recorded), ``onnx.checker``, then fp16 (onnxruntime's float16
+converter, float32 I/O kept) or int8 (QDQ static quantization, per-channel weights, from the
+calibration data). Validated on onnxruntime's CPU provider.
+
+``jetson``: the same ONNX prepared the way TensorRT takes it: static shapes, opset 17,
+constants folded, QDQ with symmetric (zero-point 0) int8 scales. Where ``tensorrt`` imports,
+an engine is built and validated; elsewhere onnxruntime runs the ONNX in the precision
+TensorRT would use (fp16 by converting a copy in memory), and ``backend`` says so.
+
+``export_onnx`` is also the first step of the tflite target's onnx2tf path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io as _io
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edgex.core.errors import TargetError, UsageError
+from edgex.core.layout import infer_permutation, layout_name
+from edgex.plugins import (
+    Artifact,
+    ArtifactIO,
+    BackendStatus,
+    ConversionRequest,
+    ConversionResult,
+    QuantParams,
+    ReferenceModel,
+    TargetOption,
+    TargetSpec,
+    TensorBinding,
+    hookimpl,
+)
+
+DEFAULT_OPSET = 18
+TENSORRT_OPSET = 17  # parsed by TensorRT 8.5 (JetPack 5) and 10.x alike
+
+_OPTIONS = (
+    TargetOption("opset", "ONNX opset to export (onnx: default 18; jetson: 17)", int, None),
+    TargetOption("dynamic_batch", "export the batch dimension as dynamic (onnx only)", bool, False),
+    TargetOption("exporter", "ONNX exporter: auto (dynamo, then TorchScript), dynamo or torchscript", str, "auto", ("auto", "dynamo", "torchscript")),
+)
+
+TARGETS = (
+    TargetSpec(
+        name="onnx",
+        description="ONNX model, validated on onnxruntime (CPU)",
+        artifact_kinds=(".onnx",),
+        precisions=("fp32", "fp16", "int8"),
+        default_precision="fp32",
+        options=_OPTIONS,
+        accepts=("torch", "onnx"),
+    ),
+    TargetSpec(
+        name="jetson",
+        aliases=("tensorrt",),
+        description="ONNX prepared for TensorRT (+ .engine where TensorRT is installed)",
+        artifact_kinds=(".engine", ".trt.onnx"),
+        precisions=("fp32", "fp16", "int8"),
+        default_precision="fp16",
+        options=_OPTIONS[:1] + _OPTIONS[2:],
+        accepts=("torch", "onnx"),
+    ),
+)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+# --------------------------------------------------------------------------- declaring
+
+
+@hookimpl
+def edgex_targets():
+    return TARGETS
+
+
+@hookimpl
+def edgex_backend_status(target: str) -> BackendStatus:
+    missing = [p for p in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(p) is None]
+    if missing:
+        return BackendStatus(False, "onnxruntime", "pip install 'edgex[onnx]'", f"{', '.join(missing)} not installed")
+    ort = f"onnxruntime {_version('onnxruntime')}"
+    if target == "jetson":
+        if _tensorrt_available():
+            return BackendStatus(True, f"TensorRT {_version('tensorrt') or ''}".strip())
+        return BackendStatus(True, f"{ort} (TensorRT not installed: the TensorRT precision is emulated)")
+    return BackendStatus(True, ort)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def export_onnx(
+    model: ReferenceModel,
+    path: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    exporter: str = "auto",
+) -> tuple[str, list[str]]:
+    """Export the torch reference to ``path``; returns (converter description, messages).
+
+    Tries the dynamo exporter first and the TorchScript exporter when it fails (or as told by
+    ``exporter``), so that a model one exporter cannot handle still converts, and says which.
+    """
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+    names = [s.name for s in model.inputs]
+    messages: list[str] = []
+    order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
+    failures = []
+    for kind in order:
+        try:
+            with contextlib.redirect_stdout(_io.StringIO()):
+                if kind == "dynamo":
+                    dynamic = None
+                    if dynamic_batch:
+                        batch = torch.export.Dim("batch")
+                        dynamic = {n: {0: batch} for n in names}
+                    torch.onnx.export(
+                        model.module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                        input_names=names, output_names=list(model.output_names), dynamic_shapes=dynamic,
+                        verbose=False, report=False,
+                    )
+                else:
+                    axes = {n: {0: "batch"} for n in [*names, *model.output_names]} if dynamic_batch else None
+                    torch.onnx.export(
+                        model.module, args, str(path), dynamo=False, opset_version=min(opset, 20),
+                        input_names=names, output_names=list(model.output_names), dynamic_axes=axes,
+                    )
+        except Exception as exc:
+            failures.append(f"{kind} exporter failed: {_first_line(exc)}")
+            path.unlink(missing_ok=True)
+            continue
+        converter = f"torch.onnx.export ({kind}, opset {opset if kind == 'dynamo' else min(opset, 20)})"
+        if failures:
+            messages.append(f"used the {kind} exporter because the " + "; ".join(failures))
+        return converter, messages
+    raise TargetError("ONNX export failed: " + "; ".join(failures), stage="convert")
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise TargetError(f"the exported ONNX does not pass onnx.checker: {_first_line(exc)}", stage="convert") from exc
+
+
+def _fp32_onnx(request: ConversionRequest, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, list[str]]:
+    """The float ONNX of the reference: exported from torch, or the user's ONNX copied."""
+    if request.model.onnx_path is not None:
+        shutil.copyfile(request.model.onnx_path, path)
+        return "the reference ONNX, copied", []
+    return export_onnx(request.model, path, opset=opset, dynamic_batch=dynamic_batch, exporter=request.options.get("exporter") or "auto")
+
+
+def to_fp16(source: Path, dest: Path) -> None:
+    """fp16 weights and compute, float32 inputs and outputs (onnxruntime's converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(dest))
+
+
+class _CalibrationReader:
+    def __init__(self, names: Sequence[str], batches: Sequence[tuple[np.ndarray, ...]]):
+        self._feeds = iter([dict(zip(names, b)) for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetric: bool) -> None:
+    """QDQ static quantization (int8 weights per channel, int8 activations) from calibration data."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not request.calibration:
+        raise UsageError("int8 needs calibration data: pass --calibration FILE|DIR")
+    prepared = dest.with_name(dest.stem + ".preprocessed.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    names = [i.name for i in onnx.load(str(prepared)).graph.input]
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()):
+            quantize_static(
+                str(prepared),
+                str(dest),
+                _CalibrationReader(names, request.calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def fold_static(source: Path, dest: Path, inputs: Sequence[Any]) -> None:
+    """Static input shapes and folded constants: what TensorRT's parser likes best."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(source))
+    shapes = {spec.name: spec.shape for spec in inputs}
+    for value in model.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(size)
+    static = dest.with_name(dest.stem + ".static.onnx")
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(static))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dest)
+    ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"])
+    static.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- describing
+
+
+def _elem_dtype(value_info: Any) -> str:
+    import onnx
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type)).name
+
+
+def _output_quant(model: Any) -> dict[str, QuantParams]:
+    """For QDQ graphs: the scale of the DequantizeLinear that produces each graph output."""
+    from onnx import numpy_helper
+
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = {}
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type not in ("DequantizeLinear",) and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in init:
+            scale = init[node.input[1]]
+            zero = init.get(node.input[2]) if len(node.input) > 2 else None
+            if scale.size == 1:
+                found[output.name] = QuantParams(float(scale.reshape(())), int(zero.reshape(())) if zero is not None else 0, "int8")
+    return found
+
+
+def precision_of(model: Any) -> str:
+    import onnx
+
+    ops = {n.op_type for n in model.graph.node}
+    if "QuantizeLinear" in ops or "QLinearConv" in ops:
+        return "int8"
+    halves = sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16)
+    floats = sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    return "fp16" if halves > floats else "fp32"
+
+
+def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None = None) -> ArtifactIO:
+    """Inputs/outputs of an ONNX file related to the reference model."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read {path} as ONNX: {_first_line(exc)}") from exc
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(graph_inputs) != len(reference.inputs):
+        raise UsageError(f"{path} takes {len(graph_inputs)} inputs but the reference model takes {len(reference.inputs)}")
+    inputs = []
+    for value, spec in zip(graph_inputs, reference.inputs):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        shape = tuple(ref if d is None else d for d, ref in zip(dims, spec.shape)) if len(dims) == len(spec.shape) else tuple(d or 1 for d in dims)
+        perm = infer_permutation(spec.shape, shape)
+        if perm is None:
+            raise UsageError(f"input {value.name!r} of {path} has shape {shape}, which no layout maps to the reference's {spec.shape}")
+        inputs.append(TensorBinding(value.name, shape, _elem_dtype(value), layout_name(len(shape), perm), perm))
+    quant = _output_quant(model)
+    outputs = []
+    for value in model.graph.output:
+        dims = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim)
+        outputs.append(TensorBinding(value.name, dims, _elem_dtype(value), None, None, None))
+    precision = precision or precision_of(model)
+    if precision == "int8":
+        outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
+    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs))
+
+
+# --------------------------------------------------------------------------- converting
+
+
+@hookimpl
+def edgex_convert(request: ConversionRequest) -> ConversionResult:
+    work = request.workdir
+    jetson = request.target == "jetson"
+    opset = request.options.get("opset") or (TENSORRT_OPSET if jetson else DEFAULT_OPSET)
+    dynamic = bool(request.options.get("dynamic_batch")) and not jetson
+    fp32 = work / "model.fp32.onnx"
+    converter, messages = _fp32_onnx(request, fp32, opset, dynamic)
+    check_onnx(fp32)
+    if jetson:
+        folded = work / "model.folded.onnx"
+        fold_static(fp32, folded, request.model.inputs)
+        fold_static_note = "static shapes, constants folded"
+        folded.replace(fp32)
+        converter += f"; {fold_static_note}"
+
+    final = work / ("model.trt.onnx" if jetson else "model.onnx")
+    if request.precision == "fp16" and not jetson:
+        to_fp16(fp32, final)
+        converter += "; fp16 by onnxruntime.transformers.float16 (float32 I/O kept)"
+    elif request.precision == "int8":
+        to_int8_qdq(fp32, final, request, symmetric=jetson)
+        converter += f"; int8 QDQ by onnxruntime.quantization ({'symmetric, as TensorRT requires' if jetson else 'per-channel weights'})"
+    else:
+        # jetson fp16 keeps an fp32 ONNX: TensorRT lowers it to fp16 with its FP16 builder flag
+        shutil.copyfile(fp32, final)
+    fp32.unlink(missing_ok=True)
+    check_onnx(final)
+    artifacts = [Artifact(final, "onnx")]
+    details: dict[str, Any] = {}
+    io = describe_onnx(final, request.model, request.precision)
+    if jetson:
+        details["tensorrt"] = {"opset": opset, "static_shapes": True}
+        if _tensorrt_available():
+            engine = work / "model.engine"
+            _build_engine(final, engine, request.precision)
+            artifacts.append(Artifact(engine, "engine"))
+            io = ArtifactIO(engine, io.precision, io.inputs, io.outputs)
+            details["tensorrt"]["engine"] = engine.name
+        else:
+            messages.append("TensorRT is not installed here: no .engine was built; parity ran on onnxruntime in the precision TensorRT would use")
+    return ConversionResult(tuple(artifacts), io, converter, tuple(messages), details)
+
+
+@hookimpl
+def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
+    if path.suffix == ".engine":
+        if not _tensorrt_available():
+            raise UsageError(f"validating {path} needs TensorRT, which is not installed here; validate the .onnx it was built from")
+        io = describe_onnx(path.with_suffix(".onnx") if path.with_suffix(".onnx").exists() else path.with_name("model.trt.onnx"), reference)
+        return ArtifactIO(path, io.precision, io.inputs, io.outputs)
+    if path.suffix != ".onnx":
+        raise UsageError(f"{path} is not an .onnx file")
+    return describe_onnx(path, reference)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class OnnxRuntime:
+    """An ONNX file on onnxruntime's CPU provider."""
+
+    def __init__(self, path: Path, *, as_fp16: bool = False, note: str = ""):
+        import onnxruntime as ort
+
+        source: Any = str(path)
+        if as_fp16:
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            source = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
+        try:
+            self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise TargetError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}", stage="validate") from exc
+        self.names = [i.name for i in self.session.get_inputs()]
+        self.backend = f"onnxruntime {ort.__version__} CPUExecutionProvider{note}"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.names, inputs)))
+
+
+class TensorRTRuntime:
+    """A serialized TensorRT engine, run through TensorRT's Python API on the GPU."""
+
+    def __init__(self, engine_path: Path):
+        import tensorrt as trt
+        import torch
+
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise TargetError(f"TensorRT could not deserialize {engine_path}", stage="validate")
+        self.context = self.engine.create_execution_context()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.torch = torch
+        self.backend = f"TensorRT {trt.__version__} on {torch.cuda.get_device_name()}"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import tensorrt as trt
+
+        torch = self.torch
+        feeds = iter(inputs)
+        buffers, outputs = [], []  # every buffer stays referenced until the engine has run
+        for name in self.names:
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                tensor = torch.from_numpy(np.ascontiguousarray(next(feeds))).cuda()
+            else:
+                shape = tuple(self.context.get_tensor_shape(name))
+                dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+                tensor = torch.empty(shape, dtype=dtype, device="cuda")
+                outputs.append(tensor)
+            buffers.append(tensor)
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.Stream()
+        self.context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return [t.cpu().numpy() for t in outputs]
+
+
+def _build_engine(onnx_path: Path, engine_path: Path, precision: str) -> None:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TargetError(f"TensorRT cannot parse {onnx_path.name}: {errors}", stage="convert")
+    config = builder.create_builder_config()
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TargetError("TensorRT failed to build an engine (see the log)", stage="convert")
+    engine_path.write_bytes(bytes(serialized))
+
+
+@hookimpl
+def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
+    if target == "jetson":
+        if io.path.suffix == ".engine":
+            return TensorRTRuntime(io.path)
+        if io.precision == "fp16":
+            return OnnxRuntime(io.path, as_fp16=True, note=", fp16 as TensorRT's FP16 mode would compute (TensorRT not installed)")
+        return OnnxRuntime(io.path, note=f", {io.precision} as TensorRT would compute (TensorRT not installed)")
+    return OnnxRuntime(io.path)
