@@ -455,7 +455,7 @@ def _precision_tag(precision: str) -> str:
 def convert_tflite(request: ConversionRequest, precision: str | None = None) -> ConversionResult:
     """The ``tflite`` conversion: try each converter path, check, stamp and keep the first good one."""
     from edgex.core.isolation import run_isolated
-    from edgex.targets.tflite_converters import PATHS
+    from edgex.targets.tflite_converters import convert_with
     from edgex.targets.tflite_graph import rewrite
 
     precision = precision or request.precision
@@ -472,11 +472,10 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
         for name in order:
             folder = scratch / name
             folder.mkdir(parents=True)
-            convert = PATHS[name]
             try:
                 # each path in its own process: converters segfault, and a crash must fall back, not end the target
                 result = run_isolated(
-                    lambda send, convert=convert, folder=folder: convert(model, precision, calibration, folder, ranks),
+                    lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks),
                     what=f"the {name} converter",
                 )
             except Exception as exc:

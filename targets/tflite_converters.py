@@ -9,10 +9,10 @@ graph's edges); fp16, dynamic-range int8 and full int8 by ai-edge-quantizer.
 onnx2tf (an NHWC-native TensorFlow graph) -> the TensorFlow Lite converter, which quantizes.
 Accepts an ONNX reference too.
 
-Each function writes one .tflite into ``work`` and returns a picklable :class:`PathResult`;
-callers run each in its own process (converters segfault). Neither touches the network:
-onnx2tf's sample-image download is pre-empted by a file made from the user's data, and sockets
-are refused while a converter runs.
+Each path writes one .tflite into ``work`` and returns a picklable :class:`PathResult`; callers
+run :func:`convert_with` in a process of its own (converters segfault). No path touches the
+network (onnx2tf's sample-image download is pre-empted by a file made from the user's data, and
+sockets are refused while a converter runs) or writes outside ``work``.
 """
 
 from __future__ import annotations
@@ -85,14 +85,28 @@ def offline() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    """onnx2tf writes and reads relative to the current directory: keep that inside the work folder."""
-    previous = os.getcwd()
-    os.chdir(path)
+def contained(work: Path) -> Iterator[None]:
+    """Keep a converter's files inside ``work``: onnx2tf writes to the current directory, the
+    converters use temporary files, and Keras creates ~/.keras on import (KERAS_HOME moves it)."""
+    import tempfile
+
+    scratch = work / "tmp"
+    scratch.mkdir(exist_ok=True)
+    saved_cwd, saved_tempdir = os.getcwd(), tempfile.tempdir
+    saved_env = {name: os.environ.get(name) for name in ("TMPDIR", "KERAS_HOME")}
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
+    os.environ["KERAS_HOME"] = str(work / "keras")
+    os.chdir(work)
     try:
         yield
     finally:
-        os.chdir(previous)
+        os.chdir(saved_cwd)
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -176,7 +190,7 @@ def convert_litert_torch(
         module = litert_torch.to_channel_last_io(module, args=wrap_inputs, outputs=wrap_outputs)
     args = tuple(torch.from_numpy(_as_artifact(x, perm)) for x, perm in zip(model.example_inputs, input_perms))
     float_path = work / "litert_torch.fp32.tflite"
-    with quiet(), offline():
+    with quiet():
         edge = litert_torch.convert(module.eval(), args)
         edge.export(str(float_path))
     converter = f"litert-torch {version('litert-torch')}"
@@ -184,8 +198,7 @@ def convert_litert_torch(
     if precision == "fp32":
         float_path.replace(dest)
         return PathResult(str(dest), converter, (), input_perms, output_perms)
-    with offline():
-        how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms)
+    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms)
     float_path.unlink(missing_ok=True)
     return PathResult(str(dest), f"{converter} + ai-edge-quantizer {version('ai-edge-quantizer')}: {how}", (), input_perms, output_perms)
 
@@ -224,7 +237,7 @@ def convert_onnx2tf(
     _write_onnx2tf_sample(work, model, calibration)
     # onnx2tf turns every 3-D input into NWC; edgex keeps non-image inputs exactly as torch takes them
     keep = [spec.name for spec in model.inputs if len(spec.shape) != 4] or None
-    with quiet(), offline(), working_directory(work):
+    with quiet():
         import onnx2tf
         import tensorflow as tf
 
@@ -285,3 +298,16 @@ def _keras_input_order(names: Sequence[str], model: ReferenceModel) -> list[int]
 
 
 PATHS = {"litert-torch": convert_litert_torch, "onnx2tf": convert_onnx2tf}
+
+
+def convert_with(
+    name: str,
+    model: ReferenceModel,
+    precision: str,
+    calibration: Sequence[tuple[np.ndarray, ...]] | None,
+    work: Path,
+    output_ranks: Sequence[int],
+) -> PathResult:
+    """Run converter path ``name`` offline, with every file it writes kept inside ``work``."""
+    with offline(), contained(work):
+        return PATHS[name](model, precision, calibration, work, output_ranks)

@@ -192,6 +192,16 @@ def test_sample_file_for_onnx2tf_comes_from_the_users_data(tmp_path):
     assert sample.shape == (20, 16, 16, 3) and sample[3].min() == 3.0
 
 
+def test_converters_keep_their_files_in_the_work_folder(tmp_path):
+    import tempfile
+
+    before = os.getcwd()
+    with converters.contained(tmp_path):
+        assert Path(tempfile.gettempdir()) == tmp_path / "tmp" and os.environ["KERAS_HOME"] == str(tmp_path / "keras")
+        assert Path(os.getcwd()) == tmp_path
+    assert os.getcwd() == before and Path(tempfile.gettempdir()) != tmp_path / "tmp"
+
+
 def test_offline_refuses_connections():
     with converters.offline():
         with pytest.raises(OSError, match="network access is disabled"):
