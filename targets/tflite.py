@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import TargetError, UsageError
+from edgex.core.errors import EdgexError, TargetError, UsageError
 from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
     Artifact,
@@ -445,6 +445,8 @@ def _no_path_error(model: ReferenceModel, attempts: Sequence[_Attempt]) -> Targe
     onnx_ops = re.findall(r"onnx2tf\.ops\.([A-Za-z0-9_]+)", summary)
     if onnx_ops:
         return TargetError(f"no converter path can convert ONNX op {onnx_ops[0]} ({summary})", stage="convert")
+    if any(a.outcome == "rejected" for a in attempts):
+        return TargetError(f"no converter path produced a usable model ({summary})", stage="convert")
     return TargetError(f"every TFLite converter path failed ({summary})", stage="convert")
 
 
@@ -454,7 +456,7 @@ def _precision_tag(precision: str) -> str:
 
 def convert_tflite(request: ConversionRequest, precision: str | None = None) -> ConversionResult:
     """The ``tflite`` conversion: try each converter path, check, stamp and keep the first good one."""
-    from edgex.core.isolation import run_isolated
+    from edgex.core.isolation import start_isolated
     from edgex.targets.tflite_converters import convert_with
     from edgex.targets.tflite_graph import rewrite
 
@@ -474,23 +476,21 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
             folder.mkdir(parents=True)
             try:
                 # each path in its own process: converters segfault, and a crash must fall back, not end the target
-                result = run_isolated(
+                result = start_isolated(
                     lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks),
                     what=f"the {name} converter",
-                )
+                ).wait()
             except Exception as exc:
                 attempts.append(_Attempt(name, "failed", _one_line(exc)))
                 continue
             try:
                 chosen = _accept(request, precision, result, output_shapes)
-            except (RejectedArtifact, TargetError) as exc:
+            except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
                 attempts.append(_Attempt(name, "rejected", _one_line(exc)))
                 continue
             attempts.append(_Attempt(name, "used"))
             break
         if chosen is None:
-            if any(a.outcome == "rejected" for a in attempts):
-                raise TargetError("no converter path produced a usable model (" + "; ".join(f"{a.path}: {a.reason}" for a in attempts) + ")", stage="convert")
             raise _no_path_error(model, attempts)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
@@ -504,9 +504,8 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
         if attempt.outcome in ("failed", "rejected"):
             messages.append(f"converter {attempt.path} {attempt.outcome}: {attempt.reason}")
     messages += list(result.messages) + warnings
-    details: dict[str, Any] = {
-        "conversion": {"path": attempts[[a.outcome for a in attempts].index("used")].path, "order": why, "tried": [a.to_json() for a in attempts]},
-    }
+    used = next(a.path for a in attempts if a.outcome == "used")
+    details: dict[str, Any] = {"conversion": {"path": used, "order": why, "tried": [a.to_json() for a in attempts]}}
     if checks:
         details["int8_checks"] = checks
     io = ArtifactIO(final, precision, inputs, outputs)
@@ -517,7 +516,7 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     """Read a path's .tflite back and check it: layout by shape, full int8 where asked."""
     from edgex.targets.tflite_graph import read_graph, rewrite
 
-    narrowed = rewrite(Path(result.path), narrow_int64=True) if precision == "int8" else 0
+    narrowed = rewrite(Path(result.path), narrow_int64=precision == "int8", compact_names=True)
     graph = read_graph(Path(result.path))
     inputs, outputs = bindings(graph, request.model, output_shapes, result.input_perms, result.output_perms)
     checks: dict[str, Any] = {}
@@ -554,6 +553,9 @@ def _coral(request: ConversionRequest) -> ConversionResult:
             report.compiler = fields
             if compiled.exists():
                 artifacts.append(Artifact(compiled, "edgetpu-tflite"))
+            log = compiled.with_suffix(".log")
+            if log.exists():
+                artifacts.append(Artifact(log, "report"))
             messages.append(
                 f"edgetpu_compiler {fields['version']}: {fields['ops_mapped']} of {fields['ops_total']} ops mapped to the Edge TPU "
                 "(compiled only: nothing was run on an Edge TPU)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -260,9 +261,43 @@ def _narrow_int64_constants(model: Any) -> int:
     return narrowed
 
 
-def rewrite(path: Path, metadata: Mapping[str, bytes] | None = None, *, narrow_int64: bool = False) -> int:
-    """Rewrite ``path`` in place: ``metadata`` entries set, every buffer stored inline, and with
-    ``narrow_int64`` int64 constants narrowed to int32 (returns how many were).
+#: one component of a litert-torch tensor name: "torch.nn.modules.conv.Conv2d_0" (type, attribute)
+_MODULE_COMPONENT = re.compile(r"^(?:.*\.)?([A-Za-z][A-Za-z0-9]*)_([A-Za-z0-9_]+)$")
+
+
+def compact_name(name: str) -> str:
+    """A litert-torch tensor name shortened to module paths and types.
+
+    litert-torch names a tensor by the fully qualified class of every module it passed through
+    ("litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/...Sequential_features/
+    torch.nn.modules.conv.Conv2d_0;"), hundreds of bytes each: a sixth of a small int8 model,
+    which an MCU stores in flash. "features.0(Conv2d)" says the same. Other names are kept.
+    """
+    if "/" not in name or ("torch.nn." not in name and "_wrapped" not in name):
+        return name
+    pieces = []
+    for piece in name.split(";"):
+        parts = piece.split("/")
+        if len(parts) < 2:
+            if piece:
+                pieces.append(piece)  # a suffix such as "1" that keeps names apart
+            continue
+        attrs, kind = [], ""
+        for part in parts:
+            match = _MODULE_COMPONENT.match(part)
+            if match and match.group(2) != "wrapped":  # the wrapper's attribute holding the user's model
+                kind = match.group(1)
+                attrs.append(match.group(2))
+        pieces.append(f"{'.'.join(attrs)}({kind})" if attrs else piece)
+    return ";".join(dict.fromkeys(pieces)) or name
+
+
+def rewrite(
+    path: Path, metadata: Mapping[str, bytes] | None = None, *, narrow_int64: bool = False, compact_names: bool = False
+) -> int:
+    """Rewrite ``path`` in place: ``metadata`` entries set, every buffer stored inline; with
+    ``narrow_int64`` int64 constants narrowed to int32 (returns how many were); with
+    ``compact_names`` litert-torch's tensor names shortened (model inputs and outputs keep theirs).
 
     The file is replaced atomically, so a crash leaves the old model, never half a new one.
     """
@@ -277,6 +312,13 @@ def rewrite(path: Path, metadata: Mapping[str, bytes] | None = None, *, narrow_i
             buffer.data = np.array(raw, dtype=np.uint8)
         buffer.offset, buffer.size = 0, 0
     narrowed = _narrow_int64_constants(model) if narrow_int64 else 0
+    if compact_names:
+        for subgraph in model.subgraphs or []:
+            keep = {int(i) for i in (subgraph.inputs if subgraph.inputs is not None else [])}
+            keep |= {int(o) for o in (subgraph.outputs if subgraph.outputs is not None else [])}
+            for index, tensor in enumerate(subgraph.tensors or []):
+                if index not in keep and tensor.name:
+                    tensor.name = compact_name(_text(tensor.name)).encode("utf-8")
     model.metadata = [m for m in (model.metadata or []) if _text(m.name) not in metadata]
     for name, content in metadata.items():
         buffer = module.BufferT()
