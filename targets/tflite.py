@@ -310,7 +310,7 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
             tensor = graph.tensor(index)
             if tensor.dtype != "int8" or not tensor.quantized:
                 raise RejectedArtifact(f"model {kind} {tensor.name!r} is {tensor.dtype}, not quantized int8")
-    warnings = []
+    warnings, collapsed = [], []
     for tensor in graph.tensors:
         if tensor.constant or tensor.dtype != "int8":
             continue
@@ -323,25 +323,22 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
                 "reached it during calibration (e.g. -inf padding before a max-pool), so its int8 values carry no signal"
             )
         if scale < MIN_SANE_SCALE:
-            warnings.append(
-                f"tensor {_tensor_label(graph, tensor)} has int8 scale {scale:.3g}: its calibration range is near zero "
-                "(unrepresentative calibration data?); XNNPACK may refuse the model and its values are noise"
-            )
-    weights, per_channel = [], []
-    for op in graph.operators:
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"):
-            position = 1
-            if position < len(op.inputs) and op.inputs[position] >= 0:
-                tensor = graph.tensor(op.inputs[position])
-                weights.append(f"{op.name} #{op.index}")
-                if tensor.per_channel:
-                    per_channel.append(op.index)
-    summary = {
+            collapsed.append(f"{_tensor_label(graph, tensor)} (scale {scale:.3g})")
+    if collapsed:
+        warnings.append(
+            f"{len(collapsed)} int8 tensors have a near-zero calibration range, e.g. {collapsed[0]}: fine where the "
+            "tensor is zero by construction, noise otherwise (unrepresentative calibration data?); XNNPACK may refuse such models"
+        )
+    weighted = [
+        op for op in graph.operators
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D") and len(op.inputs) > 1 and op.inputs[1] >= 0
+    ]
+    per_tensor = [f"{op.name} #{op.index}" for op in weighted if not graph.tensor(op.inputs[1]).per_channel]
+    summary: dict[str, Any] = {
         "all_tensors_int8_or_int32": True,
-        "weight_tensors": len(weights),
-        "per_channel_weight_tensors": len(per_channel),
+        "weight_tensors": len(weighted),
+        "per_channel_weight_tensors": len(weighted) - len(per_tensor),
     }
-    per_tensor = [w for w in weights if int(w.split("#")[1]) not in per_channel]
     if per_tensor:
         summary["per_tensor_weights"] = per_tensor
     return summary, warnings
