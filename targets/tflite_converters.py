@@ -87,15 +87,18 @@ def offline() -> Iterator[None]:
 @contextlib.contextmanager
 def contained(work: Path) -> Iterator[None]:
     """Keep a converter's files inside ``work``: onnx2tf writes to the current directory, the
-    converters use temporary files, and Keras creates ~/.keras on import (KERAS_HOME moves it)."""
+    converters use temporary files (TF's autograph among them), Keras creates ~/.keras on import
+    (KERAS_HOME moves it) and onnxruntime, which onnx2tf runs, keeps a database under
+    ~/.cache/Microsoft (XDG_CACHE_HOME moves it)."""
     import tempfile
 
     scratch = work / "tmp"
     scratch.mkdir(exist_ok=True)
     saved_cwd, saved_tempdir = os.getcwd(), tempfile.tempdir
-    saved_env = {name: os.environ.get(name) for name in ("TMPDIR", "KERAS_HOME")}
+    saved_env = {name: os.environ.get(name) for name in ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")}
     os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
     os.environ["KERAS_HOME"] = str(work / "keras")
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     os.chdir(work)
     try:
         yield

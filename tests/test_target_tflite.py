@@ -198,6 +198,7 @@ def test_converters_keep_their_files_in_the_work_folder(tmp_path):
     before = os.getcwd()
     with converters.contained(tmp_path):
         assert Path(tempfile.gettempdir()) == tmp_path / "tmp" and os.environ["KERAS_HOME"] == str(tmp_path / "keras")
+        assert os.environ["XDG_CACHE_HOME"] == str(tmp_path / "cache")
         assert Path(os.getcwd()) == tmp_path
     assert os.getcwd() == before and Path(tempfile.gettempdir()) != tmp_path / "tmp"
 
