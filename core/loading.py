@@ -436,7 +436,10 @@ def load_model(
 
     if weights is not None:
         load_state_dict_into(module, weights)
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # a torch.export program refuses eval(): it keeps the mode it was exported in
 
     arrays: list[np.ndarray] | None = None
     if isinstance(example_inputs, (str, Path)):

@@ -47,6 +47,8 @@ ENTRY_POINT_GROUP = "edgex"
 #: Built-in plugins, registered in this order (it is also the order of ``--target all``).
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
+    "edgex.core.compress.pruning",
+    "edgex.core.compress.distill",
 )
 
 
@@ -324,6 +326,9 @@ class PluginManager:
 
     def stage_started(self, event: StageEvent) -> None:
         self._notify("edgex_stage_started", event)
+
+    def stage_progress(self, event: StageEvent) -> None:
+        self._notify("edgex_stage_progress", event)
 
     def stage_finished(self, event: StageEvent) -> None:
         self._notify("edgex_stage_finished", event)
