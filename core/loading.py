@@ -208,10 +208,17 @@ def load_state_dict_into(module: Any, weights: Path) -> None:
 
 def _input_names(module: Any, count: int) -> list[str]:
     """Input names from ``forward``'s signature (or the graph's placeholders)."""
+    import torch
+
     names: list[str] = []
-    graph = getattr(module, "graph", None)
-    if graph is not None and hasattr(graph, "nodes"):
-        names = [n.name for n in graph.nodes if getattr(n, "op", "") == "placeholder"]
+    if isinstance(module, torch.fx.GraphModule):
+        names = [n.name for n in module.graph.nodes if n.op == "placeholder"]
+    elif isinstance(module, torch.jit.ScriptModule):
+        try:
+            graph_inputs = list(module.forward.graph.inputs())[1:]  # the first is `self`
+            names = [value.debugName().split(".")[0] for value in graph_inputs]
+        except (AttributeError, RuntimeError):
+            names = []
     if not names:
         try:
             params = inspect.signature(module.forward).parameters.values()
@@ -301,31 +308,44 @@ def synthetic_input(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 8, size=spec.shape).astype(spec.dtype)
 
 
-def _probe(module: Any, arrays: Sequence[np.ndarray]) -> tuple[list[str], int | None]:
-    """Run the model once: output names, and MACs counted on the way.
-
-    The model's own complaint about the input becomes the error message.
-    """
+def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
+    """Run the model once for its output names; its own complaint about the input becomes the error."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-    counter = FlopCounterMode(display=False)
     shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
     try:
         with torch.no_grad():
-            try:
-                with counter:
-                    outputs = module(*tensors)
-                macs: int | None = counter.get_total_flops() // 2
-            except Exception:
-                outputs, macs = module(*tensors), None  # some modules (TorchScript) resist counting
+            outputs = module(*tensors)
     except Exception as exc:
         raise ModelLoadError(f"the model rejected input shape {shapes}: {_first_line(exc)}") from exc
     names, found = flatten_outputs(outputs)
     if not found:
         raise ModelLoadError("the model returned no tensor; edgex compares tensor outputs")
-    return names, macs
+    return names
+
+
+def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
+    """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), ``None`` if uncountable.
+
+    Not done while loading: the counter's first use costs seconds of set-up, so the pipeline
+    counts while a target converts in its child process.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # the fused transformer fast path is one opaque op the counter does not see
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), counter:
+            module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs])
+    except Exception:
+        return None  # some modules (TorchScript) resist counting
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops() // 2
 
 
 # --------------------------------------------------------------------------- the ONNX form
@@ -439,7 +459,7 @@ def load_model(
     try:
         module.eval()
     except NotImplementedError:
-        pass  # a torch.export program refuses eval(): it keeps the mode it was exported in
+        pass  # torch.export modules are fixed in the mode they were exported in
 
     arrays: list[np.ndarray] | None = None
     if isinstance(example_inputs, (str, Path)):
@@ -474,7 +494,7 @@ def load_model(
         probe = [np.ascontiguousarray(a[: s.shape[0]]) for a, s in zip(arrays, input_specs)]
     else:
         probe = [synthetic_input(s, rng) for s in input_specs]
-    output_names, macs = _probe(module, probe)
+    output_names = _probe(module, probe)
 
     with torch.no_grad():
         params = sum(int(p.numel()) for p in module.parameters())
@@ -486,7 +506,6 @@ def load_model(
         module=module,
         sha256=file_hash or _sha256_module(module, spec),
         params=params,
-        macs=macs,
         calibration=calibration,
         eval_data=eval_data,
     )

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgex.core.errors import PluginError, UsageError
+from edgex.core.loading import count_macs
 from edgex.core.types import CompressionRequest, ReferenceModel
 
 #: inputs for the teacher-student drift when the model ships no evaluation data
@@ -46,24 +47,6 @@ def count_params(module: Any) -> tuple[int, int]:
         total += parameter.numel()
         nonzero += int((parameter != 0).sum())
     return total, nonzero
-
-
-def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    # the fused transformer fast path is one opaque op the counter does not see
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), counter:
-            module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs])
-    except Exception:
-        return None
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return counter.get_total_flops() // 2
 
 
 def weight_bytes(module: Any) -> dict[str, int]:
