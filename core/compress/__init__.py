@@ -153,31 +153,28 @@ def drift(original: ReferenceModel, compressed: ReferenceModel, batches: Sequenc
 
 
 def _recovery_data(model: ReferenceModel, settings: Any) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray | None, str]:
-    """Data for recovery methods: ``distill_data`` (a file, with labels y when it holds them,
-    or arrays), else the calibration data, else the data the model ships."""
+    """Data for recovery methods: ``distill_data`` (a file, with labels y when it holds them;
+    arrays; or ``{"x": ..., "y": ...}``), else the calibration data, else the data the model ships."""
     from edgex.core import data
+    from edgex.core.pipeline import _resolve_samples
 
     source = getattr(settings, "distill_data", None)
+    if isinstance(source, (str, Path)):
+        samples, labels = data.load_labelled(Path(source), model.inputs, "--distill-data")
+        return samples, labels, f"--distill-data {source}"
+    if isinstance(source, Mapping):
+        if "x" not in source:
+            raise UsageError("distill_data as a mapping needs an array x (and optionally labels y)")
+        samples = _resolve_samples(source["x"], model, "distillation data")
+        labels = np.asarray(source["y"]) if source.get("y") is not None else None
+        if labels is not None and len(labels) != data.count(samples):
+            raise UsageError(f"distillation data: {len(labels)} labels for {data.count(samples)} samples")
+        return samples, labels, "distillation data (x, y)"
     if source is not None:
-        if isinstance(source, (str, Path)):
-            samples, labels = data.load_labelled(Path(source), model.inputs, "--distill-data")
-            return samples, labels, f"--distill-data {source}"
-        if isinstance(source, Mapping):
-            if "x" not in source:
-                raise UsageError("distill_data as a mapping needs an array x (and optionally labels y)")
-            samples = data.check_samples([np.asarray(source["x"])], model.inputs, "distillation data")
-            labels = np.asarray(source["y"]) if source.get("y") is not None else None
-            if labels is not None and len(labels) != data.count(samples):
-                raise UsageError(f"distillation data: {len(labels)} labels for {data.count(samples)} samples")
-            return samples, labels, "distillation data (x, y)"
-        arrays = [source] if isinstance(source, np.ndarray) else list(source)
-        return data.check_samples(arrays, model.inputs, "distillation data"), None, "distillation data"
-    calibration = settings.calibration
-    if isinstance(calibration, (str, Path)):
-        return data.load_samples(Path(calibration), model.inputs, "--calibration"), None, f"--calibration {calibration}"
-    if calibration is not None:
-        arrays = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
-        return data.check_samples(arrays, model.inputs, "calibration data"), None, "calibration data"
+        return _resolve_samples(source, model, "distillation data"), None, "distillation data"
+    if settings.calibration is not None:
+        where = f"--calibration {settings.calibration}" if isinstance(settings.calibration, (str, Path)) else "calibration data"
+        return _resolve_samples(settings.calibration, model, "--calibration"), None, where
     if model.calibration is not None:
         return data.check_samples(list(model.calibration), model.inputs, "the model's shipped data"), None, "the model's shipped calibration data"
     return None, None, ""
@@ -263,6 +260,7 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
     probe = _drift_probe(model, settings, data)
     progress = _progress(manager)
     steps: list[dict[str, Any]] = []
+    recoveries: list[dict[str, Any]] = []
     kept: dict[str, str] = {}
     drift_before_recovery = None
     start = time.perf_counter()
@@ -296,6 +294,8 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
         steps.append(record)
         if compressor.spec.kind == "prune":
             drift_before_recovery = record["drift"]
+        else:
+            recoveries.append(record)
     after = _stats(module, model.example_inputs)
 
     summary: dict[str, Any] = {"method": " + ".join(dict.fromkeys(s["method"] for s in steps))}
@@ -304,7 +304,6 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
         summary["amount"] = prune_steps[0].options.get("amount")
         summary["scope"] = prune_steps[0].options.get("scope")
         summary["prune_steps"] = int(prune_steps[0].options.get("steps") or 1)
-    recoveries = [s for s in steps if kinds.get(s["method"]) == "recover"]
     summary.update(
         {
             "before": before,
@@ -380,9 +379,11 @@ def _count(n: Any) -> str:
 def describe(summary: Mapping[str, Any]) -> list[str]:
     """The compression section as a few lines for the terminal."""
     before, after, ratios = summary["before"], summary["after"], summary["ratios"]
-    head = summary["method"]
+    methods = summary["method"].split(" + ")
     if summary.get("amount") is not None:
-        head += f" {summary['amount']:g} ({summary.get('scope')}" + (f", {summary['prune_steps']} steps" if summary.get("prune_steps", 1) > 1 else "") + ")"
+        steps = f", {summary['prune_steps']} steps" if summary.get("prune_steps", 1) > 1 else ""
+        methods[0] += f" {summary['amount']:g} ({summary.get('scope')}{steps})"
+    head = " + ".join(methods)
     lines = [
         f"compression: {head}: params {_count(before['params'])} -> {_count(after['params'])} ({ratios['params']}x), "
         f"nonzero {_count(before['nonzero_params'])} -> {_count(after['nonzero_params'])} ({ratios['nonzero_params']}x), "
@@ -398,12 +399,13 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
             if d.get("top1_agreement") is not None:
                 text += f", top-1 agreement {d['top1_agreement']:.3f}"
             if d.get("accuracy") is not None:
-                text += f", accuracy {d['accuracy']:.4f}"
+                text += f", accuracy {d['accuracy']:.4f} (original {drift_['original_accuracy']:.4f})"
             lines.append(f"  {label} vs original ({drift_['inputs']}): {text}")
     recovery = summary.get("recovery")
     if recovery:
+        rounds = f" x {recovery['rounds']} rounds" if recovery["rounds"] > 1 else ""
         lines.append(
-            f"  recovery: {recovery['mode']}, {recovery['epochs']} epochs x {recovery['rounds']} round(s) on {recovery['samples']} samples of {recovery['data']}, "
+            f"  recovery: {recovery['mode']}, {recovery['epochs']} epochs{rounds} on {recovery['samples']} samples of {recovery['data']}, "
             f"loss {recovery['loss_first_epoch']:.4g} -> {recovery['loss_last_epoch']:.4g}"
         )
     for step in summary["steps"]:

@@ -150,7 +150,7 @@ def prune_unstructured(request: CompressionRequest) -> CompressionResult:
     summary = {
         "amount": options.amount,
         "scope": options.scope,
-        "pruned_weights": total,
+        "prunable_weights": total,
         "sparsity": round(zeros / total, 6),
         "kept": kept,
     }
