@@ -136,3 +136,40 @@ def test_help_stays_fast():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "heavy: False False" in result.stdout
     assert "--prune-scope" in result.stdout and "--distill-temperature" in result.stdout and "FILE.pt2" in result.stdout
+
+
+def test_matrix_presets_take_every_compression_option(tmp_path, capsys):
+    """A [[compression]] preset is steps_from_options input; its distill_data reaches recovery."""
+    from edgex.examples.digits import data
+
+    np.save(tmp_path / "unlabelled.npy", data()[0][:128])
+    config = tmp_path / "matrix.toml"
+    config.write_text(textwrap.dedent("""
+        targets = ["onnx"]
+        samples = 4
+        [[models]]
+        spec = "examples:digits"
+        name = "digits"
+        [[compression]]
+        name = "s50"
+        prune = 0.5
+        prune_method = "l1-structured"
+        prune_scope = "layer"
+        prune_round_to = 8
+        exclude = ["features.0"]
+        distill = true
+        distill_data = "unlabelled.npy"
+        distill_epochs = 1
+        distill_batch = 16
+    """))
+    out = tmp_path / "out"
+    assert main(["matrix", str(config), "--out", str(out), "--json"]) == 0, capsys.readouterr().err
+    cells = {c["cell"]["compression"]: c for c in json.loads((out / "results.json").read_text())}
+    assert cells["none"]["compression"] is None
+    section = cells["s50"]["compression"]
+    assert section["method"] == "l1-structured + distill" and section["scope"] == "layer"
+    assert section["recovery"]["samples"] == 128 and section["recovery"]["batch_size"] == 16
+    assert section["recovery"]["data"].endswith("unlabelled.npy")
+    kept = {row["name"]: row.get("kept") for row in section["layers"]}
+    assert kept["features.0.weight"] == "excluded (--exclude)"
+    assert cells["s50"]["targets"]["onnx"]["status"] == "passed"
