@@ -173,3 +173,15 @@ def test_matrix_presets_take_every_compression_option(tmp_path, capsys):
     kept = {row["name"]: row.get("kept") for row in section["layers"]}
     assert kept["features.0.weight"] == "excluded (--exclude)"
     assert cells["s50"]["targets"]["onnx"]["status"] == "passed"
+
+
+def test_edgex_core_compress_is_callable_after_the_package_is_imported():
+    """``edgex.core.compress`` is both the stage's package and the API function."""
+    import importlib
+
+    import edgex.core as edgex
+
+    importlib.import_module("edgex.core.compress")  # makes the attribute the package
+    assert isinstance(edgex.compress, type(importlib))
+    model, summary = edgex.compress("examples:digits", {"prune": 0.5})
+    assert summary["method"] == "l1-unstructured" and model.module is not None

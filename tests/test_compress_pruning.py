@@ -11,6 +11,7 @@ from edgex.core import api
 from edgex.core.compress import CompressionStep, count_params
 from edgex.core.compress.layers import final_weights, weight_parameters
 from edgex.core.errors import UsageError
+from edgex.plugins import CompressionResult, CompressorSpec, hookimpl
 from edgex.plugins.testing import tiny_cnn
 
 
@@ -354,3 +355,56 @@ def test_compressing_leaves_the_reference_unchanged():
     compress(model, example, CompressionStep("l1-structured", {"amount": 0.5}))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- third-party methods
+
+
+class GridSnap:
+    """A third-party method: registered like any plugin, called through the same stage."""
+
+    @hookimpl
+    def edgex_compressors(self):
+        return [CompressorSpec("round-to-grid", "snap weights to a grid of 1/8")]
+
+    @hookimpl
+    def edgex_compress(self, request):
+        if request.method != "round-to-grid":
+            return None
+        with torch.no_grad():
+            for _, p in weight_parameters(request.module):
+                p.copy_(torch.round(p * 8) / 8)
+        return CompressionResult(request.module, "round-to-grid", {"amount": request.options["amount"], "grid": 0.125})
+
+
+class Breaker:
+    @hookimpl
+    def edgex_compressors(self):
+        return [CompressorSpec("drop-classes", "a broken method")]
+
+    @hookimpl
+    def edgex_compress(self, request):
+        request.module[-1] = nn.Linear(16, 3)  # changes the output shape
+        return CompressionResult(request.module, "drop-classes")
+
+
+def test_a_third_party_method_runs_through_the_same_stage():
+    from edgex.plugins.manager import PluginManager
+
+    manager = PluginManager(load_entry_points=False, extra_plugins=[GridSnap()])
+    model, example = tiny_cnn()
+    steps = [CompressionStep("round-to-grid", {"amount": 0.5, "steps": 2})]
+    pruned, summary = compress(model, example, *steps, plugins=manager)
+    assert [s["round"] for s in summary["steps"]] == ["1/2", "2/2"]
+    assert summary["steps"][0]["plugin"] == "GridSnap" and summary["steps"][0]["grid"] == 0.125
+    assert all(torch.equal(p * 8, torch.round(p * 8)) for _, p in weight_parameters(pruned.module))
+
+
+def test_a_method_that_changes_the_outputs_is_a_plugin_error():
+    from edgex.core.errors import PluginError
+    from edgex.plugins.manager import PluginManager
+
+    manager = PluginManager(load_entry_points=False, extra_plugins=[Breaker()])
+    model, example = tiny_cnn()
+    with pytest.raises(PluginError, match="'drop-classes' .* changed the model's output shapes"):
+        compress(model, example, CompressionStep("drop-classes", {"amount": 0.5}), plugins=manager)

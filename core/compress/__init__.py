@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
+import types
 import uuid
 import zlib
 from dataclasses import dataclass, field, replace
@@ -411,3 +413,17 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
     for step in summary["steps"]:
         lines.extend(f"  {step['method']}: {message}" for message in step.get("messages", ()))
     return lines
+
+
+class _CallableModule(types.ModuleType):
+    """``edgex.core.compress`` names both this package and the API function
+    :func:`edgex.core.api.compress`; once the package is imported, Python's attribute on
+    ``edgex.core`` is the package. Calling it calls the function, so both spellings work."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from edgex.core.api import compress
+
+        return compress(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

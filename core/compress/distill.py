@@ -81,16 +81,26 @@ def _is_class_scores(tensor: Any) -> bool:
     return tensor.dim() == 2 and tensor.shape[1] >= 2 and tensor.is_floating_point()
 
 
-def _teacher_outputs(teacher: Any, inputs: Sequence[Any]) -> list[Any]:
+def _teacher_outputs(teacher: Any, inputs: Sequence[Any], model_batch: int) -> list[Any]:
+    """The teacher's outputs for every sample, in chunks; at the model's own batch size when it
+    takes no other (a program exported for batch 1)."""
     import torch
 
     from edgex.core.loading import flatten_outputs
 
-    chunks: list[list[Any]] = []
-    with torch.no_grad():
-        for start in range(0, len(inputs[0]), TEACHER_CHUNK):
-            chunks.append(flatten_outputs(teacher(*[x[start : start + TEACHER_CHUNK] for x in inputs]))[1])
-    return [torch.cat(parts) for parts in zip(*chunks)]
+    def run(chunk: int) -> list[Any]:
+        chunks: list[list[Any]] = []
+        with torch.no_grad():
+            for start in range(0, len(inputs[0]), chunk):
+                chunks.append(flatten_outputs(teacher(*[x[start : start + chunk] for x in inputs]))[1])
+        return [torch.cat(parts) for parts in zip(*chunks)]
+
+    try:
+        return run(TEACHER_CHUNK)
+    except Exception:
+        if model_batch == TEACHER_CHUNK or len(inputs[0]) % model_batch:
+            raise
+        return run(model_batch)
 
 
 def _check_labels(labels: np.ndarray | None, targets: Sequence[Any], samples: int) -> tuple[Any, int | None]:
@@ -142,12 +152,14 @@ def distill(request: CompressionRequest) -> CompressionResult:
         raise UsageError("distillation needs data: pass --distill-data FILE (.npy, or .npz with x and optional y) or --calibration")
     if request.teacher is None:
         raise UsageError("distillation needs the unpruned model as its teacher")
-    inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in request.data]
+    # a fresh C-order copy: numpy calls an array with odd strides on a size-1 axis contiguous,
+    # torch then takes another convolution path, and the same data would train differently
+    inputs = [torch.from_numpy(np.array(a, order="C", copy=True)) for a in request.data]
     samples = len(inputs[0])
     student, teacher = request.module, set_training(request.teacher, False)
-    targets = _teacher_outputs(teacher, inputs)
-    labels, labelled = _check_labels(request.labels, targets, samples)
     model_batch = int(request.example_inputs[0].shape[0]) if request.example_inputs else 1
+    targets = _teacher_outputs(teacher, inputs, model_batch)
+    labels, labelled = _check_labels(request.labels, targets, samples)
     batch = min(options.batch_size, samples)
     messages: list[str] = []
     with torch.no_grad():

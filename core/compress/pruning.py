@@ -16,6 +16,7 @@ patterns whole; ``prune_classifier`` lets l1-unstructured prune the classifier t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -312,7 +313,9 @@ def prune_structured(request: CompressionRequest) -> CompressionResult:
     guarded = _input_guard(module, example)
     settings["ignored_layers"] += list(guarded.gates)
     try:
-        pruner = tp.pruner.BasePruner(guarded, example, **settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its notes on unwrapped parameters are not the user's business
+            pruner = tp.pruner.BasePruner(guarded, example, **settings)
     except Exception as exc:
         raise UsageError(f"torch-pruning cannot trace the model's dependency graph: {_first_line(exc)}") from exc
     groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types))
