@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from edgex.core.compress.options import OPTION_NAMES
 from edgex.core.errors import UsageError
 
 TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
 MODEL_KEYS = {"spec", "name", "input_shape", "example_inputs", "calibration", "eval_data", "weights"}
-COMPRESSION_KEYS = {
-    "name", "prune", "prune_method", "prune_scope", "prune_steps", "exclude",
-    "distill", "distill_data", "distill_epochs", "distill_lr", "distill_temperature",
-}
+COMPRESSION_KEYS = {"name", *OPTION_NAMES}  # the compress stage's own option names
 PATH_KEYS = {"example_inputs", "calibration", "eval_data", "weights", "distill_data"}
 
 
@@ -195,6 +193,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             eval_data=model_cfg.eval_data,
             timeout_s=config.timeout_s,
             compression=compression,
+            distill_data=preset.options.get("distill_data"),
             parity_inputs=model_cfg.example_inputs,
         )
         try:

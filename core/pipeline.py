@@ -415,6 +415,14 @@ def _prepare_out(out: Path) -> Path:
     return out.resolve()  # converters may change directory: every path handed on is absolute
 
 
+def compress(manager: Any, model: ReferenceModel, settings: ConvertSettings) -> tuple[ReferenceModel, dict[str, Any]]:
+    """The compress stage alone (also ``edgex compress``): the compressed reference and its summary."""
+    from edgex.core.compress import compress_reference
+
+    with observed(manager, "compress"):
+        return compress_reference(manager, model, settings)
+
+
 def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out: Path, *, command: str = "convert") -> Report:
     """Compress (if asked), convert to every planned target, validate each, write report.json."""
     from edgex.core import __version__
@@ -423,10 +431,7 @@ def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out:
     original = model
     compression_summary = None
     if settings.compression:
-        from edgex.core.compress import compress_reference
-
-        with observed(manager, "compress"):
-            model, compression_summary = compress_reference(manager, model, settings)
+        model, compression_summary = compress(manager, model, settings)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = prepare_inputs(model, settings, needs_calibration)
     out = _prepare_out(out)

@@ -48,6 +48,8 @@ ENTRY_POINT_GROUP = "edgex"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
+    "edgex.core.compress.pruning",
+    "edgex.core.compress.distill",
 )
 
 
@@ -325,6 +327,9 @@ class PluginManager:
 
     def stage_started(self, event: StageEvent) -> None:
         self._notify("edgex_stage_started", event)
+
+    def stage_progress(self, event: StageEvent) -> None:
+        self._notify("edgex_stage_progress", event)
 
     def stage_finished(self, event: StageEvent) -> None:
         self._notify("edgex_stage_finished", event)
