@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
-from edgex.core.compress import CompressionStep
+from edgex.core.compression import CompressionStep
 from edgex.core.loading import load_model as _load_model
 from edgex.core.parity import ParityReport
 from edgex.core.pipeline import ConvertSettings
@@ -89,7 +89,7 @@ def convert(
     reference every artifact is judged against.
     """
     if isinstance(compression, Mapping):
-        from edgex.core.compress.options import steps_from_options
+        from edgex.core.compression.options import steps_from_options
 
         compression = steps_from_options(compression)
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
@@ -154,8 +154,8 @@ def compress(
     ``{"prune": 0.5, "prune_method": "l1-structured", "distill": True}``. ``distill_data`` is a
     path (.npy, or .npz with x and optional labels y), an array, or ``{"x": ..., "y": ...}``.
     """
-    from edgex.core.compress import save_program
-    from edgex.core.compress.options import steps_from_options
+    from edgex.core.compression import save_program
+    from edgex.core.compression.options import steps_from_options
 
     if isinstance(steps, Mapping):
         steps = steps_from_options(steps)

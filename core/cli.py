@@ -8,7 +8,6 @@ with the exit code of SPEC.md; tracebacks only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -198,7 +197,7 @@ def _load(args: argparse.Namespace, spec: str):
 
 
 def _compression_steps(args: argparse.Namespace) -> tuple[Any, ...]:
-    from edgex.core.compress.options import steps_from_args
+    from edgex.core.compression.options import steps_from_args
 
     return steps_from_args(args)
 
@@ -222,7 +221,7 @@ def cmd_convert(args: argparse.Namespace, manager: Any) -> int:
 
 def cmd_compress(args: argparse.Namespace, manager: Any) -> int:
     from edgex.core import pipeline
-    from edgex.core.compress import describe, save_program
+    from edgex.core.compression import describe, save_program
     from edgex.core.pipeline import ConvertSettings
     from edgex.core.report import dumps
 
@@ -357,7 +356,7 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
 
 
 def _add_compression_options(parser: argparse.ArgumentParser) -> None:
-    from edgex.core.compress.options import add_compression_options
+    from edgex.core.compression.options import add_compression_options
 
     add_compression_options(parser)
 

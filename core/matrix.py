@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from edgex.core.compress.options import OPTION_NAMES
+from edgex.core.compression.options import OPTION_NAMES
 from edgex.core.errors import UsageError
 
 TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
@@ -151,7 +151,7 @@ def _group_name(model: MatrixModel, preset: Preset) -> str:
 def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str) -> list[dict[str, Any]]:
     """One (model, preset): load and compress once, then every precision's targets. Returns cells."""
     from edgex.core import pipeline
-    from edgex.core.compress.options import steps_from_options
+    from edgex.core.compression.options import steps_from_options
     from edgex.core.loading import load_model
     from edgex.plugins.manager import PluginManager
 

@@ -61,7 +61,7 @@ class ConvertSettings:
     #: target options by option name (``--opset 17`` -> {"opset": 17})
     options: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
-    #: compression steps (``edgex.core.compress.CompressionStep``) applied before converting
+    #: compression steps (``edgex.core.compression.CompressionStep``) applied before converting
     compression: tuple[Any, ...] = ()
     #: for recovery: unlabelled (or labelled .npz) data; None: the calibration data
     distill_data: Any = None
@@ -417,7 +417,7 @@ def _prepare_out(out: Path) -> Path:
 
 def compress(manager: Any, model: ReferenceModel, settings: ConvertSettings) -> tuple[ReferenceModel, dict[str, Any]]:
     """The compress stage alone (also ``edgex compress``): the compressed reference and its summary."""
-    from edgex.core.compress import compress_reference
+    from edgex.core.compression import compress_reference
 
     with observed(manager, "compress"):
         return compress_reference(manager, model, settings)
@@ -473,7 +473,7 @@ def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out:
                 shutil.rmtree(started[1], ignore_errors=True)
             raise
         if compression_summary is not None and original is not model:
-            from edgex.core.compress import drift
+            from edgex.core.compression import drift
 
             compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
         if model.macs is None and model.module is not None:

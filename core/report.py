@@ -191,7 +191,7 @@ def render_table(report: Report) -> str:
                 f"({a['samples']} labelled samples, drop {a['drop_points']:+.2f} points)"
             )
     if report.compression:
-        from edgex.core.compress import describe
+        from edgex.core.compression import describe
 
         lines.extend(describe(report.compression))
     for message in report.messages:

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -48,8 +48,8 @@ ENTRY_POINT_GROUP = "edgex"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
-    "edgex.core.compress.pruning",
-    "edgex.core.compress.distill",
+    "edgex.core.compression.pruning",
+    "edgex.core.compression.distill",
 )
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from edgex.core import api
-from edgex.core.compress import CompressionStep
-from edgex.core.compress.layers import weight_parameters
+from edgex.core.compression import CompressionStep
+from edgex.core.compression.layers import weight_parameters
 from edgex.core.errors import UsageError
 from edgex.core.progress import ProgressDisplay
 from edgex.core.types import StageEvent

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from edgex.core import api
-from edgex.core.compress import CompressionStep, count_params
-from edgex.core.compress.layers import final_weights, weight_parameters
+from edgex.core.compression import CompressionStep, count_params
+from edgex.core.compression.layers import final_weights, weight_parameters
 from edgex.core.errors import UsageError
 from edgex.plugins import CompressionResult, CompressorSpec, hookimpl
 from edgex.plugins.testing import tiny_cnn

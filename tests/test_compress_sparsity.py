@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgex.core import api
-from edgex.core.compress import CompressionStep
-from edgex.core.compress.layers import weight_parameters
+from edgex.core.compression import CompressionStep
+from edgex.core.compression.layers import weight_parameters
 from edgex.plugins.manager import PluginManager
 from edgex.plugins.testing import tiny_cnn
 

@@ -9,12 +9,9 @@ import json
 import os
 import signal
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 
 from edgex.core import api
 from edgex.core.cli import main

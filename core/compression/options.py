@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from edgex.core.compress import CompressionStep
+from edgex.core.compression import CompressionStep
 from edgex.core.errors import UsageError
 
 DEFAULT_METHOD = "l1-unstructured"
@@ -102,7 +102,7 @@ def steps_from_options(options: Mapping[str, Any]) -> tuple[CompressionStep, ...
 
 
 def _distill_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    from edgex.core.compress.distill import DistillOptions
+    from edgex.core.compression.distill import DistillOptions
 
     values = {
         "epochs": options.get("distill_epochs"),

@@ -143,8 +143,8 @@ def _loss(outputs: Sequence[Any], targets: Sequence[Any], labels: Any, labelled:
 def distill(request: CompressionRequest) -> CompressionResult:
     import torch
 
-    from edgex.core.compress import set_training
-    from edgex.core.compress.layers import weight_parameters
+    from edgex.core.compression import set_training
+    from edgex.core.compression.layers import weight_parameters
     from edgex.core.loading import flatten_outputs
 
     options = DistillOptions.parse(request.options)

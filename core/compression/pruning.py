@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from edgex.core.compress.layers import (
+from edgex.core.compression.layers import (
     check_patterns,
     final_weights,
     matches,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
-import types
 import uuid
 import zlib
 from dataclasses import dataclass, field, replace
@@ -243,7 +241,7 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
     """Apply ``settings.compression`` to a copy of the reference; returns it and the summary."""
     import torch
 
-    from edgex.core.compress.layers import layer_table
+    from edgex.core.compression.layers import layer_table
     from edgex.core.loading import _sha256_module
 
     if model.module is None:
@@ -413,17 +411,3 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
     for step in summary["steps"]:
         lines.extend(f"  {step['method']}: {message}" for message in step.get("messages", ()))
     return lines
-
-
-class _CallableModule(types.ModuleType):
-    """``edgex.core.compress`` names both this package and the API function
-    :func:`edgex.core.api.compress`; once the package is imported, Python's attribute on
-    ``edgex.core`` is the package. Calling it calls the function, so both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from edgex.core.api import compress
-
-        return compress(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
