@@ -338,8 +338,8 @@ class MILInterpreter:
     def run(self, feeds: Mapping[str, np.ndarray], *, keep_all: bool = False) -> dict[str, np.ndarray]:
         """The function's outputs (by name) for one set of inputs (by name).
 
-        With ``keep_all`` every intermediate value is returned too (to find where two runs
-        part ways).
+        With ``keep_all`` every input and intermediate value is returned too (to find where
+        two runs part ways).
         """
         import torch
 
@@ -358,7 +358,7 @@ class MILInterpreter:
                 if not keep_all:
                     for name in step.release:
                         values.pop(name, None)
-        wanted = values.keys() if keep_all else self.output_names
+        wanted = [n for n in values if n not in self._constants] if keep_all else self.output_names
         return {name: _to_numpy(values[name]) for name in wanted if not isinstance(values[name], (str, list))}
 
     def describe(self) -> dict[str, Any]:
@@ -379,7 +379,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def program_precision(program: Any, function: str = "main") -> str:
     """The edgex precision of a program: ``dynamic-int8`` when weights are stored lossily
-    compressed (quantized or palettized), else ``fp16`` when ops compute in fp16, else ``fp32``."""
+    compressed (quantized or palettized), else ``fp16`` when ops compute in fp16 or weights are
+    stored in fp16 (``constexpr_cast``), else ``fp32``."""
     lossy = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense",
              "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale")
     operations = list(program.functions[function].operations)
@@ -388,5 +389,6 @@ def program_precision(program: Any, function: str = "main") -> str:
     computes_half = any(
         _builtin_name(var) == "fp16" for op in operations if op.op_type != "const" and not op.op_type.startswith("constexpr_") for var in op.outputs
     )
-    return "fp16" if computes_half else "fp32"
+    stores_half = any(op.op_type == "constexpr_cast" for op in operations)
+    return "fp16" if computes_half or stores_half else "fp32"
 

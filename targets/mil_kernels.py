@@ -12,8 +12,8 @@ A kernel takes an :class:`OpArgs` and returns a tensor, or a tuple of tensors fo
 several outputs. A parameter combination it does not implement raises :class:`Unsupported`,
 which becomes a "cannot validate" error, never a guess.
 
-Torch is imported when this module is; only the interpreter imports it, inside the coreml
-target's runtime.
+This module imports torch at its top: it is imported only by the interpreter, when a coreml
+runtime is loaded, never when plugins load (``edgex targets`` stays fast; a test keeps it so).
 """
 
 from __future__ import annotations

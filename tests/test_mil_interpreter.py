@@ -235,6 +235,8 @@ VALUE_INFERENCE_CASES = [
     ("topk_ascending", IOS17, [X], lambda x: mb.topk(x=x, k=3, axis=1, ascending=True), lambda x: tuple(torch.topk(x, 3, 1, largest=False))),
     ("argsort", IOS17, [X], lambda x: mb.argsort(x=x, axis=-1), lambda x: torch.argsort(x, -1, descending=True)),
     ("fill", IOS17, [], lambda: mb.fill(shape=[2, 3], value=1.5), lambda: torch.full((2, 3), 1.5)),
+    ("fill_like", IOS17, [X], lambda x: mb.fill_like(ref_tensor=x, value=-2.0), lambda x: torch.full_like(x, -2.0)),
+    ("identity", IOS17, [X], lambda x: mb.identity(x=x), lambda x: x),
     ("shape", IOS17, [X], lambda x: mb.shape(x=x), lambda x: torch.tensor(x.shape, dtype=torch.int32)),
     ("range_1d", IOS17, [], lambda: mb.range_1d(start=2, end=11, step=3), lambda: torch.arange(2, 11, 3)),
     ("quantize", IOS17, [X, np.array([0.02, 0.03, 0.05], np.float32)], lambda x, s: mb.quantize(input=x, scale=s, axis=1, output_dtype="int8"),
@@ -396,6 +398,27 @@ def test_silu_crop_pixel_shuffle_gather_nd():
     assert_close(got_shuffle, F.pixel_shuffle(T(x), 2).numpy(), what="pixel_shuffle")
     assert_close(got_unshuffle, x, what="pixel_unshuffle")
     assert_close(got_nd, x[idx[..., 0], idx[..., 1]], what="gather_nd")
+
+
+def test_one_hot_dequantize_resize_nearest_reshape_like():
+    x = rand(1, 2, 4, 5)
+    labels = np.array([[0, 3], [2, 1]], np.int32)
+    data = RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8)
+    scale, zero = rand(3, low=0.01, high=0.1), np.array([3, -4, 0], np.int8)
+    got_hot, got_deq, got_nearest, got_like = run_single(
+        lambda x_, i, q, s, z: (
+            mb.one_hot(indices=i, one_hot_vector_size=4, axis=1, on_value=2.0, off_value=-1.0),
+            mb.dequantize(input=q, scale=s, zero_point=z, axis=1),
+            mb.resize_nearest_neighbor(x=x_, target_size_height=7, target_size_width=3),
+            mb.reshape_like(x=x_, ref_tensors=(x_,), begins=[0], ends=[2], end_masks=[True]),
+        ),
+        [x, labels, data, scale, zero],
+    )
+    hot = F.one_hot(T(labels).long(), 4).numpy() * 3.0 - 1.0
+    assert_close(got_hot, np.moveaxis(hot, -1, 1), what="one_hot")
+    assert_close(got_deq, (data.astype(np.float32) - zero.reshape(1, 3, 1)) * scale.reshape(1, 3, 1), what="dequantize")
+    assert_close(got_nearest, F.interpolate(T(x), size=(7, 3), mode="nearest").numpy(), what="resize_nearest_neighbor")
+    assert_close(got_like, x, what="reshape_like")
 
 
 def test_depth_to_space_is_tensorflows_dcr_order():

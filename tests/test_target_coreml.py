@@ -123,6 +123,18 @@ def test_target_is_declared_with_alias_and_interpreter_backend(edgex_manager):
     assert status.available and "MIL reference interpreter" in status.backend
 
 
+def test_loading_the_plugin_imports_no_heavy_framework():
+    import subprocess
+
+    code = (
+        "import sys; from edgex.plugins.manager import PluginManager; m = PluginManager(load_entry_points=False);"
+        "m.backend_status('coreml'); heavy = [n for n in ('torch', 'coremltools', 'edgex.targets.mil_kernels') if n in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
 @pytest.mark.slow
 def test_conformance_fp32_and_fp16(edgex_manager, tmp_path):
     result = check_target_conformance("coreml", tmp_path, manager=edgex_manager, precisions=["fp32", "fp16"])
