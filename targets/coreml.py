@@ -21,9 +21,9 @@ where the program computes in fp16; an op it lacks is an ``error`` naming the op
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io as _io
-import contextlib
 import sys
 import time
 from importlib import metadata
@@ -332,7 +332,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             "minimum_deployment_target": deployment,
             "weight_compression": compression,
             "compressed_weight_tensors": compressed,
-            "ct_convert_seconds": round(convert_seconds, 4),
+            "torch_to_mlprogram_seconds": round(convert_seconds, 4),  # trace or export + ct.convert
             "program_ops": len([t for t in ops if t != "const"]),
         }
     }

@@ -191,6 +191,14 @@ def test_two_inputs_two_outputs_keep_names_and_deployment_target(tmp_path):
     assert package.metadata["edgex.precision"] == "fp16"
 
 
+@pytest.mark.slow
+def test_transformer_for_ios18_runs_fused_attention(tmp_path):
+    model, example = FAMILIES["transformer"]
+    row = convert(model, example, tmp_path, "fp16", minimum_deployment_target="iOS18")
+    assert row.status == "passed", row.messages
+    assert row.details["mil_interpreter"]["op_types"].get("scaled_dot_product_attention") == 2
+
+
 # --------------------------------------------------------------------------- planted defects
 
 
