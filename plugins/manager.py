@@ -48,6 +48,7 @@ ENTRY_POINT_GROUP = "edgex"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
+    "edgex.targets.coreml",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",
 )
