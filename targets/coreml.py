@@ -243,14 +243,6 @@ def _fallback_note(path: str, failures: Sequence[str]) -> list[str]:
     return [f"converted through {path} because " + "; ".join(failures)] if failures else []
 
 
-def _single_threaded() -> Any:
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it there is no k-means to worry about
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1)
-
-
 def compress_weights(mlmodel: Any, method: str) -> Any:
     """Compress the weights of a converted ML Program with ``coremltools.optimize.coreml``.
 
@@ -269,9 +261,9 @@ def compress_weights(mlmodel: Any, method: str) -> Any:
     else:
         raise UsageError(f"unknown --weight-compression {method!r}; choose one of {', '.join(WEIGHT_COMPRESSIONS)}")
     try:
-        # palettization runs scikit-learn's k-means, whose OpenMP threads deadlock in a forked
-        # child whose parent already used OpenMP (as torch's pool does): one thread is safe
-        with _quiet(), _single_threaded():
+        # palettization runs scikit-learn's k-means on OpenMP: core's forked child limits every
+        # OpenMP pool to one thread, as pools inherited through fork deadlock
+        with _quiet():
             return compress(mlmodel, cto.OptimizationConfig(global_config=config))
     except Exception as exc:
         raise TargetError(f"coremltools.optimize.coreml could not apply {method}: {_first_line(exc)}", stage="convert") from exc
