@@ -544,7 +544,8 @@ def validate(manager: Any, artifact: Path, model: ReferenceModel, settings: Conv
         return None, replace(io, precision=settings.precision) if settings.precision else io
 
     with sandboxed(out):
-        run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, None)
+        (out / "logs").mkdir(exist_ok=True)
+        run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log")
         reference, reference_eval, noise = _reference(manager, model, inputs)
         if model.macs is None and model.module is not None:
             report.model["macs"] = count_macs(model.module, model.example_inputs)
