@@ -560,7 +560,12 @@ def _coral(request: ConversionRequest) -> ConversionResult:
         except Exception as exc:  # the static report stands; say why the compiler's is missing
             messages.append(f"edgetpu_compiler could not compile the model: {_one_line(exc)}")
     else:
-        messages.append("edgetpu_compiler is not installed here: the Edge TPU mapping is edgex's static analysis of the documented op table")
+        messages.append(
+            f"Edge TPU (static analysis of the documented op table; edgetpu_compiler is not installed here): "
+            f"{report.ops_mapped} of {report.ops_total} ops"
+            + (f" and {report.mac_fraction:.0%} of MACs" if report.mac_fraction is not None else "")
+            + " would map"
+        )
     details = dict(result.details)
     details["edgetpu"] = report.to_json()
     return ConversionResult(tuple(artifacts), result.io, result.converter, tuple(messages), details)
