@@ -65,7 +65,7 @@ def to_artifact(x: np.ndarray, binding: TensorBinding) -> np.ndarray:
     """A reference input as the artifact takes it: permuted, then quantized or cast."""
     if binding.perm is not None:
         x = np.transpose(x, binding.perm)
-    if binding.quant is not None:
+    if binding.quant is not None and binding.dtype in _INT_RANGES:
         return quantize(x, binding.quant)
     return np.ascontiguousarray(x.astype(binding.dtype, copy=False))
 
@@ -73,7 +73,8 @@ def to_artifact(x: np.ndarray, binding: TensorBinding) -> np.ndarray:
 def from_artifact(y: np.ndarray, binding: TensorBinding) -> np.ndarray:
     """An artifact output in the reference form: dequantized, then permuted back, as float32."""
     y = np.asarray(y)
-    y = dequantize(y, binding.quant) if binding.quant is not None else y.astype(np.float32)
+    integer = np.issubdtype(y.dtype, np.integer)
+    y = dequantize(y, binding.quant) if binding.quant is not None and integer else y.astype(np.float32)
     if binding.perm is not None:
         y = np.transpose(y, np.argsort(binding.perm))
     return y

@@ -208,10 +208,17 @@ def load_state_dict_into(module: Any, weights: Path) -> None:
 
 def _input_names(module: Any, count: int) -> list[str]:
     """Input names from ``forward``'s signature (or the graph's placeholders)."""
+    import torch
+
     names: list[str] = []
-    graph = getattr(module, "graph", None)
-    if graph is not None and hasattr(graph, "nodes"):
-        names = [n.name for n in graph.nodes if getattr(n, "op", "") == "placeholder"]
+    if isinstance(module, torch.fx.GraphModule):
+        names = [n.name for n in module.graph.nodes if n.op == "placeholder"]
+    elif isinstance(module, torch.jit.ScriptModule):
+        try:
+            graph_inputs = list(module.forward.graph.inputs())[1:]  # the first is `self`
+            names = [value.debugName().split(".")[0] for value in graph_inputs]
+        except (AttributeError, RuntimeError):
+            names = []
     if not names:
         try:
             params = inspect.signature(module.forward).parameters.values()
@@ -436,7 +443,10 @@ def load_model(
 
     if weights is not None:
         load_state_dict_into(module, weights)
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # torch.export modules are fixed in the mode they were exported in
 
     arrays: list[np.ndarray] | None = None
     if isinstance(example_inputs, (str, Path)):

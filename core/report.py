@@ -110,6 +110,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; a report is meant to be read
         with os.fdopen(fd, "w") as fh:
             json.dump(_finite(data), fh, indent=2, default=str)
             fh.write("\n")

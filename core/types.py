@@ -117,7 +117,9 @@ class TensorBinding:
 
     ``perm`` says how the artifact's axes are taken from the reference tensor's axes
     (``artifact = reference.transpose(perm)``; (0, 2, 3, 1) turns NCHW into NHWC); ``quant`` says
-    how real values map to the artifact's integers. Core undoes both before comparing.
+    how real values map to the artifact's integers. Core undoes both before comparing. A float
+    tensor may carry ``quant`` too (the grid a QDQ graph's float output lies on): it is then not
+    converted, and only sets the int8 tolerance's step.
     """
 
     name: str

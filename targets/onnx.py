@@ -149,18 +149,36 @@ def export_onnx(
                 else:
                     axes = {n: {0: "batch"} for n in [*names, *model.output_names]} if dynamic_batch else None
                     torch.onnx.export(
-                        model.module, args, str(path), dynamo=False, opset_version=min(opset, 20),
+                        model.module, args, str(path), dynamo=False, opset_version=opset,
                         input_names=names, output_names=list(model.output_names), dynamic_axes=axes,
                     )
         except Exception as exc:
             failures.append(f"{kind} exporter failed: {_first_line(exc)}")
             path.unlink(missing_ok=True)
             continue
-        converter = f"torch.onnx.export ({kind}, opset {opset if kind == 'dynamo' else min(opset, 20)})"
+        produced = _opset_of(path)
+        if produced != opset:  # the dynamo exporter cannot go below opset 18
+            failures.append(f"{kind} exporter produced opset {produced}, not the requested {opset}")
+            path.unlink(missing_ok=True)
+            continue
+        converter = f"torch.onnx.export ({kind}, opset {opset})"
         if failures:
             messages.append(f"used the {kind} exporter because the " + "; ".join(failures))
         return converter, messages
     raise TargetError("ONNX export failed: " + "; ".join(failures), stage="convert")
+
+
+def onnx_save(model: Any, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def check_onnx(path: Path) -> None:
@@ -180,13 +198,35 @@ def _fp32_onnx(request: ConversionRequest, path: Path, opset: int, dynamic_batch
     return export_onnx(request.model, path, opset=opset, dynamic_batch=dynamic_batch, exporter=request.options.get("exporter") or "auto")
 
 
-def to_fp16(source: Path, dest: Path) -> None:
+def _topologically_sorted(model: Any) -> Any:
+    """Reorder the graph's nodes so each comes after its inputs' producers.
+
+    onnxruntime's float16 converter appends its boundary Cast nodes at the end of the node
+    list, which onnx.checker (rightly) rejects.
+    """
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        still = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise TargetError("the fp16 graph has a cycle or a dangling input", stage="convert")
+        for node in done:
+            ordered.append(node)
+            ready.update(node.output)
+        pending = still
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
+def fp16_model(source: Path) -> Any:
     """fp16 weights and compute, float32 inputs and outputs (onnxruntime's converter)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(dest))
+    return _topologically_sorted(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
 
 
 class _CalibrationReader:
@@ -337,7 +377,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
 
     final = work / ("model.trt.onnx" if jetson else "model.onnx")
     if request.precision == "fp16" and not jetson:
-        to_fp16(fp32, final)
+        onnx_save(fp16_model(fp32), final)
         converter += "; fp16 by onnxruntime.transformers.float16 (float32 I/O kept)"
     elif request.precision == "int8":
         to_int8_qdq(fp32, final, request, symmetric=jetson)
@@ -384,12 +424,7 @@ class OnnxRuntime:
     def __init__(self, path: Path, *, as_fp16: bool = False, note: str = ""):
         import onnxruntime as ort
 
-        source: Any = str(path)
-        if as_fp16:
-            import onnx
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            source = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
+        source: Any = fp16_model(path).SerializeToString() if as_fp16 else str(path)
         try:
             self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         except Exception as exc:
