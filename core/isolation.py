@@ -12,6 +12,7 @@ targets in-process instead (the default where ``fork`` is unsafe, i.e. not on Li
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -50,22 +51,20 @@ def _describe_exit(code: int | None) -> str:
 
 def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_path: str | None) -> None:
     try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    if log_path:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    try:
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        if log_path:
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            faulthandler.enable(2)  # a crash leaves its Python stack in the target's log
         result = work(lambda kind, payload: conn.send(("event", kind, payload)))
         conn.send(("result", result))
     except BaseException as exc:  # everything goes back to the parent
+        traceback.print_exc()  # into the target's log
         message = exc.message if isinstance(exc, EdgexError) else f"{type(exc).__name__}: {exc}"
         code = exc.exit_code if isinstance(exc, EdgexError) else 3
         conn.send(("error", message.strip().splitlines()[0] if message.strip() else type(exc).__name__, traceback.format_exc(), code))
@@ -73,55 +72,78 @@ def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_pat
         conn.close()
 
 
-def run_isolated(
+class Isolated:
+    """A unit of work started in a child process (or deferred, when isolation is off)."""
+
+    def __init__(self, work: Callable[[Callable[[str, Any], None]], Any], what: str, timeout: float | None, log_path: str | None):
+        self.work, self.what, self.timeout, self.log_path = work, what, timeout, log_path
+        self.started = time.monotonic()
+        self.process = self.conn = None
+        if isolation_mode() == "fork":
+            import multiprocessing
+
+            context = multiprocessing.get_context("fork")
+            self.conn, child_conn = context.Pipe(duplex=False)
+            self.process = context.Process(target=_child, args=(child_conn, work, log_path), daemon=True)
+            self.process.start()
+            child_conn.close()
+
+    def wait(self, on_event: Callable[[str, Any], None] | None = None) -> Any:
+        """The work's result; events the child sent are handed to ``on_event`` on the way.
+
+        Raises :class:`RemoteError` for an exception in the child and :class:`TargetError` for
+        a crash or a timeout (counted from the start).
+        """
+        on_event = on_event or (lambda kind, payload: None)
+        if self.process is None:
+            return self.work(on_event)
+        deadline = None if self.timeout is None else self.started + self.timeout
+        try:
+            while True:
+                remaining = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self.conn.poll(remaining):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TargetError(f"{self.what} timed out after {self.timeout:g} s")
+                    continue
+                try:
+                    message = self.conn.recv()
+                except EOFError:
+                    self.process.join(5)
+                    log = f" (log: {self.log_path})" if self.log_path else ""
+                    raise TargetError(f"{self.what} {_describe_exit(self.process.exitcode)}{log}") from None
+                if message[0] == "event":
+                    on_event(message[1], message[2])
+                elif message[0] == "result":
+                    return message[1]
+                else:
+                    _, text, remote_tb, code = message
+                    raise RemoteError(text, remote_tb, code)
+        finally:
+            self.conn.close()
+            if self.process.is_alive():
+                self.process.join(2)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+
+
+    def cancel(self) -> None:
+        """Stop the child (its result is no longer wanted)."""
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def start_isolated(
     work: Callable[[Callable[[str, Any], None]], Any],
     *,
     what: str,
-    on_event: Callable[[str, Any], None] | None = None,
     timeout: float | None = None,
     log_path: str | None = None,
-) -> Any:
-    """Run ``work(send)`` in a child (or in-process, per :func:`isolation_mode`).
+) -> Isolated:
+    """Start ``work(send)`` in a child (or in-process at ``wait``, per :func:`isolation_mode`).
 
-    ``work`` may call ``send(kind, payload)`` to report progress; the parent hands each event
-    to ``on_event``. Returns what ``work`` returns; raises :class:`RemoteError` for an exception
-    in the child and :class:`TargetError` for a crash or a timeout.
+    ``work`` may call ``send(kind, payload)`` to report progress. The parent can go on with
+    other work (computing reference outputs, say) and collect the result with ``wait``.
     """
-    on_event = on_event or (lambda kind, payload: None)
-    if isolation_mode() == "none":
-        return work(on_event)
-
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    parent_conn, child_conn = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(child_conn, work, log_path), daemon=True)
-    process.start()
-    child_conn.close()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not parent_conn.poll(remaining if remaining is not None else 3600):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TargetError(f"{what} timed out after {timeout:g} s")
-                continue
-            try:
-                message = parent_conn.recv()
-            except EOFError:
-                process.join(5)
-                raise TargetError(f"{what} {_describe_exit(process.exitcode)}" + (f" (log: {log_path})" if log_path else "")) from None
-            if message[0] == "event":
-                on_event(message[1], message[2])
-            elif message[0] == "result":
-                return message[1]
-            else:
-                _, text, remote_tb, code = message
-                raise RemoteError(text, remote_tb, code)
-    finally:
-        parent_conn.close()
-        if process.is_alive():
-            process.join(2)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    return Isolated(work, what, timeout, log_path)

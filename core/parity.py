@@ -41,7 +41,7 @@ INT8_STEPS = 8.0
 #: int8-weights (float activations) tolerance in steps of the reference output range / 255
 DYNAMIC_INT8_STEPS = 8.0
 #: samples the float64 noise-floor run uses (the floor is per output, not per sample)
-NOISE_FLOOR_SAMPLES = 4
+NOISE_FLOOR_SAMPLES = 2
 SQNR_CAP_DB = 300.0
 
 Outputs = list[list[np.ndarray]]  # [sample][output]

@@ -15,15 +15,16 @@ import shutil
 import statistics
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edgex.core import data, layout, parity
 from edgex.core.errors import EdgexError, TargetError, UsageError
-from edgex.core.isolation import RemoteError, run_isolated
+from edgex.core.isolation import RemoteError, start_isolated
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
 from edgex.core.types import (
     PRECISIONS,
@@ -33,6 +34,9 @@ from edgex.core.types import (
     ReferenceModel,
     StageEvent,
 )
+
+
+Outputs = parity.Outputs
 
 
 @dataclass(frozen=True)
@@ -271,124 +275,117 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
-class _Stage:
-    """Brackets a stage with observer events."""
-
-    def __init__(self, manager: Any, stage: str, target: str | None = None):
-        self.manager, self.stage, self.target = manager, stage, target
-        self.outcome = "ok"
-
-    def __enter__(self) -> "_Stage":
-        self.start = time.perf_counter()
-        self.manager.stage_started(StageEvent(self.stage, self.target))
-        return self
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        outcome = self.outcome if kind is None else "error"
-        self.manager.stage_finished(StageEvent(self.stage, self.target, outcome, time.perf_counter() - self.start))
+@contextmanager
+def observed(manager: Any, stage: str, target: str | None = None) -> Iterator[dict[str, str]]:
+    """Bracket a stage with observer events; set ``box["outcome"]`` to report more than "ok"."""
+    start = time.perf_counter()
+    manager.stage_started(StageEvent(stage, target))
+    box = {"outcome": "ok"}
+    try:
+        yield box
+    except BaseException:
+        manager.stage_finished(StageEvent(stage, target, "error", time.perf_counter() - start))
+        raise
+    manager.stage_finished(StageEvent(stage, target, box["outcome"], time.perf_counter() - start))
 
 
-def _evaluate_target(
-    manager: Any,
-    target: str,
-    plugin: str,
-    model: ReferenceModel,
-    make_io: Callable[[], tuple[ConversionResult | None, ArtifactIO]],
-    inputs: _Inputs,
-    reference: list[list[np.ndarray]],
-    reference_eval: list[np.ndarray],
-    noise: parity.NoiseFloor,
-    settings: ConvertSettings,
-    log_path: Path | None,
-    on_converted: Callable[[ConversionResult | None, ArtifactIO], None] | None = None,
-) -> tuple[TargetReport, _RunOutcome | None]:
-    """Convert (or describe) and run one target in a child, then judge its outputs."""
-    row = TargetReport(name=target, status="error", plugin=plugin)
-    stage = _Stage(manager, "convert", target)
-    stage.__enter__()
-    validating: list[_Stage] = []
+class _TargetRun:
+    """One target converted (or described) and run on its own backend in a child process.
 
-    def on_event(kind: str, payload: Any) -> None:
+    Started before the reference outputs are computed, so that the parent's torch work
+    overlaps the child's conversion; ``finish`` collects the outputs and judges them.
+    """
+
+    def __init__(
+        self,
+        manager: Any,
+        target: str,
+        plugin: str,
+        model: ReferenceModel,
+        make_io: Callable[[], tuple[ConversionResult | None, ArtifactIO]],
+        inputs: _Inputs,
+        settings: ConvertSettings,
+        log_path: Path | None,
+    ) -> None:
+        self.manager, self.target, self.plugin, self.model = manager, target, plugin, model
+        self.inputs, self.settings = inputs, settings
+
+        def work(send: Callable[[str, Any], None]) -> _RunOutcome:
+            start = time.perf_counter()
+            conversion, io = make_io()
+            convert_seconds = time.perf_counter() - start
+            send("converted", convert_seconds)
+            runtime = manager.load_runtime(target, io, settings.options)
+            outputs, seconds = _run_batches(runtime, io, inputs.batches)
+            eval_outputs: list[np.ndarray] = []
+            if inputs.eval_batches:
+                first = match_outputs(model.output_names, io)[0]
+                raw_eval, _ = _run_batches(runtime, io, inputs.eval_batches)
+                eval_outputs = [layout.from_artifact(sample[first], io.outputs[first]) for sample in raw_eval]
+            details = dict(runtime.details()) if hasattr(runtime, "details") else {}
+            return _RunOutcome(conversion, io, runtime.backend, outputs, eval_outputs, seconds, convert_seconds, details)
+
+        manager.stage_started(StageEvent("convert", target))
+        self.stage, self.stage_start = "convert", time.perf_counter()
+        self.job = start_isolated(work, what=f"target {target}", timeout=settings.timeout_s, log_path=str(log_path) if log_path else None)
+
+    def _end_stage(self, outcome: str, seconds: float | None = None) -> None:
+        elapsed = time.perf_counter() - self.stage_start if seconds is None else seconds
+        self.manager.stage_finished(StageEvent(self.stage, self.target, outcome, elapsed))
+
+    def _on_event(self, kind: str, payload: Any) -> None:
         if kind == "converted":
-            stage.__exit__(None, None, None)
-            validating.append(_Stage(manager, "validate", target).__enter__())
+            self._end_stage("ok", payload)
+            self.stage, self.stage_start = "validate", time.perf_counter()
+            self.manager.stage_started(StageEvent("validate", self.target))
 
-    def work(send: Callable[[str, Any], None]) -> _RunOutcome:
-        start = time.perf_counter()
-        conversion, io = make_io()
-        convert_seconds = time.perf_counter() - start
-        send("converted", convert_seconds)
-        runtime = manager.load_runtime(target, io, settings.options)
-        outputs, seconds = _run_batches(runtime, io, inputs.batches)
-        eval_outputs: list[np.ndarray] = []
-        if inputs.eval_batches:
-            order = match_outputs(model.output_names, io)
-            raw_eval, _ = _run_batches(runtime, io, inputs.eval_batches)
-            eval_outputs = [layout.from_artifact(sample[order[0]], io.outputs[order[0]]) for sample in raw_eval]
-        details = dict(runtime.details()) if hasattr(runtime, "details") else {}
-        return _RunOutcome(conversion, io, runtime.backend, outputs, eval_outputs, seconds, convert_seconds, details)
+    def finish(self, reference: Outputs, reference_eval: list[np.ndarray], noise: parity.NoiseFloor) -> tuple[TargetReport, _RunOutcome | None]:
+        row = TargetReport(name=self.target, status="error", plugin=self.plugin)
+        try:
+            outcome: _RunOutcome = self.job.wait(self._on_event)
+        except EdgexError as exc:
+            self._end_stage("error")
+            row.messages.append(exc.message)
+            row.traceback = getattr(exc, "remote_traceback", "")
+            if isinstance(exc, UsageError) or (isinstance(exc, RemoteError) and exc.exit_code == 2):
+                raise UsageError(exc.message) from exc
+            return row, None
 
-    try:
-        outcome: _RunOutcome = run_isolated(
-            work,
-            what=f"target {target}",
-            on_event=on_event,
-            timeout=settings.timeout_s,
-            log_path=str(log_path) if log_path else None,
-        )
-    except EdgexError as exc:
-        if not validating:
-            stage.__exit__(TargetError, exc, None)
-        else:
-            validating[0].__exit__(TargetError, exc, None)
-        row.messages.append(exc.message)
-        if isinstance(exc, RemoteError):
-            row.details["traceback"] = exc.remote_traceback
-        if isinstance(exc, UsageError) or (isinstance(exc, RemoteError) and exc.exit_code == 2):
-            raise UsageError(exc.message) from exc
-        return row, None
-
-    if on_converted is not None:
-        on_converted(outcome.conversion, outcome.io)
-    io = outcome.io
-    row.precision = io.precision
-    row.backend = outcome.backend
-    row.convert_seconds = outcome.convert_seconds
-    row.latency_ms = _latency(outcome.seconds)
-    row.io = {"inputs": [b.to_json() for b in io.inputs], "outputs": [b.to_json() for b in io.outputs]}
-    row.details.update(outcome.details)
-    if outcome.conversion is not None:
-        row.converter = outcome.conversion.converter
-        row.messages.extend(outcome.conversion.messages)
-        row.details.update(outcome.conversion.details)
-    try:
-        order = match_outputs(model.output_names, io)
-        actual = _undo(outcome.outputs, io, order)
-        tolerances = [
-            parity.tolerance_for(io.precision, i, reference, noise, io.outputs[j].quant, settings.atol, settings.rtol)
-            for i, j in enumerate(order)
-        ]
-        report = parity.compare(reference, actual, model.output_names, tolerances, inputs.source)
-    except (TargetError, ValueError) as exc:
-        row.messages.append(f"cannot compare outputs: {exc}")
-        (validating[0] if validating else stage).__exit__(TargetError, exc, None)
+        io = outcome.io
+        row.precision, row.backend = io.precision, outcome.backend
+        row.convert_seconds, row.latency_ms = outcome.convert_seconds, _latency(outcome.seconds)
+        row.io = {"inputs": [b.to_json() for b in io.inputs], "outputs": [b.to_json() for b in io.outputs]}
+        row.details.update(outcome.details)
+        if outcome.conversion is not None:
+            row.converter = outcome.conversion.converter
+            row.messages.extend(outcome.conversion.messages)
+            row.details.update(outcome.conversion.details)
+        try:
+            order = match_outputs(self.model.output_names, io)
+            actual = _undo(outcome.outputs, io, order)
+            tolerances = [
+                parity.tolerance_for(io.precision, i, reference, noise, io.outputs[j].quant, self.settings.atol, self.settings.rtol)
+                for i, j in enumerate(order)
+            ]
+            judged = parity.compare(reference, actual, self.model.output_names, tolerances, self.inputs.source)
+        except (TargetError, ValueError) as exc:
+            row.messages.append(f"cannot compare outputs: {exc}")
+            self._end_stage("error")
+            return row, outcome
+        row.parity = judged
+        row.status = "passed" if judged.passed else "failed"
+        row.messages.extend(judged.messages)
+        if outcome.eval_outputs and self.inputs.eval_labels is not None:
+            row.accuracy = _accuracy(reference_eval, outcome.eval_outputs, self.inputs.eval_labels)
+        self._end_stage(row.status)
         return row, outcome
-    row.parity = report
-    row.status = "passed" if report.passed else "failed"
-    row.messages.extend(report.messages)
-    if outcome.eval_outputs and inputs.eval_labels is not None:
-        row.accuracy = _accuracy(reference_eval, outcome.eval_outputs, inputs.eval_labels)
-    if validating:
-        validating[0].outcome = row.status
-        validating[0].__exit__(None, None, None)
-    return row, outcome
 
 
 # --------------------------------------------------------------------------- the commands
 
 
-def _reference(manager: Any, model: ReferenceModel, inputs: _Inputs) -> tuple[list, list, parity.NoiseFloor]:
-    with _Stage(manager, "reference"):
+def _reference(manager: Any, model: ReferenceModel, inputs: _Inputs) -> tuple[Outputs, list[np.ndarray], parity.NoiseFloor]:
+    with observed(manager, "reference"):
         reference = parity.reference_outputs(model, inputs.batches)
         noise = parity.noise_floor(model, inputs.batches, reference)
         reference_eval: list[np.ndarray] = []
@@ -415,63 +412,75 @@ def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out:
     if settings.compression:
         from edgex.core.compress import compress_reference
 
-        with _Stage(manager, "compress"):
+        with observed(manager, "compress"):
             model, compression_summary = compress_reference(manager, model, settings)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = prepare_inputs(model, settings, needs_calibration)
     out = _prepare_out(out)
-    reference, reference_eval, noise = _reference(manager, model, inputs)
-    if compression_summary is not None and original is not model:
-        from edgex.core.compress import drift
-
-        compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
     calibration_batches = tuple(data.batches(inputs.calibration, model.inputs)) if inputs.calibration is not None else None
 
     report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.source}), compression=compression_summary)
     report.messages.extend(inputs.warnings)
-    for plan in plans:
-        if plan.skip:
-            report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
-            continue
+    logs = out / "logs"
+
+    def start(plan: _Plan) -> tuple[_TargetRun, Path]:
         workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
         workdir.mkdir()
-        final = out / plan.target
-        logs = out / "logs"
         logs.mkdir(exist_ok=True)
         request = ConversionRequest(
             target=plan.target,
             precision=plan.precision,
             model=model,
             workdir=workdir,
-            calibration=calibration_batches if plan.precision in ("int8",) else None,
+            calibration=calibration_batches if plan.precision == "int8" else None,
             options=dict(settings.options),
             seed=settings.seed,
         )
 
-        def make_io(request: ConversionRequest = request) -> tuple[ConversionResult, ArtifactIO]:
+        def make_io() -> tuple[ConversionResult, ArtifactIO]:
             result = manager.convert(request)
             return result, result.io
 
+        return _TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log"), workdir
+
+    runnable = [p for p in plans if not p.skip]
+    # the first target converts in its child while the parent computes the reference outputs
+    started = start(runnable[0]) if runnable else None
+    try:
+        reference, reference_eval, noise = _reference(manager, model, inputs)
+    except BaseException:
+        if started is not None:
+            started[0].job.cancel()
+            shutil.rmtree(started[1], ignore_errors=True)
+        raise
+    if compression_summary is not None and original is not model:
+        from edgex.core.compress import drift
+
+        compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
+
+    for plan in plans:
+        if plan.skip:
+            report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
+            continue
+        run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
+        started = None
         try:
-            row, outcome = _evaluate_target(
-                manager, plan.target, plan.plugin, model, make_io, inputs, reference, reference_eval, noise, settings, logs / f"{plan.target}.log"
-            )
+            row, outcome = run.finish(reference, reference_eval, noise)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         row.requested = plan.requested
         if outcome is not None and outcome.conversion is not None and row.status != "error":
-            conversion = _relocate(outcome.conversion, workdir, final)
-            _install(workdir, final)
+            conversion = _relocate(outcome.conversion, workdir, out / plan.target)
+            _install(workdir, out / plan.target)
             row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
             row.size_bytes = _size([conversion.io.path])
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-        if not row.precision:
-            row.precision = plan.precision
+        row.precision = row.precision or plan.precision
         report.targets[plan.target] = row
 
-    with _Stage(manager, "report"):
+    with observed(manager, "report"):
         write_json_atomic(out / "report.json", report.to_json())
     return report
 
@@ -507,14 +516,15 @@ def validate(manager: Any, artifact: Path, model: ReferenceModel, settings: Conv
         return report
     inputs = prepare_inputs(model, settings, needs_calibration=False)
     out = _prepare_out(out)
-    reference, reference_eval, noise = _reference(manager, model, inputs)
     report.model["parity_inputs"] = inputs.source
 
     def make_io() -> tuple[None, ArtifactIO]:
         io = manager.describe_artifact(name, artifact, model)
         return None, replace(io, precision=settings.precision) if settings.precision else io
 
-    row, _ = _evaluate_target(manager, name, registered.plugin, model, make_io, inputs, reference, reference_eval, noise, settings, None)
+    run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, None)
+    reference, reference_eval, noise = _reference(manager, model, inputs)
+    row, _ = run.finish(reference, reference_eval, noise)
     row.artifacts = [str(artifact)]
     row.size_bytes = _size([artifact])
     report.targets[name] = row

@@ -41,6 +41,8 @@ class TargetReport:
     messages: list[str] = field(default_factory=list)
     #: True when the user named this target (a skip then counts as a failure of the run)
     requested: bool = True
+    #: the child process's traceback of an error, shown with --debug (not in report.json)
+    traceback: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
