@@ -56,10 +56,10 @@ TARGETS = (
         options=(
             TargetOption(
                 "device",
-                "mcu: board to check the model's arena and flash against (e.g. nrf52840, stm32f746g-disco, alif-e7-hp; "
+                "board to check the model's arena and flash against (e.g. nrf52840, stm32f746g-disco, alif-e7-hp; "
                 "or a .json profile); Ethos-U boards also compile with vela",
             ),
-            TargetOption("array_name", "mcu: name of the C array holding the model (default g_model)", str, DEFAULT_ARRAY_NAME),
+            TargetOption("array_name", "name of the C array holding the model (default g_model)", str, DEFAULT_ARRAY_NAME),
         ),
         accepts=("torch",),
     ),
