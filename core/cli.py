@@ -230,6 +230,35 @@ def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
     return report.exit_code
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from edgex.core.matrix import exit_code, run_matrix
+    from edgex.core.report import matrix_markdown
+
+    cells = run_matrix(args.config, args.out, jobs=args.jobs, executor=args.executor)
+    if args.json:
+        from edgex.core.report import dumps
+
+        print(dumps(cells))
+    else:
+        print(matrix_markdown(cells).strip())
+        print(f"results: {args.out / 'results.json'} (junit.xml, report.md, report.html beside it)")
+    return exit_code(cells)
+
+
+def cmd_demo(args: argparse.Namespace, manager: Any) -> int:
+    """The whole job on the shipped digits CNN, offline."""
+    from edgex.core import pipeline
+    from edgex.core.loading import load_model
+
+    print("edgex demo: the digits CNN (trained on scikit-learn's digits) converted for every installed target,")
+    print("each artifact run on its own runtime and compared with PyTorch on the digits test split.\n")
+    model = load_model("examples:digits")
+    settings = pipeline.ConvertSettings(targets=("all",), samples=args.samples, compression=_compression_steps(args))
+    report = pipeline.convert(manager, model, settings, args.out, command="demo")
+    _print_report(report, args, args.out)
+    return report.exit_code
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -274,6 +303,20 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
     _add_target_options(p, manager)
     _add_output_options(p)
     p.set_defaults(handler=cmd_validate, needs_manager=True)
+
+    p = sub.add_parser("matrix", help="run every model x compression x precision x target of a TOML config", epilog=EPILOG)
+    p.add_argument("config", type=Path, metavar="CONFIG.toml")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="(model, compression) groups run in parallel (default 1)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="where groups run (default local processes)")
+    p.add_argument("--out", type=Path, default=Path("edgex-matrix"), metavar="DIR", help="output folder (default ./edgex-matrix)")
+    p.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    p.set_defaults(handler=cmd_matrix)
+
+    p = sub.add_parser("demo", help="the whole job on the shipped digits CNN, offline, in minutes", epilog=EPILOG)
+    p.add_argument("--samples", type=int, default=32, metavar="N")
+    _add_compression_options(p)
+    _add_output_options(p)
+    p.set_defaults(handler=cmd_demo, needs_manager=True)
     return parser
 
 
@@ -286,7 +329,7 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
 def _wants_manager(argv: Sequence[str]) -> bool:
     """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
     words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("convert", "validate")
+    return bool(words) and words[0] in ("convert", "validate", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -308,31 +308,39 @@ def synthetic_input(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 8, size=spec.shape).astype(spec.dtype)
 
 
-def _probe(module: Any, arrays: Sequence[np.ndarray]) -> tuple[list[str], int | None]:
-    """Run the model once: output names, and MACs counted on the way.
-
-    The model's own complaint about the input becomes the error message.
-    """
+def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
+    """Run the model once for its output names; its own complaint about the input becomes the error."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-    counter = FlopCounterMode(display=False)
     shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
     try:
         with torch.no_grad():
-            try:
-                with counter:
-                    outputs = module(*tensors)
-                macs: int | None = counter.get_total_flops() // 2
-            except Exception:
-                outputs, macs = module(*tensors), None  # some modules (TorchScript) resist counting
+            outputs = module(*tensors)
     except Exception as exc:
         raise ModelLoadError(f"the model rejected input shape {shapes}: {_first_line(exc)}") from exc
     names, found = flatten_outputs(outputs)
     if not found:
         raise ModelLoadError("the model returned no tensor; edgex compares tensor outputs")
-    return names, macs
+    return names
+
+
+def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
+    """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), ``None`` if uncountable.
+
+    Not done while loading: the counter's first use costs seconds of set-up, so the pipeline
+    counts while a target converts in its child process.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs])
+    except Exception:
+        return None  # some modules (TorchScript) resist counting
+    return counter.get_total_flops() // 2
 
 
 # --------------------------------------------------------------------------- the ONNX form
@@ -481,7 +489,7 @@ def load_model(
         probe = [np.ascontiguousarray(a[: s.shape[0]]) for a, s in zip(arrays, input_specs)]
     else:
         probe = [synthetic_input(s, rng) for s in input_specs]
-    output_names, macs = _probe(module, probe)
+    output_names = _probe(module, probe)
 
     with torch.no_grad():
         params = sum(int(p.numel()) for p in module.parameters())
@@ -493,7 +501,6 @@ def load_model(
         module=module,
         sha256=file_hash or _sha256_module(module, spec),
         params=params,
-        macs=macs,
         calibration=calibration,
         eval_data=eval_data,
     )

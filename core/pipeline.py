@@ -25,6 +25,7 @@ import numpy as np
 from edgex.core import data, layout, parity
 from edgex.core.errors import EdgexError, TargetError, UsageError
 from edgex.core.isolation import RemoteError, start_isolated
+from edgex.core.loading import count_macs
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
 from edgex.core.types import (
     PRECISIONS,
@@ -457,6 +458,8 @@ def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out:
         from edgex.core.compress import drift
 
         compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
+    if model.macs is None and model.module is not None:
+        report.model["macs"] = count_macs(model.module, model.example_inputs)
 
     for plan in plans:
         if plan.skip:
@@ -524,6 +527,8 @@ def validate(manager: Any, artifact: Path, model: ReferenceModel, settings: Conv
 
     run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, None)
     reference, reference_eval, noise = _reference(manager, model, inputs)
+    if model.macs is None and model.module is not None:
+        report.model["macs"] = count_macs(model.module, model.example_inputs)
     row, _ = run.finish(reference, reference_eval, noise)
     row.artifacts = [str(artifact)]
     row.size_bytes = _size([artifact])

@@ -122,6 +122,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def dumps(data: Any) -> str:
     return json.dumps(_finite(data), indent=2, default=str)
 
@@ -203,3 +216,92 @@ def model_json(model: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
     }
     data.update(extra or {})
     return data
+
+
+# --------------------------------------------------------------------------- matrix renderings
+
+MATRIX_COLUMNS = ("model", "compression", "target", "precision", "status", "max_abs", "sqnr_db", "top1", "accuracy", "size", "latency_ms")
+
+
+def _matrix_rows(cells: Any) -> list[dict[str, str]]:
+    rows = []
+    for cell in cells:
+        coords = cell["cell"]
+        row = cell["targets"][coords["target"]]
+        parity = row.get("parity") or {}
+        accuracy = row.get("accuracy") or {}
+        latency = row.get("latency_ms") or {}
+        rows.append(
+            {
+                "model": coords["model"],
+                "compression": coords["compression"],
+                "target": coords["target"],
+                "precision": row.get("precision") or coords["precision"],
+                "status": row["status"],
+                "max_abs": _num(parity.get("max_abs"), ".3g"),
+                "sqnr_db": _num(parity.get("sqnr_db"), ".1f"),
+                "top1": _num(parity.get("top1_agreement"), ".3f"),
+                "accuracy": _num(accuracy.get("artifact"), ".4f"),
+                "size": _size(row["size_bytes"]) if row.get("size_bytes") else "-",
+                "latency_ms": _num(latency.get("median"), ".3f"),
+                "message": "; ".join(row.get("messages") or []),
+            }
+        )
+    return rows
+
+
+def matrix_markdown(cells: Any) -> str:
+    rows = _matrix_rows(cells)
+    lines = ["# edgex matrix", "", "| " + " | ".join(MATRIX_COLUMNS) + " |", "|" + "---|" * len(MATRIX_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(row[c] for c in MATRIX_COLUMNS) + " |")
+    notes = [f"- **{r['model']} / {r['compression']} / {r['target']} / {r['precision']}**: {r['message']}" for r in rows if r["message"]]
+    if notes:
+        lines += ["", "## Messages", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def matrix_html(cells: Any) -> str:
+    from html import escape
+
+    colours = {"passed": "#d4f7d4", "failed": "#ffd6d6", "error": "#ffb3b3", "skipped": "#eeeeee"}
+    head = "".join(f"<th>{escape(c)}</th>" for c in MATRIX_COLUMNS)
+    body = []
+    for row in _matrix_rows(cells):
+        cells_html = "".join(f"<td>{escape(row[c])}</td>" for c in MATRIX_COLUMNS)
+        title = escape(row["message"], quote=True)
+        body.append(f'<tr style="background:{colours.get(row["status"], "#fff")}" title="{title}">{cells_html}</tr>')
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>edgex matrix</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}</style>"
+        f"</head><body><h1>edgex matrix</h1><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
+    )
+
+
+def matrix_junit(cells: Any) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    cases = []
+    counts = {"failed": 0, "error": 0, "skipped": 0}
+    for cell in cells:
+        coords = cell["cell"]
+        row = cell["targets"][coords["target"]]
+        name = quoteattr(f"{coords['target']}[{row.get('precision') or coords['precision']}]")
+        classname = quoteattr(f"{coords['model']}.{coords['compression']}")
+        seconds = row.get("convert_seconds") or 0.0
+        message = quoteattr("; ".join(row.get("messages") or []) or row["status"])
+        inner = ""
+        if row["status"] == "failed":
+            inner = f"<failure message={message}/>"
+        elif row["status"] == "error":
+            inner = f"<error message={message}/>"
+        elif row["status"] == "skipped":
+            inner = f"<skipped message={message}/>"
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        cases.append(f"    <testcase classname={classname} name={name} time=\"{seconds:.3f}\">{inner}</testcase>")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuite name="edgex matrix" tests="{len(cells)}" failures="{counts["failed"]}" errors="{counts["error"]}" skipped="{counts["skipped"]}">\n'
+        + "\n".join(cases)
+        + "\n</testsuite>\n"
+    )

@@ -170,6 +170,7 @@ class ReferenceModel:
     onnx_path: Path | None = None
     sha256: str = ""
     params: int = 0
+    #: counted by the pipeline (``edgex.core.loading.count_macs``); None until then or if uncountable
     macs: int | None = None
     #: data the model spec ships with (the examples do): arrays, one sample per leading index
     calibration: tuple["np.ndarray", ...] | None = None

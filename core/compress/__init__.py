@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgex.core.errors import UsageError
+from edgex.core.loading import count_macs
 from edgex.core.types import CompressionRequest, ReferenceModel
 
 
@@ -30,19 +31,6 @@ def count_params(module: Any) -> tuple[int, int]:
         total += parameter.numel()
         nonzero += int((parameter != 0).sum())
     return total, nonzero
-
-
-def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs])
-    except Exception:
-        return None
-    return counter.get_total_flops() // 2
 
 
 def _stats(module: Any, model: ReferenceModel) -> dict[str, Any]:

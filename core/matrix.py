@@ -1,0 +1,291 @@
+"""``edgex matrix CONFIG.toml``: every model x compression preset x precision x target.
+
+A *cell* is one target at one precision for one model under one compression preset (or none:
+the uncompressed baseline is always a row). Cells of one (model, preset) pair share the model
+loading and the compression, so the pair is the unit of work an executor schedules. Each cell's
+result is a report.json object with one target, plus a ``cell`` key naming its coordinates;
+``results.json`` is the list of them, rendered as ``junit.xml``, ``report.md`` and
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from edgex.core.errors import UsageError
+
+TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
+MODEL_KEYS = {"spec", "name", "input_shape", "example_inputs", "calibration", "eval_data", "weights"}
+COMPRESSION_KEYS = {
+    "name", "prune", "prune_method", "prune_scope", "prune_steps", "exclude",
+    "distill", "distill_data", "distill_epochs", "distill_lr", "distill_temperature",
+}
+PATH_KEYS = {"example_inputs", "calibration", "eval_data", "weights", "distill_data"}
+
+
+@dataclass(frozen=True)
+class MatrixModel:
+    name: str
+    spec: str
+    input_shapes: tuple[tuple[int, ...], ...] | None = None
+    example_inputs: Path | None = None
+    calibration: Path | None = None
+    eval_data: Path | None = None
+    weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    targets: tuple[str, ...]
+    precisions: tuple[str, ...] | None
+    samples: int
+    timeout_s: float | None
+    seed: int
+    models: tuple[MatrixModel, ...]
+    presets: tuple[Preset, ...]
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _shapes(value: Any, where: str) -> tuple[tuple[int, ...], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return (tuple(value),)
+    if isinstance(value, list) and value and all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in value):
+        return tuple(tuple(v) for v in value)
+    raise UsageError(f"{where}: input_shape must be a list of integers (or a list of such lists), got {value!r}")
+
+
+def load_config(path: Path) -> MatrixConfig:
+    """Parse and check a matrix TOML file; unknown keys and wrong types are usage errors."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"matrix config not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except Exception as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from exc
+    _check_keys(raw, TOP_KEYS, str(path))
+    base = path.parent
+
+    def resolve(value: Any) -> Path | None:
+        return None if value is None else (base / str(value))
+
+    targets = raw.get("targets", ["all"])
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise UsageError(f"{path}: targets must be a non-empty list of target names")
+    precisions = raw.get("precisions")
+    if precisions is not None and (not isinstance(precisions, list) or not all(isinstance(p, str) for p in precisions)):
+        raise UsageError(f"{path}: precisions must be a list like [\"fp32\", \"int8\"]")
+    models = []
+    for index, table in enumerate(raw.get("models", [])):
+        where = f"{path}: [[models]] #{index + 1}"
+        _check_keys(table, MODEL_KEYS, where)
+        if "spec" not in table:
+            raise UsageError(f"{where} has no spec")
+        spec = str(table["spec"])
+        if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+            spec = str(base / spec.split(":", 1)[0]) + ":" + spec.split(":", 1)[1]
+        elif not spec.startswith("examples:") and ":" not in spec:
+            spec = str(base / spec)
+        models.append(
+            MatrixModel(
+                name=str(table.get("name") or Path(str(table["spec"])).name),
+                spec=spec,
+                input_shapes=_shapes(table.get("input_shape"), where),
+                example_inputs=resolve(table.get("example_inputs")),
+                calibration=resolve(table.get("calibration")),
+                eval_data=resolve(table.get("eval_data")),
+                weights=resolve(table.get("weights")),
+            )
+        )
+    if not models:
+        raise UsageError(f"{path}: no [[models]] given")
+    presets = []
+    for index, table in enumerate(raw.get("compression", [])):
+        where = f"{path}: [[compression]] #{index + 1}"
+        _check_keys(table, COMPRESSION_KEYS, where)
+        options = {k: (str(base / v) if k in PATH_KEYS else v) for k, v in table.items() if k != "name"}
+        presets.append(Preset(str(table.get("name") or f"compression{index + 1}"), options))
+    samples = raw.get("samples", 16)
+    if not isinstance(samples, int) or samples < 1:
+        raise UsageError(f"{path}: samples must be a positive integer")
+    timeout = raw.get("timeout_s", 900)
+    return MatrixConfig(
+        targets=tuple(targets),
+        precisions=tuple(precisions) if precisions else None,
+        samples=samples,
+        timeout_s=float(timeout) if timeout else None,
+        seed=int(raw.get("seed", 0)),
+        models=tuple(models),
+        presets=(Preset("none"), *presets),
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _group_name(model: MatrixModel, preset: Preset) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name)
+    return f"{safe}--{preset.name}"
+
+
+def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str) -> list[dict[str, Any]]:
+    """One (model, preset): load and compress once, then every precision's targets. Returns cells."""
+    from edgex.core import pipeline
+    from edgex.core.compress.options import steps_from_options
+    from edgex.core.loading import load_model
+    from edgex.plugins.manager import PluginManager
+
+    model_cfg, preset = config.models[model_index], config.presets[preset_index]
+    manager = PluginManager()
+    group_out = Path(out) / "cells" / _group_name(model_cfg, preset)
+    cells: list[dict[str, Any]] = []
+
+    def cell(target: str, precision: str, status: str, message: str, row: Mapping[str, Any] | None = None, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        base = dict(report or {"edgex_version": _version(), "command": "matrix", "model": {"spec": model_cfg.spec}, "compression": None})
+        base["targets"] = {target: dict(row) if row else {"status": status, "precision": precision, "messages": [message]}}
+        base["cell"] = {"model": model_cfg.name, "compression": preset.name, "precision": precision, "target": target}
+        return base
+
+    try:
+        reference = load_model(
+            model_cfg.spec,
+            input_shapes=model_cfg.input_shapes,
+            example_inputs=model_cfg.example_inputs,
+            weights=model_cfg.weights,
+        )
+        compression = steps_from_options(preset.options) if preset.options else ()
+    except UsageError as exc:
+        return [cell(t, p or "-", "error", exc.message) for t in config.targets for p in (config.precisions or ("default",))]
+
+    plans: dict[str, list[str]] = {}
+    for name in _expand_targets(manager, config.targets):
+        spec = manager.resolve_target(name).spec
+        for precision in config.precisions or (spec.default_precision,):
+            if precision in spec.precisions:
+                plans.setdefault(precision, []).append(name)
+    for precision, targets in plans.items():
+        settings = pipeline.ConvertSettings(
+            targets=tuple(targets),
+            precision=precision,
+            samples=config.samples,
+            seed=config.seed,
+            calibration=model_cfg.calibration,
+            eval_data=model_cfg.eval_data,
+            timeout_s=config.timeout_s,
+            compression=compression,
+            parity_inputs=model_cfg.example_inputs,
+        )
+        try:
+            report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix").to_json()
+        except UsageError as exc:
+            cells += [cell(t, precision, "error", exc.message) for t in targets]
+            continue
+        for target, row in report["targets"].items():
+            row = dict(row)
+            row["artifacts"] = [str(Path("cells") / _group_name(model_cfg, preset) / precision / a) for a in row.get("artifacts", [])]
+            cells.append(cell(target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"}))
+    return cells
+
+
+def _expand_targets(manager: Any, names: Sequence[str]) -> list[str]:
+    if "all" in names:
+        return [t for t in manager.targets() if manager.backend_status(t).available]
+    return [manager.resolve_target(n).name for n in names]
+
+
+def _version() -> str:
+    from edgex.core import __version__
+
+    return __version__
+
+
+Runner = Callable[[MatrixConfig, list[tuple[int, int]], Path, int], list[list[dict[str, Any]]]]
+
+
+def _local(config: MatrixConfig, groups: list[tuple[int, int]], out: Path, jobs: int) -> list[list[dict[str, Any]]]:
+    if jobs <= 1:
+        return [run_group(config, m, p, str(out)) for m, p in groups]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: each worker forks its own per-target children and needs its own torch pool
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_group, config, m, p, str(out)) for m, p in groups]
+        return [f.result() for f in futures]
+
+
+def _ray(config: MatrixConfig, groups: list[tuple[int, int]], out: Path, jobs: int) -> list[list[dict[str, Any]]]:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'edgex[ray]' (or use --executor local)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=max(jobs, 1), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EDGEX_")}})
+    try:
+        remote = ray.remote(num_cpus=1)(run_group)
+        return ray.get([remote.remote(config, m, p, str(out)) for m, p in groups])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+EXECUTORS: dict[str, Runner] = {"local": _local, "ray": _ray}
+
+
+def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "local") -> list[dict[str, Any]]:
+    """Run every cell and write results.json, junit.xml, report.md and report.html into ``out``."""
+    from edgex.core.report import write_json_atomic, write_text_atomic, matrix_html, matrix_junit, matrix_markdown
+
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    config = load_config(config_path)
+    from edgex.plugins.manager import PluginManager
+
+    manager = PluginManager()
+    _expand_targets(manager, config.targets)  # unknown target names fail before any work
+    for precision in config.precisions or ():
+        from edgex.core.types import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise UsageError(f"{config_path}: unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = [(m, p) for m in range(len(config.models)) for p in range(len(config.presets))]
+    cells = [c for group in EXECUTORS[executor](config, groups, out, jobs) for c in group]
+    write_json_atomic(out / "results.json", cells)
+    write_text_atomic(out / "junit.xml", matrix_junit(cells))
+    write_text_atomic(out / "report.md", matrix_markdown(cells))
+    write_text_atomic(out / "report.html", matrix_html(cells))
+    return cells
+
+
+def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:
+    statuses = [row["status"] for c in cells for row in c["targets"].values()]
+    if "error" in statuses:
+        return 3
+    return 1 if "failed" in statuses else 0

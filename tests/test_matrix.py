@@ -1,0 +1,91 @@
+"""edgex matrix: the TOML contract, the renderings, the local and Ray executors."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from edgex.core.cli import main
+from edgex.core.errors import UsageError
+from edgex.core.matrix import load_config
+
+MODELS = Path(__file__).parent / "models.py"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "matrix.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('targets = ["onnx"]\nflavour = 1\n[[models]]\nspec = "examples:digits"\n', "unknown key 'flavour'"),
+        ('[[models]]\nspec = "examples:digits"\ncolour = "red"\n', "unknown key 'colour'"),
+        ('[[models]]\nspec = "examples:digits"\n[[compression]]\nprune = 0.5\nshrink = 2\n', "unknown key 'shrink'"),
+        ('targets = ["onnx"]\n', "no [[models]]"),
+        ('[[models]]\nname = "x"\n', "has no spec"),
+        ('[[models]]\nspec = "examples:digits"\ninput_shape = "1,3"\n', "input_shape must be a list"),
+        ("targets = [\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_problem(tmp_path, text, message):
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+        load_config(write(tmp_path, text))
+
+
+def test_paths_resolve_beside_the_config(tmp_path):
+    config = load_config(write(tmp_path, '[[models]]\nspec = "nets.py:make"\ncalibration = "calib.npy"\ninput_shape = [[1, 3], [1, 4]]\n[[compression]]\nname = "p50"\nprune = 0.5\n'))
+    model = config.models[0]
+    assert model.spec == f"{tmp_path}/nets.py:make" and model.calibration == tmp_path / "calib.npy"
+    assert model.input_shapes == ((1, 3), (1, 4)) and model.name == "nets.py:make"
+    assert [p.name for p in config.presets] == ["none", "p50"]  # the uncompressed baseline is always a row
+
+
+def test_cli_unknown_key_exits_2(tmp_path, capsys):
+    config = write(tmp_path, '[[models]]\nspec = "examples:digits"\nwhatever = 1\n')
+    assert main(["matrix", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "unknown key 'whatever'" in capsys.readouterr().err
+
+
+def test_matrix_runs_every_cell_and_renders(tmp_path, capsys):
+    config = write(tmp_path, f'targets = ["onnx"]\nprecisions = ["fp32", "int8", "dynamic-int8"]\nsamples = 4\n[[models]]\nspec = "examples:digits"\nname = "digits"\n[[models]]\nspec = "{MODELS}:lstm_tiny"\nname = "lstm"\n')
+    out = tmp_path / "out"
+    code = main(["matrix", str(config), "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    cells = json.loads((out / "results.json").read_text())
+    assert sorted((c["cell"]["model"], c["cell"]["precision"]) for c in cells) == [("digits", "fp32"), ("digits", "int8"), ("lstm", "fp32"), ("lstm", "int8")]
+    for cell in cells:  # each cell is a report.json object with one target
+        row = cell["targets"]["onnx"]
+        assert row["status"] == "passed" and row["parity"]["passed"] and cell["edgex_version"]
+        assert (out / row["artifacts"][0]).exists()
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0" and len(suite.findall("testcase")) == 4
+    assert "| digits | none | onnx | int8 | passed |" in (out / "report.md").read_text()
+    assert "<table>" in (out / "report.html").read_text()
+
+
+def test_failed_cell_is_a_junit_failure_and_exit_1(tmp_path, monkeypatch):
+    import edgex.core.parity as parity
+
+    monkeypatch.setattr(parity, "tolerance_for", lambda *a, **k: parity.Tolerance(0.0, 0.0, "test: exact"))
+    config = write(tmp_path, 'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\n')
+    assert main(["matrix", str(config), "--out", str(tmp_path / "out")]) == 1
+    suite = ET.parse(tmp_path / "out" / "junit.xml").getroot()
+    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+
+
+def test_parallel_local_jobs(tmp_path):
+    config = write(tmp_path, f'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\n[[models]]\nspec = "{MODELS}:lstm_tiny"\n')
+    assert main(["matrix", str(config), "--jobs", "2", "--out", str(tmp_path / "out")]) == 0
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 2
+
+
+def test_ray_executor(tmp_path):
+    pytest.importorskip("ray")
+    config = write(tmp_path, 'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\n')
+    assert main(["matrix", str(config), "--executor", "ray", "--out", str(tmp_path / "out")]) == 0
+    cells = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert cells[0]["targets"]["onnx"]["status"] == "passed"
