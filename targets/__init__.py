@@ -1,0 +1,1 @@
+"""Built-in target plugins, one module per target family (registered from BUILTIN_PLUGINS)."""
