@@ -84,7 +84,10 @@ class Isolated:
 
             context = multiprocessing.get_context("fork")
             self.conn, child_conn = context.Pipe(duplex=False)
-            self.process = context.Process(target=_child, args=(child_conn, work, log_path), daemon=True)
+            # not daemonic: a target may isolate its own crash-prone steps (a converter) with a
+            # nested start_isolated, which multiprocessing forbids in daemonic processes; wait()
+            # and cancel() still end the child whatever happens
+            self.process = context.Process(target=_child, args=(child_conn, work, log_path), daemon=False)
             self.process.start()
             child_conn.close()
 

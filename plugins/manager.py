@@ -47,6 +47,7 @@ ENTRY_POINT_GROUP = "edgex"
 #: Built-in plugins, registered in this order (it is also the order of ``--target all``).
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
+    "edgex.targets.tflite",
     "edgex.targets.mcu",
 )
 

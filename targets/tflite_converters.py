@@ -1,0 +1,316 @@
+"""The two ways edgex turns a reference model into a ``.tflite`` file.
+
+``litert-torch``: Google's torch -> LiteRT converter (``torch.export`` underneath), with the
+model wrapped so that 4-D inputs and outputs are NHWC (``litert_torch.to_channel_last_io``: the
+converter's layout pass then folds the transposes into the convolutions, leaving none at the
+graph's edges); fp16, dynamic-range int8 and full int8 by ai-edge-quantizer.
+
+``onnx2tf``: torch -> ONNX (:func:`edgex.targets.onnx.export_onnx`, the one ONNX export) ->
+onnx2tf (an NHWC-native TensorFlow graph) -> the TensorFlow Lite converter, which quantizes.
+Accepts an ONNX reference too.
+
+Each path writes one .tflite into ``work`` and returns a picklable :class:`PathResult`; callers
+run :func:`convert_with` in a process of its own (converters segfault). No path touches the
+network (onnx2tf's sample-image download is pre-empted by a file made from the user's data, and
+sockets are refused while a converter runs) or writes outside ``work``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from edgex.core.types import ReferenceModel
+
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+#: onnx2tf loads this file from its working directory instead of downloading it
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@dataclass(frozen=True)
+class PathResult:
+    """What one converter path produced (crosses a process boundary: plain values only)."""
+
+    path: str
+    converter: str
+    messages: tuple[str, ...] = ()
+    #: per reference input / output: the permutation the artifact applies (None: identity)
+    input_perms: tuple[tuple[int, ...] | None, ...] = ()
+    output_perms: tuple[tuple[int, ...] | None, ...] = ()
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def channels_last(rank: int) -> tuple[int, ...] | None:
+    """The permutation edgex gives a tensor of this rank in a .tflite: NHWC for images only."""
+    return NCHW_TO_NHWC if rank == 4 else None
+
+
+def _as_artifact(x: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(x, perm) if perm is not None else x)
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Refuse every socket connection while a converter runs: edgex never touches the network."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("edgex: network access is disabled while converting (a converter tried to connect)")
+
+    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo)
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+    socket.create_connection = refuse  # type: ignore[assignment]
+    socket.getaddrinfo = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def contained(work: Path) -> Iterator[None]:
+    """Keep a converter's files inside ``work``: onnx2tf writes to the current directory, the
+    converters use temporary files (TF's autograph among them), Keras creates ~/.keras on import
+    (KERAS_HOME moves it) and onnxruntime, which onnx2tf runs, keeps a database under
+    ~/.cache/Microsoft (XDG_CACHE_HOME moves it)."""
+    import tempfile
+
+    scratch = work / "tmp"
+    scratch.mkdir(exist_ok=True)
+    saved_cwd, saved_tempdir = os.getcwd(), tempfile.tempdir
+    saved_env = {name: os.environ.get(name) for name in ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")}
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
+    os.environ["KERAS_HOME"] = str(work / "keras")
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")
+    os.chdir(work)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Converters print progress bars and reports; the pipeline's log has the rest."""
+    with contextlib.redirect_stdout(_io.StringIO()):
+        yield
+
+
+# --------------------------------------------------------------------------- litert-torch
+
+
+def _quantize_with_ai_edge_quantizer(
+    float_path: Path,
+    dest: Path,
+    precision: str,
+    calibration: Sequence[tuple[np.ndarray, ...]] | None,
+    input_perms: Sequence[tuple[int, ...] | None],
+) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    if precision == "fp16":
+        engine = quantizer.Quantizer(str(float_path))
+        engine.add_weight_only_config(
+            regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+            algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+        )
+        how = "fp16 weights (ai-edge-quantizer float casting)"
+        result = engine.quantize(enable_progress_report=False)
+    elif precision == "dynamic-int8":
+        engine = quantizer.Quantizer(str(float_path), recipe.dynamic_wi8_afp32())
+        how = "int8 weights, float activations (ai-edge-quantizer dynamic_wi8_afp32)"
+        result = engine.quantize(enable_progress_report=False)
+    else:
+        static = recipe.static_wi8_ai8()
+        engine = quantizer.Quantizer(str(float_path), static)
+        signatures = Interpreter(model_path=str(float_path)).get_signature_list()
+        key = next(iter(signatures))
+        names = signatures[key]["inputs"]
+        samples = [
+            {name: _as_artifact(x, perm) for name, x, perm in zip(names, batch, input_perms)}
+            for batch in calibration or ()
+        ]
+        # Quantizer.calibrate keeps an exponential moving average of per-sample ranges, which
+        # clips the largest activations (the top logit of every sample on the digits CNN); the
+        # absolute min/max over the set is what the TFLite converter's calibrator uses
+        recipes = recipe_manager.RecipeManager()
+        recipes.load_quantization_recipe(static)
+        ranges = calibrator.Calibrator(str(float_path), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+        with quiet():
+            ranges.calibrate({key: samples}, recipes)
+        how = f"full int8, per-channel weights, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, min/max ranges)"
+        result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
+    dest.write_bytes(bytes(result.quantized_model))
+    return how
+
+
+def convert_litert_torch(
+    model: ReferenceModel,
+    precision: str,
+    calibration: Sequence[tuple[np.ndarray, ...]] | None,
+    work: Path,
+    output_ranks: Sequence[int],
+) -> PathResult:
+    """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
+    if model.module is None:
+        raise ValueError("litert-torch converts torch modules; the reference is an ONNX file")
+    import torch
+
+    with quiet():
+        import litert_torch
+
+    input_perms = tuple(channels_last(len(spec.shape)) for spec in model.inputs)
+    output_perms = tuple(channels_last(rank) for rank in output_ranks)
+    module = model.module
+    wrap_inputs = [i for i, perm in enumerate(input_perms) if perm is not None]
+    wrap_outputs = [i for i, perm in enumerate(output_perms) if perm is not None]
+    if wrap_inputs or wrap_outputs:
+        module = litert_torch.to_channel_last_io(module, args=wrap_inputs, outputs=wrap_outputs)
+    args = tuple(torch.from_numpy(_as_artifact(x, perm)) for x, perm in zip(model.example_inputs, input_perms))
+    float_path = work / "litert_torch.fp32.tflite"
+    with quiet():
+        edge = litert_torch.convert(module.eval(), args)
+        edge.export(str(float_path))
+    converter = f"litert-torch {version('litert-torch')}"
+    dest = work / "litert_torch.tflite"
+    if precision == "fp32":
+        float_path.replace(dest)
+        return PathResult(str(dest), converter, (), input_perms, output_perms)
+    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms)
+    float_path.unlink(missing_ok=True)
+    return PathResult(str(dest), f"{converter} + ai-edge-quantizer {version('ai-edge-quantizer')}: {how}", (), input_perms, output_perms)
+
+
+# --------------------------------------------------------------------------- onnx2tf
+
+
+def _write_onnx2tf_sample(work: Path, model: ReferenceModel, calibration: Sequence[tuple[np.ndarray, ...]] | None) -> None:
+    """The sample images onnx2tf would otherwise download, made from the user's own data."""
+    image = next((i for i, spec in enumerate(model.inputs) if len(spec.shape) == 4), None)
+    if image is None:
+        return
+    batches = list(calibration or ()) or [tuple(model.example_inputs)]
+    samples = np.concatenate([np.asarray(b[image], dtype=np.float32) for b in batches[:20]])
+    np.save(work / ONNX2TF_SAMPLE_FILE, np.transpose(samples, NCHW_TO_NHWC))
+
+
+def convert_onnx2tf(
+    model: ReferenceModel,
+    precision: str,
+    calibration: Sequence[tuple[np.ndarray, ...]] | None,
+    work: Path,
+    output_ranks: Sequence[int],
+) -> PathResult:
+    """torch -> ONNX -> onnx2tf -> the TensorFlow Lite converter."""
+    messages: list[str] = []
+    onnx_path = work / "model.onnx"
+    if model.onnx_path is not None:
+        shutil.copyfile(model.onnx_path, onnx_path)
+        exporter = "the reference ONNX"
+    else:
+        from edgex.targets.onnx import export_onnx
+
+        exporter, export_messages = export_onnx(model, onnx_path)
+        messages += export_messages
+    _write_onnx2tf_sample(work, model, calibration)
+    # onnx2tf turns every 3-D input into NWC; edgex keeps non-image inputs exactly as torch takes them
+    keep = [spec.name for spec in model.inputs if len(spec.shape) != 4] or None
+    with quiet():
+        import onnx2tf
+        import tensorflow as tf
+
+        try:
+            keras_model = onnx2tf.convert(
+                input_onnx_file_path=str(onnx_path),
+                output_folder_path=str(work / "onnx2tf"),
+                disable_model_save=True,
+                not_use_onnxsim=True,
+                keep_shape_absolutely_input_names=keep,
+                non_verbose=True,
+                verbosity="error",
+            )
+        except SystemExit as exc:  # onnx2tf calls sys.exit() on some errors
+            raise RuntimeError(f"onnx2tf gave up (exit status {exc.code}); see the target log") from None
+        if keras_model is None:
+            raise RuntimeError("onnx2tf returned no model")
+        specs = [tf.TensorSpec(t.shape, t.dtype, t.name.split(":")[0]) for t in keras_model.inputs]
+        concrete = tf.function(lambda *inputs: keras_model(inputs), input_signature=specs).get_concrete_function()
+        # without the Keras model as trackable object: saving its config is what makes big models slow
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        order = _keras_input_order([t.name.split(":")[0] for t in keras_model.inputs], model)
+        input_perms = tuple(channels_last(len(spec.shape)) for spec in model.inputs)
+        how = "float32"
+        if precision == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+            how = "fp16 weights (TFLite converter)"
+        elif precision == "dynamic-int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            how = "int8 weights, float activations (TFLite dynamic-range quantization)"
+        elif precision == "int8":
+            batches = list(calibration or ())
+
+            def representative() -> Iterator[list[np.ndarray]]:
+                for batch in batches:
+                    yield [_as_artifact(batch[i], input_perms[i]) for i in order]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+            how = f"full int8, per-channel weights, calibrated on {len(batches)} samples (TFLite converter)"
+        flatbuffer = converter.convert()
+    dest = work / "onnx2tf.tflite"
+    dest.write_bytes(flatbuffer)
+    description = f"{exporter} -> onnx2tf {version('onnx2tf')} -> TFLite converter (TensorFlow {version('tensorflow')}): {how}"
+    return PathResult(str(dest), description, tuple(messages), input_perms, tuple(None for _ in output_ranks))
+
+
+def _keras_input_order(names: Sequence[str], model: ReferenceModel) -> list[int]:
+    """For each Keras input, the index of the reference input it is."""
+    reference = [spec.name for spec in model.inputs]
+    if sorted(names) == sorted(reference):
+        return [reference.index(name) for name in names]
+    return list(range(len(names)))
+
+
+PATHS = {"litert-torch": convert_litert_torch, "onnx2tf": convert_onnx2tf}
+
+
+def convert_with(
+    name: str,
+    model: ReferenceModel,
+    precision: str,
+    calibration: Sequence[tuple[np.ndarray, ...]] | None,
+    work: Path,
+    output_ranks: Sequence[int],
+) -> PathResult:
+    """Run converter path ``name`` offline, with every file it writes kept inside ``work``."""
+    with offline(), contained(work):
+        return PATHS[name](model, precision, calibration, work, output_ranks)
