@@ -19,6 +19,7 @@ parity stays on the int8 model before vela.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
@@ -114,16 +115,17 @@ class McuOptions:
 # --------------------------------------------------------------------------- converting
 
 
-def _operators(info: mcu_model.ModelInfo) -> list[dict[str, Any]]:
-    return [{"op": op, "count": info.uses[op], "resolver": mcu_model.resolver_method(op)} for op in sorted(info.operators)]
+def _operators(graph: Any) -> list[dict[str, Any]]:
+    uses = mcu_model.operator_uses(graph)
+    return [{"op": op, "count": uses[op], "resolver": mcu_model.resolver_method(op)} for op in sorted(uses)]
 
 
-def memory_report(info: mcu_model.ModelInfo, data: bytes, device: mcu_memory.Device | None, stage: str) -> tuple[dict[str, Any], mcu_memory.FitVerdict | None]:
+def memory_report(graph: Any, data: bytes, device: mcu_memory.Device | None, stage: str) -> tuple[dict[str, Any], mcu_memory.FitVerdict | None]:
     """Arena (measured by TFLM) and flash, and the fit verdict when a device is given.
 
     Raises :class:`TargetError` (the target's ``error`` status) when the model does not fit.
     """
-    arena = mcu_memory.measure_arena(data, len(info.input_names), key=info.sha256)
+    arena = mcu_memory.measure_arena(data, len(graph.inputs), key=hashlib.sha256(data).hexdigest())
     flash = mcu_memory.flash_needs(len(data))
     verdict = None
     if device is not None:
@@ -136,28 +138,28 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     from edgex.targets import tflite
 
     options = McuOptions.from_mapping(request.options)
-    base = tflite.full_int8(request)
+    base = tflite.full_int8(request)  # full int8 and checked to be (tflite.check_full_int8)
     path = Path(base.io.path)
     data = path.read_bytes()
-    info = mcu_model.read_model(data, path.name)
-    mcu_model.check_for_tflm(info)
-    memory, verdict = memory_report(info, data, options.device, "convert")
+    graph = mcu_model.read(path)
+    mcu_model.check_for_tflm(graph, full_int8=False)
+    memory, verdict = memory_report(graph, data, options.device, "convert")
 
     folder = request.workdir
     cc, header = mcu_model.write_model_data(data, folder, array_name=options.array_name, source_name=path.name)
-    ops_header = mcu_model.write_op_resolver(info, folder, arena_bytes=memory["arena"]["minimum_bytes"], source_name=path.name)
+    ops_header = mcu_model.write_op_resolver(graph, folder, arena_bytes=memory["arena"]["minimum_bytes"], source_name=path.name)
     artifacts = [*base.artifacts, Artifact(cc, "c-source"), Artifact(header, "c-header"), Artifact(ops_header, "c-header")]
     messages = list(base.messages)
     details: dict[str, Any] = dict(base.details)
     details["memory"] = memory
-    details["operators"] = _operators(info)
+    details["operators"] = _operators(graph)
     details["c_sources"] = {
         "array": options.array_name,
         "length_constant": f"{options.array_name}_size",
         "files": [cc.name, header.name, ops_header.name],
         "convention": "tensorflow/lite/micro/tools/generate_cc_arrays.py (alignas(16) const unsigned char array, extern in the header)",
     }
-    converter = f"{base.converter}; checked for TFLM (int8/int32 tensors, {len(info.operators)} ops with TFLM kernels), C sources"
+    converter = f"{base.converter}; checked for TFLM ({len(details['operators'])} operators with TFLM kernels), C sources"
     if verdict is not None:
         details["fit"] = verdict.to_json()
         details["device"] = options.device.to_json()
@@ -188,11 +190,11 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
         raise UsageError(f"{path.name} is C source: validate the .tflite it was generated from")
     if path.suffix != ".tflite":
         raise UsageError(f"{path} is not a .tflite file")
-    info = mcu_model.read_model(path.read_bytes(), path.name)
-    problem = mcu_model.integer_only_problem(info)
+    graph = mcu_model.read(path)
+    problem = mcu_model.full_int8_problem(graph)
     if problem:
         raise UsageError(f"{path.name}: {problem}; the mcu target validates full-int8 models")
-    if "CUSTOM:ethos-u" in info.operators:
+    if mcu_model.CUSTOM_PREFIX + "ethos-u" in mcu_model.operator_uses(graph):
         raise UsageError(f"{path.name} is compiled by vela for an Ethos-U NPU, which TFLM's host interpreter cannot run: validate the .tflite before vela")
     return tflite.describe_tflite(path, reference)
 
@@ -217,10 +219,10 @@ class TFLMRuntime:
 
         self.path = Path(io.path)
         self._data = self.path.read_bytes()  # TFLM reads the flatbuffer in place: keep it alive
-        info = mcu_model.read_model(self._data, self.path.name)
-        mcu_model.check_for_tflm(info, error=lambda m: TargetError(m, stage="validate"))
+        graph = mcu_model.read(self.path)
+        mcu_model.check_for_tflm(graph, error=lambda m: TargetError(m, stage="validate"))
         device = McuOptions.from_mapping(options).device
-        self.memory, self.verdict = memory_report(info, self._data, device, "validate")
+        self.memory, self.verdict = memory_report(graph, self._data, device, "validate")
         arena = self.memory["arena"]["minimum_bytes"]
         failure: BaseException | None = None
         with mcu_memory.captured_stderr() as log:
@@ -230,8 +232,10 @@ class TFLMRuntime:
                 failure = exc
         if failure is not None:
             raise _tflm_error(f"TFLM cannot load {self.path.name}", failure, log)
-        self.input_order = self._order([b.name for b in io.inputs], info.input_names)
-        self.output_order = self._order([b.name for b in io.outputs], info.output_names)
+        input_names, output_names = mcu_model.io_names(graph)
+        self.input_names, self.output_names = [b.name for b in io.inputs], [b.name for b in io.outputs]
+        self.input_order = self._order([b.name for b in io.inputs], input_names)
+        self.output_order = self._order([b.name for b in io.outputs], output_names)
         self.backend = f"tflite-micro {_version('tflite-micro')} MicroInterpreter (reference kernels, {arena}-byte arena)"
         self._ran: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
 
@@ -266,7 +270,7 @@ class TFLMRuntime:
         try:
             from edgex.targets import tflite
 
-            litert = tflite.LiteRTRuntime(self.path)
+            litert = tflite.LiteRTRuntime(self.path, self.input_names, self.output_names)
             theirs = [[np.asarray(o) for o in litert.run(inputs)] for inputs, _ in self._ran]
         except Exception as exc:  # the report says why; TFLM parity against torch still stands
             return {"samples": len(self._ran), "error": f"LiteRT could not run the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}

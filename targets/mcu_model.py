@@ -1,14 +1,15 @@
 """What a microcontroller build needs to know about a ``.tflite`` file, and the C it gets.
 
-The flatbuffer is read with the schema module that ships inside ``tflite-micro`` (no TensorFlow
-import), so these checks are cheap and say *why* a model cannot run on TFLM before any
-interpreter is built:
+The flatbuffer is read by the tflite target's reader (``edgex.targets.tflite_graph``, no
+TensorFlow import) and the model is held to what TFLM needs, before any interpreter is built:
 
-- every tensor is int8 or int32 (a float DEQUANTIZE/QUANTIZE island would fall back to float
-  kernels a microcontroller build rarely links, or not run at all);
-- every operator has a TFLM kernel (``data/tflm_ops.json``: the ``MicroMutableOpResolver``
-  method of each builtin, taken from TFLM's sources);
-- no weights live in "offset buffers" after the flatbuffer, which TFLM reads as zeros.
+- full int8: every tensor int8/int32, int8 inputs and outputs, sane scales (a float
+  DEQUANTIZE/QUANTIZE island would fall back to float kernels, or not run at all). The check is
+  the tflite target's :func:`edgex.targets.tflite.check_full_int8`, the one ``full_int8`` applies
+  to every conversion; here it guards files handed to ``edgex validate``;
+- a TFLM kernel for every operator of every subgraph (``data/tflm_ops.json``: the
+  ``MicroMutableOpResolver`` method of each builtin, taken from TFLM's sources);
+- no weights in "offset buffers" after the flatbuffer, which TFLM reads as zeros.
 
 It also writes the C sources in TFLM's own convention
 (``tensorflow/lite/micro/tools/generate_cc_arrays.py``) and the op-resolver header in the form of
@@ -20,50 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from edgex.core.errors import TargetError, UsageError
 
-#: tensor types a full-int8 TFLM model may hold (int32 for biases, shapes, indices)
-INTEGER_TYPES = ("INT8", "INT32")
 #: bytes per line of the generated C array
 BYTES_PER_LINE = 12
 _OPS_TABLE = Path(__file__).with_name("data") / "tflm_ops.json"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str  # the schema's TensorType name: "INT8", "FLOAT32", ...
-    shape: tuple[int, ...]
-    subgraph: int
-    in_offset_buffer: bool
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The parts of a ``.tflite`` flatbuffer the microcontroller checks look at."""
-
-    size: int
-    sha256: str
-    #: operator names in first-use order: builtin names ("CONV_2D") or "CUSTOM:<code>"
-    operators: tuple[str, ...]
-    #: how many operator nodes use each operator
-    uses: dict[str, int]
-    tensors: tuple[TensorInfo, ...]
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    subgraphs: int
-
-
-@lru_cache(maxsize=1)
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-
-    return schema_py_generated
+#: how a custom operator is named beside the builtins ("CUSTOM:ethos-u")
+CUSTOM_PREFIX = "CUSTOM:"
 
 
 @lru_cache(maxsize=1)
@@ -73,68 +41,33 @@ def ops_table() -> dict[str, dict[str, str]]:
     return {"builtin": dict(data["builtin"]), "custom": dict(data["custom"])}
 
 
-def _enum_names(enum_class: type) -> dict[int, str]:
-    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_") and isinstance(value, int)}
+def read(path: Path) -> Any:
+    """The model's :class:`edgex.targets.tflite_graph.Graph`; a file that is not one is a usage error."""
+    from edgex.targets.tflite_graph import read_graph
 
-
-def read_model(data: bytes, source: str = "the model") -> ModelInfo:
-    """Parse a ``.tflite`` flatbuffer; a file that is not one is a usage error."""
-    fb = _schema()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise UsageError(f"{source} is not a TFLite flatbuffer (no 'TFL3' identifier)")
     try:
-        model = fb.Model.GetRootAsModel(data, 0)
-        builtin_names = _enum_names(fb.BuiltinOperator)
-        type_names = _enum_names(fb.TensorType)
-        codes = []
-        for i in range(model.OperatorCodesLength()):
-            code = model.OperatorCodes(i)
-            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            if builtin == fb.BuiltinOperator.CUSTOM:
-                custom = code.CustomCode()
-                codes.append("CUSTOM:" + (custom.decode() if custom else "?"))
-            else:
-                codes.append(builtin_names.get(builtin, f"BUILTIN_{builtin}"))
-        external = set()
-        for i in range(model.BuffersLength()):
-            if model.Buffers(i).Offset() > 1:  # schema: offset > 1 means the data lives after the flatbuffer
-                external.add(i)
-        uses: dict[str, int] = {}
-        order: list[str] = []
-        tensors: list[TensorInfo] = []
-        inputs: list[str] = []
-        outputs: list[str] = []
-        for s in range(model.SubgraphsLength()):
-            graph = model.Subgraphs(s)
-            names = []
-            for t in range(graph.TensorsLength()):
-                tensor = graph.Tensors(t)
-                name = (tensor.Name() or b"").decode(errors="replace")
-                names.append(name)
-                shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-                tensors.append(TensorInfo(name, type_names.get(tensor.Type(), str(tensor.Type())), shape, s, tensor.Buffer() in external))
-            for o in range(graph.OperatorsLength()):
-                op_name = codes[graph.Operators(o).OpcodeIndex()]
-                if op_name not in uses:
-                    order.append(op_name)
-                uses[op_name] = uses.get(op_name, 0) + 1
-            if s == 0:
-                inputs = [names[i] for i in graph.InputsAsNumpy()] if graph.InputsLength() else []
-                outputs = [names[i] for i in graph.OutputsAsNumpy()] if graph.OutputsLength() else []
-        return ModelInfo(
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            operators=tuple(order),
-            uses=uses,
-            tensors=tuple(tensors),
-            input_names=tuple(inputs),
-            output_names=tuple(outputs),
-            subgraphs=model.SubgraphsLength(),
-        )
-    except UsageError:
-        raise
+        return read_graph(Path(path))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {Path(path).name} as a .tflite model: {exc}") from exc
     except Exception as exc:  # a truncated or corrupt flatbuffer
-        raise UsageError(f"{source} is not a readable TFLite flatbuffer: {type(exc).__name__}: {exc}") from exc
+        raise UsageError(f"{Path(path).name} is not a readable TFLite flatbuffer: {type(exc).__name__}: {exc}") from exc
+
+
+def operator_uses(graph: Any) -> dict[str, int]:
+    """Operator name -> how many nodes use it, every subgraph, in first-use order.
+
+    Builtins by their schema name ("CONV_2D"), custom operators as "CUSTOM:<code>".
+    """
+    uses: dict[str, int] = {}
+    for _, op in graph.all_operators:
+        name = CUSTOM_PREFIX + op.name if op.custom else op.name
+        uses[name] = uses.get(name, 0) + 1
+    return uses
+
+
+def io_names(graph: Any) -> tuple[list[str], list[str]]:
+    """Tensor names of the model's inputs and outputs, in the order TFLM indexes them."""
+    return [graph.tensor(i).name for i in graph.inputs], [graph.tensor(i).name for i in graph.outputs]
 
 
 # --------------------------------------------------------------------------- checks
@@ -145,47 +78,40 @@ def _name_list(names: Sequence[str], limit: int = 6) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def non_integer_tensors(model: ModelInfo) -> list[TensorInfo]:
-    """Tensors that are neither int8 nor int32: float islands, int16 activations, ..."""
-    return [t for t in model.tensors if t.dtype not in INTEGER_TYPES]
+def full_int8_problem(graph: Any) -> str | None:
+    """The tflite target's full-int8 verdict as one line naming the tensors, or None."""
+    from edgex.targets.tflite import RejectedArtifact, check_full_int8
 
-
-def integer_only_problem(model: ModelInfo) -> str | None:
-    """One line naming the tensors that keep a model from being full-int8, or None."""
-    bad = non_integer_tensors(model)
-    if not bad:
-        return None
-    islands = [op for op in ("DEQUANTIZE", "QUANTIZE") if op in model.uses]
-    kinds = sorted({t.dtype for t in bad})
-    where = f" (the converter left {'/'.join(islands)} islands)" if islands else ""
-    return (
-        f"not a full-int8 model: {len(bad)} tensor(s) are {'/'.join(kinds)}, not int8/int32{where}: "
-        f"{_name_list([f'{t.name} [{t.dtype}]' for t in bad])}"
-    )
+    try:
+        check_full_int8(graph)
+    except RejectedArtifact as exc:
+        return str(exc)
+    return None
 
 
 def resolver_method(op: str) -> str | None:
     """The ``MicroMutableOpResolver`` method that registers ``op``, None where TFLM has no kernel."""
     table = ops_table()
-    if op.startswith("CUSTOM:"):
-        return table["custom"].get(op[len("CUSTOM:"):])
+    if op.startswith(CUSTOM_PREFIX):
+        return table["custom"].get(op[len(CUSTOM_PREFIX):])
     return table["builtin"].get(op)
 
 
-def missing_ops(model: ModelInfo) -> list[str]:
-    return [op for op in model.operators if resolver_method(op) is None]
+def missing_ops(graph: Any) -> list[str]:
+    return [op for op in operator_uses(graph) if resolver_method(op) is None]
 
 
-def missing_ops_problem(model: ModelInfo) -> str | None:
-    missing = missing_ops(model)
+def missing_ops_problem(graph: Any) -> str | None:
+    missing = missing_ops(graph)
     if not missing:
         return None
-    listed = ", ".join(f"{op} (x{model.uses[op]})" for op in missing)
+    uses = operator_uses(graph)
+    listed = ", ".join(f"{op} (x{uses[op]})" for op in missing)
     return f"TensorFlow Lite Micro has no kernel for {len(missing)} operator(s) this model uses: {listed}; change those layers or register a custom kernel"
 
 
-def offset_buffer_problem(model: ModelInfo) -> str | None:
-    stored = [t.name for t in model.tensors if t.in_offset_buffer]
+def offset_buffer_problem(graph: Any) -> str | None:
+    stored = [t.name for _, t in graph.all_tensors if t.offset_buffer]
     if not stored:
         return None
     return (
@@ -194,9 +120,16 @@ def offset_buffer_problem(model: ModelInfo) -> str | None:
     )
 
 
-def check_for_tflm(model: ModelInfo, *, error: type = TargetError) -> None:
-    """Raise ``error`` with every reason TFLM cannot run ``model`` (one line)."""
-    problems = [p for p in (integer_only_problem(model), missing_ops_problem(model), offset_buffer_problem(model)) if p]
+def check_for_tflm(graph: Any, *, error: type = TargetError, full_int8: bool = True) -> None:
+    """Raise ``error`` with every reason TFLM cannot run the model, in one line.
+
+    ``full_int8=False`` skips the full-int8 check for a model ``tflite.full_int8`` just made
+    (it checked exactly that).
+    """
+    checks = [missing_ops_problem(graph), offset_buffer_problem(graph)]
+    if full_int8:
+        checks.insert(0, full_int8_problem(graph))
+    problems = [p for p in checks if p]
     if problems:
         raise error("; ".join(problems))
 
@@ -252,14 +185,14 @@ def write_model_data(data: bytes, folder: Path, *, array_name: str = "g_model", 
     return cc_path, h_path
 
 
-def write_op_resolver(model: ModelInfo, folder: Path, *, arena_bytes: int | None, file_name: str = "model_ops.h", source_name: str = "model.tflite") -> Path:
-    """A header with a ``MicroMutableOpResolver`` registering exactly the operators ``model`` uses.
+def write_op_resolver(graph: Any, folder: Path, *, arena_bytes: int | None, file_name: str = "model_ops.h", source_name: str = "model.tflite") -> Path:
+    """A header with a ``MicroMutableOpResolver`` registering exactly the operators ``graph`` uses.
 
     Same shape as TFLM's gen_micro_mutable_op_resolver template (``kNumberOperators`` and an
     inline ``get_resolver()``), plus the measured ``kTensorArenaSize``.
     """
     methods = []
-    for op in sorted(model.operators):
+    for op in sorted(operator_uses(graph)):
         method = resolver_method(op)
         if method is None:
             raise TargetError(f"TensorFlow Lite Micro has no kernel for {op}")

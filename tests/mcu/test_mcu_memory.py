@@ -114,8 +114,7 @@ def test_fit_with_headroom_and_no_fit_message():
 
 def test_measured_model_fits_one_board_and_not_another(int8_tflite):
     data = int8_tflite["stride4"].read_bytes()
-    info = mcu_model.read_model(data)
-    arena = mcu_memory.measure_arena(data, len(info.input_names)).minimum_bytes
+    arena = mcu_memory.measure_arena(data, len(mcu_model.read(int8_tflite["stride4"]).inputs)).minimum_bytes
     flash = mcu_memory.flash_needs(len(data))["total_bytes"]
     assert mcu_memory.fit(mcu_memory.resolve_device("nucleo-f446re"), arena, flash).fits
     tiny = mcu_memory.Device("tiny", "tiny", "Cortex-M0", ram_kb=arena / 1024 / 2, flash_kb=1024)

@@ -15,49 +15,52 @@ GXX = shutil.which("g++")
 needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ is not installed")
 
 
-def test_reads_operators_tensors_and_io_names(int8_tflite):
-    info = mcu_model.read_model(int8_tflite["kws"].read_bytes())
-    assert info.operators == ("CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED")
-    assert info.uses["CONV_2D"] == 2
-    assert len(info.input_names) == 1 and len(info.output_names) == 1
-    assert {t.dtype for t in info.tensors} <= {"INT8", "INT32"}
-    mcu_model.check_for_tflm(info)  # a clean full-int8 model passes every check
+def test_reads_operators_of_every_subgraph_and_io_names(int8_tflite):
+    graph = mcu_model.read(int8_tflite["kws"])
+    assert mcu_model.operator_uses(graph) == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "MEAN": 1, "FULLY_CONNECTED": 1}
+    inputs, outputs = mcu_model.io_names(graph)
+    assert len(inputs) == 1 and len(outputs) == 1
+    mcu_model.check_for_tflm(graph)  # a clean full-int8 model passes every check
 
 
 def test_not_a_flatbuffer_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="not a TFLite flatbuffer"):
-        mcu_model.read_model(b"\x00" * 64, "junk.tflite")
-    with pytest.raises(UsageError, match="not a readable TFLite flatbuffer"):
-        mcu_model.read_model(b"\x10\x00\x00\x00TFL3" + b"\xff" * 8, "cut.tflite")
+    junk, cut = tmp_path / "junk.tflite", tmp_path / "cut.tflite"
+    junk.write_bytes(b"\x00" * 64)
+    cut.write_bytes(b"\x10\x00\x00\x00TFL3" + b"\xff" * 8)
+    with pytest.raises(UsageError, match="junk.tflite"):
+        mcu_model.read(junk)
+    with pytest.raises(UsageError, match="cut.tflite"):
+        mcu_model.read(cut)
 
 
 def test_float_island_is_rejected_naming_the_tensors(int8_tflite):
-    info = mcu_model.read_model(int8_tflite["float_island"].read_bytes())
+    """The tflite target's full-int8 check (the one full_int8 applies) guards validated files too."""
+    graph = mcu_model.read(int8_tflite["float_island"])
     with pytest.raises(TargetError) as caught:
-        mcu_model.check_for_tflm(info)
+        mcu_model.check_for_tflm(graph)
     message = str(caught.value)
-    assert "not a full-int8 model" in message and "FLOAT32" in message
-    assert "DEQUANTIZE/QUANTIZE islands" in message
-    floats = [t.name for t in info.tensors if t.dtype == "FLOAT32"]
+    assert "not full int8" in message and "float32" in message
+    floats = [t.name for _, t in graph.all_tensors if t.dtype == "float32"]
     assert floats and all(name in message for name in floats)
     assert "\n" not in message
 
 
 def test_missing_kernel_lists_the_ops_and_tflm_agrees(int8_tflite):
-    data = int8_tflite["gelu"].read_bytes()
-    info = mcu_model.read_model(data)
-    assert mcu_model.integer_only_problem(info) is None  # full int8: only the kernel is missing
+    graph = mcu_model.read(int8_tflite["gelu"])
+    assert mcu_model.full_int8_problem(graph) is None  # full int8: only the kernel is missing
     with pytest.raises(TargetError, match=r"no kernel for 1 operator\(s\) this model uses: GELU \(x1\)"):
-        mcu_model.check_for_tflm(info)
+        mcu_model.check_for_tflm(graph)
     # the interpreter itself is the ground truth: it refuses the model too, whatever the arena
     with pytest.raises(TargetError, match="GELU"):
-        mcu_memory.measure_arena(data, 1)
+        mcu_memory.measure_arena(int8_tflite["gelu"].read_bytes(), 1)
 
 
 def test_every_problem_is_reported_at_once(int8_tflite):
-    info = mcu_model.read_model(int8_tflite["float_island"].read_bytes())
-    gelu = mcu_model.read_model(int8_tflite["gelu"].read_bytes())
-    assert mcu_model.integer_only_problem(info) and mcu_model.missing_ops(gelu) == ["GELU"]
+    graph = mcu_model.read(int8_tflite["float_island"])
+    with pytest.raises(TargetError) as caught:
+        mcu_model.check_for_tflm(graph)
+    assert "not full int8" in str(caught.value)
+    assert mcu_model.missing_ops(mcu_model.read(int8_tflite["gelu"])) == ["GELU"]
 
 
 def test_offset_buffers_are_rejected(int8_tflite, tmp_path):
@@ -78,10 +81,11 @@ def test_offset_buffers_are_rejected(int8_tflite, tmp_path):
     buffer.offset, buffer.size = len(body), len(payload)
     builder = flatbuffers.Builder(len(data))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    patched = bytes(builder.Output()) + payload
-    info = mcu_model.read_model(patched)
+    patched = tmp_path / "offset.tflite"
+    patched.write_bytes(bytes(builder.Output()) + payload)
+    read_back = mcu_model.read(patched)
     with pytest.raises(TargetError, match="offset buffers") as caught:
-        mcu_model.check_for_tflm(info)
+        mcu_model.check_for_tflm(read_back)
     assert graph.tensors[index].name.decode() in str(caught.value)
 
 
@@ -139,8 +143,8 @@ def test_c_sources_compile_and_embed_the_exact_bytes(int8_tflite, tmp_path, arra
 
 
 def test_op_resolver_registers_exactly_the_models_ops(int8_tflite, tmp_path):
-    info = mcu_model.read_model(int8_tflite["kws"].read_bytes())
-    header = mcu_model.write_op_resolver(info, tmp_path, arena_bytes=6350).read_text()
+    graph = mcu_model.read(int8_tflite["kws"])
+    header = mcu_model.write_op_resolver(graph, tmp_path, arena_bytes=6350).read_text()
     calls = [line.split(".")[1].split("(")[0] for line in header.splitlines() if "micro_op_resolver.Add" in line]
     # the MicroMutableOpResolver method names of TFLM's API for these four operators
     assert calls == ["AddConv2D", "AddDepthwiseConv2D", "AddFullyConnected", "AddMean"]
@@ -160,9 +164,8 @@ def test_resolver_table_spells_tflm_methods():
 @pytest.mark.skipif(not os.environ.get("EDGEX_TFLM_INCLUDE"), reason="set EDGEX_TFLM_INCLUDE to TFLM source + flatbuffers include dirs (os.pathsep-separated)")
 def test_generated_sources_compile_against_real_tflm_headers(int8_tflite, tmp_path):
     data = int8_tflite["kws"].read_bytes()
-    info = mcu_model.read_model(data)
     mcu_model.write_model_data(data, tmp_path)
-    mcu_model.write_op_resolver(info, tmp_path, arena_bytes=8000)
+    mcu_model.write_op_resolver(mcu_model.read(int8_tflite["kws"]), tmp_path, arena_bytes=8000)
     (tmp_path / "use.cc").write_text(
         '#include "model_ops.h"\n#include "model_data.h"\n#include "tensorflow/lite/micro/micro_interpreter.h"\n'
         "alignas(16) static uint8_t arena[kTensorArenaSize];\n"

@@ -37,8 +37,7 @@ def _litert(path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 def _names(path):
     from edgex.targets import mcu_model
 
-    info = mcu_model.read_model(path.read_bytes())
-    return list(info.input_names), list(info.output_names)
+    return mcu_model.io_names(mcu_model.read(path))
 
 
 def test_tflm_runs_within_one_lsb_of_litert(int8_tflite):
