@@ -62,7 +62,7 @@ TARGETS = (
             ),
             TargetOption("array_name", "name of the C array holding the model (default g_model)", str, DEFAULT_ARRAY_NAME),
         ),
-        accepts=("torch",),
+        accepts=("torch", "onnx"),
     ),
 )
 
@@ -191,11 +191,11 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
     if path.suffix != ".tflite":
         raise UsageError(f"{path} is not a .tflite file")
     graph = mcu_model.read(path)
+    if mcu_model.CUSTOM_PREFIX + "ethos-u" in mcu_model.operator_uses(graph):
+        raise UsageError(f"{path.name} is compiled by vela for an Ethos-U NPU, which TFLM's host interpreter cannot run: validate the .tflite before vela")
     problem = mcu_model.full_int8_problem(graph)
     if problem:
         raise UsageError(f"{path.name}: {problem}; the mcu target validates full-int8 models")
-    if mcu_model.CUSTOM_PREFIX + "ethos-u" in mcu_model.operator_uses(graph):
-        raise UsageError(f"{path.name} is compiled by vela for an Ethos-U NPU, which TFLM's host interpreter cannot run: validate the .tflite before vela")
     return tflite.describe_tflite(path, reference)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgex.core import api, layout, parity
+from edgex.core.errors import UsageError
 from edgex.core.pipeline import ConvertSettings
 from edgex.plugins.testing import check_target_conformance
 from edgex.targets import mcu_model
@@ -119,6 +120,9 @@ def test_ethos_u_board_compiles_with_vela_and_keeps_parity_on_tflm(tmp_path):
     assert any(a.endswith("_vela.tflite") for a in vela_files) and any(a.endswith(".csv") for a in vela_files)
     assert row.io and not row.io["inputs"][0]["name"].startswith("ethos")
     assert "tflite-micro" in row.backend  # parity ran on TFLM, on the model before vela
+    vela_model = next(tmp_path / a for a in vela_files if a.endswith("_vela.tflite"))
+    with pytest.raises(UsageError, match="Ethos-U NPU"):
+        api.validate(vela_model, "examples:digits", target="mcu", out=tmp_path / "again", samples=2)
 
 
 def test_op_tflm_lacks_is_an_error_listing_it(tmp_path):

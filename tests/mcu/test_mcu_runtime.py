@@ -91,3 +91,14 @@ def test_model_tflm_cannot_run_is_a_target_error(int8_tflite):
     names_in, names_out = _names(path)
     with pytest.raises(TargetError, match="GELU"):
         mcu.TFLMRuntime(_io(path, names_in, names_out), {})
+
+
+def test_validate_refuses_files_tflm_cannot_take_before_running_anything(int8_tflite, tmp_path):
+    from edgex.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="not full int8.*float32.*validates full-int8 models"):
+        mcu.edgex_describe_artifact("mcu", int8_tflite["float_island"], None)
+    source = tmp_path / "model_data.cc"
+    source.write_text("// C")
+    with pytest.raises(UsageError, match="C source"):
+        mcu.edgex_describe_artifact("mcu", source, None)
