@@ -1,94 +1,32 @@
 """Test scaffolding for the mcu target's parts: small full-int8 .tflite files.
 
-These are made with TensorFlow's own converter from tiny Keras models, only so that the TFLM
-checks, C sources, arena measurement and vela parsing can be tested on real flatbuffers
-independently of edgex's torch -> int8 conversion (which lives in edgex.targets.tflite and is
-tested end to end in tests/test_target_mcu.py). Not product code.
+They are made with TensorFlow's own converter from tiny Keras models (make_int8_models.py, run in
+a subprocess so that TensorFlow never enters the pytest process), only so that the TFLM checks,
+C sources, arena measurement and vela parsing can be tested on real flatbuffers independently of
+edgex's torch -> int8 conversion (edgex.targets.tflite, tested end to end in
+tests/test_target_mcu.py). Not product code.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-
-def _keras_int8(model, input_shape, path: Path) -> Path:
-    import tensorflow as tf
-
-    def representative():
-        rng = np.random.default_rng(0)
-        for _ in range(16):
-            yield [rng.standard_normal((1, *input_shape)).astype(np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected"
-        path.write_bytes(converter.convert())
-    return path
+NAMES = ("kws", "gelu", "float_island", "stride4", "two_inputs")
 
 
 @pytest.fixture(scope="session")
 def int8_tflite(tmp_path_factory) -> dict[str, Path]:
     """name -> .tflite made by TensorFlow's converter (test scaffolding, see the module doc)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
     folder = tmp_path_factory.mktemp("keras_int8")
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    made: dict[str, Path] = {}
-
-    # keyword-spotting shape: conv, depthwise conv, pointwise conv, global average, dense
-    x_in = tf.keras.Input((49, 10, 1), batch_size=1)
-    x = layers.Conv2D(16, (10, 4), strides=2, padding="same", activation="relu")(x_in)
-    x = layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(16, 1, activation="relu")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    made["kws"] = _keras_int8(tf.keras.Model(x_in, layers.Dense(12)(x)), (49, 10, 1), folder / "kws.tflite")
-
-    # GELU: full int8, but TFLM has no kernel for it
-    x_in = tf.keras.Input((16,), batch_size=1)
-    x = layers.Activation("gelu")(layers.Dense(16)(x_in))
-    made["gelu"] = _keras_int8(tf.keras.Model(x_in, layers.Dense(4)(x)), (16,), folder / "gelu.tflite")
-
-    # CUMSUM has no int8 kernel: the converter leaves a float DEQUANTIZE -> CUMSUM -> QUANTIZE island
-    x_in = tf.keras.Input((16,), batch_size=1)
-    x = layers.Dense(16, activation="relu")(x_in)
-    x = layers.Lambda(lambda t: tf.math.cumsum(t, axis=-1))(x)
-    made["float_island"] = _keras_int8(tf.keras.Model(x_in, layers.Dense(4)(x)), (16,), folder / "float_island.tflite")
-
-    # a stride-4 convolution: TFLM runs it, vela leaves it on the Cortex-M (Ethos-U55 strides are 1-3)
-    x_in = tf.keras.Input((32, 32, 3), batch_size=1)
-    x = layers.Flatten()(layers.Conv2D(8, 5, strides=4, padding="same", activation="relu")(x_in))
-    made["stride4"] = _keras_int8(tf.keras.Model(x_in, layers.Dense(4)(x)), (32, 32, 3), folder / "stride4.tflite")
-
-    # two inputs: binding order must follow tensor names, not position
-    a_in, b_in = tf.keras.Input((8,), batch_size=1, name="left"), tf.keras.Input((6,), batch_size=1, name="right")
-    x = layers.Concatenate()([layers.Dense(4)(a_in), layers.Dense(4)(b_in)])
-    two = tf.keras.Model([a_in, b_in], layers.Dense(3)(x))
-
-    def representative_two():
-        rng = np.random.default_rng(1)
-        for _ in range(16):
-            yield [rng.standard_normal((1, 8)).astype(np.float32), rng.standard_normal((1, 6)).astype(np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(two)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_two
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (folder / "two_inputs.tflite").write_bytes(converter.convert())
-    made["two_inputs"] = folder / "two_inputs.tflite"
+    script = Path(__file__).with_name("make_int8_models.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    made = {name: folder / f"{name}.tflite" for name in NAMES}
+    assert all(path.exists() for path in made.values()), done.stdout
     return made
