@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
-from edgex.core.compress import CompressionStep
+from edgex.core.compression import CompressionStep
 from edgex.core.loading import load_model as _load_model
 from edgex.core.parity import ParityReport
 from edgex.core.pipeline import ConvertSettings
@@ -76,15 +76,22 @@ def convert(
     atol: float | None = None,
     rtol: float | None = None,
     options: Mapping[str, Any] | None = None,
-    compression: Sequence[CompressionStep] | None = None,
+    compression: Sequence[CompressionStep] | Mapping[str, Any] | None = None,
+    distill_data: Any = None,
     settings: ConvertSettings | None = None,
     plugins: Any = None,
 ) -> Report:
     """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
 
     ``model`` is a MODEL spec or an ``nn.Module`` (then give ``example_inputs``). Writes
-    artifacts and report.json under ``out`` and returns the :class:`Report`.
+    artifacts and report.json under ``out`` and returns the :class:`Report`. ``compression``
+    takes steps or option values, as :func:`compress` does; the compressed model is then the
+    reference every artifact is judged against.
     """
+    if isinstance(compression, Mapping):
+        from edgex.core.compression.options import steps_from_options
+
+        compression = steps_from_options(compression)
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = _settings(
         settings,
@@ -99,6 +106,7 @@ def convert(
             "rtol": rtol,
             "options": dict(options) if options else None,
             "compression": tuple(compression) if compression else None,
+            "distill_data": distill_data,
         },
     )
     return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out))
@@ -128,18 +136,32 @@ def validate(
 
 def compress(
     model: Any,
-    steps: Sequence[CompressionStep],
+    steps: Sequence[CompressionStep] | Mapping[str, Any],
     *,
+    out: str | Path | None = None,
     example_inputs: Any = None,
     input_shapes: Sequence[Sequence[int]] | None = None,
     calibration: Any = None,
     distill_data: Any = None,
+    eval_data: Any = None,
     seed: int = 0,
     plugins: Any = None,
 ) -> tuple[ReferenceModel, dict[str, Any]]:
-    """Apply compression ``steps``; returns the compressed reference and the summary."""
-    from edgex.core.compress import compress_reference
+    """Apply compression ``steps``; returns the compressed reference and the summary (the
+    ``compression`` section of report.json). With ``out`` (a ``.pt2`` path), also saves it.
 
+    ``steps`` are :class:`CompressionStep` s or the command line's options as a mapping, e.g.
+    ``{"prune": 0.5, "prune_method": "l1-structured", "distill": True}``. ``distill_data`` is a
+    path (.npy, or .npz with x and optional labels y), an array, or ``{"x": ..., "y": ...}``.
+    """
+    from edgex.core.compression import save_program
+    from edgex.core.compression.options import steps_from_options
+
+    if isinstance(steps, Mapping):
+        steps = steps_from_options(steps)
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
-    settings = ConvertSettings(compression=tuple(steps), calibration=calibration, distill_data=distill_data, seed=seed)
-    return compress_reference(plugins or plugin_manager(), reference, settings)
+    settings = ConvertSettings(compression=tuple(steps), calibration=calibration, distill_data=distill_data, eval_data=eval_data, seed=seed)
+    compressed, summary = pipeline.compress(plugins or plugin_manager(), reference, settings)
+    if out is not None:
+        save_program(compressed, Path(out))
+    return compressed, summary

@@ -8,7 +8,6 @@ with the exit code of SPEC.md; tracebacks only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -198,7 +197,7 @@ def _load(args: argparse.Namespace, spec: str):
 
 
 def _compression_steps(args: argparse.Namespace) -> tuple[Any, ...]:
-    from edgex.core.compress.options import steps_from_args
+    from edgex.core.compression.options import steps_from_args
 
     return steps_from_args(args)
 
@@ -218,6 +217,31 @@ def cmd_convert(args: argparse.Namespace, manager: Any) -> int:
     report = pipeline.convert(manager, model, settings, args.out)
     _print_report(report, args, args.out)
     return report.exit_code
+
+
+def cmd_compress(args: argparse.Namespace, manager: Any) -> int:
+    from edgex.core import pipeline
+    from edgex.core.compression import describe, save_program
+    from edgex.core.pipeline import ConvertSettings
+    from edgex.core.report import dumps
+
+    steps = _compression_steps(args)
+    if not steps:
+        raise UsageError("nothing to do: give --prune AMOUNT (and --distill to recover accuracy)")
+    if args.out.suffix != ".pt2" or args.out.is_dir():
+        raise UsageError(f"--out {args.out} must be a file name ending in .pt2 (a torch.export program)")
+    model = _load(args, args.model)
+    settings = ConvertSettings(
+        seed=args.seed, calibration=args.calibration, eval_data=args.eval_data, compression=steps, distill_data=args.distill_data
+    )
+    compressed, summary = pipeline.compress(manager, model, settings)
+    save_program(compressed, args.out)
+    if args.json:
+        print(dumps({"model": args.model, "out": str(args.out), "compression": summary}))
+    else:
+        print("\n".join(describe(summary)))
+        print(f"saved {args.out} (convert it with: edgex convert {args.out} --target ...)")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
@@ -253,7 +277,7 @@ def cmd_demo(args: argparse.Namespace, manager: Any) -> int:
     print("edgex demo: the digits CNN (trained on scikit-learn's digits) converted for every installed target,")
     print("each artifact run on its own runtime and compared with PyTorch on the digits test split.\n")
     model = load_model("examples:digits")
-    settings = pipeline.ConvertSettings(targets=("all",), samples=args.samples, compression=_compression_steps(args))
+    settings = pipeline.ConvertSettings(targets=("all",), samples=args.samples, compression=_compression_steps(args), distill_data=args.distill_data)
     report = pipeline.convert(manager, model, settings, args.out, command="demo")
     _print_report(report, args, args.out)
     return report.exit_code
@@ -293,6 +317,17 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
     _add_output_options(p)
     p.set_defaults(handler=cmd_convert, needs_manager=True)
 
+    p = sub.add_parser("compress", help="prune MODEL (and recover its accuracy) and save it as a .pt2 program", epilog=EPILOG)
+    p.add_argument("model", metavar="MODEL", help="file.py:factory, package.module:factory, model.pt2, model.pt or examples:NAME")
+    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="unlabelled data for recovery when --distill-data is not given (.npy, .npz or a folder of images)")
+    p.add_argument("--seed", type=int, default=0, help="seed for recovery training and sampled inputs (default 0)")
+    p.add_argument("--eval-data", type=Path, metavar="FILE.npz", help="labelled data (x, y) to report accuracy before and after")
+    _add_model_options(p)
+    _add_compression_options(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.pt2", help="where to save the compressed model (torch.export program)")
+    p.add_argument("--json", action="store_true", help="print the compression report as JSON")
+    p.set_defaults(handler=cmd_compress, needs_manager=True)
+
     p = sub.add_parser("validate", help="validate an existing artifact against its reference model", epilog=EPILOG)
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
     p.add_argument("--reference", required=True, metavar="MODEL", help="the model the artifact must match (a MODEL spec)")
@@ -321,7 +356,7 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
 
 
 def _add_compression_options(parser: argparse.ArgumentParser) -> None:
-    from edgex.core.compress.options import add_compression_options
+    from edgex.core.compression.options import add_compression_options
 
     add_compression_options(parser)
 
@@ -329,7 +364,7 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
 def _wants_manager(argv: Sequence[str]) -> bool:
     """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
     words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("convert", "validate", "demo")
+    return bool(words) and words[0] in ("convert", "validate", "compress", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

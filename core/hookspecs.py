@@ -137,6 +137,18 @@ def edgex_stage_started(event: StageEvent) -> None:
 
 
 @hookspec
+def edgex_stage_progress(event: StageEvent) -> None:
+    """Observe progress inside a running stage (e.g. the epochs of distillation in ``compress``):
+    ``event.progress`` is the fraction done and ``event.detail`` a one-line status such as
+    ``"distill epoch 3/10 loss 0.0421"``.
+
+    Every plugin's implementation is called; return values are ignored. Called often: keep it
+    cheap. Observers must not raise: an exception here is reported as a warning and otherwise
+    ignored.
+    """
+
+
+@hookspec
 def edgex_stage_finished(event: StageEvent) -> None:
     """Observe a pipeline stage finishing; ``event.outcome`` and ``event.seconds`` are set.
 

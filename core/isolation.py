@@ -51,8 +51,15 @@ def _describe_exit(code: int | None) -> str:
 
 def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_path: str | None) -> None:
     try:
+        # OpenMP pools do not survive fork (the first parallel region hangs): one thread each
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=1)
+        except ImportError:
+            pass
         if log_path:
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             sys.stdout.flush()

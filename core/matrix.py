@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from edgex.core.compression.options import OPTION_NAMES
 from edgex.core.errors import UsageError
 
 TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
 MODEL_KEYS = {"spec", "name", "input_shape", "example_inputs", "calibration", "eval_data", "weights"}
-COMPRESSION_KEYS = {
-    "name", "prune", "prune_method", "prune_scope", "prune_steps", "exclude",
-    "distill", "distill_data", "distill_epochs", "distill_lr", "distill_temperature",
-}
+COMPRESSION_KEYS = {"name", *OPTION_NAMES}  # the compress stage's own option names
 PATH_KEYS = {"example_inputs", "calibration", "eval_data", "weights", "distill_data"}
 
 
@@ -153,7 +151,7 @@ def _group_name(model: MatrixModel, preset: Preset) -> str:
 def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str) -> list[dict[str, Any]]:
     """One (model, preset): load and compress once, then every precision's targets. Returns cells."""
     from edgex.core import pipeline
-    from edgex.core.compress.options import steps_from_options
+    from edgex.core.compression.options import steps_from_options
     from edgex.core.loading import load_model
     from edgex.plugins.manager import PluginManager
 
@@ -195,6 +193,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             eval_data=model_cfg.eval_data,
             timeout_s=config.timeout_s,
             compression=compression,
+            distill_data=preset.options.get("distill_data"),
             parity_inputs=model_cfg.example_inputs,
         )
         try:

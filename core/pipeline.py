@@ -26,6 +26,7 @@ from edgex.core import data, layout, parity
 from edgex.core.errors import EdgexError, TargetError, UsageError
 from edgex.core.isolation import RemoteError, start_isolated
 from edgex.core.loading import count_macs
+from edgex.core.sandbox import contained, offline
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
 from edgex.core.types import (
     PRECISIONS,
@@ -60,7 +61,7 @@ class ConvertSettings:
     #: target options by option name (``--opset 17`` -> {"opset": 17})
     options: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
-    #: compression steps (``edgex.core.compress.CompressionStep``) applied before converting
+    #: compression steps (``edgex.core.compression.CompressionStep``) applied before converting
     compression: tuple[Any, ...] = ()
     #: for recovery: unlabelled (or labelled .npz) data; None: the calibration data
     distill_data: Any = None
@@ -395,12 +396,31 @@ def _reference(manager: Any, model: ReferenceModel, inputs: _Inputs) -> tuple[Ou
     return reference, reference_eval, noise
 
 
+@contextmanager
+def sandboxed(out: Path) -> Iterator[None]:
+    """Run offline, with temporary files and library caches in ``out`` (removed afterwards)."""
+    scratch = out / ".edgex-scratch"
+    try:
+        with offline(), contained(scratch):
+            yield
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _prepare_out(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out.resolve()  # converters may change directory: every path handed on is absolute
+
+
+def compress(manager: Any, model: ReferenceModel, settings: ConvertSettings) -> tuple[ReferenceModel, dict[str, Any]]:
+    """The compress stage alone (also ``edgex compress``): the compressed reference and its summary."""
+    from edgex.core.compression import compress_reference
+
+    with observed(manager, "compress"):
+        return compress_reference(manager, model, settings)
 
 
 def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out: Path, *, command: str = "convert") -> Report:
@@ -411,81 +431,79 @@ def convert(manager: Any, model: ReferenceModel, settings: ConvertSettings, out:
     original = model
     compression_summary = None
     if settings.compression:
-        from edgex.core.compress import compress_reference
-
-        with observed(manager, "compress"):
-            model, compression_summary = compress_reference(manager, model, settings)
+        model, compression_summary = compress(manager, model, settings)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = prepare_inputs(model, settings, needs_calibration)
     out = _prepare_out(out)
-    calibration_batches = tuple(data.batches(inputs.calibration, model.inputs)) if inputs.calibration is not None else None
+    with sandboxed(out):
+        calibration_batches = tuple(data.batches(inputs.calibration, model.inputs)) if inputs.calibration is not None else None
 
-    report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.source}), compression=compression_summary)
-    report.messages.extend(inputs.warnings)
-    logs = out / "logs"
+        report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.source}), compression=compression_summary)
+        report.messages.extend(inputs.warnings)
+        logs = out / "logs"
 
-    def start(plan: _Plan) -> tuple[_TargetRun, Path]:
-        workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
-        workdir.mkdir()
-        logs.mkdir(exist_ok=True)
-        request = ConversionRequest(
-            target=plan.target,
-            precision=plan.precision,
-            model=model,
-            workdir=workdir,
-            calibration=calibration_batches if plan.precision == "int8" else None,
-            options=dict(settings.options),
-            seed=settings.seed,
-        )
+        def start(plan: _Plan) -> tuple[_TargetRun, Path]:
+            workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
+            workdir.mkdir()
+            logs.mkdir(exist_ok=True)
+            request = ConversionRequest(
+                target=plan.target,
+                precision=plan.precision,
+                model=model,
+                workdir=workdir,
+                calibration=calibration_batches if plan.precision == "int8" else None,
+                options=dict(settings.options),
+                seed=settings.seed,
+            )
 
-        def make_io() -> tuple[ConversionResult, ArtifactIO]:
-            result = manager.convert(request)
-            return result, result.io
+            def make_io() -> tuple[ConversionResult, ArtifactIO]:
+                result = manager.convert(request)
+                return result, result.io
 
-        return _TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log"), workdir
+            return _TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log"), workdir
 
-    runnable = [p for p in plans if not p.skip]
-    # the first target converts in its child while the parent computes the reference outputs
-    started = start(runnable[0]) if runnable else None
-    try:
-        reference, reference_eval, noise = _reference(manager, model, inputs)
-    except BaseException:
-        if started is not None:
-            started[0].job.cancel()
-            shutil.rmtree(started[1], ignore_errors=True)
-        raise
-    if compression_summary is not None and original is not model:
-        from edgex.core.compress import drift
-
-        compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
-    if model.macs is None and model.module is not None:
-        report.model["macs"] = count_macs(model.module, model.example_inputs)
-
-    for plan in plans:
-        if plan.skip:
-            report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
-            continue
-        run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
-        started = None
+        runnable = [p for p in plans if not p.skip]
+        # the first target converts in its child while the parent computes the reference outputs
+        started = start(runnable[0]) if runnable else None
         try:
-            row, outcome = run.finish(reference, reference_eval, noise)
+            reference, reference_eval, noise = _reference(manager, model, inputs)
         except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if started is not None:
+                started[0].job.cancel()
+                shutil.rmtree(started[1], ignore_errors=True)
             raise
-        row.requested = plan.requested
-        if outcome is not None and outcome.conversion is not None and row.status != "error":
-            conversion = _relocate(outcome.conversion, workdir, out / plan.target)
-            _install(workdir, out / plan.target)
-            row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-            row.size_bytes = _size([conversion.io.path])
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        row.precision = row.precision or plan.precision
-        report.targets[plan.target] = row
+        if compression_summary is not None and original is not model:
+            from edgex.core.compression import drift
 
-    with observed(manager, "report"):
-        write_json_atomic(out / "report.json", report.to_json())
-    return report
+            compression_summary["drift_from_original"] = drift(original, model, inputs.batches)
+        if model.macs is None and model.module is not None:
+            report.model["macs"] = count_macs(model.module, model.example_inputs)
+
+        for plan in plans:
+            if plan.skip:
+                report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
+                continue
+            run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
+            started = None
+            try:
+                row, outcome = run.finish(reference, reference_eval, noise)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            row.requested = plan.requested
+            if outcome is not None and outcome.conversion is not None and row.status != "error":
+                conversion = _relocate(outcome.conversion, workdir, out / plan.target)
+                _install(workdir, out / plan.target)
+                row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
+                row.size_bytes = _size([conversion.io.path])
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+            row.precision = row.precision or plan.precision
+            report.targets[plan.target] = row
+
+        with observed(manager, "report"):
+            write_json_atomic(out / "report.json", report.to_json())
+        return report
 
 
 def guess_target(manager: Any, artifact: Path) -> str:
@@ -522,14 +540,15 @@ def validate(manager: Any, artifact: Path, model: ReferenceModel, settings: Conv
     report.model["parity_inputs"] = inputs.source
 
     def make_io() -> tuple[None, ArtifactIO]:
-        io = manager.describe_artifact(name, artifact, model)
+        io = manager.describe_artifact(name, artifact.resolve(), model)
         return None, replace(io, precision=settings.precision) if settings.precision else io
 
-    run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, None)
-    reference, reference_eval, noise = _reference(manager, model, inputs)
-    if model.macs is None and model.module is not None:
-        report.model["macs"] = count_macs(model.module, model.example_inputs)
-    row, _ = run.finish(reference, reference_eval, noise)
+    with sandboxed(out):
+        run = _TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, None)
+        reference, reference_eval, noise = _reference(manager, model, inputs)
+        if model.macs is None and model.module is not None:
+            report.model["macs"] = count_macs(model.module, model.example_inputs)
+        row, _ = run.finish(reference, reference_eval, noise)
     row.artifacts = [str(artifact)]
     row.size_bytes = _size([artifact])
     report.targets[name] = row

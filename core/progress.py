@@ -1,8 +1,9 @@
 """The terminal's progress display, itself an observer plugin of the stage hooks.
 
-On a terminal, a stage that runs longer than a second gets a live line with its elapsed time,
-replaced by a one-line result when it finishes. Elsewhere (pipes, CI logs) it prints nothing,
-so that stdout and stderr stay clean for machines.
+On a terminal, a stage that runs longer than a second gets a live line with its elapsed time
+(and a bar with the stage's own status, such as the distillation loss, when it reports
+progress), replaced by a one-line result when it finishes. Elsewhere (pipes, CI logs) it
+prints nothing, so that stdout and stderr stay clean for machines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _VERBS = {
 }
 SPINNER = "|/-\\"
 SHOW_AFTER_S = 1.0
+BAR_WIDTH = 20
 
 
 class ProgressDisplay:
@@ -31,6 +33,7 @@ class ProgressDisplay:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self._current: tuple[str, float] | None = None
+        self._status = ""  # the running stage's own progress: bar and detail
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,7 +51,7 @@ class ProgressDisplay:
                 label, start = self._current
                 elapsed = time.monotonic() - start
                 if elapsed >= SHOW_AFTER_S:
-                    self.stream.write(f"\r\x1b[2K{SPINNER[frame % 4]} {label} {elapsed:.1f}s")
+                    self.stream.write(f"\r\x1b[2K{SPINNER[frame % 4]} {label} {self._status}{elapsed:.1f}s")
                     self.stream.flush()
                     frame += 1
 
@@ -58,9 +61,21 @@ class ProgressDisplay:
             return
         with self._lock:
             self._current = (self._label(event), time.monotonic())
+            self._status = ""
         if self._thread is None:
             self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
+
+    @hookimpl
+    def edgex_stage_progress(self, event: StageEvent) -> None:
+        if not self.enabled:
+            return
+        bar = ""
+        if event.progress is not None:
+            done = round(min(max(event.progress, 0.0), 1.0) * BAR_WIDTH)
+            bar = f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] "
+        with self._lock:
+            self._status = f"{bar}{event.detail} " if event.detail else bar
 
     @hookimpl
     def edgex_stage_finished(self, event: StageEvent) -> None:
@@ -68,6 +83,7 @@ class ProgressDisplay:
             return
         with self._lock:
             self._current = None
+            self._status = ""
             if event.seconds is not None and event.seconds >= SHOW_AFTER_S:
                 mark = "x" if event.outcome in ("error", "failed") else "+"
                 self.stream.write(f"\r\x1b[2K{mark} {self._label(event)} done in {event.seconds:.1f}s\n")

@@ -190,6 +190,10 @@ def render_table(report: Report) -> str:
                 f"{name}: task accuracy {a['artifact']:.4f} vs reference {a['reference']:.4f} "
                 f"({a['samples']} labelled samples, drop {a['drop_points']:+.2f} points)"
             )
+    if report.compression:
+        from edgex.core.compression import describe
+
+        lines.extend(describe(report.compression))
     for message in report.messages:
         lines.append(message)
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -245,6 +245,9 @@ class CompressionRequest:
     #: the model before compression (the teacher of a recovery method)
     teacher: Any = None
     seed: int = 0
+    #: call ``progress(fraction_done, "one-line status")`` during long work (training); it drives
+    #: the progress display on a terminal and observers elsewhere. None: nobody is listening.
+    progress: Callable[[float, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,3 +273,5 @@ class StageEvent:
     outcome: str | None = None
     seconds: float | None = None
     detail: str = ""
+    #: for progress events: the fraction of the stage done, in [0, 1]
+    progress: float | None = None

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -48,7 +48,10 @@ ENTRY_POINT_GROUP = "edgex"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
+    "edgex.targets.coreml",
     "edgex.targets.mcu",
+    "edgex.core.compression.pruning",
+    "edgex.core.compression.distill",
 )
 
 
@@ -326,6 +329,9 @@ class PluginManager:
 
     def stage_started(self, event: StageEvent) -> None:
         self._notify("edgex_stage_started", event)
+
+    def stage_progress(self, event: StageEvent) -> None:
+        self._notify("edgex_stage_progress", event)
 
     def stage_finished(self, event: StageEvent) -> None:
         self._notify("edgex_stage_finished", event)

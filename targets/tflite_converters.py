@@ -12,23 +12,22 @@ Accepts an ONNX reference too.
 Each path writes one .tflite into ``work`` and returns a picklable :class:`PathResult`; callers
 run :func:`convert_with` in a process of its own (converters segfault). No path touches the
 network (onnx2tf's sample-image download is pre-empted by a file made from the user's data, and
-sockets are refused while a converter runs) or writes outside ``work``.
+sockets are refused: ``edgex.core.sandbox``) or writes outside ``work``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io as _io
-import os
 import shutil
-import socket
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from edgex.core.sandbox import contained, offline
 from edgex.core.types import ReferenceModel
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -64,52 +63,6 @@ def channels_last(rank: int) -> tuple[int, ...] | None:
 
 def _as_artifact(x: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(x, perm) if perm is not None else x)
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Refuse every socket connection while a converter runs: edgex never touches the network."""
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("edgex: network access is disabled while converting (a converter tried to connect)")
-
-    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo)
-    socket.socket.connect = refuse  # type: ignore[method-assign]
-    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
-    socket.create_connection = refuse  # type: ignore[assignment]
-    socket.getaddrinfo = refuse  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved  # type: ignore[method-assign]
-
-
-@contextlib.contextmanager
-def contained(work: Path) -> Iterator[None]:
-    """Keep a converter's files inside ``work``: onnx2tf writes to the current directory, the
-    converters use temporary files (TF's autograph among them), Keras creates ~/.keras on import
-    (KERAS_HOME moves it) and onnxruntime, which onnx2tf runs, keeps a database under
-    ~/.cache/Microsoft (XDG_CACHE_HOME moves it)."""
-    import tempfile
-
-    scratch = work / "tmp"
-    scratch.mkdir(exist_ok=True)
-    saved_cwd, saved_tempdir = os.getcwd(), tempfile.tempdir
-    saved_env = {name: os.environ.get(name) for name in ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")}
-    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
-    os.environ["KERAS_HOME"] = str(work / "keras")
-    os.environ["XDG_CACHE_HOME"] = str(work / "cache")
-    os.chdir(work)
-    try:
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        tempfile.tempdir = saved_tempdir
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -312,5 +265,5 @@ def convert_with(
     output_ranks: Sequence[int],
 ) -> PathResult:
     """Run converter path ``name`` offline, with every file it writes kept inside ``work``."""
-    with offline(), contained(work):
+    with offline(), contained(work, chdir=True):  # onnx2tf writes to the current directory
         return PATHS[name](model, precision, calibration, work, output_ranks)

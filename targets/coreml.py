@@ -1,0 +1,448 @@
+"""Target ``coreml`` (alias ``mlpackage``): a Core ML ML Program, validated on Core ML itself on
+macOS and on edgex's MIL reference interpreter everywhere else.
+
+Conversion: ``torch.jit.trace`` + ``coremltools.convert`` (``convert_to="mlprogram"``); when
+tracing or converting the trace fails (PyTorch's fused transformer path, a trace check that does
+not hold), the trace is retried without its check, then ``torch.export`` +
+``run_decompositions({})`` is converted instead, and the path taken is recorded. Inputs and
+outputs keep the torch model's names and stay float32 whatever the compute precision.
+
+Precisions: ``fp32``; ``fp16`` (Core ML's default compute precision, weights stored in fp16);
+``dynamic-int8`` (weights compressed to 8 bits or fewer by ``coremltools.optimize.coreml`` --
+int8 linear quantization or 4/6/8-bit palettization, chosen with ``--weight-compression`` --
+computing in fp16). ``--weight-compression sparse`` stores a pruned model's zero weights as a
+bit mask, which changes no value, so it goes with fp32 or fp16.
+
+Validation: on macOS through ``MLModel.predict`` (``--compute-units`` picks the units core's
+parity judges; CPU-only and all units are both run and reported). Elsewhere Core ML cannot run,
+so ``edgex.targets.mil_interpreter`` executes the saved package's MIL program, fp16 emulated
+where the program computes in fp16; an op it lacks is an ``error`` naming the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io as _io
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edgex.core.errors import TargetError, UsageError
+from edgex.core.layout import infer_permutation, layout_name
+from edgex.plugins import (
+    Artifact,
+    ArtifactIO,
+    BackendStatus,
+    ConversionRequest,
+    ConversionResult,
+    ReferenceModel,
+    TargetOption,
+    TargetSpec,
+    TensorBinding,
+    hookimpl,
+)
+
+#: ``--weight-compression`` choices; what each stores and with which precision it goes
+WEIGHT_COMPRESSIONS = {
+    "none": ("fp32", "fp16"),
+    "sparse": ("fp32", "fp16"),
+    "int8": ("dynamic-int8",),
+    "palettize-8": ("dynamic-int8",),
+    "palettize-6": ("dynamic-int8",),
+    "palettize-4": ("dynamic-int8",),
+}
+DEPLOYMENT_TARGETS = (
+    "iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15",
+    "tvOS15", "tvOS16", "tvOS17", "tvOS18", "watchOS8", "watchOS9", "watchOS10", "watchOS11",
+)
+COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
+PACKAGE_NAME = "model.mlpackage"
+
+TARGETS = (
+    TargetSpec(
+        name="coreml",
+        aliases=("mlpackage",),
+        description="Core ML ML Program (.mlpackage); Core ML on macOS, edgex's MIL reference interpreter elsewhere",
+        artifact_kinds=(".mlpackage",),
+        precisions=("fp32", "fp16", "dynamic-int8"),
+        default_precision="fp16",
+        options=(
+            TargetOption(
+                "weight_compression",
+                "Core ML weight storage: none, sparse (a pruned model's zeros as a bit mask; fp32/fp16), "
+                "or with --quantize dynamic-int8: int8 (linear, default), palettize-8, palettize-6, palettize-4",
+                str, None, tuple(WEIGHT_COMPRESSIONS),
+            ),
+            TargetOption(
+                "minimum_deployment_target",
+                "oldest OS the Core ML model must run on (default iOS15, or iOS16 when weights are compressed)",
+                str, None, DEPLOYMENT_TARGETS,
+            ),
+            TargetOption(
+                "compute_units",
+                "macOS only: Core ML compute units parity is judged on (default all; cpu_only is run and reported too)",
+                str, None, COMPUTE_UNITS,
+            ),
+        ),
+        accepts=("torch",),
+    ),
+)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _on_macos() -> bool:
+    return sys.platform == "darwin"
+
+
+# --------------------------------------------------------------------------- declaring
+
+
+@hookimpl
+def edgex_targets():
+    return TARGETS
+
+
+@hookimpl
+def edgex_backend_status(target: str) -> BackendStatus:
+    missing = [p for p in ("coremltools", "torch") if importlib.util.find_spec(p) is None]
+    if missing:
+        return BackendStatus(False, "coremltools", "pip install 'edgex[coreml]'", f"{', '.join(missing)} not installed")
+    version = _version("coremltools") or "?"
+    if _on_macos():
+        return BackendStatus(True, f"Core ML (coremltools {version})")
+    return BackendStatus(True, f"edgex MIL reference interpreter (coremltools {version}; Core ML itself runs only on macOS)")
+
+
+# --------------------------------------------------------------------------- converting
+
+
+def _weight_compression(request: ConversionRequest) -> str:
+    """The weight compression asked for, checked against the precision."""
+    chosen = request.options.get("weight_compression")
+    if chosen is None:
+        return "int8" if request.precision == "dynamic-int8" else "none"
+    if request.precision not in WEIGHT_COMPRESSIONS[chosen]:
+        if chosen in ("none", "sparse"):
+            raise UsageError(f"--weight-compression {chosen} goes with --quantize fp32 or fp16, not {request.precision}")
+        raise UsageError(f"--weight-compression {chosen} compresses weights lossily: use it with --quantize dynamic-int8")
+    return chosen
+
+
+def _deployment_target(request: ConversionRequest, compression: str) -> str:
+    chosen = request.options.get("minimum_deployment_target")
+    # constexpr (compressed-weight) ops exist from iOS16; plain programs reach back to iOS15
+    needed = "iOS16" if compression != "none" else "iOS15"
+    if chosen is None:
+        return needed
+    if compression != "none" and chosen in ("iOS15", "macOS12", "tvOS15", "watchOS8"):
+        raise UsageError(f"compressed weights need iOS16 / macOS13 or newer, not --minimum-deployment-target {chosen}")
+    return chosen
+
+
+def _tensor_types(model: ReferenceModel) -> tuple[list[Any], list[Any]]:
+    import coremltools as ct
+
+    inputs = []
+    for spec in model.inputs:
+        dtype = np.float32 if np.dtype(spec.dtype).kind == "f" else np.int32
+        inputs.append(ct.TensorType(name=spec.name, shape=tuple(spec.shape), dtype=dtype))
+    # float32 outputs whatever the compute precision: the program casts at its end
+    outputs = [ct.TensorType(name=name, dtype=np.float32) for name in model.output_names]
+    return inputs, outputs
+
+
+@contextlib.contextmanager
+def _transformer_fastpath_disabled():
+    """nn.TransformerEncoderLayer's fused fast path is one op coremltools cannot convert."""
+    import torch
+
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def _quiet() -> contextlib.ExitStack:
+    """coremltools writes progress bars for every pass; keep them out of the user's terminal."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(_io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(_io.StringIO()))
+    return stack
+
+
+def to_mlprogram(model: ReferenceModel, *, precision: str, deployment_target: str) -> tuple[Any, str, list[str]]:
+    """Convert the torch reference to an in-memory ML Program.
+
+    Returns (the coremltools ``MLModel``, the path taken -- ``"torch.jit.trace"``,
+    ``"torch.jit.trace (check_trace=False)"`` or ``"torch.export"`` --, messages about the
+    paths that failed first).
+    """
+    import coremltools as ct
+    import torch
+
+    module = model.module
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+    inputs, outputs = _tensor_types(model)
+    options = dict(
+        inputs=inputs,
+        outputs=outputs,
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+        minimum_deployment_target=getattr(ct.target, deployment_target),
+        skip_model_load=True,  # loading compiles the model, which only macOS can do
+    )
+    failures: list[str] = []
+
+    def convert(graph: Any) -> Any:
+        with _quiet():
+            return ct.convert(graph, **options)
+
+    graph, path = None, ""
+    for check in (True, False):  # a failed trace check is worth one retry without it
+        try:
+            with _quiet(), torch.no_grad(), _transformer_fastpath_disabled():
+                graph = torch.jit.trace(module, args, check_trace=check)
+            path = "torch.jit.trace" if check else "torch.jit.trace (check_trace=False)"
+            break
+        except Exception as exc:
+            failures.append(f"torch.jit.trace{'' if check else ' (check_trace=False)'} failed: {_first_line(exc)}")
+    if graph is not None:
+        try:
+            return convert(graph), path, _fallback_note(path, failures)
+        except Exception as exc:
+            failures.append(f"ct.convert of the {path} graph failed: {_first_line(exc)}")
+    path = "torch.export"
+    try:
+        with _quiet(), torch.no_grad(), _transformer_fastpath_disabled():
+            graph = torch.export.export(module, args).run_decompositions({})
+        return convert(graph), path, _fallback_note(path, failures)
+    except Exception as exc:
+        failures.append(f"torch.export + ct.convert failed: {_first_line(exc)}")
+    raise TargetError("Core ML conversion failed: " + "; ".join(failures), stage="convert")
+
+
+def _fallback_note(path: str, failures: Sequence[str]) -> list[str]:
+    return [f"converted through {path} because " + "; ".join(failures)] if failures else []
+
+
+def compress_weights(mlmodel: Any, method: str) -> Any:
+    """Compress the weights of a converted ML Program with ``coremltools.optimize.coreml``.
+
+    coremltools leaves weight tensors of 2048 elements or fewer dense (they cost more to
+    decompress than they save), and ``sparse`` only stores tensors at least half zero sparsely.
+    """
+    import coremltools.optimize.coreml as cto
+
+    if method == "int8":
+        config, compress = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel"), cto.linear_quantize_weights
+    elif method.startswith("palettize-"):
+        config, compress = cto.OpPalettizerConfig(mode="kmeans", nbits=int(method.split("-")[1]), granularity="per_tensor"), cto.palettize_weights
+    elif method == "sparse":
+        # only the zeros a pruned model already has: a threshold of 1e-12 changes no real weight
+        config, compress = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.5), cto.prune_weights
+    else:
+        raise UsageError(f"unknown --weight-compression {method!r}; choose one of {', '.join(WEIGHT_COMPRESSIONS)}")
+    try:
+        # palettization runs scikit-learn's k-means on OpenMP: core's forked child limits every
+        # OpenMP pool to one thread, as pools inherited through fork deadlock
+        with _quiet():
+            return compress(mlmodel, cto.OptimizationConfig(global_config=config))
+    except Exception as exc:
+        raise TargetError(f"coremltools.optimize.coreml could not apply {method}: {_first_line(exc)}", stage="convert") from exc
+
+
+def _stamp(mlmodel: Any, request: ConversionRequest, compression: str) -> None:
+    """Say in the package what it was made from and how (readable by anyone with coremltools)."""
+    from edgex.core import __version__
+
+    mlmodel.short_description = f"{request.model.spec} converted by edgex {__version__}"
+    metadata_ = mlmodel.user_defined_metadata
+    metadata_["edgex.version"] = __version__
+    metadata_["edgex.precision"] = request.precision
+    metadata_["edgex.weight_compression"] = compression
+    if request.model.sha256:
+        metadata_["edgex.reference_sha256"] = request.model.sha256
+
+
+@hookimpl
+def edgex_convert(request: ConversionRequest) -> ConversionResult:
+    import coremltools as ct
+
+    from edgex.targets.mil_interpreter import load_package
+
+    if request.model.module is None:
+        raise TargetError("the coreml target converts torch models; MODEL is an ONNX file", stage="convert")
+    compression = _weight_compression(request)
+    deployment = _deployment_target(request, compression)
+    compute = "fp32" if request.precision == "fp32" else "fp16"
+    start = time.perf_counter()
+    mlmodel, path, messages = to_mlprogram(request.model, precision=compute, deployment_target=deployment)
+    convert_seconds = time.perf_counter() - start
+    if compression != "none":
+        mlmodel = compress_weights(mlmodel, compression)
+    _stamp(mlmodel, request, compression)
+    package = request.workdir / PACKAGE_NAME
+    with _quiet():
+        mlmodel.save(str(package))
+
+    saved = load_package(package, error=TargetError)
+    io = describe_package(saved, request.model)
+    ops = [op.op_type for op in saved.program.functions[saved.function].operations]
+    compressed = sum(1 for t in ops if t.startswith("constexpr_") and t != "constexpr_cast")
+    if compression != "none" and compressed == 0:
+        messages.append(
+            f"--weight-compression {compression} compressed no weight: coremltools keeps tensors of 2048 elements "
+            "or fewer dense" + (", and stores sparsely only tensors at least half zero" if compression == "sparse" else "")
+        )
+    if io.precision != request.precision:
+        messages.append(f"the saved program computes as {io.precision}, not {request.precision}; parity uses {io.precision}'s tolerance")
+    converter = f"{path} + coremltools {ct.__version__} ct.convert (mlprogram, {compute} compute, {deployment})"
+    if compression != "none":
+        converter += f"; weights {compression} by coremltools.optimize.coreml"
+    details = {
+        "coreml": {
+            "conversion_path": path,
+            "compute_precision": compute,
+            "minimum_deployment_target": deployment,
+            "weight_compression": compression,
+            "compressed_weight_tensors": compressed,
+            "torch_to_mlprogram_seconds": round(convert_seconds, 4),  # trace or export + ct.convert
+            "program_ops": len([t for t in ops if t != "const"]),
+        }
+    }
+    return ConversionResult((Artifact(package, "mlpackage"),), io, converter, tuple(messages), details)
+
+
+# --------------------------------------------------------------------------- describing
+
+
+def describe_package(package: Any, reference: ReferenceModel, *, error: type[Exception] = TargetError) -> ArtifactIO:
+    """A loaded package's inputs and outputs related to the reference, and its precision."""
+    from edgex.targets.mil_interpreter import program_precision
+
+    path = package.path
+    if len(package.inputs) != len(reference.inputs):
+        raise error(f"{path} takes {len(package.inputs)} inputs but the reference model takes {len(reference.inputs)}")
+    by_name = {f.name: f for f in package.inputs}
+    matched = [by_name[s.name] for s in reference.inputs] if all(s.name in by_name for s in reference.inputs) else list(package.inputs)
+    inputs = []
+    for feature, spec in zip(matched, reference.inputs):
+        perm = infer_permutation(spec.shape, feature.shape)
+        if perm is None:
+            raise error(f"input {feature.name!r} of {path} has shape {feature.shape}, which no layout maps to the reference's {tuple(spec.shape)}")
+        inputs.append(TensorBinding(feature.name, feature.shape, feature.dtype, layout_name(len(feature.shape), perm), perm))
+    outputs_by_name = {f.name: f for f in package.outputs}
+    names = list(reference.output_names)
+    ordered = [outputs_by_name[n] for n in names] if sorted(names) == sorted(outputs_by_name) else list(package.outputs)
+    outputs = [TensorBinding(f.name, f.shape, f.dtype) for f in ordered]
+    precision = program_precision(package.program, package.function)
+    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs))
+
+
+@hookimpl
+def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
+    from edgex.targets.mil_interpreter import load_package
+
+    path = Path(path)
+    if path.suffix not in (".mlpackage", ".mlmodel"):
+        raise UsageError(f"{path} is not a Core ML model (.mlpackage)")
+    return describe_package(load_package(path, error=UsageError), reference, error=UsageError)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class MILRuntime:
+    """The saved package's MIL program on edgex's reference interpreter (any platform)."""
+
+    def __init__(self, io: ArtifactIO):
+        from edgex.targets.mil_interpreter import ENGINE, MILInterpreter, load_package
+
+        package = load_package(io.path, error=TargetError)
+        self.interpreter = MILInterpreter(package.program, package.function)
+        self.inputs = [b.name for b in io.inputs]
+        self.outputs = [b.name for b in io.outputs]
+        arithmetic = "fp16 emulated" if self.interpreter.fp16 else "fp32"
+        self.backend = f"{ENGINE} (coremltools {package.coremltools_version} program, {arithmetic})"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        results = self.interpreter.run(dict(zip(self.inputs, inputs)))
+        return [results[name] for name in self.outputs]
+
+    def details(self) -> dict[str, Any]:
+        return {"mil_interpreter": self.interpreter.describe()}
+
+
+class CoreMLRuntime:
+    """``MLModel.predict`` on this Mac: the judged compute units, and CPU_ONLY beside them.
+
+    Core's parity judges the outputs of ``compute_units``; CPU_ONLY runs on the same samples
+    and its latency and largest difference from the judged outputs are reported separately.
+    """
+
+    def __init__(self, io: ArtifactIO, compute_units: str):
+        import platform
+
+        import coremltools as ct
+
+        self.judged = compute_units.upper()
+        units = list(dict.fromkeys([self.judged, "CPU_ONLY"]))
+        try:
+            self.models = {unit: ct.models.MLModel(str(io.path), compute_units=ct.ComputeUnit[unit]) for unit in units}
+        except Exception as exc:
+            raise TargetError(f"Core ML cannot load {io.path.name}: {_first_line(exc)}", stage="validate") from exc
+        self.inputs = [b.name for b in io.inputs]
+        self.outputs = [b.name for b in io.outputs]
+        self.seconds: dict[str, list[float]] = {unit: [] for unit in units}
+        self.max_abs_vs_judged: dict[str, float] = {unit: 0.0 for unit in units}
+        self.backend = f"Core ML (macOS {platform.mac_ver()[0]}, coremltools {ct.__version__}) MLModel.predict, compute units {self.judged}"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(zip(self.inputs, inputs))
+        results = {}
+        for unit, model in self.models.items():
+            start = time.perf_counter()
+            out = model.predict(feeds)
+            self.seconds[unit].append(time.perf_counter() - start)
+            results[unit] = [np.asarray(out[name]) for name in self.outputs]
+        judged = results[self.judged]
+        for unit, outs in results.items():
+            diff = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0)) for a, b in zip(outs, judged))
+            self.max_abs_vs_judged[unit] = max(self.max_abs_vs_judged[unit], diff)
+        return judged
+
+    def details(self) -> dict[str, Any]:
+        report = {}
+        for unit, seconds in self.seconds.items():
+            timed = sorted(seconds[1:] or seconds)
+            report[unit] = {
+                "judged_by_parity": unit == self.judged,
+                "median_ms": round(1000 * timed[len(timed) // 2], 4) if timed else None,
+                f"max_abs_vs_{self.judged}": self.max_abs_vs_judged[unit],
+            }
+        return {"coreml_compute_units": report}
+
+
+@hookimpl
+def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
+    if _on_macos():
+        return CoreMLRuntime(io, options.get("compute_units") or "all")
+    return MILRuntime(io)
