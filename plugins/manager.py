@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
     "edgex.targets.coreml",
+    "edgex.targets.mcu",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",
 )

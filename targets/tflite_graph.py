@@ -67,6 +67,8 @@ class Tensor:
     zero_points: tuple[int, ...] = ()
     quantized_dimension: int = 0
     constant: bool = False
+    #: the data lives after the flatbuffer (an "offset buffer"), which TFLite Micro reads as zeros
+    offset_buffer: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -122,6 +124,8 @@ class Graph:
     _values: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     #: every tensor of every subgraph: (subgraph index, Tensor), for whole-model checks
     all_tensors: list[tuple[int, Tensor]] = field(default_factory=list, repr=False)
+    #: every operator of every subgraph: (subgraph index, Operator), e.g. the kernels a runtime must register
+    all_operators: list[tuple[int, Operator]] = field(default_factory=list, repr=False)
 
     def tensor(self, index: int) -> Tensor:
         return self.tensors[index]
@@ -193,9 +197,11 @@ def read_graph(path: Path) -> Graph:
             zeros = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else []))
             shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
             signature = tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None and len(t.shapeSignature) else shape
+            buffer = buffers[t.buffer] if 0 < t.buffer < len(buffers) else None
+            external = buffer is not None and (buffer.data is None or not len(buffer.data)) and int(buffer.offset or 0) > 1
             out.append(
                 Tensor(index, _text(t.name), shape, signature, _TENSOR_TYPES.get(t.type, f"type{t.type}"), scales, zeros,
-                       int(q.quantizedDimension) if q is not None else 0, raw is not None)
+                       int(q.quantizedDimension) if q is not None else 0, raw is not None, external)
             )
             if keep_values is not None and raw is not None:
                 value = _tensor_value(t, raw)
@@ -203,19 +209,23 @@ def read_graph(path: Path) -> Graph:
                     keep_values[index] = value
         return out
 
+    def operators_of(subgraph: Any) -> list[Operator]:
+        out = []
+        for index, op in enumerate(subgraph.operators or []):
+            code = model.operatorCodes[op.opcodeIndex]
+            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+            custom = names.get(builtin) == "CUSTOM"
+            name = _text(code.customCode) if custom else names.get(builtin, f"BUILTIN_{builtin}")
+            out.append(
+                Operator(index, name, tuple(int(i) for i in (op.inputs if op.inputs is not None else [])),
+                         tuple(int(o) for o in (op.outputs if op.outputs is not None else [])), op.builtinOptions, custom)
+            )
+        return out
+
     values: dict[int, np.ndarray] = {}
     main = model.subgraphs[0]
     tensors = tensors_of(main, values)
-    operators = []
-    for index, op in enumerate(main.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-        custom = names.get(builtin) == "CUSTOM"
-        name = _text(code.customCode) if custom else names.get(builtin, f"BUILTIN_{builtin}")
-        operators.append(
-            Operator(index, name, tuple(int(i) for i in (op.inputs if op.inputs is not None else [])),
-                     tuple(int(o) for o in (op.outputs if op.outputs is not None else [])), op.builtinOptions, custom)
-        )
+    operators = operators_of(main)
     graph = Graph(
         path=Path(path),
         tensors=tensors,
@@ -234,8 +244,10 @@ def read_graph(path: Path) -> Graph:
         raw = _buffer_bytes(buffers[entry.buffer], data) if 0 <= entry.buffer < len(buffers) else None
         graph.metadata[_text(entry.name)] = bytes(raw) if raw is not None else b""
     graph.all_tensors = [(0, t) for t in tensors]
+    graph.all_operators = [(0, op) for op in operators]
     for number, subgraph in enumerate(model.subgraphs[1:], start=1):
         graph.all_tensors += [(number, t) for t in tensors_of(subgraph, None)]
+        graph.all_operators += [(number, op) for op in operators_of(subgraph)]
     return graph
 
 
