@@ -384,7 +384,7 @@ def _load_onnx(path: Path, shapes: Sequence[tuple[int, ...]] | None, spec: str) 
         inputs=tuple(specs),
         output_names=tuple(o.name for o in model.graph.output),
         example_inputs=tuple(synthetic_input(s, rng) for s in specs),
-        onnx_path=path,
+        onnx_path=path.resolve(),  # converters may change directory
         sha256=_sha256_file(path),
         params=params,
         macs=None,
