@@ -49,3 +49,13 @@ class TargetError(EdgexError):
 
 class BackendMissingError(TargetError):
     """The target's converter or runtime is not installed here."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line a user can read: ``Type: first line`` (an edgex error's message as is)."""
+    text = exc.message if isinstance(exc, EdgexError) else str(exc)
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    first = lines[0][:limit] if lines else ""
+    if isinstance(exc, EdgexError) or first.startswith(type(exc).__name__):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

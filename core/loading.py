@@ -20,15 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgex.core.errors import ModelLoadError, UsageError
+from edgex.core.errors import ModelLoadError, UsageError, one_line
 from edgex.core.types import ReferenceModel, TensorSpec
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".jit")
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _sha256_file(path: Path) -> str:
@@ -78,7 +74,7 @@ def _call_factory(factory: Any, where: str) -> tuple[Any, Any]:
     try:
         made = factory()
     except Exception as exc:
-        raise ModelLoadError(f"factory {where} raised {_first_line(exc)}") from exc
+        raise ModelLoadError(f"factory {where} raised {one_line(exc)}") from exc
     example = None
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
         made, example = made
@@ -104,7 +100,7 @@ def _load_factory_file(path_text: str, func: str) -> tuple[Any, Any, str]:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ModelLoadError(f"importing {path} raised {_first_line(exc)}") from exc
+        raise ModelLoadError(f"importing {path} raised {one_line(exc)}") from exc
     finally:
         sys.path.remove(str(path.parent.resolve()))
     if not hasattr(module, func):
@@ -117,9 +113,9 @@ def _load_factory_module(module_name: str, func: str) -> tuple[Any, Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ModelLoadError(f"cannot import module {module_name!r}: {_first_line(exc)} (a file path needs the .py suffix)") from exc
+        raise ModelLoadError(f"cannot import module {module_name!r}: {one_line(exc)} (a file path needs the .py suffix)") from exc
     except Exception as exc:
-        raise ModelLoadError(f"importing {module_name} raised {_first_line(exc)}") from exc
+        raise ModelLoadError(f"importing {module_name} raised {one_line(exc)}") from exc
     if not hasattr(module, func):
         raise ModelLoadError(f"module {module_name} defines no {func!r}")
     return _call_factory(getattr(module, func), f"{module_name}:{func}")
@@ -132,7 +128,7 @@ def _load_exported_program(path: Path) -> tuple[Any, Any]:
         program = torch.export.load(str(path))
     except Exception as exc:
         hint = " (it looks like a text file)" if _looks_like_text(path) else ""
-        raise ModelLoadError(f"cannot read {path} as a torch.export program{hint}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read {path} as a torch.export program{hint}: {one_line(exc)}") from exc
     example = None
     if program.example_inputs is not None:
         args, kwargs = program.example_inputs
@@ -158,7 +154,7 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> tuple[Any, Any]:
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
         except Exception as exc:
-            raise ModelLoadError(f"cannot read {path} as TorchScript: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"cannot read {path} as TorchScript: {one_line(exc)}") from exc
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -169,11 +165,11 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> tuple[Any, Any]:
                     "the file: pass --trust-pickle if you trust its source, or save the model with "
                     "torch.export.save / torch.jit.save"
                 ) from exc
-            raise ModelLoadError(f"cannot read {path} as a PyTorch file (corrupt or not a model): {_first_line(exc)}") from exc
+            raise ModelLoadError(f"cannot read {path} as a PyTorch file (corrupt or not a model): {one_line(exc)}") from exc
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:
-            raise ModelLoadError(f"cannot read {path} as a PyTorch file: {_first_line(exc2)}") from exc2
+            raise ModelLoadError(f"cannot read {path} as a PyTorch file: {one_line(exc2)}") from exc2
     if isinstance(loaded, torch.nn.Module):
         return loaded, None
     if isinstance(loaded, dict):
@@ -192,7 +188,7 @@ def load_state_dict_into(module: Any, weights: Path) -> None:
     try:
         state = torch.load(str(weights), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read weights {weights} (safe loading, weights_only=True): {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read weights {weights} (safe loading, weights_only=True): {one_line(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -200,7 +196,7 @@ def load_state_dict_into(module: Any, weights: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelLoadError(f"weights {weights} do not fit the model: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"weights {weights} do not fit the model: {one_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- inputs and outputs
@@ -270,7 +266,7 @@ def load_arrays(path: Path, what: str) -> list[tuple[str, np.ndarray]]:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise UsageError(f"cannot read {what} {path} as .npy/.npz: {_first_line(exc)}") from exc
+        raise UsageError(f"cannot read {what} {path} as .npy/.npz: {one_line(exc)}") from exc
     if isinstance(data, np.ndarray):
         return [(path.stem, data)]
     with data:
@@ -318,7 +314,7 @@ def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
         with torch.no_grad():
             outputs = module(*tensors)
     except Exception as exc:
-        raise ModelLoadError(f"the model rejected input shape {shapes}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"the model rejected input shape {shapes}: {one_line(exc)}") from exc
     names, found = flatten_outputs(outputs)
     if not found:
         raise ModelLoadError("the model returned no tensor; edgex compares tensor outputs")
@@ -362,7 +358,7 @@ def _load_onnx(path: Path, shapes: Sequence[tuple[int, ...]] | None, spec: str) 
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read {path} as ONNX (corrupt or not a model): {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read {path} as ONNX (corrupt or not a model): {one_line(exc)}") from exc
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     if shapes and len(shapes) != len(graph_inputs):

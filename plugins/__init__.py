@@ -5,9 +5,11 @@ entry-point group (``[project.entry-points.edgex] mytarget = "edgex_mytarget.plu
 See ``docs/writing_targets.md``.
 """
 
+from importlib import metadata
+
 import pluggy
 
-from edgex.core.errors import BackendMissingError, TargetError, UsageError
+from edgex.core.errors import BackendMissingError, TargetError, UsageError, one_line
 from edgex.core.types import (
     Artifact,
     ArtifactIO,
@@ -29,8 +31,18 @@ from edgex.core.types import (
 
 hookimpl = pluggy.HookimplMarker("edgex")
 
+
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, ``None`` when it is not installed (no import)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
 __all__ = [
     "hookimpl",
+    "one_line",
+    "package_version",
     "Artifact",
     "ArtifactIO",
     "BackendMissingError",

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pluggy
 
 from edgex.core import hookspecs
-from edgex.core.errors import PluginError, TargetError, UsageError
+from edgex.core.errors import PluginError, TargetError, UsageError, one_line
 from edgex.core.types import (
     ArtifactIO,
     BackendStatus,
@@ -120,10 +120,6 @@ def _edgex_version() -> str:
         return __version__
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
 
 class PluginManager:
     """The loaded plugins, with one typed method per hook."""
@@ -184,7 +180,7 @@ class PluginManager:
                 self.pm.unregister(obj)
                 raise
         except Exception as exc:  # a broken plugin must never take the tool down
-            error = _one_line(exc)
+            error = one_line(exc)
             warnings.warn(f"edgex: plugin {name!r} ({package}) failed to load: {error}", PluginLoadWarning, stacklevel=2)
             self._loaded.append(_Loaded(None, PluginInfo(name, package, version, builtin, "failed", (), error)))
             return
@@ -207,7 +203,7 @@ class PluginManager:
             try:
                 declared = impl.function() or ()
             except Exception as exc:
-                self._mark_failed(entry, f"{hook_name} raised {_one_line(exc)}")
+                self._mark_failed(entry, f"{hook_name} raised {one_line(exc)}")
                 continue
             for item in declared:
                 yield entry, item
@@ -300,7 +296,7 @@ class PluginManager:
         try:
             return self._dispatch("edgex_backend_status", registered.plugin, f"target {registered.name!r}", target=registered.name)
         except Exception as exc:
-            return BackendStatus(False, "unknown", detail=f"edgex_backend_status raised {_one_line(exc)}")
+            return BackendStatus(False, "unknown", detail=f"edgex_backend_status raised {one_line(exc)}")
 
     def convert(self, request: ConversionRequest) -> ConversionResult:
         registered = self.resolve_target(request.target)
@@ -325,7 +321,7 @@ class PluginManager:
             try:
                 impl.function(event=event)
             except Exception as exc:
-                warnings.warn(f"edgex: observer {impl.plugin_name} raised in {hook_name}: {_one_line(exc)}", PluginLoadWarning, stacklevel=2)
+                warnings.warn(f"edgex: observer {impl.plugin_name} raised in {hook_name}: {one_line(exc)}", PluginLoadWarning, stacklevel=2)
 
     def stage_started(self, event: StageEvent) -> None:
         self._notify("edgex_stage_started", event)

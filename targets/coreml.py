@@ -26,7 +26,6 @@ import importlib.util
 import io as _io
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +34,8 @@ import numpy as np
 from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
+    one_line,
+    package_version,
     Artifact,
     ArtifactIO,
     BackendStatus,
@@ -94,16 +95,6 @@ TARGETS = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _on_macos() -> bool:
@@ -123,7 +114,7 @@ def edgex_backend_status(target: str) -> BackendStatus:
     missing = [p for p in ("coremltools", "torch") if importlib.util.find_spec(p) is None]
     if missing:
         return BackendStatus(False, "coremltools", "pip install 'edgex[coreml]'", f"{', '.join(missing)} not installed")
-    version = _version("coremltools") or "?"
+    version = package_version("coremltools") or "?"
     if _on_macos():
         return BackendStatus(True, f"Core ML (coremltools {version})")
     return BackendStatus(True, f"edgex MIL reference interpreter (coremltools {version}; Core ML itself runs only on macOS)")
@@ -223,19 +214,19 @@ def to_mlprogram(model: ReferenceModel, *, precision: str, deployment_target: st
             path = "torch.jit.trace" if check else "torch.jit.trace (check_trace=False)"
             break
         except Exception as exc:
-            failures.append(f"torch.jit.trace{'' if check else ' (check_trace=False)'} failed: {_first_line(exc)}")
+            failures.append(f"torch.jit.trace{'' if check else ' (check_trace=False)'} failed: {one_line(exc)}")
     if graph is not None:
         try:
             return convert(graph), path, _fallback_note(path, failures)
         except Exception as exc:
-            failures.append(f"ct.convert of the {path} graph failed: {_first_line(exc)}")
+            failures.append(f"ct.convert of the {path} graph failed: {one_line(exc)}")
     path = "torch.export"
     try:
         with _quiet(), torch.no_grad(), _transformer_fastpath_disabled():
             graph = torch.export.export(module, args).run_decompositions({})
         return convert(graph), path, _fallback_note(path, failures)
     except Exception as exc:
-        failures.append(f"torch.export + ct.convert failed: {_first_line(exc)}")
+        failures.append(f"torch.export + ct.convert failed: {one_line(exc)}")
     raise TargetError("Core ML conversion failed: " + "; ".join(failures), stage="convert")
 
 
@@ -266,7 +257,7 @@ def compress_weights(mlmodel: Any, method: str) -> Any:
         with _quiet():
             return compress(mlmodel, cto.OptimizationConfig(global_config=config))
     except Exception as exc:
-        raise TargetError(f"coremltools.optimize.coreml could not apply {method}: {_first_line(exc)}", stage="convert") from exc
+        raise TargetError(f"coremltools.optimize.coreml could not apply {method}: {one_line(exc)}", stage="convert") from exc
 
 
 def _stamp(mlmodel: Any, request: ConversionRequest, compression: str) -> None:
@@ -408,7 +399,7 @@ class CoreMLRuntime:
         try:
             self.models = {unit: ct.models.MLModel(str(io.path), compute_units=ct.ComputeUnit[unit]) for unit in units}
         except Exception as exc:
-            raise TargetError(f"Core ML cannot load {io.path.name}: {_first_line(exc)}", stage="validate") from exc
+            raise TargetError(f"Core ML cannot load {io.path.name}: {one_line(exc)}", stage="validate") from exc
         self.inputs = [b.name for b in io.inputs]
         self.outputs = [b.name for b in io.outputs]
         self.seconds: dict[str, list[float]] = {unit: [] for unit in units}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from edgex.core.errors import TargetError, UsageError
 from edgex.plugins import (
+    package_version,
     Artifact,
     ArtifactIO,
     BackendStatus,
@@ -67,12 +67,6 @@ TARGETS = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 # --------------------------------------------------------------------------- declaring
 
@@ -92,9 +86,9 @@ def edgex_backend_status(target: str) -> BackendStatus:
         return BackendStatus(False, "tflite-micro", "pip install 'edgex[mcu]'", "the full-int8 conversion (edgex.targets.tflite) is missing")
     converter = tflite.edgex_backend_status("tflite")
     if not converter.available:
-        return BackendStatus(False, f"tflite-micro {_version('tflite-micro')}", converter.install_hint or "pip install 'edgex[mcu]'", f"the full-int8 conversion needs: {converter.detail or converter.backend}")
-    vela = f", vela {_version('ethos-u-vela')} for Ethos-U" if mcu_vela.vela_available() else " (vela not installed: no Ethos-U compilation)"
-    return BackendStatus(True, f"tflite-micro {_version('tflite-micro')}{vela}")
+        return BackendStatus(False, f"tflite-micro {package_version('tflite-micro')}", converter.install_hint or "pip install 'edgex[mcu]'", f"the full-int8 conversion needs: {converter.detail or converter.backend}")
+    vela = f", vela {package_version('ethos-u-vela')} for Ethos-U" if mcu_vela.vela_available() else " (vela not installed: no Ethos-U compilation)"
+    return BackendStatus(True, f"tflite-micro {package_version('tflite-micro')}{vela}")
 
 
 # --------------------------------------------------------------------------- options
@@ -236,7 +230,7 @@ class TFLMRuntime:
         self.input_names, self.output_names = [b.name for b in io.inputs], [b.name for b in io.outputs]
         self.input_order = self._order([b.name for b in io.inputs], input_names)
         self.output_order = self._order([b.name for b in io.outputs], output_names)
-        self.backend = f"tflite-micro {_version('tflite-micro')} MicroInterpreter (reference kernels, {arena}-byte arena)"
+        self.backend = f"tflite-micro {package_version('tflite-micro')} MicroInterpreter (reference kernels, {arena}-byte arena)"
         self._ran: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
 
     @staticmethod

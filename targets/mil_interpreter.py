@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import EdgexError, TargetError, UsageError
+from edgex.core.errors import EdgexError, TargetError, UsageError, one_line
 
 ENGINE = "edgex MIL reference interpreter"
 
@@ -62,10 +62,6 @@ class MILPackage:
 _ARRAY_DTYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "INT32": "int32"}
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
-
 
 def _features(descriptions: Sequence[Any], path: Path, error: type[EdgexError]) -> tuple[FeatureSpec, ...]:
     from coremltools.proto import FeatureTypes_pb2
@@ -102,7 +98,7 @@ def load_package(path: Path, *, error: type[EdgexError] = UsageError) -> MILPack
         model = ct.models.MLModel(str(path), skip_model_load=True)
         spec = model.get_spec()
     except Exception as exc:
-        raise error(f"cannot read {path} as a Core ML model: {_first_line(exc)}") from exc
+        raise error(f"cannot read {path} as a Core ML model: {one_line(exc)}") from exc
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
         raise error(
@@ -113,7 +109,7 @@ def load_package(path: Path, *, error: type[EdgexError] = UsageError) -> MILPack
     try:
         program = load_milproto(spec, spec.specificationVersion, file_weights_dir=weights_dir)
     except Exception as exc:
-        raise error(f"cannot read the ML Program in {path}: {_first_line(exc)}") from exc
+        raise error(f"cannot read the ML Program in {path}: {one_line(exc)}") from exc
     function = spec.description.defaultFunctionName or "main"
     if function not in program.functions:
         raise error(f"{path}: the ML Program has no function {function!r}")
@@ -319,7 +315,7 @@ class MILInterpreter:
         except self._kernels.Unsupported as exc:
             raise MILError(f"cannot validate: MIL op {step.op.op_type} with {exc} not implemented by the {ENGINE}") from exc
         except Exception as exc:
-            raise MILError(f"the {ENGINE} failed on MIL op {step.op.op_type} ({step.op.name!r}): {_first_line(exc)}") from exc
+            raise MILError(f"the {ENGINE} failed on MIL op {step.op.op_type} ({step.op.name!r}): {one_line(exc)}") from exc
         results = list(result) if isinstance(result, (tuple, list)) else [result]
         if len(results) != len(step.outputs):
             raise MILError(f"{ENGINE}: kernel {step.op.op_type} gave {len(results)} outputs, the program declares {len(step.outputs)}")

@@ -19,7 +19,6 @@ import contextlib
 import importlib.util
 import io as _io
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +27,8 @@ import numpy as np
 from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
+    one_line,
+    package_version,
     Artifact,
     ArtifactIO,
     BackendStatus,
@@ -73,12 +74,6 @@ TARGETS = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 def _tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
@@ -97,20 +92,16 @@ def edgex_backend_status(target: str) -> BackendStatus:
     missing = [p for p in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(p) is None]
     if missing:
         return BackendStatus(False, "onnxruntime", "pip install 'edgex[onnx]'", f"{', '.join(missing)} not installed")
-    ort = f"onnxruntime {_version('onnxruntime')}"
+    ort = f"onnxruntime {package_version('onnxruntime')}"
     if target == "jetson":
         if _tensorrt_available():
-            return BackendStatus(True, f"TensorRT {_version('tensorrt') or ''}".strip())
+            return BackendStatus(True, f"TensorRT {package_version('tensorrt') or ''}".strip())
         return BackendStatus(True, f"{ort} (TensorRT not installed: the TensorRT precision is emulated)")
     return BackendStatus(True, ort)
 
 
 # --------------------------------------------------------------------------- export
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def export_onnx(
@@ -153,7 +144,7 @@ def export_onnx(
                         input_names=names, output_names=list(model.output_names), dynamic_axes=axes,
                     )
         except Exception as exc:
-            failures.append(f"{kind} exporter failed: {_first_line(exc)}")
+            failures.append(f"{kind} exporter failed: {one_line(exc)}")
             path.unlink(missing_ok=True)
             continue
         produced = _opset_of(path)
@@ -187,7 +178,7 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise TargetError(f"the exported ONNX does not pass onnx.checker: {_first_line(exc)}", stage="convert") from exc
+        raise TargetError(f"the exported ONNX does not pass onnx.checker: {one_line(exc)}", stage="convert") from exc
 
 
 def _fp32_onnx(request: ConversionRequest, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, list[str]]:
@@ -332,7 +323,7 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise UsageError(f"cannot read {path} as ONNX: {_first_line(exc)}") from exc
+        raise UsageError(f"cannot read {path} as ONNX: {one_line(exc)}") from exc
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(graph_inputs) != len(reference.inputs):
@@ -428,7 +419,7 @@ class OnnxRuntime:
         try:
             self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise TargetError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}", stage="validate") from exc
+            raise TargetError(f"onnxruntime cannot load {Path(path).name}: {one_line(exc)}", stage="validate") from exc
         self.names = [i.name for i in self.session.get_inputs()]
         self.backend = f"onnxruntime {ort.__version__} CPUExecutionProvider{note}"
 

@@ -23,7 +23,6 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +31,8 @@ import numpy as np
 from edgex.core.errors import EdgexError, TargetError, UsageError
 from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
+    one_line,
+    package_version,
     Artifact,
     ArtifactIO,
     BackendStatus,
@@ -86,24 +87,10 @@ TARGETS = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    first = lines[0][:300] if lines else ""
-    if isinstance(exc, TargetError) or first.startswith(type(exc).__name__):
-        return first or type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- declaring
@@ -130,8 +117,8 @@ def edgex_backend_status(target: str) -> BackendStatus:
     paths = _available_paths()
     if not paths:
         return BackendStatus(False, "LiteRT", "pip install 'edgex[tflite]'", "no converter installed (litert-torch or onnx2tf + tensorflow)")
-    runtime = f"LiteRT {_version('ai-edge-litert')}" if _installed("ai_edge_litert") else "tflite-runtime / tf.lite"
-    converters = ", ".join(f"{p} {_version(p) or ''}".strip() for p in paths)
+    runtime = f"LiteRT {package_version('ai-edge-litert')}" if _installed("ai_edge_litert") else "tflite-runtime / tf.lite"
+    converters = ", ".join(f"{p} {package_version(p) or ''}".strip() for p in paths)
     backend = f"{runtime} (converters: {converters})"
     if target == "coral":
         from edgex.targets.edgetpu import compiler_available
@@ -266,7 +253,7 @@ def describe_tflite(path: Path, reference: ReferenceModel) -> ArtifactIO:
     try:
         graph = read_graph(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path} as a .tflite model: {_one_line(exc)}") from exc
+        raise UsageError(f"cannot read {path} as a .tflite model: {one_line(exc)}") from exc
     output_shapes = _reference_output_shapes(reference)
     stamp = graph.edgex_metadata()
     input_perms = output_perms = None
@@ -478,12 +465,12 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
                     what=f"the {name} converter",
                 ).wait()
             except Exception as exc:
-                attempts.append(_Attempt(name, "failed", _one_line(exc)))
+                attempts.append(_Attempt(name, "failed", one_line(exc)))
                 continue
             try:
                 chosen = _accept(request, precision, result, output_shapes)
             except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
-                attempts.append(_Attempt(name, "rejected", _one_line(exc)))
+                attempts.append(_Attempt(name, "rejected", one_line(exc)))
                 continue
             attempts.append(_Attempt(name, "used"))
             break
@@ -558,7 +545,7 @@ def _coral(request: ConversionRequest) -> ConversionResult:
                 "(compiled only: nothing was run on an Edge TPU)"
             )
         except Exception as exc:  # the static report stands; say why the compiler's is missing
-            messages.append(f"edgetpu_compiler could not compile the model: {_one_line(exc)}")
+            messages.append(f"edgetpu_compiler could not compile the model: {one_line(exc)}")
     else:
         messages.append(
             f"Edge TPU (static analysis of the documented op table; edgetpu_compiler is not installed here): "
@@ -596,13 +583,13 @@ def _interpreter_module() -> tuple[Any, str]:
     try:
         from ai_edge_litert import interpreter as litert
 
-        return litert, f"LiteRT {_version('ai-edge-litert')}"
+        return litert, f"LiteRT {package_version('ai-edge-litert')}"
     except ImportError:
         pass
     try:
         from tflite_runtime import interpreter as tflite_runtime  # type: ignore
 
-        return tflite_runtime, f"tflite-runtime {_version('tflite-runtime')}"
+        return tflite_runtime, f"tflite-runtime {package_version('tflite-runtime')}"
     except ImportError:
         import tensorflow as tf
 
@@ -627,14 +614,14 @@ class LiteRTRuntime:
             self.backend = f"{name} CPU, default kernels (XNNPACK delegate where it applies)"
         except Exception as exc:
             if resolver is None:
-                raise TargetError(f"LiteRT cannot run {self.path.name}: {_one_line(exc)}", stage="validate") from exc
-            declined = _one_line(exc)
+                raise TargetError(f"LiteRT cannot run {self.path.name}: {one_line(exc)}", stage="validate") from exc
+            declined = one_line(exc)
             try:
                 self.interpreter = self._prepare(
                     module.Interpreter(model_path=str(self.path), experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
                 )
             except Exception as again:
-                raise TargetError(f"LiteRT cannot run {self.path.name}: {_one_line(again)} (XNNPACK: {declined})", stage="validate") from again
+                raise TargetError(f"LiteRT cannot run {self.path.name}: {one_line(again)} (XNNPACK: {declined})", stage="validate") from again
             self.backend = f"{name} CPU, builtin kernels (the XNNPACK delegate declined the model: {declined[:160]})"
         details = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
         outputs = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}

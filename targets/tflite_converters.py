@@ -21,13 +21,13 @@ import contextlib
 import io as _io
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from edgex.core.sandbox import contained, offline
+from edgex.plugins import package_version
 from edgex.core.types import ReferenceModel
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -50,10 +50,7 @@ class PathResult:
 
 
 def version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
+    return package_version(package) or "?"
 
 
 def channels_last(rank: int) -> tuple[int, ...] | None:
