@@ -61,7 +61,7 @@ def example():
     return Example(
         module=model,
         example_inputs=(torch.from_numpy(x_test[:1]),),
-        calibration=(x_train[:256],),
+        calibration=(x_train,),  # the training images, unlabelled: int8 calibration and distillation data
         eval_data=(x_test, y_test),
     )
 
