@@ -127,12 +127,27 @@ def _weight_compression(request: ConversionRequest) -> str:
     """The weight compression asked for, checked against the precision."""
     chosen = request.options.get("weight_compression")
     if chosen is None:
-        return "int8" if request.precision == "dynamic-int8" else "none"
+        if request.precision == "dynamic-int8":
+            return "int8"
+        # a pruned model's zeros are stored sparsely by default (lossless), unless the user
+        # pinned a deployment target older than the iOS16 that sparse storage needs
+        old_target = request.options.get("minimum_deployment_target") in ("iOS15", "macOS12", "tvOS15", "watchOS8")
+        return "sparse" if _is_pruned(request.model.module) and not old_target else "none"
     if request.precision not in WEIGHT_COMPRESSIONS[chosen]:
         if chosen in ("none", "sparse"):
             raise UsageError(f"--weight-compression {chosen} goes with --quantize fp32 or fp16, not {request.precision}")
         raise UsageError(f"--weight-compression {chosen} compresses weights lossily: use it with --quantize dynamic-int8")
     return chosen
+
+
+def _is_pruned(module: Any) -> bool:
+    """Whether a weight tensor coremltools would store sparsely is at least half zeros."""
+    if module is None:
+        return False
+    import torch
+
+    with torch.no_grad():
+        return any(p.numel() > 2048 and float((p == 0).float().mean()) >= 0.5 for p in module.parameters())
 
 
 def _deployment_target(request: ConversionRequest, compression: str) -> str:
@@ -302,6 +317,11 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         messages.append(
             f"--weight-compression {compression} compressed no weight: coremltools keeps tensors of 2048 elements "
             "or fewer dense" + (", and stores sparsely only tensors at least half zero" if compression == "sparse" else "")
+        )
+    if compression == "sparse" and request.options.get("weight_compression") is None:
+        messages.append(
+            f"the model is pruned: {compressed} weight tensors stored sparsely (lossless; needs {deployment}+, "
+            "--weight-compression none keeps them dense)"
         )
     if io.precision != request.precision:
         messages.append(f"the saved program computes as {io.precision}, not {request.precision}; parity uses {io.precision}'s tolerance")

@@ -284,8 +284,11 @@ def test_a_pruned_model_is_stored_sparse_without_changing_a_value(tmp_path):
     assert row.status == "passed", row.messages
     assert row.precision == "fp16"  # lossless storage keeps the fp16 tolerance
     assert row.details["mil_interpreter"]["op_types"].get("constexpr_sparse_to_dense") == 2
-    dense = convert(model, example, tmp_path / "dense", "fp16")
+    dense = convert(model, example, tmp_path / "dense", "fp16", weight_compression="none")
     assert row.size_bytes < dense.size_bytes
+    default = convert(model, example, tmp_path / "default", "fp16")  # a pruned model: sparse unless told otherwise
+    assert default.details["coreml"]["weight_compression"] == "sparse" and default.size_bytes == row.size_bytes
+    assert any("stored sparsely" in m for m in default.messages)
 
 
 # --------------------------------------------------------------------------- what it refuses
