@@ -6,7 +6,7 @@ The Python API lives in :mod:`edgex.core.api` and is re-exported here lazily, so
 
 __version__ = "0.1.0"
 
-_API = ("convert", "validate", "compress", "load_model", "ConvertSettings", "Report", "TargetReport", "ParityReport")
+_API = ("convert", "validate", "explain", "compress", "load_model", "ConvertSettings", "Report", "TargetReport", "ParityReport", "ExplainReport")
 __all__ = ["__version__", *_API]
 
 

@@ -17,13 +17,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
 from edgex.core.compression import CompressionStep
+from edgex.core.explain import DEFAULT_SAMPLES, ExplainReport
+from edgex.core.explain import explain as _explain
 from edgex.core.loading import load_model as _load_model
 from edgex.core.parity import ParityReport
 from edgex.core.pipeline import ConvertSettings
 from edgex.core.report import Report, TargetReport
 from edgex.core.types import ReferenceModel
 
-__all__ = ["convert", "validate", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport"]
+__all__ = ["convert", "validate", "explain", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport", "ExplainReport"]
 
 
 def plugin_manager(observers: Iterable[Any] = ()) -> Any:
@@ -132,6 +134,33 @@ def validate(
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = _settings(settings, {"precision": precision, "samples": samples, "seed": seed, "atol": atol, "rtol": rtol})
     return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
+
+
+def explain(
+    artifact: str | Path,
+    reference: Any,
+    *,
+    target: str | None = None,
+    out: str | Path = "edgex-out",
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    precision: str | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    settings: ConvertSettings | None = None,
+    plugins: Any = None,
+) -> ExplainReport:
+    """Find the layer where ``artifact`` parts ways with the torch ``reference``; writes
+    ``out/explain.json`` and returns the :class:`ExplainReport` (its ``to_json()`` is explain.json).
+
+    ``samples`` defaults to 8 (every intermediate tensor of each comes back); ``atol``/``rtol``
+    replace the outputs' tolerance only, each layer keeps its own.
+    """
+    model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
+    resolved = _settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), {"precision": precision, "samples": samples, "seed": seed, "atol": atol, "rtol": rtol})
+    return _explain(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
 
 
 def compress(

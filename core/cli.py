@@ -43,13 +43,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole nn.Module (runs code from the file: only for files you trust)")
 
 
-def _add_parity_options(parser: argparse.ArgumentParser) -> None:
+def _add_parity_options(parser: argparse.ArgumentParser, samples: int = 32, eval_data: bool = True) -> None:
     group = parser.add_argument_group("parity")
-    group.add_argument("--samples", type=int, default=32, metavar="N", help="parity inputs per target (default 32)")
+    group.add_argument("--samples", type=int, default=samples, metavar="N", help=f"parity inputs per target (default {samples})")
     group.add_argument("--seed", type=int, default=0, help="seed for sampled inputs (default 0)")
     group.add_argument("--atol", type=float, help="absolute tolerance, replacing the precision's own")
     group.add_argument("--rtol", type=float, help="relative tolerance, replacing the precision's own")
-    group.add_argument("--eval-data", type=Path, metavar="FILE.npz", help="labelled data (x, y) for task accuracy")
+    if eval_data:
+        group.add_argument("--eval-data", type=Path, metavar="FILE.npz", help="labelled data (x, y) for task accuracy")
     group.add_argument("--timeout", type=float, metavar="S", help="per-target time limit in seconds")
 
 
@@ -182,7 +183,7 @@ def _settings(args: argparse.Namespace, **extra: Any):
         seed=args.seed,
         atol=args.atol,
         rtol=args.rtol,
-        eval_data=args.eval_data,
+        eval_data=getattr(args, "eval_data", None),
         parity_inputs=args.example_inputs,
         options=_target_options(args),
         timeout_s=args.timeout,
@@ -251,6 +252,21 @@ def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
     settings = _settings(args, precision=_quantize(args.quantize))
     report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target)
     _print_report(report, args, args.out)
+    return report.exit_code
+
+
+def cmd_explain(args: argparse.Namespace, manager: Any) -> int:
+    from edgex.core.explain import explain, render
+    from edgex.core.report import dumps
+
+    model = _load(args, args.reference)
+    settings = _settings(args, precision=_quantize(args.quantize))
+    report = explain(manager, args.artifact, model, settings, args.out, target=args.target)
+    if args.json:
+        print(dumps(report.to_json()))
+    else:
+        print(render(report))
+        print(f"explain.json: {args.out / 'explain.json'}")
     return report.exit_code
 
 
@@ -339,6 +355,18 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
     _add_output_options(p)
     p.set_defaults(handler=cmd_validate, needs_manager=True)
 
+    p = sub.add_parser("explain", help="find the layer where an artifact parts ways with its reference model", epilog=EPILOG)
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("--reference", required=True, metavar="MODEL", help="the torch model the artifact must match (a MODEL spec)")
+    p.add_argument("--target", "-t", metavar="T", help="the artifact's target (default: from its file name)")
+    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="judge at this precision (default: read from the artifact)")
+    _add_model_options(p)
+    _add_parity_options(p, samples=8, eval_data=False)
+    _add_target_options(p, manager)
+    p.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder for explain.json (default ./edgex-out); nothing is written outside it")
+    p.add_argument("--json", action="store_true", help="print explain.json instead of the table")
+    p.set_defaults(handler=cmd_explain, needs_manager=True)
+
     p = sub.add_parser("matrix", help="run every model x compression x precision x target of a TOML config", epilog=EPILOG)
     p.add_argument("config", type=Path, metavar="CONFIG.toml")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="(model, compression) groups run in parallel (default 1)")
@@ -364,7 +392,7 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
 def _wants_manager(argv: Sequence[str]) -> bool:
     """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
     words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("convert", "validate", "compress", "demo")
+    return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

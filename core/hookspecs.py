@@ -29,6 +29,7 @@ from edgex.core.types import (
     Runtime,
     StageEvent,
     TargetSpec,
+    Tracer,
 )
 
 PROJECT = "edgex"
@@ -106,6 +107,21 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) 
     ``"onnxruntime 1.32.0 CPUExecutionProvider"``; never name a backend that did not run. A
     runtime may offer ``details() -> dict`` whose keys join the target's report entry.
     Runs in a child process.
+    """
+
+
+@hookspec(firstresult=True)
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> Tracer:
+    """Load the artifact so that ``edgex explain`` can read every intermediate tensor.
+
+    Optional: a target whose plugin does not implement it cannot be explained (a one-line
+    usage error). Dispatched to the plugin that declared ``target``; return None when this
+    target's artifacts cannot be traced. ``Tracer.trace`` receives one sample's inputs in the
+    artifact's form and returns an :class:`ArtifactTrace`: every intermediate tensor in
+    execution order with the torch module paths the artifact records for it, its layout and
+    quantization (core undoes them and matches tensors to ``reference``'s modules), and the
+    outputs. ``reference`` is the torch model, for targets whose artifacts name tensors after
+    values of the torch graph rather than modules. Runs in a child process.
     """
 
 

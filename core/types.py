@@ -227,6 +227,58 @@ class Runtime(Protocol):
     def run(self, inputs: Sequence["np.ndarray"]) -> Sequence["np.ndarray"]: ...
 
 
+# --------------------------------------------------------------------------- explaining (edgex explain)
+
+
+@dataclass(frozen=True, eq=False)
+class TracedTensor:
+    """One intermediate tensor of an artifact, as one traced run computed it.
+
+    ``modules`` are the torch module paths the artifact itself attributes the tensor to (a
+    tensor name such as ``features.0(Conv2d)``, an ONNX node's scope metadata, the parameters
+    its op consumes), never inferred from values; empty when the artifact records none. When a
+    converter fused several modules into one op, the tensor names all of them and holds the
+    output of the one that runs last. ``perm`` and ``quant`` mean what they mean in
+    :class:`TensorBinding`, except that ``perm=None`` says the layout is *not known* (core then
+    accepts only a shape that fits one layout); give ``tuple(range(rank))`` for "same as torch".
+    """
+
+    name: str
+    value: "np.ndarray"
+    modules: tuple[str, ...] = ()
+    perm: tuple[int, ...] | None = None
+    quant: QuantParams | None = None
+    #: the op that produced it, e.g. "CONV_2D" or "Conv", for the report
+    op: str = ""
+    #: why the value is not the output of the modules it names, when the tracer knows it is not
+    #: (a quantizer folded an activation into the tensor's int8 range); such a tensor is never compared
+    unreadable: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ArtifactTrace:
+    """One sample through an artifact: its intermediate tensors in execution order, and its
+    outputs as ``Runtime.run`` returns them (native form, in ``ArtifactIO.outputs`` order)."""
+
+    tensors: tuple[TracedTensor, ...]
+    outputs: tuple["np.ndarray", ...]
+
+
+@runtime_checkable
+class Tracer(Protocol):
+    """An artifact loaded so that every intermediate tensor can be read back (``edgex explain``).
+
+    ``trace`` takes one sample's native inputs (permuted and quantized by core, as for
+    ``Runtime.run``). ``backend`` names what really computed the trace; a tracer may also have
+    ``notes``, sentences the user must read with the result (e.g. that the trace ran on another
+    runtime than the one ``validate`` uses, because that one cannot expose intermediates).
+    """
+
+    backend: str
+
+    def trace(self, inputs: Sequence["np.ndarray"]) -> ArtifactTrace: ...
+
+
 # --------------------------------------------------------------------------- the compress stage
 
 

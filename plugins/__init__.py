@@ -13,6 +13,7 @@ from edgex.core.errors import BackendMissingError, TargetError, UsageError, one_
 from edgex.core.types import (
     Artifact,
     ArtifactIO,
+    ArtifactTrace,
     BackendStatus,
     CompressionRequest,
     CompressionResult,
@@ -27,6 +28,8 @@ from edgex.core.types import (
     TargetSpec,
     TensorBinding,
     TensorSpec,
+    TracedTensor,
+    Tracer,
 )
 
 hookimpl = pluggy.HookimplMarker("edgex")
@@ -45,6 +48,7 @@ __all__ = [
     "package_version",
     "Artifact",
     "ArtifactIO",
+    "ArtifactTrace",
     "BackendMissingError",
     "BackendStatus",
     "CompressionRequest",
@@ -61,5 +65,7 @@ __all__ = [
     "TargetSpec",
     "TensorBinding",
     "TensorSpec",
+    "TracedTensor",
+    "Tracer",
     "UsageError",
 ]

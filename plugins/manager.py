@@ -40,6 +40,7 @@ from edgex.core.types import (
     Runtime,
     StageEvent,
     TargetSpec,
+    Tracer,
 )
 
 ENTRY_POINT_GROUP = "edgex"
@@ -309,6 +310,26 @@ class PluginManager:
     def load_runtime(self, target: str, io: ArtifactIO, options: Mapping[str, Any]) -> Runtime:
         registered = self.resolve_target(target)
         return self._dispatch("edgex_load_runtime", registered.plugin, f"target {registered.name!r}", target=registered.name, io=io, options=options)
+
+    def can_trace(self, target: str) -> bool:
+        """Whether the plugin that declared ``target`` implements the optional ``edgex_load_tracer``."""
+        owner = self._owner(self.resolve_target(target).plugin)
+        return any(impl.plugin is owner for impl in self.pm.hook.edgex_load_tracer.get_hookimpls())
+
+    def load_tracer(self, target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> Tracer:
+        """The artifact loaded for ``edgex explain``; a usage error where the target cannot trace it."""
+        registered = self.resolve_target(target)
+        if not self.can_trace(registered.name):
+            raise UsageError(
+                f"target {registered.name!r} cannot explain artifacts: its plugin {registered.plugin} "
+                f"({registered.package} {registered.version}) does not implement edgex_load_tracer"
+            )
+        owner = self._owner(registered.plugin)
+        others = [p for p in self.pm.get_plugins() if p is not owner]
+        tracer = self.pm.subset_hook_caller("edgex_load_tracer", remove_plugins=others)(target=registered.name, io=io, reference=reference, options=options)
+        if tracer is None:  # the plugin traces some of its targets' artifacts, not this one
+            raise UsageError(f"target {registered.name!r} cannot explain {io.path.name}: its plugin {registered.plugin} returned no tracer for it")
+        return tracer
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
         registered = self.resolve_compressor(request.method)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io as _io
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ from edgex.plugins import (
     TargetOption,
     TargetSpec,
     TensorBinding,
+    TracedTensor,
+    ArtifactTrace,
     hookimpl,
 )
 
@@ -275,8 +278,11 @@ def compress_weights(mlmodel: Any, method: str) -> Any:
         raise TargetError(f"coremltools.optimize.coreml could not apply {method}: {one_line(exc)}", stage="convert") from exc
 
 
-def _stamp(mlmodel: Any, request: ConversionRequest, compression: str) -> None:
-    """Say in the package what it was made from and how (readable by anyone with coremltools)."""
+def _stamp(mlmodel: Any, request: ConversionRequest, compression: str, path: str) -> None:
+    """Say in the package what it was made from and how (readable by anyone with coremltools).
+
+    ``edgex.conversion_path`` tells ``edgex explain`` how the program's var names relate to the
+    torch graph (a trace names them after TorchScript values)."""
     from edgex.core import __version__
 
     mlmodel.short_description = f"{request.model.spec} converted by edgex {__version__}"
@@ -284,6 +290,7 @@ def _stamp(mlmodel: Any, request: ConversionRequest, compression: str) -> None:
     metadata_["edgex.version"] = __version__
     metadata_["edgex.precision"] = request.precision
     metadata_["edgex.weight_compression"] = compression
+    metadata_["edgex.conversion_path"] = path
     if request.model.sha256:
         metadata_["edgex.reference_sha256"] = request.model.sha256
 
@@ -304,7 +311,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     convert_seconds = time.perf_counter() - start
     if compression != "none":
         mlmodel = compress_weights(mlmodel, compression)
-    _stamp(mlmodel, request, compression)
+    _stamp(mlmodel, request, compression, path)
     package = request.workdir / PACKAGE_NAME
     with _quiet():
         mlmodel.save(str(package))
@@ -457,3 +464,104 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
     if _on_macos():
         return CoreMLRuntime(io, options.get("compute_units") or "all")
     return MILRuntime(io)
+
+
+# --------------------------------------------------------------------------- explaining
+
+
+def _mil_name(name: str) -> str:
+    """A torch name as coremltools' NameSanitizer writes it into the program (its uniqueness
+    suffixes aside: names that collide are left out by the caller)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+#: what coremltools' passes append to a var's name: fp16 compute casts, weight storage
+_PASS_SUFFIXES = ("_cast_fp16", "_to_fp16", "_palettized", "_quantized", "_sparsified")
+
+
+def _torch_name_of(var_name: str) -> str:
+    """A program var's name without the suffixes coremltools' passes added."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _PASS_SUFFIXES:
+            if var_name.endswith(suffix):
+                var_name, stripped = var_name[: -len(suffix)], True
+    return var_name
+
+
+def traced_value_modules(reference: ReferenceModel) -> tuple[dict[str, str], dict[str, str]]:
+    """(value names, parameter names) of a package converted through ``torch.jit.trace``, each
+    as the program writes them, mapped to the torch module that computes or owns them.
+
+    The package keeps no module scopes, but its var names are the TorchScript values' debug
+    names (``input.3`` -> ``input_3``) and its weights the parameters' names
+    (``classifier.weight`` -> ``classifier_weight``). Tracing the reference again gives the same
+    debug names, each with the scope it was computed in, as coremltools' own debugging
+    utilities rely on. Left out: names two values share, and numbered ones (``%52``), which
+    coremltools' own generated names (``var_52``) would collide with.
+    """
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in reference.example_inputs)
+    with _quiet(), torch.no_grad(), _transformer_fastpath_disabled():
+        graph = torch.jit.trace(reference.module, args, check_trace=False).inlined_graph
+    owners: dict[str, set[str]] = {}
+    for node in graph.nodes():
+        scope = node.scopeName().split("/")[-1]  # "__module.features/__module.features.0"
+        module = scope[len("__module."):] if scope.startswith("__module.") else ""
+        for value in node.outputs():
+            if re.match(r"[A-Za-z_]", value.debugName()):
+                owners.setdefault(_mil_name(value.debugName()), set()).add(module)
+    values = {name: next(iter(found)) for name, found in owners.items() if len(found) == 1 and next(iter(found))}
+    parameters = {_mil_name(name): name.rpartition(".")[0] for name, _ in reference.module.named_parameters() if "." in name}
+    return values, parameters
+
+
+class MILTracer:
+    """The package's MIL program on edgex's reference interpreter, every var kept."""
+
+    def __init__(self, io: ArtifactIO, reference: ReferenceModel):
+        from edgex.targets.mil_interpreter import ENGINE, MILInterpreter, load_package
+
+        package = load_package(io.path, error=TargetError)
+        self.interpreter = MILInterpreter(package.program, package.function)
+        path = package.metadata.get("edgex.conversion_path", "")
+        notes = []
+        if _on_macos():
+            notes.append(f"Core ML does not expose intermediate values: the program was traced on the {ENGINE}")
+        values: dict[str, str] = {}
+        parameters: dict[str, str] = {}
+        if path.startswith("torch.jit.trace"):
+            values, parameters = traced_value_modules(reference)
+        else:
+            how = f"was converted through {path}" if path else "does not say how it was converted (edgex.conversion_path)"
+            notes.append(f"the package {how}: only torch.jit.trace conversions name vars after the torch graph, so only outputs are matched")
+        self.steps = []
+        for op in self.interpreter.function.operations:
+            if op.op_type == "const" or op.op_type.startswith("constexpr_"):
+                continue
+            inputs = [v for value in op.inputs.values() for v in (value if isinstance(value, (list, tuple)) else [value])]
+            weights = [parameters[_torch_name_of(v.name)] for v in inputs if _torch_name_of(v.name) in parameters]
+            for var in op.outputs:
+                own = values.get(_torch_name_of(var.name))
+                self.steps.append((var.name, tuple(dict.fromkeys(([own] if own else []) + weights)), op.op_type))
+        self.inputs = [b.name for b in io.inputs]
+        self.outputs = [b.name for b in io.outputs]
+        arithmetic = "fp16 emulated" if self.interpreter.fp16 else "fp32"
+        self.backend = f"{ENGINE} (coremltools {package.coremltools_version} program, {arithmetic}), every var kept"
+        self.notes = tuple(notes)
+
+    def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
+        values = self.interpreter.run(dict(zip(self.inputs, inputs)), keep_all=True)
+        tensors = tuple(
+            TracedTensor(name, values[name], modules, tuple(range(np.ndim(values[name]))), None, op)
+            for name, modules, op in self.steps
+            if name in values
+        )
+        return ArtifactTrace(tensors, tuple(values[name] for name in self.outputs))
+
+
+@hookimpl
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
+    return MILTracer(io, reference)

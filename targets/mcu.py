@@ -302,3 +302,17 @@ class TFLMRuntime:
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> TFLMRuntime:
     return TFLMRuntime(io, options)
+
+
+# --------------------------------------------------------------------------- explaining
+
+
+@hookimpl
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
+    from edgex.targets.tflite import LiteRTTracer
+
+    note = (
+        "TFLM's Python interpreter cannot expose intermediate tensors: explain ran the same .tflite on LiteRT's "
+        "reference kernels (the ones TFLM's are ported from), not on TFLM; edgex validate's litert_comparison says how far the two differ"
+    )
+    return LiteRTTracer(io, reference_kernels=True, notes=(note,))

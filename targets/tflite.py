@@ -43,6 +43,8 @@ from edgex.plugins import (
     TargetOption,
     TargetSpec,
     TensorBinding,
+    TracedTensor,
+    ArtifactTrace,
     hookimpl,
 )
 
@@ -656,3 +658,119 @@ class _EdgeTpuReferenceRuntime(LiteRTRuntime):
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
     runtime = _EdgeTpuReferenceRuntime if target == "coral" else LiteRTRuntime
     return runtime(io.path, [b.name for b in io.inputs], [b.name for b in io.outputs])
+
+
+# --------------------------------------------------------------------------- explaining
+
+#: ops that compute channels-last whatever the model's layout: a 4-D output is NHWC
+_CHANNELS_LAST_OPS = frozenset({
+    "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D",
+    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE",
+})
+#: ops whose output keeps the layout of their input (elementwise ops, padding, kept-dims reductions)
+_LAYOUT_KEEPING_OPS = frozenset({
+    "ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM", "RELU", "RELU6", "RELU_N1_TO_1",
+    "RELU_0_TO_1", "LEAKY_RELU", "PRELU", "LOGISTIC", "TANH", "HARD_SWISH", "GELU", "ELU", "ABS", "NEG", "EXP",
+    "SQRT", "RSQRT", "SQUARE", "QUANTIZE", "DEQUANTIZE", "PAD", "PADV2", "MIRROR_PAD", "CONCATENATION",
+    "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+})
+#: one piece of a compacted litert-torch tensor name: "features.3(Conv2d)"
+_MODULE_PIECE = re.compile(r"^([A-Za-z0-9_.]+)\(([A-Za-z0-9_]+)\)$")
+
+
+def tensor_modules(name: str) -> tuple[str, ...]:
+    """The torch module paths a litert-torch tensor name records.
+
+    ``features.5(ReLU);features.4(BatchNorm2d);features.3(Conv2d);1``: the op fused three modules
+    (``tflite_graph.compact_name`` has shortened the fully qualified form; names of other
+    converters hold no module path and give none).
+    """
+    from edgex.targets.tflite_graph import compact_name
+
+    found = []
+    for piece in compact_name(name).split(";"):
+        match = _MODULE_PIECE.match(piece.strip())
+        if match:
+            found.append(match.group(1))
+    return tuple(dict.fromkeys(found))
+
+
+def _tensor_layouts(graph: Any, io: ArtifactIO) -> dict[int, tuple[int, ...] | None]:
+    """Each operator output's layout relative to torch, where the graph says it.
+
+    Channels-last ops define NHWC, layout-keeping ops pass their input's on; every other op
+    (reshapes, transposes, fully connected) leaves it unknown, and core accepts such a tensor
+    only when its shape fits one layout.
+    """
+    names = {t.name: t.index for t in graph.tensors}
+    perms: dict[int, tuple[int, ...] | None] = {}
+    for binding in io.inputs:
+        if binding.name in names:
+            perms[names[binding.name]] = binding.perm or tuple(range(len(binding.shape)))
+    for op in graph.operators:
+        sources = [perms.get(i) for i in op.inputs if i >= 0 and perms.get(i) is not None]
+        for out in op.outputs:
+            rank = len(graph.tensor(out).shape)
+            if op.name in _CHANNELS_LAST_OPS and rank == 4:
+                perms[out] = (0, 2, 3, 1)
+            elif op.name in _LAYOUT_KEEPING_OPS and sources and len(sources[0]) == rank:
+                perms[out] = sources[0]
+            else:
+                perms[out] = None
+    return perms
+
+
+class LiteRTTracer:
+    """A .tflite on LiteRT with every tensor preserved (``experimental_preserve_all_tensors``).
+
+    A delegate (XNNPACK) computes whole partitions whose intermediate tensors cannot be read, so
+    the builtin kernels run it -- or, with ``reference_kernels``, LiteRT's reference kernels
+    (``BUILTIN_REF``, the ones TFLite Micro's kernels are ported from).
+    """
+
+    def __init__(self, io: ArtifactIO, *, reference_kernels: bool = False, notes: Sequence[str] = ()):
+        from edgex.targets.tflite_graph import read_graph
+
+        module, name = _interpreter_module()
+        resolver = getattr(module, "OpResolverType", None)
+        options: dict[str, Any] = {"experimental_preserve_all_tensors": True}
+        if resolver is not None:
+            options["experimental_op_resolver_type"] = resolver.BUILTIN_REF if reference_kernels else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self.interpreter = module.Interpreter(model_path=str(io.path), **options)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            raise TargetError(f"LiteRT cannot load {Path(io.path).name} for tracing: {one_line(exc)}", stage="validate") from exc
+        graph = read_graph(Path(io.path))
+        layouts = _tensor_layouts(graph, io)
+        self.steps = []
+        for op in graph.operators:
+            for index in op.outputs:
+                tensor = graph.tensor(index)
+                self.steps.append((index, tensor.name, tensor_modules(tensor.name), layouts.get(index), _quant(tensor), op.name))
+        by_name = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        outputs = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
+        self.inputs = [by_name[b.name] for b in io.inputs]
+        self.outputs = [outputs[b.name] for b in io.outputs]
+        kernels = "reference kernels (BUILTIN_REF)" if reference_kernels else "builtin kernels without delegates"
+        self.backend = f"{name} CPU, {kernels}, every tensor preserved"
+        self.notes = tuple(notes)
+
+    def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
+        for index, value in zip(self.inputs, inputs):
+            self.interpreter.set_tensor(index, np.ascontiguousarray(value))
+        self.interpreter.invoke()
+        tensors = tuple(
+            TracedTensor(name, np.array(self.interpreter.get_tensor(index)), modules, perm, quant, op)
+            for index, name, modules, perm, quant, op in self.steps
+        )
+        return ArtifactTrace(tensors, tuple(np.array(self.interpreter.get_tensor(i)) for i in self.outputs))
+
+
+@hookimpl
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
+    notes = ["the XNNPACK delegate, which edgex validate uses where it applies, hides the tensors inside its partitions: "
+             "explain runs LiteRT's builtin kernels"]
+    if target == "coral":
+        notes.append("nothing ran on an Edge TPU: the int8 model was traced on LiteRT")
+    return LiteRTTracer(io, notes=notes)
