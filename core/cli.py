@@ -43,6 +43,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole nn.Module (runs code from the file: only for files you trust)")
 
 
+def _add_artifact_arguments(parser: argparse.ArgumentParser, reference_help: str) -> None:
+    """An existing artifact, the reference it must match, and how to read it (validate, explain)."""
+    parser.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    parser.add_argument("--reference", required=True, metavar="MODEL", help=reference_help)
+    parser.add_argument("--target", "-t", metavar="T", help="the artifact's target (default: from its file name)")
+    parser.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="judge at this precision (default: read from the artifact)")
+    _add_model_options(parser)
+
+
 def _add_parity_options(parser: argparse.ArgumentParser, samples: int = 32, eval_data: bool = True) -> None:
     group = parser.add_argument_group("parity")
     group.add_argument("--samples", type=int, default=samples, metavar="N", help=f"parity inputs per target (default {samples})")
@@ -345,22 +354,14 @@ def build_parser(manager: Any = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_compress, needs_manager=True)
 
     p = sub.add_parser("validate", help="validate an existing artifact against its reference model", epilog=EPILOG)
-    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
-    p.add_argument("--reference", required=True, metavar="MODEL", help="the model the artifact must match (a MODEL spec)")
-    p.add_argument("--target", "-t", metavar="T", help="the artifact's target (default: from its file name)")
-    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="judge at this precision (default: read from the artifact)")
-    _add_model_options(p)
+    _add_artifact_arguments(p, "the model the artifact must match (a MODEL spec)")
     _add_parity_options(p)
     _add_target_options(p, manager)
     _add_output_options(p)
     p.set_defaults(handler=cmd_validate, needs_manager=True)
 
     p = sub.add_parser("explain", help="find the layer where an artifact parts ways with its reference model", epilog=EPILOG)
-    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
-    p.add_argument("--reference", required=True, metavar="MODEL", help="the torch model the artifact must match (a MODEL spec)")
-    p.add_argument("--target", "-t", metavar="T", help="the artifact's target (default: from its file name)")
-    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="judge at this precision (default: read from the artifact)")
-    _add_model_options(p)
+    _add_artifact_arguments(p, "the torch model the artifact must match (a MODEL spec)")
     _add_parity_options(p, samples=8, eval_data=False)
     _add_target_options(p, manager)
     p.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder for explain.json (default ./edgex-out); nothing is written outside it")

@@ -567,19 +567,12 @@ def _layer_results(
 def explain(manager: Any, artifact: Path, model: ReferenceModel, settings: Any, out: Path, *, target: str | None = None) -> ExplainReport:
     """Trace ``artifact`` on its target, match its tensors to ``model``'s layers, write explain.json."""
     from edgex.core import __version__
-    from edgex.core.pipeline import _prepare_out, guess_target, match_outputs, observed, prepare_inputs, sandboxed
+    from edgex.core.pipeline import _prepare_out, match_outputs, observed, prepare_inputs, resolve_artifact, sandboxed
     from edgex.core.report import model_json, write_json_atomic
 
-    artifact = Path(artifact)
-    if not artifact.exists():
-        raise UsageError(f"artifact not found: {artifact}")
-    name = manager.resolve_target(target).name if target else guess_target(manager, artifact)
-    registered = manager.resolve_target(name)
-    if not manager.can_trace(name):
-        raise UsageError(
-            f"target {name!r} cannot explain artifacts: its plugin {registered.plugin} ({registered.package} "
-            f"{registered.version}) does not implement edgex_load_tracer; `edgex validate` still checks its outputs"
-        )
+    artifact, registered = resolve_artifact(manager, artifact, target)
+    name = registered.name
+    manager.require_tracer(name)  # before anything runs: a target that cannot trace is a usage error
     if model.module is None:
         raise UsageError("explain compares layers, so it needs a torch reference (--reference MODEL); an ONNX reference has none")
     status = manager.backend_status(name)

@@ -520,15 +520,20 @@ def guess_target(manager: Any, artifact: Path) -> str:
     return max(matches)[2]
 
 
+def resolve_artifact(manager: Any, artifact: Path, target: str | None) -> tuple[Path, Any]:
+    """An existing artifact and the registered target it belongs to (``target``, else its file name)."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise UsageError(f"artifact not found: {artifact}")
+    return artifact, manager.resolve_target(target or guess_target(manager, artifact))
+
+
 def validate(manager: Any, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None) -> Report:
     """Validate an existing artifact against the reference model and write report.json."""
     from edgex.core import __version__
 
-    artifact = Path(artifact)
-    if not artifact.exists():
-        raise UsageError(f"artifact not found: {artifact}")
-    name = manager.resolve_target(target).name if target else guess_target(manager, artifact)
-    registered = manager.resolve_target(name)
+    artifact, registered = resolve_artifact(manager, artifact, target)
+    name = registered.name
     status = manager.backend_status(name)
     report = Report(edgex_version=__version__, command="validate", model=model_json(model))
     if not status.available:

@@ -316,14 +316,19 @@ class PluginManager:
         owner = self._owner(self.resolve_target(target).plugin)
         return any(impl.plugin is owner for impl in self.pm.hook.edgex_load_tracer.get_hookimpls())
 
-    def load_tracer(self, target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> Tracer:
-        """The artifact loaded for ``edgex explain``; a usage error where the target cannot trace it."""
+    def require_tracer(self, target: str) -> None:
+        """A usage error unless ``target``'s plugin can trace its artifacts (``edgex explain``)."""
         registered = self.resolve_target(target)
         if not self.can_trace(registered.name):
             raise UsageError(
-                f"target {registered.name!r} cannot explain artifacts: its plugin {registered.plugin} "
-                f"({registered.package} {registered.version}) does not implement edgex_load_tracer"
+                f"target {registered.name!r} cannot explain artifacts: its plugin {registered.plugin} ({registered.package} "
+                f"{registered.version}) does not implement edgex_load_tracer; `edgex validate` still checks its outputs"
             )
+
+    def load_tracer(self, target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> Tracer:
+        """The artifact loaded for ``edgex explain``; a usage error where the target cannot trace it."""
+        self.require_tracer(target)
+        registered = self.resolve_target(target)
         owner = self._owner(registered.plugin)
         others = [p for p in self.pm.get_plugins() if p is not owner]
         tracer = self.pm.subset_hook_caller("edgex_load_tracer", remove_plugins=others)(target=registered.name, io=io, reference=reference, options=options)

@@ -56,20 +56,22 @@ def digits():
     return load_model("examples:digits")
 
 
-@pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
-    row = api.convert("examples:digits", ["onnx"], out=out, samples=2).targets["onnx"]
+def converted_digits(tmp_path_factory, target, precision="fp32"):
+    """The shipped digits CNN converted (and passing parity): the artifact's path."""
+    out = tmp_path_factory.mktemp(f"{target}-{precision}")
+    row = api.convert("examples:digits", [target], out=out, precision=precision, samples=2).targets[target]
     assert row.status == "passed", row.messages
     return out / row.artifacts[0]
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    return converted_digits(tmp_path_factory, "onnx")
 
 
 @pytest.fixture(scope="module")
 def digits_int8_tflite(tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8")
-    row = api.convert("examples:digits", ["tflite"], out=out, precision="int8", samples=2).targets["tflite"]
-    assert row.status == "passed", row.messages
-    return out / row.artifacts[0]
+    return converted_digits(tmp_path_factory, "tflite", "int8")
 
 
 def perturbed_digits(digits):
@@ -161,10 +163,7 @@ def test_int8_tflite_reports_per_layer_sqnr(digits_int8_tflite, tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_int8_onnx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8onnx")
-    row = api.convert("examples:digits", ["onnx"], out=out, precision="int8", samples=2).targets["onnx"]
-    assert row.status == "passed", row.messages
-    return out / row.artifacts[0]
+    return converted_digits(tmp_path_factory, "onnx", "int8")
 
 
 def test_honest_int8_onnx_flags_nothing_and_never_compares_a_clipped_tensor_as_its_op(digits_int8_onnx, tmp_path):
