@@ -18,12 +18,7 @@ from edgex.core.compression.options import steps_from_options
 from edgex.core.loading import load_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compress_saves_a_program_that_loads_as_the_compressed_model(tmp_path, capsys):

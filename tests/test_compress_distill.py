@@ -20,12 +20,7 @@ from edgex.plugins import hookimpl
 from edgex.plugins.testing import tiny_cnn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def structured_then_distill(epochs: int = 3, **distill):

@@ -15,13 +15,7 @@ from edgex.plugins import CompressionResult, CompressorSpec, hookimpl
 from edgex.plugins.testing import tiny_cnn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train and run fastest on one thread (and the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def compress(model, example, *steps, **kwargs):
