@@ -37,7 +37,7 @@ ZIP_TARGETS = ("onnx", "tflite", "coreml")
 
 
 def _manager():
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import PluginManager
 
     return PluginManager(load_entry_points=False)
 

@@ -30,12 +30,9 @@ __all__ = ["convert", "validate", "explain", "compress", "load_model", "plugin_m
 
 def plugin_manager(observers: Iterable[Any] = ()) -> Any:
     """The installed plugins (built-ins and the ``edgex`` entry-point group), plus ``observers``."""
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import make_manager
 
-    manager = PluginManager()
-    for index, observer in enumerate(observers):
-        manager.register_observer(observer, f"observer-{index}")
-    return manager
+    return make_manager(observers)
 
 
 def load_model(

@@ -30,9 +30,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _manager():
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import make_manager
 
-    return PluginManager()
+    return make_manager()
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

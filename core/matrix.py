@@ -153,10 +153,10 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     from edgex.core import pipeline
     from edgex.core.compression.options import steps_from_options
     from edgex.core.loading import load_model
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import make_manager
 
     model_cfg, preset = config.models[model_index], config.presets[preset_index]
-    manager = PluginManager()
+    manager = make_manager()
     group_out = Path(out) / "cells" / _group_name(model_cfg, preset)
     cells: list[dict[str, Any]] = []
 
@@ -263,9 +263,9 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     config = load_config(config_path)
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import make_manager
 
-    manager = PluginManager()
+    manager = make_manager()
     _expand_targets(manager, config.targets)  # unknown target names fail before any work
     for precision in config.precisions or ():
         from edgex.core.types import PRECISIONS

@@ -135,7 +135,7 @@ def check_target_conformance(
 @pytest.fixture
 def edgex_manager():
     """The built-in plugins only: installed third-party plugins cannot change a test's outcome."""
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import PluginManager
 
     return PluginManager(load_entry_points=False)
 

@@ -383,7 +383,7 @@ class Breaker:
 
 
 def test_a_third_party_method_runs_through_the_same_stage():
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import PluginManager
 
     manager = PluginManager(load_entry_points=False, extra_plugins=[GridSnap()])
     model, example = tiny_cnn()
@@ -396,7 +396,7 @@ def test_a_third_party_method_runs_through_the_same_stage():
 
 def test_a_method_that_changes_the_outputs_is_a_plugin_error():
     from edgex.core.errors import PluginError
-    from edgex.plugins.manager import PluginManager
+    from edgex.core.plugin_manager import PluginManager
 
     manager = PluginManager(load_entry_points=False, extra_plugins=[Breaker()])
     model, example = tiny_cnn()

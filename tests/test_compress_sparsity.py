@@ -11,7 +11,7 @@ import pytest
 from edgex.core import api
 from edgex.core.compression import CompressionStep
 from edgex.core.compression.layers import weight_parameters
-from edgex.plugins.manager import PluginManager
+from edgex.core.plugin_manager import PluginManager
 from edgex.plugins.testing import tiny_cnn
 
 AMOUNT = 0.5

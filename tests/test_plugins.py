@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgex.core.errors import PluginError, UsageError
-from edgex.plugins.manager import BUILTIN_PLUGINS, PluginLoadWarning, PluginManager
+from edgex.core.plugin_manager import BUILTIN_PLUGINS, PluginLoadWarning, PluginManager
 
 SITE = Path(__file__).parent / "data" / "site"
 

@@ -127,7 +127,7 @@ def test_loading_the_plugin_imports_no_heavy_framework():
     import subprocess
 
     code = (
-        "import sys; from edgex.plugins.manager import PluginManager; m = PluginManager(load_entry_points=False);"
+        "import sys; from edgex.core.plugin_manager import PluginManager; m = PluginManager(load_entry_points=False);"
         "m.backend_status('coreml'); heavy = [n for n in ('torch', 'coremltools', 'edgex.targets.mil_kernels') if n in sys.modules];"
         "print(','.join(heavy))"
     )
