@@ -4,7 +4,7 @@ The Python API lives in :mod:`edgex.core.api` and is re-exported here lazily, so
 ``edgex.core`` stays cheap (torch and the converters load only when used).
 """
 
-__version__ = "0.1.0"
+from edgex.core.version import __version__
 
 _API = ("convert", "validate", "explain", "compress", "load_model", "ConvertSettings", "Report", "TargetReport", "ParityReport", "ExplainReport")
 __all__ = ["__version__", *_API]

@@ -21,17 +21,16 @@ from edgex.core.explain import DEFAULT_SAMPLES, ExplainReport
 from edgex.core.explain import explain as _explain
 from edgex.core.loading import load_model as _load_model
 from edgex.core.parity import ParityReport
-from edgex.core.pipeline import ConvertSettings
+from edgex.core.plugin_manager import PluginManager, make_manager
+from edgex.core.settings import ConvertSettings, make_settings
 from edgex.core.report import Report, TargetReport
 from edgex.core.types import ReferenceModel
 
 __all__ = ["convert", "validate", "explain", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport", "ExplainReport"]
 
 
-def plugin_manager(observers: Iterable[Any] = ()) -> Any:
+def plugin_manager(observers: Iterable[Any] = ()) -> PluginManager:
     """The installed plugins (built-ins and the ``edgex`` entry-point group), plus ``observers``."""
-    from edgex.core.plugin_manager import make_manager
-
     return make_manager(observers)
 
 
@@ -43,7 +42,7 @@ def load_model(
     weights: str | Path | None = None,
     trust_pickle: bool = False,
 ) -> ReferenceModel:
-    """A MODEL spec string (see SPEC.md) or an in-memory ``nn.Module`` as a :class:`ReferenceModel`."""
+    """A MODEL spec string (see docs/contract.md) or an in-memory ``nn.Module`` as a :class:`ReferenceModel`."""
     if isinstance(model, ReferenceModel):
         return model
     shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes else None
@@ -51,13 +50,6 @@ def load_model(
         return _load_model(str(model), input_shapes=shapes, example_inputs=example_inputs, weights=Path(weights) if weights else None, trust_pickle=trust_pickle)
     name = type(model).__name__
     return _load_model(f"<in-memory {name}>", module=model, input_shapes=shapes, example_inputs=example_inputs)
-
-
-def _settings(settings: ConvertSettings | None, overrides: Mapping[str, Any]) -> ConvertSettings:
-    from dataclasses import replace
-
-    base = settings or ConvertSettings()
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def convert(
@@ -78,7 +70,7 @@ def convert(
     compression: Sequence[CompressionStep] | Mapping[str, Any] | None = None,
     distill_data: Any = None,
     settings: ConvertSettings | None = None,
-    plugins: Any = None,
+    plugins: PluginManager | None = None,
 ) -> Report:
     """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
 
@@ -92,9 +84,9 @@ def convert(
 
         compression = steps_from_options(compression)
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
-    resolved = _settings(
+    resolved = make_settings(
         settings,
-        {
+        **{
             "targets": tuple(targets),
             "precision": precision,
             "calibration": calibration,
@@ -125,11 +117,11 @@ def validate(
     atol: float | None = None,
     rtol: float | None = None,
     settings: ConvertSettings | None = None,
-    plugins: Any = None,
+    plugins: PluginManager | None = None,
 ) -> Report:
     """Check an existing artifact against ``reference`` on the artifact's own runtime."""
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
-    resolved = _settings(settings, {"precision": precision, "samples": samples, "seed": seed, "atol": atol, "rtol": rtol})
+    resolved = make_settings(settings, precision=precision, samples=samples, seed=seed, atol=atol, rtol=rtol)
     return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
 
 
@@ -147,7 +139,7 @@ def explain(
     atol: float | None = None,
     rtol: float | None = None,
     settings: ConvertSettings | None = None,
-    plugins: Any = None,
+    plugins: PluginManager | None = None,
 ) -> ExplainReport:
     """Find the layer where ``artifact`` parts ways with the torch ``reference``; writes
     ``out/explain.json`` and returns the :class:`ExplainReport` (its ``to_json()`` is explain.json).
@@ -156,7 +148,7 @@ def explain(
     replace the outputs' tolerance only, each layer keeps its own.
     """
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
-    resolved = _settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), {"precision": precision, "samples": samples, "seed": seed, "atol": atol, "rtol": rtol})
+    resolved = make_settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), precision=precision, samples=samples, seed=seed, atol=atol, rtol=rtol)
     return _explain(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
 
 
@@ -171,7 +163,7 @@ def compress(
     distill_data: Any = None,
     eval_data: Any = None,
     seed: int = 0,
-    plugins: Any = None,
+    plugins: PluginManager | None = None,
 ) -> tuple[ReferenceModel, dict[str, Any]]:
     """Apply compression ``steps``; returns the compressed reference and the summary (the
     ``compression`` section of report.json). With ``out`` (a ``.pt2`` path), also saves it.
@@ -186,7 +178,7 @@ def compress(
     if isinstance(steps, Mapping):
         steps = steps_from_options(steps)
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
-    settings = ConvertSettings(compression=tuple(steps), calibration=calibration, distill_data=distill_data, eval_data=eval_data, seed=seed)
+    settings = make_settings(compression=tuple(steps), calibration=calibration, distill_data=distill_data, eval_data=eval_data, seed=seed)
     compressed, summary = pipeline.compress(plugins or plugin_manager(), reference, settings)
     if out is not None:
         save_program(compressed, Path(out))

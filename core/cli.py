@@ -1,8 +1,8 @@
-"""The ``edgex`` command line: the only core module that reaches into ``edgex.plugins``.
+"""The ``edgex`` command line.
 
 Heavy frameworks are imported by the commands that use them, never here: ``edgex --help`` and
 ``edgex targets`` stay fast. Errors a user can act on print as one line (``edgex: error: ...``)
-with the exit code of SPEC.md; tracebacks only with ``--debug``.
+with the exit code of docs/contract.md; tracebacks only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from edgex.core import __version__
+from edgex.core.version import __version__
 from edgex.core.errors import EdgexError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
+    from edgex.core.plugin_manager import PluginManager
 
 EPILOG = "exit codes: 0 all passed, 1 an artifact failed parity, 2 bad usage or input, 3 a target failed to convert or its backend is missing"
 
@@ -68,7 +71,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print report.json instead of the table")
 
 
-def _add_target_options(parser: argparse.ArgumentParser, manager: Any) -> None:
+def _add_target_options(parser: argparse.ArgumentParser, manager: PluginManager) -> None:
     """``--<option>`` for every option an installed target declares."""
     if manager is None:
         return
@@ -151,15 +154,13 @@ def cmd_targets(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(rows))
         return 0
-    table = [("target", "aliases", "status", "precisions", "plugin", "backend")]
+    from edgex.core.tables import table
+
+    lines = []
     for r in rows:
         backend = r["backend"] if r["status"] == "available" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
-        table.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for i, row in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+        lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
+    print("\n".join(table(("target", "aliases", "status", "precisions", "plugin", "backend"), lines)))
     return 0
 
 
@@ -183,11 +184,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, **extra: Any):
-    from edgex.core.pipeline import ConvertSettings
+    from edgex.core.settings import make_settings
 
-    if args.samples < 1:
-        raise UsageError("--samples must be at least 1")
-    return ConvertSettings(
+    return make_settings(
         samples=args.samples,
         seed=args.seed,
         atol=args.atol,
@@ -212,7 +211,7 @@ def _compression_steps(args: argparse.Namespace) -> tuple[Any, ...]:
     return steps_from_args(args)
 
 
-def cmd_convert(args: argparse.Namespace, manager: Any) -> int:
+def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core import pipeline
 
     model = _load(args, args.model)
@@ -229,32 +228,29 @@ def cmd_convert(args: argparse.Namespace, manager: Any) -> int:
     return report.exit_code
 
 
-def cmd_compress(args: argparse.Namespace, manager: Any) -> int:
+def cmd_compress(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core import pipeline
-    from edgex.core.compression import describe, save_program
-    from edgex.core.pipeline import ConvertSettings
-    from edgex.core.report import dumps
+    from edgex.core.compression import check_program_path, save_program
+    from edgex.core.report import describe_compression, dumps
+    from edgex.core.settings import make_settings
 
     steps = _compression_steps(args)
     if not steps:
         raise UsageError("nothing to do: give --prune AMOUNT (and --distill to recover accuracy)")
-    if args.out.suffix != ".pt2" or args.out.is_dir():
-        raise UsageError(f"--out {args.out} must be a file name ending in .pt2 (a torch.export program)")
+    check_program_path(args.out)
     model = _load(args, args.model)
-    settings = ConvertSettings(
-        seed=args.seed, calibration=args.calibration, eval_data=args.eval_data, compression=steps, distill_data=args.distill_data
-    )
+    settings = make_settings(seed=args.seed, calibration=args.calibration, eval_data=args.eval_data, compression=steps, distill_data=args.distill_data)
     compressed, summary = pipeline.compress(manager, model, settings)
     save_program(compressed, args.out)
     if args.json:
         print(dumps({"model": args.model, "out": str(args.out), "compression": summary}))
     else:
-        print("\n".join(describe(summary)))
+        print("\n".join(describe_compression(summary)))
         print(f"saved {args.out} (convert it with: edgex convert {args.out} --target ...)")
     return 0
 
 
-def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
+def cmd_validate(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core import pipeline
 
     model = _load(args, args.reference)
@@ -264,7 +260,7 @@ def cmd_validate(args: argparse.Namespace, manager: Any) -> int:
     return report.exit_code
 
 
-def cmd_explain(args: argparse.Namespace, manager: Any) -> int:
+def cmd_explain(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core.explain import explain, render
     from edgex.core.report import dumps
 
@@ -294,15 +290,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return exit_code(cells)
 
 
-def cmd_demo(args: argparse.Namespace, manager: Any) -> int:
+def cmd_demo(args: argparse.Namespace, manager: PluginManager) -> int:
     """The whole job on the shipped digits CNN, offline."""
     from edgex.core import pipeline
     from edgex.core.loading import load_model
+    from edgex.core.settings import make_settings
 
     print("edgex demo: the digits CNN (trained on scikit-learn's digits) converted for every installed target,")
     print("each artifact run on its own runtime and compared with PyTorch on the digits test split.\n")
     model = load_model("examples:digits")
-    settings = pipeline.ConvertSettings(targets=("all",), samples=args.samples, compression=_compression_steps(args), distill_data=args.distill_data)
+    settings = make_settings(targets=("all",), samples=args.samples, compression=_compression_steps(args), distill_data=args.distill_data)
     report = pipeline.convert(manager, model, settings, args.out, command="demo")
     _print_report(report, args, args.out)
     return report.exit_code
@@ -311,7 +308,7 @@ def cmd_demo(args: argparse.Namespace, manager: Any) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser(manager: Any = None) -> argparse.ArgumentParser:
+def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgex",
         description="Compress a PyTorch model, convert it for edge targets, and prove on each target's own runtime that it still computes the same thing.",

@@ -4,18 +4,24 @@ A *sample set* is a tuple with one array per model input, each ``(N, *input_shap
 samples stacked on axis 0. ``batches`` cuts it into tuples shaped exactly like the model's
 inputs. Files are .npy, .npz (arrays by input name or in order; ``x``/``y`` for labelled data)
 or a folder of images; nothing is ever unpickled.
+
+A run's data is resolved once, up front, by :func:`resolve_inputs` into one :class:`RunInputs`
+that every stage (compress, convert, validate, explain) is handed: none of them reads a file or
+draws a sample itself.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from edgex.core.errors import UsageError
 from edgex.core.loading import load_arrays, synthetic_input
-from edgex.core.types import TensorSpec
+from edgex.core.settings import ConvertSettings
+from edgex.core.types import ReferenceModel, TensorSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SMALL_CALIBRATION = 100
@@ -170,3 +176,141 @@ def calibration_warnings(calibration: SampleSet, reference: SampleSet | None, in
                     f"[{ref_low:.3g}, {ref_high:.3g}]: the calibration looks unrepresentative"
                 )
     return warnings
+
+
+# --------------------------------------------------------------------------- a run's inputs, resolved once
+
+#: random calibration samples drawn when an int8 target has no calibration data
+SYNTHETIC_CALIBRATION = 128
+
+Batch = tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """Samples with their labels (None where there are none) and where they came from."""
+
+    samples: SampleSet
+    labels: np.ndarray | None
+    source: str
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Every piece of data a run uses, validated against the model's inputs."""
+
+    #: the model's inputs, which every sample set here fits
+    specs: tuple[TensorSpec, ...]
+    #: parity inputs, cut into batches shaped like the model's inputs
+    parity: list[Batch]
+    parity_source: str
+    #: int8 calibration (None when no int8 target runs and the user gave none)
+    calibration: SampleSet | None
+    #: labelled held-out data for task accuracy (``--eval-data`` or the model's own)
+    evaluation: LabelledSet | None
+    #: data for recovery methods (distillation): ``--distill-data``, else the calibration data
+    recovery: LabelledSet | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def calibration_batches(self) -> tuple[Batch, ...] | None:
+        return None if self.calibration is None else tuple(batches(self.calibration, self.specs))
+
+    @property
+    def eval_batches(self) -> list[Batch]:
+        return [] if self.evaluation is None else batches(self.evaluation.samples, self.specs)
+
+    @property
+    def eval_labels(self) -> np.ndarray | None:
+        return None if self.evaluation is None else self.evaluation.labels
+
+
+def as_samples(value: Any, model: ReferenceModel, what: str) -> SampleSet | None:
+    """A path (.npy/.npz/image folder), an array, a tensor or a sequence of them, as a checked
+    sample set for ``model``'s inputs; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return load_samples(Path(value), model.inputs, what)
+    arrays = [np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in (value if isinstance(value, (tuple, list)) else (value,))]
+    return check_samples(arrays, model.inputs, what)
+
+
+def as_labelled(value: Any, model: ReferenceModel) -> LabelledSet | None:
+    """``--eval-data`` (an .npz path with x and y, or a pair (x, y)), else the model's own
+    labelled data, as a checked labelled set; None when there is neither."""
+    if isinstance(value, (str, Path)):
+        samples, labels = load_labelled(Path(value), model.inputs, "--eval-data")
+        if labels is None:
+            raise UsageError(f"--eval-data {value} holds no labels: save it as .npz with arrays x and y")
+        return LabelledSet(samples, labels, f"--eval-data {value}")
+    if value is not None:
+        x, y = value
+        return LabelledSet(check_samples([np.asarray(x)], model.inputs, "eval data"), np.asarray(y), "eval data (x, y)")
+    if model.eval_data is not None:
+        samples = check_samples([model.eval_data[0]], model.inputs, "the model's shipped eval data")
+        return LabelledSet(samples, np.asarray(model.eval_data[1]), "the model's shipped eval data")
+    return None
+
+
+def _recovery(settings: ConvertSettings, model: ReferenceModel, calibration: SampleSet | None, calibration_given: bool) -> LabelledSet | None:
+    """Data for recovery methods: ``distill_data`` (a file, with labels y when it holds them;
+    arrays; or ``{"x": ..., "y": ...}``), else the calibration data, else the data the model ships."""
+    source = settings.distill_data
+    if isinstance(source, (str, Path)):
+        samples, labels = load_labelled(Path(source), model.inputs, "--distill-data")
+        return LabelledSet(samples, labels, f"--distill-data {source}")
+    if isinstance(source, Mapping):
+        if "x" not in source:
+            raise UsageError("distill_data as a mapping needs an array x (and optionally labels y)")
+        samples = as_samples(source["x"], model, "distillation data")
+        labels = np.asarray(source["y"]) if source.get("y") is not None else None
+        if labels is not None and len(labels) != count(samples):
+            raise UsageError(f"distillation data: {len(labels)} labels for {count(samples)} samples")
+        return LabelledSet(samples, labels, "distillation data (x, y)")
+    if source is not None:
+        return LabelledSet(as_samples(source, model, "distillation data"), None, "distillation data")
+    if calibration is not None and calibration_given:
+        where = f"--calibration {settings.calibration}" if isinstance(settings.calibration, (str, Path)) else "calibration data"
+        return LabelledSet(calibration, None, where)
+    if calibration is not None:
+        return LabelledSet(calibration, None, "the model's shipped calibration data")
+    return None
+
+
+def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calibration: bool = False) -> RunInputs:
+    """Parity inputs, calibration, evaluation and recovery data, each validated against the
+    model's inputs, once. ``needs_calibration``: an int8 target runs, so calibration is drawn
+    at random (with a warning) when the user and the model give none."""
+    calibration = as_samples(settings.calibration, model, "--calibration")
+    calibration_given = calibration is not None
+    calibration_source = "--calibration"
+    if calibration is None and model.calibration is not None:
+        calibration = check_samples(model.calibration, model.inputs, "the model's shipped calibration data")
+        calibration_source = "the example's shipped data"
+    recovery = _recovery(settings, model, calibration, calibration_given) if settings.compression else None
+    provided = as_samples(settings.parity_inputs, model, "--example-inputs")
+    if provided is not None and count(provided) > 1:
+        samples, source = take(provided, settings.samples, settings.seed), f"--example-inputs ({min(settings.samples, count(provided))} samples)"
+    elif calibration is not None:
+        samples = take(calibration, settings.samples, settings.seed)
+        source = f"{count(samples)} samples of {calibration_source} (seed {settings.seed})"
+    else:
+        samples = synthetic_samples(model.inputs, settings.samples, settings.seed)
+        source = f"{settings.samples} seeded standard-normal samples (seed {settings.seed})"
+    warnings: list[str] = []
+    if needs_calibration:
+        if calibration is None:
+            calibration = synthetic_samples(model.inputs, SYNTHETIC_CALIBRATION, settings.seed + 1)
+            warnings.append(f"no --calibration data: int8 ranges come from {SYNTHETIC_CALIBRATION} random normal samples and may not fit real inputs")
+        else:
+            warnings += calibration_warnings(calibration, samples, model.inputs)
+    return RunInputs(
+        specs=tuple(model.inputs),
+        parity=batches(samples, model.inputs),
+        parity_source=source,
+        calibration=calibration,
+        evaluation=as_labelled(settings.eval_data, model),
+        recovery=recovery,
+        warnings=tuple(warnings),
+    )

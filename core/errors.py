@@ -1,7 +1,7 @@
 """The errors edgex raises on purpose: each one is a message a user can act on.
 
 The command line prints them as one line (a traceback only with ``--debug``) and exits with
-``exit_code``; see the exit codes in SPEC.md.
+``exit_code``; see the exit codes in docs/contract.md.
 """
 
 from __future__ import annotations

@@ -33,9 +33,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgex.core import layout, parity
+from edgex.core.data import resolve_inputs
 from edgex.core.errors import TargetError, UsageError
-from edgex.core.isolation import RemoteError, start_isolated
+from edgex.core.layout import match_outputs
+from edgex.core.plugin_manager import PluginManager
+from edgex.core.report import model_json, write_json_atomic
+from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, prepare_out, resolve_artifact, sandboxed
+from edgex.core.settings import ConvertSettings
+from edgex.core.tables import number, table
 from edgex.core.types import ArtifactIO, ArtifactTrace, ReferenceModel, TensorBinding, TracedTensor
+from edgex.core.version import __version__
 
 #: parity inputs explain uses unless told (every intermediate tensor of each comes back to core)
 DEFAULT_SAMPLES = 8
@@ -488,26 +495,21 @@ _SKIP_REASONS = {
 
 def render(report: ExplainReport) -> str:
     """The terminal view: matched layers in execution order, then the unmatched, then the verdict."""
-    from edgex.core.report import _num
-
     header = ("layer", "type", "artifact tensor", "max_abs", "tolerance", "cosine", "sqnr_db", "verdict")
-    rows = [header]
+    rows = []
     for layer in report.layers:
         if not layer.matched:
             continue
         p = layer.parity
         name = layer.tensor if len(layer.tensor) <= 40 else layer.tensor[:37] + "..."
         mark = "ok" if p.passed else "OUTSIDE TOLERANCE"
-        rows.append((layer.module, layer.kind, name, _num(p.max_abs, ".3g"), _num(p.tolerance.atol, ".3g"), _num(p.cosine, ".6f"), _num(p.sqnr_db, ".1f"), mark))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        rows.append((layer.module, layer.kind, name, number(p.max_abs, ".3g"), number(p.tolerance.atol, ".3g"), number(p.cosine, ".6f"), number(p.sqnr_db, ".1f"), mark))
     lines = [
         f"explain {report.artifact} ({report.target}, {report.precision}) against {report.model.get('spec')}: "
         f"{report.outputs.samples} samples, traced on {report.backend}",
     ]
     lines += [f"note: {note}" for note in report.notes]
-    table = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    table.insert(1, "  ".join("-" * w for w in widths))
-    lines += table if len(rows) > 1 else ["(no layer matched)"]
+    lines += table(header, rows) if rows else ["(no layer matched)"]
     unmatched = [layer for layer in report.layers if not layer.matched]
     if unmatched:
         lines.append(f"not matched ({len(unmatched)} of {len(report.layers)} layers):")
@@ -564,12 +566,8 @@ def _layer_results(
     return results
 
 
-def explain(manager: Any, artifact: Path, model: ReferenceModel, settings: Any, out: Path, *, target: str | None = None) -> ExplainReport:
+def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None) -> ExplainReport:
     """Trace ``artifact`` on its target, match its tensors to ``model``'s layers, write explain.json."""
-    from edgex.core import __version__
-    from edgex.core.pipeline import _prepare_out, match_outputs, observed, prepare_inputs, resolve_artifact, sandboxed
-    from edgex.core.report import model_json, write_json_atomic
-
     artifact, registered = resolve_artifact(manager, artifact, target)
     name = registered.name
     manager.require_tracer(name)  # before anything runs: a target that cannot trace is a usage error
@@ -584,15 +582,14 @@ def explain(manager: Any, artifact: Path, model: ReferenceModel, settings: Any, 
     layers = [r.path for r in runs if r.role == "layer"]
     tapped = replace(model, module=layer_tap(tree, layers), output_names=(*model.output_names, *layers))
     layer_index = {path: len(model.output_names) + i for i, path in enumerate(layers)}
-    inputs = prepare_inputs(model, settings, needs_calibration=False)
-    out = _prepare_out(out)
+    inputs = resolve_inputs(model, settings)
+    out = prepare_out(out)
 
     def work(send: Any) -> _Traced:
-        io = manager.describe_artifact(name, artifact.resolve(), model)
-        io = replace(io, precision=settings.precision) if settings.precision else io
+        io = describe_artifact(manager, name, artifact, model, settings.precision)
         tracer = manager.load_tracer(name, io, model, settings.options)
         traces = []
-        for batch in inputs.batches:
+        for batch in inputs.parity:
             native = [layout.to_artifact(x, binding) for x, binding in zip(batch, io.inputs)]
             traces.append(tracer.trace(native))
         return _Traced(io, tracer.backend, tuple(getattr(tracer, "notes", ()) or ()), traces)
@@ -601,30 +598,23 @@ def explain(manager: Any, artifact: Path, model: ReferenceModel, settings: Any, 
         (out / "logs").mkdir(exist_ok=True)
         # the artifact is traced in a child (a crashing runtime stays contained) while the
         # parent runs the reference, as validate does
-        job = start_isolated(work, what=f"target {name}", timeout=settings.timeout_s, log_path=str(out / "logs" / f"{name}.log"))
+        job = IsolatedRun(work, name, settings, out / "logs" / f"{name}.log")
         try:
             with observed(manager, "reference"):
-                reference = parity.reference_outputs(tapped, inputs.batches)
-                noise = parity.noise_floor(tapped, inputs.batches, reference)
+                reference = parity.reference_outputs(tapped, inputs.parity)
+                noise = parity.noise_floor(tapped, inputs.parity, reference)
         except BaseException:
             job.cancel()
             raise
-        try:
-            with observed(manager, "validate", name):
-                traced: _Traced = job.wait()
-        except RemoteError as exc:
-            if exc.exit_code == 2:
-                raise UsageError(exc.message) from exc
-            raise
+        with observed(manager, "validate", name):
+            traced: _Traced = job.wait()
     io = traced.io
     if not traced.traces:
         raise UsageError("no parity sample to explain: --samples must be at least 1")
-    order = match_outputs(model.output_names, io)
     outputs_only = [sample[: len(model.output_names)] for sample in reference]
-    actual = [[layout.from_artifact(np.asarray(t.outputs[j]), io.outputs[j]) for j in order] for t in traced.traces]
-    tolerances = [parity.tolerance_for(io.precision, i, reference, noise, io.outputs[j].quant, settings.atol, settings.rtol) for i, j in enumerate(order)]
     try:
-        judged = parity.compare(outputs_only, actual, model.output_names, tolerances, inputs.source)
+        judged = judge_outputs(model, io, [t.outputs for t in traced.traces], outputs_only, noise, settings, inputs.parity_source)
+        order = match_outputs(model.output_names, io)
         results = _layer_results(runs, traced.traces, io, order, reference, noise, layer_index)
     except ValueError as exc:
         raise TargetError(f"cannot compare the traced artifact: {exc}") from exc
@@ -637,7 +627,7 @@ def explain(manager: Any, artifact: Path, model: ReferenceModel, settings: Any, 
             skipped.setdefault(run.role, []).append(run.path)
     report = ExplainReport(
         edgex_version=__version__,
-        model=model_json(model, {"parity_inputs": inputs.source}),
+        model=model_json(model, {"parity_inputs": inputs.parity_source}),
         artifact=str(artifact),
         target=name,
         precision=io.precision,

@@ -1,6 +1,6 @@
 """MODEL specs -> a :class:`ReferenceModel`, safe by default.
 
-Forms (SPEC.md): ``file.py:factory``, ``package.module:factory``, ``model.pt2`` (torch.export),
+Forms (docs/contract.md): ``file.py:factory``, ``package.module:factory``, ``model.pt2`` (torch.export),
 ``model.ts``/``model.pt`` (TorchScript), ``model.onnx`` and ``examples:NAME``. A pickled whole
 ``nn.Module`` is unpickled only with ``trust_pickle=True``; state dicts load with
 ``weights_only=True``. Every failure is a :class:`ModelLoadError` with one line saying what is
@@ -37,7 +37,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_module(module: Any, spec: str) -> str:
+def module_sha256(module: Any, spec: str) -> str:
     digest = hashlib.sha256(spec.encode())
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
@@ -500,7 +500,7 @@ def load_model(
         output_names=tuple(output_names),
         example_inputs=tuple(probe),
         module=module,
-        sha256=file_hash or _sha256_module(module, spec),
+        sha256=file_hash or module_sha256(module, spec),
         params=params,
         calibration=calibration,
         eval_data=eval_data,

@@ -14,10 +14,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from edgex.core.compression.options import OPTION_NAMES
 from edgex.core.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgex.core.plugin_manager import PluginManager
 
 TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
 MODEL_KEYS = {"spec", "name", "input_shape", "example_inputs", "calibration", "eval_data", "weights"}
@@ -154,6 +157,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     from edgex.core.compression.options import steps_from_options
     from edgex.core.loading import load_model
     from edgex.core.plugin_manager import make_manager
+    from edgex.core.settings import make_settings
 
     model_cfg, preset = config.models[model_index], config.presets[preset_index]
     manager = make_manager()
@@ -184,7 +188,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             if precision in spec.precisions:
                 plans.setdefault(precision, []).append(name)
     for precision, targets in plans.items():
-        settings = pipeline.ConvertSettings(
+        settings = make_settings(
             targets=tuple(targets),
             precision=precision,
             samples=config.samples,
@@ -208,14 +212,14 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     return cells
 
 
-def _expand_targets(manager: Any, names: Sequence[str]) -> list[str]:
+def _expand_targets(manager: PluginManager, names: Sequence[str]) -> list[str]:
     if "all" in names:
         return [t for t in manager.targets() if manager.backend_status(t).available]
     return [manager.resolve_target(n).name for n in names]
 
 
 def _version() -> str:
-    from edgex.core import __version__
+    from edgex.core.version import __version__
 
     return __version__
 

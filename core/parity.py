@@ -76,7 +76,7 @@ class OutputParity:
 
 @dataclass(frozen=True)
 class ParityReport:
-    """The parity block of report.json (see SPEC.md)."""
+    """The parity block of report.json (see docs/contract.md)."""
 
     samples: int
     max_abs: float
@@ -118,7 +118,7 @@ class NoiseFloor:
 # --------------------------------------------------------------------------- reference runs
 
 
-def _torch_run(module: Any, batches: Sequence[tuple[np.ndarray, ...]], dtype: Any = None) -> Outputs:
+def torch_outputs(module: Any, batches: Sequence[tuple[np.ndarray, ...]], dtype: Any = None) -> Outputs:
     """Run ``module`` on each batch; batched into one call when the model allows it."""
     import torch
 
@@ -154,7 +154,7 @@ def _onnx_run(path: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
 
 def reference_outputs(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
     """The reference's outputs for each batch; NaN or inf in them is a usage error."""
-    outputs = _onnx_run(model.onnx_path, batches) if model.module is None else _torch_run(model.module, batches)
+    outputs = _onnx_run(model.onnx_path, batches) if model.module is None else torch_outputs(model.module, batches)
     for index, sample in enumerate(outputs):
         for name, value in zip(model.output_names, sample):
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
@@ -182,7 +182,7 @@ def noise_floor(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]]
         double = copy.deepcopy(model.module).to(torch.float64)
         start, exact = time.perf_counter(), []
         while len(exact) < min(NOISE_FLOOR_SAMPLES, len(batches)) and (not exact or time.perf_counter() - start < NOISE_FLOOR_BUDGET_S):
-            exact += _torch_run(double, batches[len(exact) : len(exact) + 1], dtype=torch.float64)
+            exact += torch_outputs(double, batches[len(exact) : len(exact) + 1], dtype=torch.float64)
     except Exception as exc:
         return NoiseFloor(None, f"the float64 reference run failed ({type(exc).__name__})")
     per_output = []

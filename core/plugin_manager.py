@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pluggy
 
-from edgex.core import __version__, hookspecs
+from edgex.core import hookspecs
+from edgex.core.version import __version__
 from edgex.core.errors import PluginError, TargetError, UsageError, one_line
 from edgex.core.types import (
     ArtifactIO,

@@ -1,6 +1,6 @@
 """report.json and its human renderings.
 
-The JSON shape is the contract in SPEC.md; :class:`Report` and :class:`TargetReport` are its
+The JSON shape is the contract in docs/contract.md; :class:`Report` and :class:`TargetReport` are its
 typed form for the Python API. Files are written to a temporary name and renamed into place so
 that a reader never sees half a report.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgex.core.parity import ParityReport
+from edgex.core.tables import count, number, size, table
 
 STATUS_ORDER = ("passed", "failed", "error", "skipped")
 
@@ -142,26 +143,10 @@ def dumps(data: Any) -> str:
 # --------------------------------------------------------------------------- human rendering
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _num(value: float | None, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf"
-    return format(value, spec)
-
-
 def render_table(report: Report) -> str:
     """The terminal view: one row per target, then each target's messages."""
     header = ("target", "status", "precision", "max_abs", "tolerance", "cosine", "sqnr_db", "top1", "size", "backend")
-    rows = [header]
+    rows = []
     for name, t in report.targets.items():
         p = t.parity
         rows.append(
@@ -169,18 +154,16 @@ def render_table(report: Report) -> str:
                 name,
                 t.status,
                 t.precision or "-",
-                _num(p.max_abs, ".3g") if p else "-",
-                _num(p.tolerance.atol, ".3g") if p else "-",
-                _num(p.cosine, ".6f") if p else "-",
-                _num(p.sqnr_db, ".1f") if p else "-",
-                _num(p.top1_agreement, ".3f") if p else "-",
-                _size(t.size_bytes) if t.size_bytes else "-",
+                number(p.max_abs, ".3g") if p else "-",
+                number(p.tolerance.atol, ".3g") if p else "-",
+                number(p.cosine, ".6f") if p else "-",
+                number(p.sqnr_db, ".1f") if p else "-",
+                number(p.top1_agreement, ".3f") if p else "-",
+                size(t.size_bytes) if t.size_bytes else "-",
                 t.backend or "-",
             )
         )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = table(header, rows)
     for name, t in report.targets.items():
         for message in t.messages:
             lines.append(f"{name}: {message}")
@@ -191,9 +174,7 @@ def render_table(report: Report) -> str:
                 f"({a['samples']} labelled samples, drop {a['drop_points']:+.2f} points)"
             )
     if report.compression:
-        from edgex.core.compression import describe
-
-        lines.extend(describe(report.compression))
+        lines.extend(describe_compression(report.compression))
     for message in report.messages:
         lines.append(message)
     return "\n".join(lines)
@@ -242,12 +223,12 @@ def _matrix_rows(cells: Any) -> list[dict[str, str]]:
                 "target": coords["target"],
                 "precision": row.get("precision") or coords["precision"],
                 "status": row["status"],
-                "max_abs": _num(parity.get("max_abs"), ".3g"),
-                "sqnr_db": _num(parity.get("sqnr_db"), ".1f"),
-                "top1": _num(parity.get("top1_agreement"), ".3f"),
-                "accuracy": _num(accuracy.get("artifact"), ".4f"),
-                "size": _size(row["size_bytes"]) if row.get("size_bytes") else "-",
-                "latency_ms": _num(latency.get("median"), ".3f"),
+                "max_abs": number(parity.get("max_abs"), ".3g"),
+                "sqnr_db": number(parity.get("sqnr_db"), ".1f"),
+                "top1": number(parity.get("top1_agreement"), ".3f"),
+                "accuracy": number(accuracy.get("artifact"), ".4f"),
+                "size": size(row["size_bytes"]) if row.get("size_bytes") else "-",
+                "latency_ms": number(latency.get("median"), ".3f"),
                 "message": "; ".join(row.get("messages") or []),
             }
         )
@@ -309,3 +290,40 @@ def matrix_junit(cells: Any) -> str:
         + "\n".join(cases)
         + "\n</testsuite>\n"
     )
+
+
+def describe_compression(summary: Mapping[str, Any]) -> list[str]:
+    """The compression section as a few lines for the terminal."""
+    before, after, ratios = summary["before"], summary["after"], summary["ratios"]
+    methods = summary["method"].split(" + ")
+    if summary.get("amount") is not None:
+        steps = f", {summary['prune_steps']} steps" if summary.get("prune_steps", 1) > 1 else ""
+        methods[0] += f" {summary['amount']:g} ({summary.get('scope')}{steps})"
+    head = " + ".join(methods)
+    lines = [
+        f"compression: {head}: params {count(before['params'])} -> {count(after['params'])} ({ratios['params']}x), "
+        f"nonzero {count(before['nonzero_params'])} -> {count(after['nonzero_params'])} ({ratios['nonzero_params']}x), "
+        f"MACs {count(before['macs'])} -> {count(after['macs'])} ({ratios['macs']}x)",
+        f"  size fp32 {count(before['size_bytes']['fp32'])}B -> {count(after['size_bytes']['fp32'])}B ({ratios['size_fp32']}x), "
+        f"zipped {count(before['size_bytes']['zip'])}B -> {count(after['size_bytes']['zip'])}B ({ratios['size_zip']}x)",
+    ]
+    drift_ = summary["drift"]
+    for label, key in (("pruned", "before_recovery"), ("recovered", "after_recovery")):
+        d = drift_.get(key)
+        if d:
+            text = f"cosine {d['cosine']:.4f}, max |diff| {d['max_abs']:.3g}"
+            if d.get("top1_agreement") is not None:
+                text += f", top-1 agreement {d['top1_agreement']:.3f}"
+            if d.get("accuracy") is not None:
+                text += f", accuracy {d['accuracy']:.4f} (original {drift_['original_accuracy']:.4f})"
+            lines.append(f"  {label} vs original ({drift_['inputs']}): {text}")
+    recovery = summary.get("recovery")
+    if recovery:
+        rounds = f" x {recovery['rounds']} rounds" if recovery["rounds"] > 1 else ""
+        lines.append(
+            f"  recovery: {recovery['mode']}, {recovery['epochs']} epochs{rounds} on {recovery['samples']} samples of {recovery['data']}, "
+            f"loss {recovery['loss_first_epoch']:.4g} -> {recovery['loss_last_epoch']:.4g}"
+        )
+    for step in summary["steps"]:
+        lines.extend(f"  {step['method']}: {message}" for message in step.get("messages", ()))
+    return lines

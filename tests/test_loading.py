@@ -1,4 +1,4 @@
-"""Every MODEL form of SPEC.md, safe by default, with one-line errors for bad input."""
+"""Every MODEL form of docs/contract.md, safe by default, with one-line errors for bad input."""
 
 import textwrap
 

@@ -169,7 +169,7 @@ def test_wrong_output_scale_is_caught():
 
 
 def test_outputs_are_matched_by_name_then_order():
-    from edgex.core.pipeline import match_outputs
+    from edgex.core.layout import match_outputs
 
     io = ArtifactIO(None, "fp32", (), (TensorBinding("b", (1,), "float32"), TensorBinding("a", (1,), "float32")))
     assert match_outputs(["a", "b"], io) == [1, 0]

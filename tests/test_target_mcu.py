@@ -16,7 +16,7 @@ import pytest
 
 from edgex.core import api, layout, parity
 from edgex.core.errors import UsageError
-from edgex.core.pipeline import ConvertSettings
+from edgex.core.settings import ConvertSettings
 from edgex.plugins.testing import check_target_conformance
 from edgex.targets import mcu_model
 

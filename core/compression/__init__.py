@@ -17,13 +17,17 @@ import uuid
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from edgex.core.data import RunInputs
 from edgex.core.errors import PluginError, UsageError
-from edgex.core.loading import count_macs
-from edgex.core.types import CompressionRequest, ReferenceModel
+from edgex.core.loading import count_macs, module_sha256
+from edgex.core.types import CompressionRequest, ReferenceModel, StageEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgex.core.plugin_manager import PluginManager
 
 #: inputs for the teacher-student drift when the model ships no evaluation data
 DRIFT_SAMPLES = 256
@@ -98,7 +102,7 @@ class _DriftProbe:
     def measure(self, module: Any) -> dict[str, Any]:
         from edgex.core import parity
 
-        student = parity._torch_run(module, self.batches)
+        student = parity.torch_outputs(module, self.batches)
         tolerances = [parity.Tolerance(float("inf"), 0.0, "drift is measured, not judged")] * len(self.output_names)
         report = parity.compare(self.teacher, student, self.output_names, tolerances)
         result: dict[str, Any] = {
@@ -114,27 +118,23 @@ class _DriftProbe:
         return result
 
 
-def _drift_probe(model: ReferenceModel, settings: Any, recovery_data: tuple[np.ndarray, ...] | None) -> _DriftProbe:
+def _drift_probe(model: ReferenceModel, inputs: RunInputs, seed: int) -> _DriftProbe:
     """Held-out labelled data when there is some (the model's or ``eval_data``), else up to
     DRIFT_SAMPLES of the recovery data, else seeded random inputs."""
     from edgex.core import data, parity
-    from edgex.core.pipeline import _resolve_eval
 
     labels = None
-    evaluation = _resolve_eval(getattr(settings, "eval_data", None), model)
-    if evaluation is None and model.eval_data is not None:
-        evaluation = (data.check_samples([model.eval_data[0]], model.inputs, "the model's eval data"), np.asarray(model.eval_data[1]))
-    if evaluation is not None:
-        samples, labels = evaluation
+    if inputs.evaluation is not None:
+        samples, labels = inputs.evaluation.samples, inputs.evaluation.labels
         source = f"{data.count(samples)} held-out labelled samples"
-    elif recovery_data is not None:
-        samples = data.take(recovery_data, DRIFT_SAMPLES, settings.seed)
-        source = f"{data.count(samples)} samples of the recovery data (seed {settings.seed})"
+    elif inputs.recovery is not None:
+        samples = data.take(inputs.recovery.samples, DRIFT_SAMPLES, seed)
+        source = f"{data.count(samples)} samples of the recovery data (seed {seed})"
     else:
-        samples = data.synthetic_samples(model.inputs, 64, settings.seed)
-        source = f"64 seeded standard-normal samples (seed {settings.seed})"
+        samples = data.synthetic_samples(model.inputs, 64, seed)
+        source = f"64 seeded standard-normal samples (seed {seed})"
     batches = data.batches(samples, model.inputs)
-    teacher = parity._torch_run(model.module, batches)
+    teacher = parity.torch_outputs(model.module, batches)
     if labels is not None and not (teacher and teacher[0][0].ndim == 2 and teacher[0][0].shape[1] >= 2):
         labels = None  # accuracy only means something for class scores
     return _DriftProbe(batches, teacher, model.output_names, labels, source)
@@ -150,34 +150,6 @@ def drift(original: ReferenceModel, compressed: ReferenceModel, batches: Sequenc
 
 
 # --------------------------------------------------------------------------- running the steps
-
-
-def _recovery_data(model: ReferenceModel, settings: Any) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray | None, str]:
-    """Data for recovery methods: ``distill_data`` (a file, with labels y when it holds them;
-    arrays; or ``{"x": ..., "y": ...}``), else the calibration data, else the data the model ships."""
-    from edgex.core import data
-    from edgex.core.pipeline import _resolve_samples
-
-    source = getattr(settings, "distill_data", None)
-    if isinstance(source, (str, Path)):
-        samples, labels = data.load_labelled(Path(source), model.inputs, "--distill-data")
-        return samples, labels, f"--distill-data {source}"
-    if isinstance(source, Mapping):
-        if "x" not in source:
-            raise UsageError("distill_data as a mapping needs an array x (and optionally labels y)")
-        samples = _resolve_samples(source["x"], model, "distillation data")
-        labels = np.asarray(source["y"]) if source.get("y") is not None else None
-        if labels is not None and len(labels) != data.count(samples):
-            raise UsageError(f"distillation data: {len(labels)} labels for {data.count(samples)} samples")
-        return samples, labels, "distillation data (x, y)"
-    if source is not None:
-        return _resolve_samples(source, model, "distillation data"), None, "distillation data"
-    if settings.calibration is not None:
-        where = f"--calibration {settings.calibration}" if isinstance(settings.calibration, (str, Path)) else "calibration data"
-        return _resolve_samples(settings.calibration, model, "--calibration"), None, where
-    if model.calibration is not None:
-        return data.check_samples(list(model.calibration), model.inputs, "the model's shipped data"), None, "the model's shipped calibration data"
-    return None, None, ""
 
 
 def _schedule(steps: Sequence[CompressionStep], kinds: Mapping[str, str]) -> list[tuple[CompressionStep, int, int]]:
@@ -209,13 +181,8 @@ def _schedule(steps: Sequence[CompressionStep], kinds: Mapping[str, str]) -> lis
     return plan
 
 
-def _progress(manager: Any) -> Callable[[float, str], None] | None:
-    from edgex.core.types import StageEvent
-
-    notify = getattr(manager, "stage_progress", None)
-    if notify is None:
-        return None
-    return lambda fraction, detail: notify(StageEvent("compress", detail=detail, progress=fraction))
+def _progress(manager: PluginManager) -> Callable[[float, str], None]:
+    return lambda fraction, detail: manager.stage_progress(StageEvent("compress", detail=detail, progress=fraction))
 
 
 def set_training(module: Any, training: bool) -> Any:
@@ -237,19 +204,20 @@ def _output_shapes(module: Any, example: Sequence[Any]) -> list[tuple[int, ...]]
         return [tuple(t.shape) for t in flatten_outputs(module(*example))[1]]
 
 
-def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tuple[ReferenceModel, dict[str, Any]]:
-    """Apply ``settings.compression`` to a copy of the reference; returns it and the summary."""
+def compress_reference(manager: PluginManager, model: ReferenceModel, steps: Sequence[CompressionStep], inputs: RunInputs, seed: int = 0) -> tuple[ReferenceModel, dict[str, Any]]:
+    """Apply ``steps`` to a copy of the reference; returns it and the summary. Recovery
+    methods train on ``inputs.recovery``; drift is measured on ``inputs.evaluation``."""
     import torch
 
     from edgex.core.compression.layers import layer_table
-    from edgex.core.loading import _sha256_module
 
     if model.module is None:
         raise UsageError("compression needs a torch model; MODEL is ONNX (compress the torch model, then export)")
-    registered = {step.method: manager.resolve_compressor(step.method) for step in settings.compression}
+    registered = {step.method: manager.resolve_compressor(step.method) for step in steps}
     kinds = {name: r.spec.kind for name, r in registered.items()}
-    plan = _schedule(settings.compression, kinds)
-    data, labels, data_source = _recovery_data(model, settings)
+    plan = _schedule(steps, kinds)
+    recovery = inputs.recovery
+    data, labels, data_source = (recovery.samples, recovery.labels, recovery.source) if recovery else (None, None, "")
     if data is None and "recover" in kinds.values():
         raise UsageError("recovery (--distill) needs data: pass --distill-data FILE (.npy, or .npz with x and y) or --calibration")
 
@@ -257,9 +225,9 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
     example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
     shapes = _output_shapes(model.module, example)
     before = _stats(module, model.example_inputs)
-    probe = _drift_probe(model, settings, data)
+    probe = _drift_probe(model, inputs, seed)
     progress = _progress(manager)
-    steps: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     recoveries: list[dict[str, Any]] = []
     kept: dict[str, str] = {}
     drift_before_recovery = None
@@ -274,7 +242,7 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
             data=data,
             labels=labels,
             teacher=model.module,
-            seed=settings.seed + round_ - 1,
+            seed=seed + round_ - 1,
             progress=progress,
         )
         result = manager.compress(request)
@@ -291,15 +259,15 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
             record["round"] = f"{round_}/{rounds}"
         record["drift"] = probe.measure(module)
         record["messages"] = list(result.messages)
-        steps.append(record)
+        records.append(record)
         if compressor.spec.kind == "prune":
             drift_before_recovery = record["drift"]
         else:
             recoveries.append(record)
     after = _stats(module, model.example_inputs)
 
-    summary: dict[str, Any] = {"method": " + ".join(dict.fromkeys(s["method"] for s in steps))}
-    prune_steps = [s for s in settings.compression if kinds[s.method] == "prune"]
+    summary: dict[str, Any] = {"method": " + ".join(dict.fromkeys(r["method"] for r in records))}
+    prune_steps = [s for s in steps if kinds[s.method] == "prune"]
     if prune_steps:
         summary["amount"] = prune_steps[0].options.get("amount")
         summary["scope"] = prune_steps[0].options.get("scope")
@@ -323,7 +291,7 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
             },
             "recovery": ({**{k: v for k, v in recoveries[-1].items() if k not in ("drift", "messages")}, "data": data_source, "rounds": len(recoveries)} if recoveries else None),
             "layers": layer_table(model.module, module, kept),
-            "steps": steps,
+            "steps": records,
             "seconds": round(time.perf_counter() - start, 3),
         }
     )
@@ -332,12 +300,23 @@ def compress_reference(manager: Any, model: ReferenceModel, settings: Any) -> tu
         module=module,
         params=after["params"],
         macs=after["macs"],
-        sha256=_sha256_module(module, model.spec + "#compressed"),
+        sha256=module_sha256(module, model.spec + "#compressed"),
     )
     return compressed, summary
 
 
 # --------------------------------------------------------------------------- saving and describing
+
+
+def check_program_path(path: Path) -> Path:
+    """``path`` if a compressed model can be saved there (a file name ending in .pt2), else a
+    usage error: checked before any work, and again by :func:`save_program`."""
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise UsageError(f"--out {path} must be a file name ending in .pt2 (a torch.export program)")
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name ending in .pt2")
+    return path
 
 
 def save_program(model: ReferenceModel, path: Path) -> Path:
@@ -346,11 +325,7 @@ def save_program(model: ReferenceModel, path: Path) -> Path:
     failure leaves nothing behind."""
     import torch
 
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise UsageError(f"--out {path} must end in .pt2 (a torch.export program)")
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file name ending in .pt2")
+    path = check_program_path(path)
     example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
     try:
         program = torch.export.export(set_training(model.module, False), example)
@@ -365,49 +340,3 @@ def save_program(model: ReferenceModel, path: Path) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
-
-
-def _count(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"
-
-
-def describe(summary: Mapping[str, Any]) -> list[str]:
-    """The compression section as a few lines for the terminal."""
-    before, after, ratios = summary["before"], summary["after"], summary["ratios"]
-    methods = summary["method"].split(" + ")
-    if summary.get("amount") is not None:
-        steps = f", {summary['prune_steps']} steps" if summary.get("prune_steps", 1) > 1 else ""
-        methods[0] += f" {summary['amount']:g} ({summary.get('scope')}{steps})"
-    head = " + ".join(methods)
-    lines = [
-        f"compression: {head}: params {_count(before['params'])} -> {_count(after['params'])} ({ratios['params']}x), "
-        f"nonzero {_count(before['nonzero_params'])} -> {_count(after['nonzero_params'])} ({ratios['nonzero_params']}x), "
-        f"MACs {_count(before['macs'])} -> {_count(after['macs'])} ({ratios['macs']}x)",
-        f"  size fp32 {_count(before['size_bytes']['fp32'])}B -> {_count(after['size_bytes']['fp32'])}B ({ratios['size_fp32']}x), "
-        f"zipped {_count(before['size_bytes']['zip'])}B -> {_count(after['size_bytes']['zip'])}B ({ratios['size_zip']}x)",
-    ]
-    drift_ = summary["drift"]
-    for label, key in (("pruned", "before_recovery"), ("recovered", "after_recovery")):
-        d = drift_.get(key)
-        if d:
-            text = f"cosine {d['cosine']:.4f}, max |diff| {d['max_abs']:.3g}"
-            if d.get("top1_agreement") is not None:
-                text += f", top-1 agreement {d['top1_agreement']:.3f}"
-            if d.get("accuracy") is not None:
-                text += f", accuracy {d['accuracy']:.4f} (original {drift_['original_accuracy']:.4f})"
-            lines.append(f"  {label} vs original ({drift_['inputs']}): {text}")
-    recovery = summary.get("recovery")
-    if recovery:
-        rounds = f" x {recovery['rounds']} rounds" if recovery["rounds"] > 1 else ""
-        lines.append(
-            f"  recovery: {recovery['mode']}, {recovery['epochs']} epochs{rounds} on {recovery['samples']} samples of {recovery['data']}, "
-            f"loss {recovery['loss_first_epoch']:.4g} -> {recovery['loss_last_epoch']:.4g}"
-        )
-    for step in summary["steps"]:
-        lines.extend(f"  {step['method']}: {message}" for message in step.get("messages", ()))
-    return lines

@@ -1,0 +1,51 @@
+"""What a run was asked to do: :class:`ConvertSettings`, shared by ``edgex convert``,
+``validate``, ``explain``, ``compress`` and the matrix cells, and built in one place
+(:func:`make_settings`) whoever asks: the command line, the Python API or a matrix config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from edgex.core.errors import UsageError
+from edgex.core.types import PRECISIONS
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Options shared by ``edgex convert`` and ``edgex validate`` (and the matrix cells)."""
+
+    targets: tuple[str, ...] = ("onnx",)
+    #: None: each target's default precision; else one of ``PRECISIONS``
+    precision: str | None = None
+    samples: int = 32
+    seed: int = 0
+    #: a sample set or a path (.npy/.npz/image folder); None: the model's own, if it ships one
+    calibration: Any = None
+    #: parity inputs (a sample set or a path); None: calibration samples, else seeded random
+    parity_inputs: Any = None
+    #: labelled data for task accuracy ((samples, labels) or an .npz path with x, y)
+    eval_data: Any = None
+    atol: float | None = None
+    rtol: float | None = None
+    #: target options by option name (``--opset 17`` -> {"opset": 17})
+    options: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    #: compression steps (``edgex.core.compression.CompressionStep``) applied before converting
+    compression: tuple[Any, ...] = ()
+    #: for recovery: unlabelled (or labelled .npz) data; None: the calibration data
+    distill_data: Any = None
+
+    def __post_init__(self) -> None:
+        # checked when built, whoever builds them: a bad value is a usage error before any work
+        if self.precision == "none":  # the command line's name for "no quantization"
+            object.__setattr__(self, "precision", "fp32")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.samples < 1:
+            raise UsageError("--samples must be at least 1")
+
+
+def make_settings(base: ConvertSettings | None = None, **values: Any) -> ConvertSettings:
+    """``base`` (default settings when None) with ``values`` set; a value of None keeps the base's."""
+    return replace(base or ConvertSettings(), **{k: v for k, v in values.items() if v is not None})
