@@ -6,8 +6,11 @@ method are *dispatched*: edgex calls only the plugin that declared that target o
 that plugin returns the first (and only) result. Each hook is documented for users and plugin
 authors in ``docs/plugin_hooks.md``; a test keeps the two in step.
 
-Heavy frameworks must not be imported at module level of a plugin: ``edgex targets`` imports
-every plugin and must stay fast. Import them inside the hook implementations.
+Plugin authors import everything named here (``hookimpl``, the types, the errors, the layout
+helpers) from :mod:`edgex.plugins`, the whole public API for targets; the built-in targets
+import nothing else from edgex. Heavy frameworks must not be imported at module level of a
+plugin: ``edgex targets`` imports every plugin and must stay fast. Import them inside the hook
+implementations.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def edgex_backend_status(target: str) -> BackendStatus:
 
     Dispatched to the plugin that declared ``target``. Must be fast: check with
     ``importlib.util.find_spec`` and package metadata, never by importing a framework. When
-    unavailable, ``install_hint`` says what to install.
+    unavailable, ``install_hint`` says what to install. A target built on another target's
+    conversion asks :func:`edgex.plugins.target_status` for that target's status.
     """
 
 
@@ -80,7 +84,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     deletes them when it raised). Return a :class:`ConversionResult` whose ``io`` describes the
     artifact parity runs: one :class:`TensorBinding` per reference input and output, in the
     reference order, with the layout permutation and quantization the artifact uses.
-    Raise :class:`edgex.core.errors.TargetError` with a one-line message a user can act on
+    Raise :class:`edgex.plugins.TargetError` with a one-line message a user can act on
     when conversion is impossible. Runs in a child process.
     """
 
@@ -91,8 +95,8 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
 
     Dispatched to the plugin that declared ``target``. Read the artifact's inputs and outputs
     (names, shapes, dtypes, quantization) and relate them to ``reference.inputs`` (use
-    :func:`edgex.core.layout.infer_permutation` for the layout). Raise
-    :class:`edgex.core.errors.UsageError` when the file is not such an artifact.
+    :func:`edgex.plugins.infer_permutation` for the layout). Raise
+    :class:`edgex.plugins.UsageError` when the file is not such an artifact.
     """
 
 
@@ -135,7 +139,7 @@ def edgex_compress(request: CompressionRequest) -> CompressionResult:
     Dispatched to the plugin that declared the method. Return the compressed module (which may
     be ``request.module`` changed in place) in a :class:`CompressionResult` whose ``summary``
     joins the report's ``compression`` section. Raise
-    :class:`edgex.core.errors.UsageError` for options that cannot apply to this model.
+    :class:`edgex.plugins.UsageError` for options that cannot apply to this model.
     """
 
 

@@ -7,6 +7,7 @@ target is compared the same way.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -48,6 +49,37 @@ def infer_permutation(reference_shape: Sequence[int], artifact_shape: Sequence[i
         if len(perm) == len(ref) and tuple(ref[i] for i in perm) == art:
             return perm
     return None
+
+
+def match_names(reference_names: Sequence[str], names: Sequence[str], numbered_prefix: str | None = None) -> list[int] | None:
+    """For each reference name, the position in ``names`` of the tensor it corresponds to.
+
+    By name when both hold the same names; else, with ``numbered_prefix``, by the number of
+    ``<prefix>_N`` names (a converter's ``args_0``, ``output_1``...); else by position. ``None``
+    when the counts differ: each caller words that error for its own users.
+    """
+    names = list(names)
+    if len(names) != len(reference_names):
+        return None
+    if sorted(names) == sorted(reference_names):
+        return [names.index(n) for n in reference_names]
+    if numbered_prefix is not None:
+        numbered = {}
+        for position, name in enumerate(names):
+            match = re.fullmatch(rf"{re.escape(numbered_prefix)}_(\d+)", name)
+            if match:
+                numbered[int(match.group(1))] = position
+        if sorted(numbered) == list(range(len(names))):
+            return [numbered[i] for i in range(len(names))]
+    return list(range(len(names)))
+
+
+def match_outputs(reference_names: Sequence[str], io: ArtifactIO) -> list[int]:
+    """For each reference output, the index of the artifact output it corresponds to."""
+    order = match_names(reference_names, [b.name for b in io.outputs])
+    if order is None:
+        raise TargetError(f"the artifact has {len(io.outputs)} outputs but the reference model has {len(reference_names)}")
+    return order
 
 
 def quantize(x: np.ndarray, quant: QuantParams) -> np.ndarray:

@@ -50,6 +50,7 @@ ENTRY_POINT_GROUP = "edgex"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.onnx",
     "edgex.targets.tflite",
+    "edgex.targets.coral",
     "edgex.targets.coreml",
     "edgex.targets.mcu",
     "edgex.core.compression.pruning",

@@ -72,6 +72,10 @@ class BackendStatus:
     install_hint: str = ""
     detail: str = ""
 
+    def missing_message(self) -> str:
+        """The one sentence for an unavailable backend: what is missing, then what to install."""
+        return f"backend missing: {self.detail or self.backend}" + (f"; {self.install_hint}" if self.install_hint else "")
+
 
 @dataclass(frozen=True)
 class CompressorSpec:

@@ -1,15 +1,27 @@
-"""What plugin authors import: the ``hookimpl`` marker and the types of the contract.
+"""Everything a target author imports: the ``hookimpl`` marker, the types and errors of the
+contract, and the helpers the built-in targets use themselves.
 
 A third-party target is a module with ``@hookimpl`` functions, published under the ``edgex``
 entry-point group (``[project.entry-points.edgex] mytarget = "edgex_mytarget.plugin"``).
-See ``docs/writing_targets.md``.
+See ``docs/writing_targets.md``. The built-in targets (``edgex.targets``) import only from here,
+so this module is the whole plugin-facing surface of edgex.
+
+Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy
+(``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``,
+``reference_outputs``) load on first use.
 """
 
+from __future__ import annotations
+
 from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from edgex.core.errors import BackendMissingError, TargetError, UsageError, one_line
+from edgex.core import __version__
+from edgex.core.errors import BackendMissingError, EdgexError, TargetError, UsageError, one_line
+from edgex.core.isolation import start_isolated
+from edgex.core.sandbox import contained, offline
 from edgex.core.types import (
     Artifact,
     ArtifactIO,
@@ -32,7 +44,28 @@ from edgex.core.types import (
     Tracer,
 )
 
+if TYPE_CHECKING:
+    from edgex.core.layout import infer_permutation, layout_name, match_names, match_outputs
+    from edgex.core.parity import reference_outputs
+
 hookimpl = pluggy.HookimplMarker("edgex")
+
+#: helpers loaded on first use, by the module that holds them (both import numpy)
+_LAZY = {
+    "infer_permutation": "edgex.core.layout",
+    "layout_name": "edgex.core.layout",
+    "match_names": "edgex.core.layout",
+    "match_outputs": "edgex.core.layout",
+    "reference_outputs": "edgex.core.parity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgex.plugins' has no attribute {name!r}")
 
 
 def package_version(package: str) -> str | None:
@@ -42,10 +75,29 @@ def package_version(package: str) -> str | None:
     except metadata.PackageNotFoundError:
         return None
 
+
+def target_status(name: str) -> BackendStatus:
+    """Whether another target's backend is here, as its own plugin answers (a target built on
+    another one's conversion asks this instead of calling that plugin's hook)."""
+    from edgex.core.plugin_manager import get_manager
+
+    return get_manager().backend_status(name)
+
+
 __all__ = [
+    "__version__",
     "hookimpl",
+    "contained",
+    "infer_permutation",
+    "layout_name",
+    "match_names",
+    "match_outputs",
+    "offline",
     "one_line",
     "package_version",
+    "reference_outputs",
+    "start_isolated",
+    "target_status",
     "Artifact",
     "ArtifactIO",
     "ArtifactTrace",
@@ -56,6 +108,7 @@ __all__ = [
     "CompressorSpec",
     "ConversionRequest",
     "ConversionResult",
+    "EdgexError",
     "QuantParams",
     "ReferenceModel",
     "Runtime",

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from edgex.core.types import BackendStatus, TargetSpec
+from edgex.plugins import BackendStatus, TargetSpec
 
 
 def tiny_cnn(channels: int = 3, size: int = 16, classes: int = 10):
@@ -96,7 +96,7 @@ def check_target_conformance(
     status = manager.backend_status(target)
     assert isinstance(status, BackendStatus), f"{target}: edgex_backend_status must return BackendStatus"
     if not status.available:
-        pytest.skip(f"{target} backend unavailable: {status.detail or status.backend}")
+        pytest.skip(f"{target}: {status.missing_message()}")
     if model is None:
         model, example_inputs = tiny_cnn()
     if calibration is None:

@@ -32,9 +32,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import TargetError, UsageError
-from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
+    __version__,
+    infer_permutation,
+    layout_name,
     one_line,
     package_version,
     Artifact,
@@ -43,11 +44,13 @@ from edgex.plugins import (
     ConversionRequest,
     ConversionResult,
     ReferenceModel,
+    TargetError,
     TargetOption,
     TargetSpec,
     TensorBinding,
     TracedTensor,
     ArtifactTrace,
+    UsageError,
     hookimpl,
 )
 
@@ -283,8 +286,6 @@ def _stamp(mlmodel: Any, request: ConversionRequest, compression: str, path: str
 
     ``edgex.conversion_path`` tells ``edgex explain`` how the program's var names relate to the
     torch graph (a trace names them after TorchScript values)."""
-    from edgex.core import __version__
-
     mlmodel.short_description = f"{request.model.spec} converted by edgex {__version__}"
     metadata_ = mlmodel.user_defined_metadata
     metadata_["edgex.version"] = __version__

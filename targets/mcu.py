@@ -1,7 +1,7 @@
 """Target ``mcu`` (alias ``tflm``): TensorFlow Lite Micro on microcontrollers.
 
 Artifact: the full-int8 ``.tflite`` of the tflite target's conversion (one implementation, in
-``edgex.targets.tflite.full_int8``), checked for what TFLM needs (every tensor int8/int32, a TFLM
+``edgex.targets.litert.full_int8``), checked for what TFLM needs (every tensor int8/int32, a TFLM
 kernel for every operator, no offset buffers), plus the firmware's view of it:
 ``model_data.cc`` / ``model_data.h`` (the model as ``alignas(16) const unsigned char g_model[]``,
 TFLM's generate_cc_arrays.py convention) and ``model_ops.h`` (a ``MicroMutableOpResolver``
@@ -27,9 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import TargetError, UsageError
 from edgex.plugins import (
+    match_names,
     package_version,
+    target_status,
     Artifact,
     ArtifactIO,
     BackendStatus,
@@ -37,10 +38,12 @@ from edgex.plugins import (
     ConversionResult,
     ReferenceModel,
     TargetOption,
+    TargetError,
     TargetSpec,
+    UsageError,
     hookimpl,
 )
-from edgex.targets import mcu_memory, mcu_model, mcu_vela
+from edgex.targets import litert, mcu_memory, mcu_model, mcu_vela
 
 DEFAULT_ARRAY_NAME = "g_model"
 #: samples the LiteRT bit-exactness comparison keeps (parity and evaluation runs together)
@@ -80,11 +83,7 @@ def edgex_targets():
 def edgex_backend_status(target: str) -> BackendStatus:
     if importlib.util.find_spec("tflite_micro") is None:
         return BackendStatus(False, "tflite-micro", "pip install 'edgex[mcu]'", "tflite-micro (TFLM's Python interpreter) is not installed")
-    try:
-        from edgex.targets import tflite
-    except ImportError:
-        return BackendStatus(False, "tflite-micro", "pip install 'edgex[mcu]'", "the full-int8 conversion (edgex.targets.tflite) is missing")
-    converter = tflite.edgex_backend_status("tflite")
+    converter = target_status("tflite")  # the full-int8 conversion is the tflite target's
     if not converter.available:
         return BackendStatus(False, f"tflite-micro {package_version('tflite-micro')}", converter.install_hint or "pip install 'edgex[mcu]'", f"the full-int8 conversion needs: {converter.detail or converter.backend}")
     vela = f", vela {package_version('ethos-u-vela')} for Ethos-U" if mcu_vela.vela_available() else " (vela not installed: no Ethos-U compilation)"
@@ -129,10 +128,8 @@ def memory_report(graph: Any, data: bytes, device: mcu_memory.Device | None, sta
 
 @hookimpl
 def edgex_convert(request: ConversionRequest) -> ConversionResult:
-    from edgex.targets import tflite
-
     options = McuOptions.from_mapping(request.options)
-    base = tflite.full_int8(request)  # full int8 and checked to be (tflite.check_full_int8)
+    base = litert.full_int8(request)  # full int8 and checked to be (litert.check_full_int8)
     path = Path(base.io.path)
     data = path.read_bytes()
     graph = mcu_model.read(path)
@@ -177,8 +174,6 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
 
 @hookimpl
 def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
-    from edgex.targets import tflite
-
     path = Path(path)
     if path.suffix in (".cc", ".h"):
         raise UsageError(f"{path.name} is C source: validate the .tflite it was generated from")
@@ -190,7 +185,7 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
     problem = mcu_model.full_int8_problem(graph)
     if problem:
         raise UsageError(f"{path.name}: {problem}; the mcu target validates full-int8 models")
-    return tflite.describe_tflite(path, reference)
+    return litert.describe_tflite(path, reference)
 
 
 # --------------------------------------------------------------------------- running
@@ -235,11 +230,10 @@ class TFLMRuntime:
 
     @staticmethod
     def _order(binding_names: Sequence[str], model_names: Sequence[str]) -> list[int]:
-        if len(binding_names) != len(model_names):
+        order = match_names(binding_names, model_names)
+        if order is None:
             raise TargetError(f"the artifact binds {len(binding_names)} tensors but the model has {len(model_names)}", stage="validate")
-        if set(binding_names) == set(model_names):
-            return [list(model_names).index(name) for name in binding_names]
-        return list(range(len(binding_names)))
+        return order
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         failure: BaseException | None = None
@@ -262,10 +256,8 @@ class TFLMRuntime:
         if not self._ran:
             return {"samples": 0}
         try:
-            from edgex.targets import tflite
-
-            litert = tflite.LiteRTRuntime(self.path, self.input_names, self.output_names)
-            theirs = [[np.asarray(o) for o in litert.run(inputs)] for inputs, _ in self._ran]
+            on_litert = litert.LiteRTRuntime(self.path, self.input_names, self.output_names)
+            theirs = [[np.asarray(o) for o in on_litert.run(inputs)] for inputs, _ in self._ran]
         except Exception as exc:  # the report says why; TFLM parity against torch still stands
             return {"samples": len(self._ran), "error": f"LiteRT could not run the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
         differing = compared = 0
@@ -282,7 +274,7 @@ class TFLMRuntime:
                     histogram[value] = histogram.get(value, 0) + count
         within_one = sum(count for value, count in histogram.items() if value <= 1)
         return {
-            "backend": litert.backend,
+            "backend": on_litert.backend,
             "samples": len(self._ran),
             "outputs_compared": compared,
             "outputs_differing": differing,
@@ -309,10 +301,8 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) 
 
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
-    from edgex.targets.tflite import LiteRTTracer
-
     note = (
         "TFLM's Python interpreter cannot expose intermediate tensors: explain ran the same .tflite on LiteRT's "
         "reference kernels (the ones TFLM's are ported from), not on TFLM; edgex validate's litert_comparison says how far the two differ"
     )
-    return LiteRTTracer(io, reference_kernels=True, notes=(note,))
+    return litert.LiteRTTracer(io, reference_kernels=True, notes=(note,))

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from edgex.core.errors import TargetError, UsageError
+from edgex.plugins import TargetError, UsageError
 
 #: TFLM framework code (interpreter, allocator, planner; no kernels) on an Arm Cortex-M3, bytes
 TFLM_FRAMEWORK_CODE_BYTES = 9732

@@ -5,7 +5,7 @@ TensorFlow import) and the model is held to what TFLM needs, before any interpre
 
 - full int8: every tensor int8/int32, int8 inputs and outputs, sane scales (a float
   DEQUANTIZE/QUANTIZE island would fall back to float kernels, or not run at all). The check is
-  the tflite target's :func:`edgex.targets.tflite.check_full_int8`, the one ``full_int8`` applies
+  :func:`edgex.targets.litert.check_full_int8`, the one ``full_int8`` applies
   to every conversion; here it guards files handed to ``edgex validate``;
 - a TFLM kernel for every operator of every subgraph (``data/tflm_ops.json``: the
   ``MicroMutableOpResolver`` method of each builtin, taken from TFLM's sources);
@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgex.core.errors import TargetError, UsageError
+from edgex.plugins import TargetError, UsageError
 
 #: bytes per line of the generated C array
 BYTES_PER_LINE = 12
@@ -80,7 +80,7 @@ def _name_list(names: Sequence[str], limit: int = 6) -> str:
 
 def full_int8_problem(graph: Any) -> str | None:
     """The tflite target's full-int8 verdict as one line naming the tensors, or None."""
-    from edgex.targets.tflite import RejectedArtifact, check_full_int8
+    from edgex.targets.litert import RejectedArtifact, check_full_int8
 
     try:
         check_full_int8(graph)
@@ -123,7 +123,7 @@ def offset_buffer_problem(graph: Any) -> str | None:
 def check_for_tflm(graph: Any, *, error: type = TargetError, full_int8: bool = True) -> None:
     """Raise ``error`` with every reason TFLM cannot run the model, in one line.
 
-    ``full_int8=False`` skips the full-int8 check for a model ``tflite.full_int8`` just made
+    ``full_int8=False`` skips the full-int8 check for a model ``litert.full_int8`` just made
     (it checked exactly that).
     """
     checks = [missing_ops_problem(graph), offset_buffer_problem(graph)]

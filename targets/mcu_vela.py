@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgex.core.errors import TargetError
+from edgex.plugins import TargetError
 
 #: Arm's system configurations with SRAM + off-chip flash, the microcontroller memory map
 DEFAULT_SYSTEM_CONFIG = {"ethos-u55": "Ethos_U55_High_End_Embedded", "ethos-u65": "Ethos_U65_Embedded"}

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import EdgexError, TargetError, UsageError, one_line
+from edgex.plugins import EdgexError, TargetError, UsageError, one_line
 
 ENGINE = "edgex MIL reference interpreter"
 

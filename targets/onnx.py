@@ -26,9 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import TargetError, UsageError
-from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
+    infer_permutation,
+    layout_name,
     one_line,
     package_version,
     Artifact,
@@ -38,11 +38,13 @@ from edgex.plugins import (
     ConversionResult,
     QuantParams,
     ReferenceModel,
+    TargetError,
     TargetOption,
     TargetSpec,
     TensorBinding,
     TracedTensor,
     ArtifactTrace,
+    UsageError,
     hookimpl,
 )
 

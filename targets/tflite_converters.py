@@ -12,7 +12,7 @@ Accepts an ONNX reference too.
 Each path writes one .tflite into ``work`` and returns a picklable :class:`PathResult`; callers
 run :func:`convert_with` in a process of its own (converters segfault). No path touches the
 network (onnx2tf's sample-image download is pre-empted by a file made from the user's data, and
-sockets are refused: ``edgex.core.sandbox``) or writes outside ``work``.
+sockets are refused: ``edgex.plugins.offline``) or writes outside ``work``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgex.core.sandbox import contained, offline
-from edgex.plugins import package_version
-from edgex.core.types import ReferenceModel
+from edgex.plugins import ReferenceModel, contained, offline, package_version
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)

@@ -16,7 +16,7 @@ import pytest
 from edgex.core import api
 from edgex.core.cli import main
 from edgex.plugins.testing import check_target_conformance, perturbed, tiny_cnn
-from edgex.targets import tflite
+from edgex.targets import litert
 from edgex.targets import tflite_converters as converters
 from edgex.targets.tflite_graph import read_graph, rewrite
 
@@ -99,14 +99,14 @@ def test_swapped_layout_in_the_artifact_fails_parity(digits_int8, tmp_path):
 
 def test_wrong_int8_output_scale_fails_parity(digits_int8, tmp_path, monkeypatch):
     path, _ = digits_int8
-    honest = tflite.describe_tflite
+    honest = litert.describe_tflite
 
     def wrong_scale(artifact, reference):
         io = honest(artifact, reference)
         out = io.outputs[0]
         return replace(io, outputs=(replace(out, quant=replace(out.quant, scale=out.quant.scale * 1.25)),))
 
-    monkeypatch.setattr(tflite, "describe_tflite", wrong_scale)  # the forked child sees it too
+    monkeypatch.setattr(litert, "describe_tflite", wrong_scale)  # the forked child sees it too
     row = _row(api.validate(path, "examples:digits", out=tmp_path, samples=16))
     assert row.status == "failed", row.messages
 
@@ -118,8 +118,8 @@ def test_full_int8_check_rejects_float_tensors_naming_them(tmp_path):
     model, example = tiny_cnn()
     report = api.convert(model, ["tflite"], out=tmp_path, example_inputs=example, precision="dynamic-int8", samples=4)
     graph = read_graph(tmp_path / _row(report).artifacts[0])
-    with pytest.raises(tflite.RejectedArtifact, match=r"not full int8: \d+ tensors are not int8/int32 \(float32"):
-        tflite.check_full_int8(graph)
+    with pytest.raises(litert.RejectedArtifact, match=r"not full int8: \d+ tensors are not int8/int32 \(float32"):
+        litert.check_full_int8(graph)
 
 
 def test_full_int8_check_rejects_a_poisoned_scale(digits_int8, tmp_path):
@@ -136,8 +136,8 @@ def test_full_int8_check_rejects_a_poisoned_scale(digits_int8, tmp_path):
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     poisoned = tmp_path / "poisoned.tflite"
     poisoned.write_bytes(builder.Output())
-    with pytest.raises(tflite.RejectedArtifact, match="scale 1.3e\\+36"):
-        tflite.check_full_int8(read_graph(poisoned))
+    with pytest.raises(litert.RejectedArtifact, match="scale 1.3e\\+36"):
+        litert.check_full_int8(read_graph(poisoned))
 
 
 def test_litert_runtime_falls_back_when_xnnpack_declines(digits_int8, tmp_path):
@@ -155,11 +155,11 @@ def test_litert_runtime_falls_back_when_xnnpack_declines(digits_int8, tmp_path):
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     declined = tmp_path / "declined.tflite"
     declined.write_bytes(builder.Output())
-    runtime = tflite.LiteRTRuntime(declined)
+    runtime = litert.LiteRTRuntime(declined)
     assert "builtin kernels" in runtime.backend and "XNNPACK" in runtime.backend
     out = runtime.run([np.zeros((1, 8, 8, 1), np.int8)])
     assert out[0].shape == (1, 10) and out[0].dtype == np.int8
-    assert "default kernels" in tflite.LiteRTRuntime(path).backend
+    assert "default kernels" in litert.LiteRTRuntime(path).backend
 
 
 # --------------------------------------------------------------------------- converter paths

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgex.core.layout import infer_permutation, layout_name
 from edgex.plugins import (
     Artifact, ArtifactIO, BackendStatus, ConversionResult, TargetSpec, TensorBinding, UsageError, hookimpl,
+    infer_permutation, layout_name,
 )
 
 

@@ -1,0 +1,664 @@
+"""LiteRT, shared by the ``tflite``, ``coral`` and ``mcu`` targets: conversion, checks, bindings, runtime.
+
+- conversion: :func:`convert_tflite` (fp32, fp16, dynamic-int8, int8) tries the converter paths
+  of ``edgex.targets.tflite_converters`` in order, the next one when a path fails or its result
+  does not pass edgex's own checks, and says which produced the artifact and why the others were
+  not used. :func:`full_int8` is the one full-int8 conversion behind ``tflite --quantize int8``,
+  ``coral`` and ``mcu``; :func:`check_full_int8` its check (:class:`RejectedArtifact`).
+- describing: :func:`describe_tflite` and :func:`bindings` relate a ``.tflite``'s tensors to the
+  reference (image tensors NHWC, int8 scales).
+- running: :class:`LiteRTRuntime` (parity) and :class:`LiteRTTracer` (``edgex explain``) on the
+  LiteRT interpreter; :func:`tensor_modules` reads the torch modules a tensor name records.
+
+No target is declared here: ``tflite.py``, ``coral.py`` and ``mcu.py`` declare theirs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgex.plugins import (
+    __version__,
+    infer_permutation,
+    layout_name,
+    match_names,
+    one_line,
+    package_version,
+    reference_outputs,
+    start_isolated,
+    Artifact,
+    ArtifactIO,
+    ArtifactTrace,
+    ConversionRequest,
+    ConversionResult,
+    EdgexError,
+    QuantParams,
+    ReferenceModel,
+    TargetError,
+    TargetOption,
+    TensorBinding,
+    TracedTensor,
+    UsageError,
+)
+
+CONVERTER_ORDER = ("litert-torch", "onnx2tf")
+#: calibration beyond this many samples adds time, not accuracy: the rest is left out (and said)
+MAX_CALIBRATION_SAMPLES = 1000
+#: an activation scale above this means calibration saw an infinity (e.g. a -inf max-pool pad)
+MAX_SANE_SCALE = 1e6
+#: below this an activation's range collapsed in calibration: XNNPACK refuses such models
+MIN_SANE_SCALE = 1e-7
+
+#: the options of every target converting with :func:`convert_tflite` (tflite, coral)
+CONVERTER_OPTIONS = (
+    TargetOption(
+        "tflite_converter",
+        "TFLite converter path: auto (litert-torch, then onnx2tf), litert-torch or onnx2tf",
+        str, "auto", ("auto", *CONVERTER_ORDER),
+    ),
+)
+#: why ``edgex explain`` does not trace the way ``edgex validate`` runs (LiteRTTracer's note)
+XNNPACK_TRACE_NOTE = (
+    "the XNNPACK delegate, which edgex validate uses where it applies, hides the tensors inside its partitions: "
+    "explain runs LiteRT's builtin kernels"
+)
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def interpreter_installed() -> bool:
+    """Whether a LiteRT interpreter is installed (ai-edge-litert, tflite-runtime or TensorFlow)."""
+    return _installed("ai_edge_litert") or _installed("tflite_runtime") or _installed("tensorflow")
+
+
+def interpreter_name() -> str:
+    """The interpreter :class:`LiteRTRuntime` would use, named without importing it."""
+    return f"LiteRT {package_version('ai-edge-litert')}" if _installed("ai_edge_litert") else "tflite-runtime / tf.lite"
+
+
+def converter_paths() -> list[str]:
+    """The converter paths installed here, in :data:`CONVERTER_ORDER`."""
+    paths = []
+    if _installed("litert_torch", "ai_edge_quantizer"):
+        paths.append("litert-torch")
+    if _installed("onnx2tf", "tensorflow", "tf_keras", "onnx"):
+        paths.append("onnx2tf")
+    return paths
+
+
+# --------------------------------------------------------------------------- bindings
+
+
+def _quant(tensor: Any) -> QuantParams | None:
+    if tensor.dtype in ("int8", "uint8", "int16") and tensor.scales:
+        return QuantParams(float(tensor.scales[0]), int(tensor.zero_points[0]) if tensor.zero_points else 0, tensor.dtype)
+    return None
+
+
+def _binding(tensor: Any, perm: tuple[int, ...] | None) -> TensorBinding:
+    rank = len(tensor.shape)
+    perm = tuple(perm) if perm is not None and tuple(perm) != tuple(range(rank)) else None
+    return TensorBinding(tensor.name, tensor.shape, tensor.dtype, layout_name(rank, perm), perm, _quant(tensor))
+
+
+def _ordered(names_and_indices: Sequence[tuple[str, int]], reference: Sequence[str], prefix: str) -> list[int] | None:
+    """Tensor indices in the reference's order, from signature names (by name, or args_N / output_N)."""
+    positions = match_names(reference, [n for n, _ in names_and_indices], numbered_prefix=prefix)
+    return None if positions is None else [names_and_indices[p][1] for p in positions]
+
+
+def _io_tensors(graph: Any, reference: ReferenceModel) -> tuple[list[int], list[int]]:
+    """The model's input and output tensors, in the reference's input and output order."""
+    inputs = _ordered(graph.signature_inputs, [s.name for s in reference.inputs], "args") if graph.signature_inputs else None
+    outputs = _ordered(graph.signature_outputs, list(reference.output_names), "output") if graph.signature_outputs else None
+    return inputs or list(graph.inputs), outputs or list(graph.outputs)
+
+
+def _perm_for(reference_shape: Sequence[int], tensor: Any, expected: tuple[int, ...] | None, what: str, path: Path) -> tuple[int, ...] | None:
+    """The layout permutation of one tensor: the expected one when the shapes agree, else inferred."""
+    reference_shape = tuple(int(d) for d in reference_shape)
+    if expected is not None and tuple(reference_shape[p] for p in expected) == tensor.shape:
+        return expected
+    if expected is None and len(reference_shape) == 4:
+        nhwc = tuple(reference_shape[p] for p in (0, 2, 3, 1))
+        if nhwc == tensor.shape and reference_shape != tensor.shape:
+            return (0, 2, 3, 1)
+    perm = infer_permutation(reference_shape, tensor.shape)
+    if perm is None:
+        raise TargetError(f"{what} {tensor.name!r} of {Path(path).name} has shape {list(tensor.shape)}, which no layout maps to the reference's {list(reference_shape)}")
+    return perm
+
+
+def bindings(
+    graph: Any,
+    reference: ReferenceModel,
+    output_shapes: Sequence[Sequence[int]],
+    input_perms: Sequence[tuple[int, ...] | None] | None = None,
+    output_perms: Sequence[tuple[int, ...] | None] | None = None,
+) -> tuple[tuple[TensorBinding, ...], tuple[TensorBinding, ...]]:
+    """Input and output bindings of a .tflite, in the reference's order, layouts checked by shape."""
+    input_indices, output_indices = _io_tensors(graph, reference)
+    if len(input_indices) != len(reference.inputs):
+        raise UsageError(f"{graph.path.name} takes {len(input_indices)} inputs but the reference model takes {len(reference.inputs)}")
+    if len(output_indices) != len(output_shapes):
+        raise UsageError(f"{graph.path.name} has {len(output_indices)} outputs but the reference model has {len(output_shapes)}")
+    inputs = []
+    for i, (index, spec) in enumerate(zip(input_indices, reference.inputs)):
+        expected = input_perms[i] if input_perms else None
+        tensor = graph.tensor(index)
+        inputs.append(_binding(tensor, _perm_for(spec.shape, tensor, expected, "input", graph.path)))
+    outputs = []
+    for i, (index, shape) in enumerate(zip(output_indices, output_shapes)):
+        expected = output_perms[i] if output_perms else None
+        tensor = graph.tensor(index)
+        outputs.append(_binding(tensor, _perm_for(shape, tensor, expected, "output", graph.path)))
+    return tuple(inputs), tuple(outputs)
+
+
+def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], reference: ReferenceModel, converter: str) -> bytes:
+    """What edgex writes into the .tflite so that ``edgex validate`` needs no guessing."""
+    def entry(name: str, binding: TensorBinding) -> dict[str, Any]:
+        return {"reference": name, "tensor": binding.name, "perm": list(binding.perm) if binding.perm else None}
+
+    data = {
+        "edgex_version": __version__,
+        "precision": precision,
+        "converter": converter,
+        "inputs": [entry(s.name, b) for s, b in zip(reference.inputs, inputs)],
+        "outputs": [entry(n, b) for n, b in zip(reference.output_names, outputs)],
+    }
+    return json.dumps(data, sort_keys=True).encode("utf-8")
+
+
+def _infer_precision(graph: Any, inputs: Sequence[TensorBinding]) -> str:
+    if any(b.quant is not None for b in inputs):
+        return "int8"
+    constants = [t for t in graph.tensors if t.constant]
+    if any(t.dtype == "int8" for t in constants):
+        return "dynamic-int8"
+    if any(t.dtype == "float16" for t in constants):
+        return "fp16"
+    return "fp32"
+
+
+def _reference_output_shapes(reference: ReferenceModel) -> list[tuple[int, ...]]:
+    sample = reference_outputs(reference, [tuple(reference.example_inputs)])[0]
+    return [tuple(int(d) for d in np.shape(o)) for o in sample]
+
+
+def describe_tflite(path: Path, reference: ReferenceModel) -> ArtifactIO:
+    """Inputs and outputs of a .tflite related to ``reference`` (layouts from edgex's metadata,
+    else inferred from shapes), with the artifact's int8 scales."""
+    from edgex.targets.tflite_graph import read_graph
+
+    path = Path(path)
+    try:
+        graph = read_graph(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} as a .tflite model: {one_line(exc)}") from exc
+    output_shapes = _reference_output_shapes(reference)
+    stamp = graph.edgex_metadata()
+    input_perms = output_perms = None
+    if stamp and len(stamp.get("inputs", ())) == len(reference.inputs) and len(stamp.get("outputs", ())) == len(output_shapes):
+        names = {t.name: t.index for t in graph.tensors}
+        if all(e["tensor"] in names for e in stamp["inputs"] + stamp["outputs"]):
+            graph.signature_inputs = [(e["reference"], names[e["tensor"]]) for e in stamp["inputs"]]
+            graph.signature_outputs = [(e["reference"], names[e["tensor"]]) for e in stamp["outputs"]]
+            input_perms = [tuple(e["perm"]) if e["perm"] else tuple(range(len(s.shape))) for e, s in zip(stamp["inputs"], reference.inputs)]
+            output_perms = [tuple(e["perm"]) if e["perm"] else tuple(range(len(s))) for e, s in zip(stamp["outputs"], output_shapes)]
+    try:
+        inputs, outputs = bindings(graph, reference, output_shapes, input_perms, output_perms)
+    except TargetError as exc:
+        raise UsageError(exc.message) from exc
+    precision = (stamp or {}).get("precision") or _infer_precision(graph, inputs)
+    return ArtifactIO(path, precision, inputs, outputs)
+
+
+# --------------------------------------------------------------------------- int8 checks
+
+
+class RejectedArtifact(Exception):
+    """A converter produced a file, but not one edgex can hand on (float islands, broken scales)."""
+
+
+def _tensor_label(graph: Any, tensor: Any) -> str:
+    producer = graph.producer(tensor.index)
+    return f"{producer.name} #{producer.index} -> {tensor.name!r}" if producer is not None else repr(tensor.name)
+
+
+def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
+    """Every tensor int8 (int32 only for biases and shape parameters), int8 inputs and outputs,
+    sane activation scales; returns (summary, warnings) or raises :class:`RejectedArtifact`."""
+    not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in ("int8", "int32")]
+    if not_int:
+        shown = ", ".join(f"{t.dtype} {_tensor_label(graph, t) if sub == 0 else repr(t.name)}" for sub, t in not_int[:3])
+        more = f" and {len(not_int) - 3} more" if len(not_int) > 3 else ""
+        raise RejectedArtifact(f"not full int8: {len(not_int)} tensors are not int8/int32 ({shown}{more})")
+    for kind, indices in (("input", graph.inputs), ("output", graph.outputs)):
+        for index in indices:
+            tensor = graph.tensor(index)
+            if tensor.dtype != "int8" or not tensor.quantized:
+                raise RejectedArtifact(f"model {kind} {tensor.name!r} is {tensor.dtype}, not quantized int8")
+    warnings, collapsed = [], []
+    for tensor in graph.tensors:
+        if tensor.constant or tensor.dtype != "int8":
+            continue
+        if not tensor.quantized:
+            raise RejectedArtifact(f"int8 tensor {_tensor_label(graph, tensor)} carries no scale")
+        scale = tensor.scales[0]
+        if not math.isfinite(scale) or scale <= 0 or scale > MAX_SANE_SCALE:
+            raise RejectedArtifact(
+                f"calibration gave tensor {_tensor_label(graph, tensor)} the scale {scale:.3g}: an infinite or NaN value "
+                "reached it during calibration (e.g. -inf padding before a max-pool), so its int8 values carry no signal"
+            )
+        if scale < MIN_SANE_SCALE:
+            collapsed.append(f"{_tensor_label(graph, tensor)} (scale {scale:.3g})")
+    if collapsed:
+        warnings.append(
+            f"{len(collapsed)} int8 tensors have a near-zero calibration range, e.g. {collapsed[0]}: fine where the "
+            "tensor is zero by construction, noise otherwise (unrepresentative calibration data?); XNNPACK may refuse such models"
+        )
+    weighted = [
+        op for op in graph.operators
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D") and len(op.inputs) > 1 and op.inputs[1] >= 0
+    ]
+    per_tensor = [f"{op.name} #{op.index}" for op in weighted if not graph.tensor(op.inputs[1]).per_channel]
+    summary: dict[str, Any] = {
+        "all_tensors_int8_or_int32": True,
+        "weight_tensors": len(weighted),
+        "per_channel_weight_tensors": len(weighted) - len(per_tensor),
+    }
+    if per_tensor:
+        summary["per_tensor_weights"] = per_tensor
+    return summary, warnings
+
+
+# --------------------------------------------------------------------------- converting
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    path: str
+    outcome: str  # "used", "failed", "rejected", "not tried"
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "outcome": self.outcome, **({"reason": self.reason} if self.reason else {})}
+
+
+def _path_order(request: ConversionRequest) -> tuple[list[str], str]:
+    """Which converter paths to try, in order, and why that order."""
+    wanted = (request.options.get("tflite_converter") or "auto").lower()
+    available = converter_paths()
+    if request.model.module is None:
+        order, why = ["onnx2tf"], "the reference is an ONNX file: only onnx2tf converts from ONNX"
+    elif wanted != "auto":
+        order, why = [wanted], f"--tflite-converter {wanted}"
+    else:
+        order = list(CONVERTER_ORDER)
+        why = (
+            "litert-torch first: it converts straight from torch.export (no ONNX hop), keeps images NHWC without "
+            "transposes and its int8 path calibrates max-pool padding correctly; onnx2tf when litert-torch cannot "
+            "(ops it cannot lower, models torch.export cannot trace that the TorchScript ONNX exporter can)"
+        )
+    missing = [p for p in order if p not in available]
+    order = [p for p in order if p in available]
+    if not order:
+        raise TargetError(f"no TFLite converter for this model is installed ({', '.join(missing)} missing): pip install 'edgex[tflite]'", stage="convert")
+    return order, why
+
+
+def _calibration(request: ConversionRequest, precision: str, messages: list[str]) -> tuple[tuple[np.ndarray, ...], ...] | None:
+    if precision != "int8":
+        return None
+    if not request.calibration:
+        raise UsageError("full int8 needs calibration data: pass --calibration FILE|DIR")
+    batches = tuple(request.calibration)
+    if len(batches) > MAX_CALIBRATION_SAMPLES:
+        messages.append(f"calibrated on the first {MAX_CALIBRATION_SAMPLES} of {len(batches)} calibration samples")
+        batches = batches[:MAX_CALIBRATION_SAMPLES]
+    return batches
+
+
+def _aten_ops(text: str) -> list[str]:
+    found = []
+    for name in re.findall(r"aten(?:\.|::)([A-Za-z0-9_]+)", text):
+        if name not in found and name not in ("default", "Tensor"):
+            found.append(name)
+    return found
+
+
+def _module_of_op(model: ReferenceModel, op: str) -> str | None:
+    """The torch module (path and type) whose forward calls aten ``op``, from torch.export's
+    ``nn_module_stack`` (before and after decompositions, since converters see the latter)."""
+    import torch
+
+    try:
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+        program = torch.export.export(model.module, args, strict=False)
+    except Exception:
+        return None
+
+    def search(graph: Any) -> str | None:
+        for node in graph.nodes:
+            name = getattr(node.target, "_opname", None) if node.op == "call_function" else None
+            if name and (name == op or name.endswith("_" + op) or op.endswith("_" + name)):
+                stack = list((node.meta.get("nn_module_stack") or {}).values())
+                if stack:
+                    path, kind = stack[-1]
+                    return f"{kind.rsplit('.', 1)[-1]} at {path or '(root)'!r}"
+                return "the model's own forward (no submodule)"
+        return None
+
+    found = search(program.graph)
+    if found is None:
+        try:
+            found = search(program.run_decompositions().graph)
+        except Exception:
+            found = None
+    return found
+
+
+def _no_path_error(model: ReferenceModel, attempts: Sequence[_Attempt]) -> TargetError:
+    """One line: which op no path could convert and which torch module it came from."""
+    summary = "; ".join(f"{a.path}: {a.reason}" for a in attempts)
+    ops = _aten_ops(" ".join(a.reason for a in attempts))
+    if ops and model.module is not None:
+        op = ops[0]
+        where = _module_of_op(model, op)
+        origin = f" in torch module {where}" if where else ""
+        return TargetError(f"no converter path can convert op aten.{op}{origin} ({summary})", stage="convert")
+    onnx_ops = re.findall(r"onnx2tf\.ops\.([A-Za-z0-9_]+)", summary)
+    if onnx_ops:
+        return TargetError(f"no converter path can convert ONNX op {onnx_ops[0]} ({summary})", stage="convert")
+    if any(a.outcome == "rejected" for a in attempts):
+        return TargetError(f"no converter path produced a usable model ({summary})", stage="convert")
+    return TargetError(f"every TFLite converter path failed ({summary})", stage="convert")
+
+
+def _precision_tag(precision: str) -> str:
+    return precision.replace("-", "_")
+
+
+def convert_tflite(request: ConversionRequest, precision: str | None = None) -> ConversionResult:
+    """The ``tflite`` conversion: try each converter path, check, stamp and keep the first good one."""
+    from edgex.targets.tflite_converters import convert_with
+    from edgex.targets.tflite_graph import rewrite
+
+    precision = precision or request.precision
+    model = request.model
+    messages: list[str] = []
+    calibration = _calibration(request, precision, messages)
+    order, why = _path_order(request)
+    output_shapes = _reference_output_shapes(model)
+    ranks = [len(s) for s in output_shapes]
+    scratch = request.workdir / ".converting"
+    attempts: list[_Attempt] = []
+    chosen = None
+    try:
+        for name in order:
+            folder = scratch / name
+            folder.mkdir(parents=True)
+            try:
+                # each path in its own process: converters segfault, and a crash must fall back, not end the target
+                result = start_isolated(
+                    lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks),
+                    what=f"the {name} converter",
+                ).wait()
+            except Exception as exc:
+                attempts.append(_Attempt(name, "failed", one_line(exc)))
+                continue
+            try:
+                chosen = _accept(request, precision, result, output_shapes)
+            except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
+                attempts.append(_Attempt(name, "rejected", one_line(exc)))
+                continue
+            attempts.append(_Attempt(name, "used"))
+            break
+        if chosen is None:
+            raise _no_path_error(model, attempts)
+        result, graph, inputs, outputs, checks, warnings = chosen
+        final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
+        shutil.move(result.path, final)
+        rewrite(final, {"edgex": layout_metadata(precision, inputs, outputs, model, result.converter)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    attempts += [_Attempt(p, "not tried") for p in order[len(attempts):]]
+    for attempt in attempts:
+        if attempt.outcome in ("failed", "rejected"):
+            messages.append(f"converter {attempt.path} {attempt.outcome}: {attempt.reason}")
+    messages += list(result.messages) + warnings
+    used = next(a.path for a in attempts if a.outcome == "used")
+    details: dict[str, Any] = {"conversion": {"path": used, "order": why, "tried": [a.to_json() for a in attempts]}}
+    if checks:
+        details["int8_checks"] = checks
+    io = ArtifactIO(final, precision, inputs, outputs)
+    return ConversionResult((Artifact(final, "tflite"),), io, result.converter, tuple(messages), details)
+
+
+def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]]) -> tuple[Any, ...]:
+    """Read a path's .tflite back and check it: layout by shape, full int8 where asked."""
+    from edgex.targets.tflite_graph import read_graph, rewrite
+
+    narrowed = rewrite(Path(result.path), narrow_int64=precision == "int8", compact_names=True)
+    graph = read_graph(Path(result.path))
+    inputs, outputs = bindings(graph, request.model, output_shapes, result.input_perms, result.output_perms)
+    checks: dict[str, Any] = {}
+    warnings: list[str] = []
+    if precision == "int8":
+        checks, warnings = check_full_int8(graph)
+        if narrowed:
+            checks["int64_constants_narrowed_to_int32"] = narrowed
+    return result, graph, inputs, outputs, checks, warnings
+
+
+def full_int8(request: ConversionRequest) -> ConversionResult:
+    """A full-int8 ``.tflite`` in ``request.workdir``: int8 inputs, outputs and activations,
+    per-channel int8 weights, calibrated on ``request.calibration``; every tensor checked to be
+    int8/int32. Bindings carry NHWC perms for image tensors and the int8 scales.
+
+    The one implementation behind ``tflite --quantize int8``, ``coral`` and ``mcu``.
+    """
+    return convert_tflite(request, "int8")
+
+
+def describe_artifact(path: Path, reference: ReferenceModel) -> ArtifactIO:
+    """:func:`describe_tflite` for a file a user hands the tflite or coral target, checked to be one."""
+    path = Path(path)
+    if path.name.endswith("_edgetpu.tflite"):
+        raise UsageError(f"{path.name} is compiled for the Edge TPU (edgetpu-custom-op) and needs an Edge TPU to run; validate the int8 .tflite it was compiled from")
+    if path.suffix != ".tflite":
+        raise UsageError(f"{path} is not a .tflite file")
+    return describe_tflite(path, reference)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _interpreter_module() -> tuple[Any, str]:
+    """The LiteRT Interpreter class and a name for it: ai-edge-litert, else tflite-runtime, else tf.lite."""
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        return litert, f"LiteRT {package_version('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as tflite_runtime  # type: ignore
+
+        return tflite_runtime, f"tflite-runtime {package_version('tflite-runtime')}"
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite, f"tf.lite (TensorFlow {tf.__version__})"
+
+
+class LiteRTRuntime:
+    """A .tflite on the LiteRT interpreter.
+
+    The default op resolver applies the XNNPACK delegate; when XNNPACK declines a valid model
+    (it refuses some int8 graphs), the builtin kernels run it instead and ``backend`` says so.
+    ``run`` takes the model's native inputs in ``input_names`` order (default: the model's own
+    input order) and returns its native outputs in ``output_names`` order.
+    """
+
+    def __init__(self, path: Path, input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None):
+        module, name = _interpreter_module()
+        self.path = Path(path)
+        resolver = getattr(module, "OpResolverType", None)
+        try:
+            self.interpreter = self._prepare(module.Interpreter(model_path=str(self.path)))
+            self.backend = f"{name} CPU, default kernels (XNNPACK delegate where it applies)"
+        except Exception as exc:
+            if resolver is None:
+                raise TargetError(f"LiteRT cannot run {self.path.name}: {one_line(exc)}", stage="validate") from exc
+            declined = one_line(exc)
+            try:
+                self.interpreter = self._prepare(
+                    module.Interpreter(model_path=str(self.path), experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                )
+            except Exception as again:
+                raise TargetError(f"LiteRT cannot run {self.path.name}: {one_line(again)} (XNNPACK: {declined})", stage="validate") from again
+            self.backend = f"{name} CPU, builtin kernels (the XNNPACK delegate declined the model: {declined[:160]})"
+        details = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        outputs = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
+        self.inputs = [details[n] for n in input_names] if input_names else [d["index"] for d in self.interpreter.get_input_details()]
+        self.outputs = [outputs[n] for n in output_names] if output_names else [d["index"] for d in self.interpreter.get_output_details()]
+
+    @staticmethod
+    def _prepare(interpreter: Any) -> Any:
+        interpreter.allocate_tensors()
+        # a delegate may accept allocation and still fail on the first invoke: try one now
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+        interpreter.invoke()
+        return interpreter
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for index, value in zip(self.inputs, inputs):
+            self.interpreter.set_tensor(index, np.ascontiguousarray(value))
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_tensor(index)) for index in self.outputs]
+
+
+# --------------------------------------------------------------------------- explaining
+
+#: ops that compute channels-last whatever the model's layout: a 4-D output is NHWC
+_CHANNELS_LAST_OPS = frozenset({
+    "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D",
+    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE",
+})
+#: ops whose output keeps the layout of their input (elementwise ops, padding, kept-dims reductions)
+_LAYOUT_KEEPING_OPS = frozenset({
+    "ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM", "RELU", "RELU6", "RELU_N1_TO_1",
+    "RELU_0_TO_1", "LEAKY_RELU", "PRELU", "LOGISTIC", "TANH", "HARD_SWISH", "GELU", "ELU", "ABS", "NEG", "EXP",
+    "SQRT", "RSQRT", "SQUARE", "QUANTIZE", "DEQUANTIZE", "PAD", "PADV2", "MIRROR_PAD", "CONCATENATION",
+    "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+})
+#: one piece of a compacted litert-torch tensor name: "features.3(Conv2d)"
+_MODULE_PIECE = re.compile(r"^([A-Za-z0-9_.]+)\(([A-Za-z0-9_]+)\)$")
+
+
+def tensor_modules(name: str) -> tuple[str, ...]:
+    """The torch module paths a litert-torch tensor name records.
+
+    ``features.5(ReLU);features.4(BatchNorm2d);features.3(Conv2d);1``: the op fused three modules
+    (``tflite_graph.compact_name`` has shortened the fully qualified form; names of other
+    converters hold no module path and give none).
+    """
+    from edgex.targets.tflite_graph import compact_name
+
+    found = []
+    for piece in compact_name(name).split(";"):
+        match = _MODULE_PIECE.match(piece.strip())
+        if match:
+            found.append(match.group(1))
+    return tuple(dict.fromkeys(found))
+
+
+def _tensor_layouts(graph: Any, io: ArtifactIO) -> dict[int, tuple[int, ...] | None]:
+    """Each operator output's layout relative to torch, where the graph says it.
+
+    Channels-last ops define NHWC, layout-keeping ops pass their input's on; every other op
+    (reshapes, transposes, fully connected) leaves it unknown, and core accepts such a tensor
+    only when its shape fits one layout.
+    """
+    names = {t.name: t.index for t in graph.tensors}
+    perms: dict[int, tuple[int, ...] | None] = {}
+    for binding in io.inputs:
+        if binding.name in names:
+            perms[names[binding.name]] = binding.perm or tuple(range(len(binding.shape)))
+    for op in graph.operators:
+        sources = [perms.get(i) for i in op.inputs if i >= 0 and perms.get(i) is not None]
+        for out in op.outputs:
+            rank = len(graph.tensor(out).shape)
+            if op.name in _CHANNELS_LAST_OPS and rank == 4:
+                perms[out] = (0, 2, 3, 1)
+            elif op.name in _LAYOUT_KEEPING_OPS and sources and len(sources[0]) == rank:
+                perms[out] = sources[0]
+            else:
+                perms[out] = None
+    return perms
+
+
+class LiteRTTracer:
+    """A .tflite on LiteRT with every tensor preserved (``experimental_preserve_all_tensors``).
+
+    A delegate (XNNPACK) computes whole partitions whose intermediate tensors cannot be read, so
+    the builtin kernels run it -- or, with ``reference_kernels``, LiteRT's reference kernels
+    (``BUILTIN_REF``, the ones TFLite Micro's kernels are ported from).
+    """
+
+    def __init__(self, io: ArtifactIO, *, reference_kernels: bool = False, notes: Sequence[str] = ()):
+        from edgex.targets.tflite_graph import read_graph
+
+        module, name = _interpreter_module()
+        resolver = getattr(module, "OpResolverType", None)
+        options: dict[str, Any] = {"experimental_preserve_all_tensors": True}
+        if resolver is not None:
+            options["experimental_op_resolver_type"] = resolver.BUILTIN_REF if reference_kernels else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self.interpreter = module.Interpreter(model_path=str(io.path), **options)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            raise TargetError(f"LiteRT cannot load {Path(io.path).name} for tracing: {one_line(exc)}", stage="validate") from exc
+        graph = read_graph(Path(io.path))
+        layouts = _tensor_layouts(graph, io)
+        self.steps = []
+        for op in graph.operators:
+            for index in op.outputs:
+                tensor = graph.tensor(index)
+                self.steps.append((index, tensor.name, tensor_modules(tensor.name), layouts.get(index), _quant(tensor), op.name))
+        by_name = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        outputs = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
+        self.inputs = [by_name[b.name] for b in io.inputs]
+        self.outputs = [outputs[b.name] for b in io.outputs]
+        kernels = "reference kernels (BUILTIN_REF)" if reference_kernels else "builtin kernels without delegates"
+        self.backend = f"{name} CPU, {kernels}, every tensor preserved"
+        self.notes = tuple(notes)
+
+    def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
+        for index, value in zip(self.inputs, inputs):
+            self.interpreter.set_tensor(index, np.ascontiguousarray(value))
+        self.interpreter.invoke()
+        tensors = tuple(
+            TracedTensor(name, np.array(self.interpreter.get_tensor(index)), modules, perm, quant, op)
+            for index, name, modules, perm, quant, op in self.steps
+        )
+        return ArtifactTrace(tensors, tuple(np.array(self.interpreter.get_tensor(i)) for i in self.outputs))
