@@ -575,7 +575,7 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
         raise UsageError("explain compares layers, so it needs a torch reference (--reference MODEL); an ONNX reference has none")
     status = manager.backend_status(name)
     if not status.available:
-        raise TargetError(f"target {name!r} cannot run here: {status.detail or status.backend}" + (f"; {status.install_hint}" if status.install_hint else ""))
+        raise TargetError(f"target {name!r} cannot run here: {status.missing_message()}")
 
     tree, kinds = module_tree(model)
     runs = discover_modules(tree, model.example_inputs, kinds)

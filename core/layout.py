@@ -111,14 +111,3 @@ def from_artifact(y: np.ndarray, binding: TensorBinding) -> np.ndarray:
     if binding.perm is not None:
         y = np.transpose(y, np.argsort(binding.perm))
     return y
-
-
-def match_outputs(reference_names: Sequence[str], io: ArtifactIO) -> list[int]:
-    """For each reference output, the index of the artifact output it corresponds to: by name
-    when the artifact keeps the reference's names, else by position."""
-    names = [b.name for b in io.outputs]
-    if len(names) != len(reference_names):
-        raise TargetError(f"the artifact has {len(names)} outputs but the reference model has {len(reference_names)}")
-    if sorted(names) == sorted(reference_names):
-        return [names.index(n) for n in reference_names]
-    return list(range(len(names)))

@@ -89,13 +89,9 @@ def plan_targets(manager: PluginManager, names: Sequence[str], precision: str | 
         if not reason:
             status = manager.backend_status(name)
             if not status.available:
-                reason = missing_backend(status)
+                reason = status.missing_message()
         plans.append(TargetPlan(name, wanted, requested, registered.plugin, reason))
     return plans
-
-
-def missing_backend(status: Any) -> str:
-    return f"backend missing: {status.detail or status.backend}" + (f"; {status.install_hint}" if status.install_hint else "")
 
 
 # --------------------------------------------------------------------------- running one target
@@ -354,7 +350,7 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
     status = manager.backend_status(name)
     report = Report(edgex_version=__version__, command="validate", model=model_json(model))
     if not status.available:
-        report.targets[name] = TargetReport(name, "skipped", registered.plugin, messages=[missing_backend(status)])
+        report.targets[name] = TargetReport(name, "skipped", registered.plugin, messages=[status.missing_message()])
         write_json_atomic(prepare_out(out) / "report.json", report.to_json())
         return report
     inputs = resolve_inputs(model, settings)
