@@ -139,7 +139,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                 "plugin": target.plugin,
                 "package": target.package,
                 "version": target.version,
-                "status": "available" if status.available else "unavailable",
+                "status": ("emulated" if status.emulated else "available") if status.available else "unavailable",
                 "backend": status.backend,
                 "install_hint": status.install_hint or None,
                 "precisions": list(target.spec.precisions),
@@ -153,7 +153,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         return 0
     table = [("target", "aliases", "status", "precisions", "plugin", "backend")]
     for r in rows:
-        backend = r["backend"] if r["status"] == "available" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
+        backend = r["backend"] if r["status"] != "unavailable" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
         table.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
