@@ -142,7 +142,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                 "plugin": target.plugin,
                 "package": target.package,
                 "version": target.version,
-                "status": "available" if status.available else "unavailable",
+                "status": ("emulated" if status.emulated else "available") if status.available else "unavailable",
                 "backend": status.backend,
                 "install_hint": status.install_hint or None,
                 "precisions": list(target.spec.precisions),
@@ -158,7 +158,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
     lines = []
     for r in rows:
-        backend = r["backend"] if r["status"] == "available" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
+        backend = r["backend"] if r["status"] != "unavailable" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
         lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
     print("\n".join(table(("target", "aliases", "status", "precisions", "plugin", "backend"), lines)))
     return 0

@@ -71,6 +71,8 @@ class BackendStatus:
     #: what to install when unavailable, e.g. "pip install 'edgex[tflite]'"
     install_hint: str = ""
     detail: str = ""
+    #: the target's own runtime is absent and another stands in for it (jetson without TensorRT)
+    emulated: bool = False
 
     def missing_message(self) -> str:
         """The one sentence for an unavailable backend: what is missing, then what to install."""

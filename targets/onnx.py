@@ -102,7 +102,7 @@ def edgex_backend_status(target: str) -> BackendStatus:
     if target == "jetson":
         if _tensorrt_available():
             return BackendStatus(True, f"TensorRT {package_version('tensorrt') or ''}".strip())
-        return BackendStatus(True, f"{ort} (TensorRT not installed: the TensorRT precision is emulated)")
+        return BackendStatus(True, f"{ort} (TensorRT not installed: its precision is emulated, TensorRT not run)", emulated=True)
     return BackendStatus(True, ort)
 
 
@@ -224,6 +224,61 @@ def fp16_model(source: Path) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return _topologically_sorted(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+
+
+#: fp16's largest finite value; larger weights are clamped to it (as TensorRT's builder does)
+_FP16_MAX = 65504.0
+
+
+def fp16_rounded_model(source: Path) -> Any:
+    """The float ONNX with fp16's rounding spelled out, for onnxruntime to emulate an fp16 device.
+
+    Weights and float inputs are rounded to fp16, and every float op output goes through a Cast
+    to fp16 and back: values overflow to inf and lose precision between ops as on fp16 hardware,
+    while each op computes in fp32 inside (as TensorRT's fp16 kernels accumulate). An fp16 graph
+    cannot do this on onnxruntime's CPU provider: it runs the ops that lack fp16 CPU kernels
+    (nearly all, on x86) in fp32 and removes the Casts between them, so the graph computes fp32.
+    Casts an fp32 graph spells out itself are kept at every optimization level.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    floats = {
+        v.name for v in (*inferred.value_info, *inferred.input, *inferred.output) if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            values = np.clip(numpy_helper.to_array(init), -_FP16_MAX, _FP16_MAX).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+    initializers = {i.name for i in graph.initializer}
+
+    def rounded(name: str, produced_as: str) -> list[Any]:
+        return [
+            helper.make_node("Cast", [produced_as], [f"{name}/fp16"], to=TensorProto.FLOAT16, name=f"{name}/to_fp16"),
+            helper.make_node("Cast", [f"{name}/fp16"], [name], to=TensorProto.FLOAT, name=f"{name}/from_fp16"),
+        ]
+
+    nodes: list[Any] = []
+    renamed: dict[str, str] = {}
+    for value in graph.input:  # the input keeps its name for callers; its consumers read it rounded
+        if value.name in floats and value.name not in initializers:
+            renamed[value.name] = f"{value.name}/rounded"
+            nodes.extend(rounded(renamed[value.name], value.name))
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+        nodes.append(node)
+        for index, name in enumerate(node.output):
+            if name in floats:  # the op writes fp32; the graph reads the fp16-rounded value under the old name
+                node.output[index] = f"{name}/fp32"
+                nodes.extend(rounded(name, f"{name}/fp32"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 class _CalibrationReader:
@@ -396,7 +451,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             io = ArtifactIO(engine, io.precision, io.inputs, io.outputs)
             details["tensorrt"]["engine"] = engine.name
         else:
-            messages.append("TensorRT is not installed here: no .engine was built; parity ran on onnxruntime in the precision TensorRT would use")
+            messages.append("TensorRT is not installed here: no .engine was built; parity ran on onnxruntime emulating the precision TensorRT would use (TensorRT not run)")
     return ConversionResult(tuple(artifacts), io, converter, tuple(messages), details)
 
 
@@ -416,21 +471,29 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
 
 
 class OnnxRuntime:
-    """An ONNX file on onnxruntime's CPU provider."""
+    """An ONNX file on onnxruntime's CPU provider.
 
-    def __init__(self, path: Path, *, as_fp16: bool = False, note: str = ""):
+    ``emulate_fp16``: run the float ONNX with fp16 rounding after every op (``fp16_rounded_model``),
+    standing in for a device that computes in fp16; ``details()`` then reports ``emulated``.
+    """
+
+    def __init__(self, path: Path, *, emulate_fp16: bool = False, emulated: bool = False, note: str = ""):
         import onnxruntime as ort
 
-        source: Any = fp16_model(path).SerializeToString() if as_fp16 else str(path)
+        source: Any = fp16_rounded_model(path).SerializeToString() if emulate_fp16 else str(path)
         try:
             self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise TargetError(f"onnxruntime cannot load {Path(path).name}: {one_line(exc)}", stage="validate") from exc
         self.names = [i.name for i in self.session.get_inputs()]
         self.backend = f"onnxruntime {ort.__version__} CPUExecutionProvider{note}"
+        self.emulated = emulated or emulate_fp16
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, dict(zip(self.names, inputs)))
+
+    def details(self) -> dict[str, Any]:
+        return {"emulated": True} if self.emulated else {}
 
 
 class TensorRTRuntime:
@@ -482,6 +545,8 @@ def _build_engine(onnx_path: Path, engine_path: Path, precision: str) -> None:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TargetError(f"TensorRT cannot parse {onnx_path.name}: {errors}", stage="convert")
     config = builder.create_builder_config()
+    # TF32 is on by default on Ampere and later: an fp32 engine would round matmul inputs to 10 mantissa bits
+    config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
@@ -492,15 +557,19 @@ def _build_engine(onnx_path: Path, engine_path: Path, precision: str) -> None:
     engine_path.write_bytes(bytes(serialized))
 
 
+#: what the onnx target's fp16 artifact computes in on onnxruntime's CPU provider
+_ORT_FP16_ARITHMETIC = ", fp16 graph: ops without an fp16 CPU kernel run in fp32 between Casts onnxruntime removes (fp16 weights, fp32 arithmetic)"
+
+
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
     if target == "jetson":
         if io.path.suffix == ".engine":
             return TensorRTRuntime(io.path)
         if io.precision == "fp16":
-            return OnnxRuntime(io.path, as_fp16=True, note=", fp16 as TensorRT's FP16 mode would compute (TensorRT not installed)")
-        return OnnxRuntime(io.path, note=f", {io.precision} as TensorRT would compute (TensorRT not installed)")
-    return OnnxRuntime(io.path)
+            return OnnxRuntime(io.path, emulate_fp16=True, note=", emulating TensorRT fp16: weights and every op's output rounded to fp16 (TensorRT not run: not installed)")
+        return OnnxRuntime(io.path, emulated=True, note=f", emulating TensorRT {io.precision} (TensorRT not run: not installed)")
+    return OnnxRuntime(io.path, note=_ORT_FP16_ARITHMETIC if io.precision == "fp16" else "")
 
 
 # --------------------------------------------------------------------------- explaining

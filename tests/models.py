@@ -33,3 +33,24 @@ def nan_model():
             return x * float("nan")
 
     return Nan(), (torch.randn(1, 4),)
+
+
+def fp16_overflow_mlp():
+    """An MLP whose hidden activations reach ~1.3e5 (fp16 overflows above 65504) while its outputs
+    stay below ~100: fp32 computes it exactly enough, an honest fp16 execution computes inf/nan.
+
+    Input: one (1, 8) float tensor. ``fc1`` adds 6e4 to a spread of +-1.2e4 per input, so on
+    standard-normal inputs some hidden unit passes 65504 on nearly every sample; ``fc2`` scales
+    back down by ~1e-4. Every weight is fp16-representable, so only the activations overflow.
+    """
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.add_module("fc1", torch.nn.Linear(8, 16))
+    net.add_module("act", torch.nn.ReLU())
+    net.add_module("fc2", torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.randn(16, 8) * 1.2e4)
+        net.fc1.bias.fill_(6e4)
+        net.fc2.weight.copy_(torch.randn(4, 16) * 2e-4)
+        net.fc2.bias.zero_()
+    return net.eval(), (torch.randn(1, 8),)

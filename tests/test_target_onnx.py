@@ -180,3 +180,60 @@ def test_report_json_matches_the_contract(tmp_path, edgex_manager):
     assert set(row["parity"]["tolerance"]) >= {"atol", "rtol", "source"}
     assert set(row["latency_ms"]) >= {"median", "p90"}
     assert row["artifacts"] == ["onnx/model.onnx"] and (tmp_path / "good" / "onnx" / "model.onnx").stat().st_size == row["size_bytes"]
+
+
+# --------------------------------------------------------------------------- fp16 emulated honestly
+
+
+def _fp16_overflow_onnx(tmp_path):
+    from edgex.targets.onnx import export_onnx
+
+    from edgex.core.loading import load_model
+
+    reference = load_model(f"{MODELS}:fp16_overflow_mlp")
+    path = tmp_path / "overflow.onnx"
+    export_onnx(reference, path, opset=17)
+    return reference, path
+
+
+def test_jetson_fp16_emulation_overflows_where_fp16_would(tmp_path):
+    import onnxruntime as ort
+
+    from edgex.targets.onnx import OnnxRuntime, fp16_model
+
+    reference, path = _fp16_overflow_onnx(tmp_path)
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype("float32")
+    (fp32,) = OnnxRuntime(path).run([x])
+    assert np.all(np.isfinite(fp32)) and np.abs(fp32).max() < 1000
+    emulated = OnnxRuntime(path, emulate_fp16=True)
+    assert not np.all(np.isfinite(emulated.run([x])[0])) and emulated.details() == {"emulated": True}
+    # why emulation: onnxruntime's CPU provider runs an fp16 graph's ops in fp32 and drops the Casts between them
+    session = ort.InferenceSession(fp16_model(path).SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.all(np.isfinite(session.run(None, {session.get_inputs()[0].name: x})[0]))
+
+
+def test_jetson_fp16_row_says_emulated_and_fails_the_overflow_mlp(tmp_path, edgex_manager):
+    report = api.convert(f"{MODELS}:fp16_overflow_mlp", ["jetson"], out=tmp_path, precision="fp16", samples=4, plugins=edgex_manager)
+    row = report.targets["jetson"]
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert row.details["emulated"] is True and "TensorRT not run" in row.backend
+        assert row.status == "failed"
+
+
+def test_jetson_fp16_emulation_passes_an_ordinary_model(tmp_path, edgex_manager):
+    net, example = tiny_cnn()
+    row = api.convert(net, ["jetson"], out=tmp_path, example_inputs=example, precision="fp16", samples=4, plugins=edgex_manager).targets["jetson"]
+    assert row.status == "passed"
+    if row.details.get("emulated"):
+        assert "TensorRT not run" in row.backend
+        assert row.parity.max_abs > 0  # rounded to fp16, not run in fp32
+
+
+def test_targets_lists_jetson_as_emulated_without_tensorrt(edgex_manager):
+    status = edgex_manager.backend_status("jetson")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert status.available and status.emulated and "TensorRT not run" in status.backend
