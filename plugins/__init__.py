@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from edgex.core import __version__
+from edgex.core.version import __version__
 from edgex.core.errors import BackendMissingError, EdgexError, TargetError, UsageError, one_line
 from edgex.core.isolation import start_isolated
 from edgex.core.sandbox import contained, offline

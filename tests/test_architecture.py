@@ -60,3 +60,101 @@ def test_targets_import_nothing_from_core():
     assert len(modules) > 5, f"no target modules found under {TARGETS}"
     offenders = {path.name: found for path in modules if (found := _core_imports(path.read_text(encoding="utf-8")))}
     assert not offenders, f"targets import edgex.core (use edgex.plugins): {offenders}"
+
+
+# --------------------------------------------------------------------------- no import circles
+
+import edgex.core  # noqa: E402
+import edgex.examples  # noqa: E402
+import edgex.plugins  # noqa: E402
+
+PACKAGES = {"edgex.core": edgex.core, "edgex.plugins": edgex.plugins, "edgex.targets": edgex.targets, "edgex.examples": edgex.examples}
+
+
+def _module_files() -> dict[str, Path]:
+    """Every edgex module by dotted name (``edgex.core`` is its ``__init__``)."""
+    modules = {}
+    for package_name, package in PACKAGES.items():
+        root = Path(package.__path__[0])
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((package_name, *parts))] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which edgex modules each edgex module imports, lazy imports included (a name imported
+    ``from`` a package counts as the submodule when there is one, else as the package)."""
+    modules = _module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        by_statement: dict[int, set[str]] = {}
+        for line, imported in _imports([ast.parse(path.read_text(encoding="utf-8"))]):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported:
+                by_statement.setdefault(line, set()).add(imported)
+        edges = set()
+        for named in by_statement.values():
+            # ``from edgex.core import layout`` names edgex.core and edgex.core.layout: the
+            # statement wants the submodule, not the package's __init__
+            edges |= {m for m in named if not any(other.startswith(m + ".") for other in named)}
+        graph[name] = edges - {name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_circle_finder_finds_a_planted_circle():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle_among_edgex_modules():
+    graph = import_graph()
+    assert "edgex.core.pipeline" in graph and "edgex.core.data" in graph["edgex.core.pipeline"]
+    assert circles(graph) == []
+
+
+def test_private_names_do_not_cross_modules():
+    """``from edgex.x import _name`` or ``module._name(...)`` across modules: a helper that
+    crosses a module boundary is public and named for what it does."""
+    offenders = []
+    for name, path in _module_files().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgex"):
+                offenders += [f"{name}: from {node.module} import {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []
