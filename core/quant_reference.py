@@ -1,0 +1,415 @@
+"""An int8 reference edgex builds itself: the torch model, simulated-quantized.
+
+The artifact's own scales cannot judge the artifact (a coarsened output scale widens its own
+tolerance), so the quantization error an honest converter would make is measured here, from the
+torch model alone, with the scheme the target uses:
+
+- ``int8`` (full int8, int8 I/O): BatchNorm folded into the convolution before it (as every
+  converter does), weights per output channel symmetric int8 ([-127, 127]), activations per
+  tensor affine int8 ([-128, 127]) with min/max ranges from the calibration data (of the float
+  model), the model's inputs and outputs quantized too. Quantization points are where TFLite
+  and ONNX QDQ put them: after a fused conv/linear/add + ReLU/ReLU6, not between; after every
+  other computing op (add, mul, concat, pooling, linear, softmax...); never after ops that only
+  move values already on the grid (reshape, transpose, max-pool, slice...). Biases stay float
+  (int32 in an artifact, whose error is far below one output step).
+- ``dynamic-int8``: weights per output channel symmetric int8, activations float.
+
+The simulation runs an ``torch.fx`` interpreter over the ``torch.export`` graph, so programs
+loaded from ``.pt2`` work as nn.Modules do. Models with recurrent ops (LSTM, GRU) raise
+:class:`CannotSimulate`: their weights sit inside one op whose int8 form the converters each
+choose differently, and a made-up reference would judge nothing.
+
+:func:`vacuous_reference` says when a reference's outputs cannot judge any artifact at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgex.core.errors import UsageError
+
+Outputs = list[list[np.ndarray]]  # [sample][output]
+SCHEMES = ("int8", "dynamic-int8")
+EPS32 = 2.0**-23
+
+#: ops whose output holds only values of their input (on its int8 grid): no new quantization point
+_MOVES_VALUES = frozenset(
+    """view _unsafe_view reshape flatten unflatten permute transpose t squeeze unsqueeze expand
+    expand_as contiguous clone select slice narrow split split_with_sizes chunk unbind
+    max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices dropout
+    feature_dropout alias detach lift_fresh_copy repeat flip roll pixel_shuffle pixel_unshuffle
+    channel_shuffle constant_pad_nd getitem _assert_tensor_metadata _assert_scalar sym_size
+    sym_numel""".split()
+)
+#: activations a converter fuses into the op before them (the int8 range then clamps)
+_FUSED_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp", "clamp_"})
+#: ops that take a fused activation (TFLite's fused_activation_function, ONNX QDQ Conv+Relu)
+_TAKES_ACTIVATION = frozenset({"conv1d", "conv2d", "conv3d", "convolution", "linear", "add", "add_", "sub", "mul", "batch_norm"})
+_CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d", "convolution"})
+_TRANSPOSED_CONVOLUTIONS = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+#: ops the scheme cannot describe: their weights live inside one recurrent op
+_RECURRENT = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "_thnn_fused_lstm_cell"})
+
+
+class CannotSimulate(UsageError):
+    """The model holds something the int8 simulation cannot reproduce honestly."""
+
+
+@dataclass(frozen=True)
+class SimulatedReference:
+    """The simulated-quantized outputs, and what a judge needs to read them."""
+
+    scheme: str
+    #: [sample][output], shaped like ``edgex.core.parity.reference_outputs``
+    outputs: Outputs
+    #: per output: the (min, max) its int8 quantization was calibrated to (None for dynamic-int8)
+    output_ranges: tuple[tuple[float, float] | None, ...]
+    quantized_weights: int
+    folded_batch_norms: int
+    activation_points: int
+    calibration_samples: int
+    seconds: float
+
+    def output_step(self, index: int) -> float | None:
+        """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
+        bounds = self.output_ranges[index]
+        if bounds is None:
+            return None
+        low, high = min(bounds[0], 0.0), max(bounds[1], 0.0)
+        return max(high - low, 1e-12) / 255.0
+
+    def describe(self) -> str:
+        if self.scheme == "dynamic-int8":
+            how = f"{self.quantized_weights} weights per-channel symmetric int8, activations float"
+        else:
+            how = (
+                f"{self.folded_batch_norms} BatchNorms folded, {self.quantized_weights} weights per-channel symmetric int8, "
+                f"{self.activation_points} activations per-tensor int8 (min/max of {self.calibration_samples} calibration samples), int8 I/O"
+            )
+        return f"edgex's own simulated {self.scheme} reference: {how}"
+
+
+# --------------------------------------------------------------------------- fake quantization
+
+
+def fake_quant_weight(weight: Any, axis: int = 0) -> Any:
+    """Per-channel symmetric int8 along ``axis`` ([-127, 127], scale max|w| / 127), dequantized."""
+    import torch
+
+    reduce = [d for d in range(weight.ndim) if d != axis]
+    peak = weight.detach().abs().amax(dim=reduce) if reduce else weight.detach().abs()
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak)).to(torch.float32)
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight.to(torch.float32), scale, zero, axis, -127, 127).to(weight.dtype)
+
+
+def affine_qparams(low: float, high: float) -> tuple[float, int]:
+    """int8 scale and zero point for the range [low, high] (widened to hold 0, as converters do)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-12) / 255.0
+    zero = int(np.clip(round(-128 - low / scale), -128, 127))
+    return scale, zero
+
+
+def fake_quant_activation(x: Any, low: float, high: float) -> Any:
+    import torch
+
+    scale, zero = affine_qparams(low, high)
+    return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, zero, -128, 127).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- the graph plan
+
+
+def _op_name(node: Any) -> str:
+    target = node.target
+    if node.op != "call_function":
+        return ""
+    name = getattr(target, "_opname", None) or getattr(target, "__name__", "")
+    return str(name)
+
+
+def _weight_axis(node: Any) -> int | None:
+    """Which argument-1 axis holds the output channels, for ops whose argument 1 is a weight."""
+    name = _op_name(node)
+    if name in _CONVOLUTIONS:
+        transposed = name == "convolution" and len(node.args) > 6 and bool(node.args[6])
+        return 1 if transposed else 0
+    if name in _TRANSPOSED_CONVOLUTIONS:
+        return 1
+    if name == "linear":
+        return 0
+    return None
+
+
+@dataclass
+class _Plan:
+    weight_axis: dict[Any, int]  # conv/linear node -> output-channel axis of its weight
+    folds: dict[Any, Any]  # conv node -> the BatchNorm node folded into it
+    folded: set[Any]  # BatchNorm nodes folded away (identity at run time)
+    points: set[Any]  # nodes whose output is quantized (int8 scheme)
+    inputs: list[Any]  # user input placeholders (quantized in the int8 scheme)
+
+
+def _constant(node: Any) -> bool:
+    return node is None or getattr(node, "op", None) == "get_attr"
+
+
+def _plan(graph_module: Any) -> _Plan:
+    graph = graph_module.graph
+    for node in graph.nodes:
+        if _op_name(node) in _RECURRENT:
+            raise CannotSimulate(
+                f"edgex cannot build its own int8 reference for this model: it holds a recurrent op ({_op_name(node)}) "
+                "whose int8 form each converter chooses differently"
+            )
+    weight_axis = {n: axis for n in graph.nodes if (axis := _weight_axis(n)) is not None and len(n.args) > 1}
+    folds: dict[Any, Any] = {}
+    for conv in weight_axis:
+        if _op_name(conv) not in _CONVOLUTIONS or weight_axis[conv] != 0 or len(conv.users) != 1:
+            continue
+        (bn,) = conv.users
+        args = list(bn.args)
+        # aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+        if _op_name(bn) == "batch_norm" and args[0] is conv and len(args) >= 8 and not args[5] and all(_constant(a) for a in args[1:5]) and _constant(conv.args[1]):
+            folds[conv] = bn
+    folded = set(folds.values())
+
+    def fusable_into_activation(node: Any) -> bool:
+        if len(node.users) != 1:
+            return False
+        (user,) = node.users
+        return _op_name(user) in _FUSED_ACTIVATIONS and user.args[0] is node
+
+    points: set[Any] = set()
+    for node in graph.nodes:
+        name = _op_name(node)
+        if node.op != "call_function" or name in _MOVES_VALUES or node in folds:
+            if name == "getitem" and _op_name(node.args[0]) not in _MOVES_VALUES:
+                points.add(node)  # one result of a multi-output op (e.g. native_layer_norm)
+            continue
+        head = node.args[0] if node in folded else node
+        if (_op_name(head) in _TAKES_ACTIVATION or node in folded) and fusable_into_activation(node):
+            continue  # quantized after the fused activation
+        points.add(node)
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    return _Plan(weight_axis, folds, folded, points, inputs)
+
+
+def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
+    import torch
+
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
+    graph_module = module if hasattr(module, "graph") and isinstance(module, torch.fx.GraphModule) else None
+    try:
+        exported = torch.export.export(module, tensors, strict=False)
+        graph_module = exported.module(check_guards=False)  # the guards pin batch 1; stacked batches are checked in _run
+    except Exception as exc:
+        if graph_module is None:
+            raise CannotSimulate(f"edgex cannot build its own int8 reference: torch.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+    return graph_module
+
+
+# --------------------------------------------------------------------------- the interpreter
+
+
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str) -> Any:
+    import torch
+
+    class Simulator(torch.fx.Interpreter):
+        """Runs the graph float (``ranges`` None: records min/max) or simulated-quantized."""
+
+        def __init__(self) -> None:
+            super().__init__(graph_module)
+            self.ranges: dict[Any, tuple[float, float]] | None = {}
+            self.calibrating = True
+            self.weights: dict[Any, tuple[Any, Any]] = {}
+
+        def _weights(self, node: Any, weight: Any, bias: Any) -> tuple[Any, Any]:
+            if node in self.weights:
+                return self.weights[node]
+            if node in plan.folds:
+                bn = plan.folds[node]
+                gamma, beta, mean, var = (self._value(a) for a in bn.args[1:5])
+                eps = float(bn.args[7])
+                factor = torch.rsqrt(var + eps) * (gamma if gamma is not None else 1.0)
+                weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+                bias = (bias if bias is not None else 0.0) - mean
+                bias = bias * factor + (beta if beta is not None else 0.0)
+            if not self.calibrating:
+                weight = fake_quant_weight(weight, plan.weight_axis[node])
+            cached = (weight, bias)
+            if _constant(node.args[1]) and not self.calibrating:
+                self.weights[node] = cached
+            return cached
+
+        def _value(self, arg: Any) -> Any:
+            if arg is None:
+                return None
+            return self.env[arg] if arg in self.env else self.fetch_attr(arg.target)
+
+        def run_node(self, node: Any) -> Any:
+            if node in plan.folded:
+                result = self.env[node.args[0]]  # the conv already carries this BatchNorm
+            elif node in plan.weight_axis:
+                args, kwargs = self.fetch_args_kwargs_from_env(node)
+                args, kwargs = list(args), dict(kwargs)
+                if len(args) == 2:  # conv/linear(input, weight, bias=None, ...): bias is the third argument
+                    args.append(kwargs.pop("bias", None))
+                args[1], args[2] = self._weights(node, args[1], args[2])
+                result = node.target(*args, **kwargs)
+            else:
+                result = super().run_node(node)
+            if scheme == "int8" and (node in plan.points or node in plan.inputs):
+                result = self._observe_or_quantize(node, result)
+            return result
+
+        def _observe_or_quantize(self, node: Any, value: Any) -> Any:
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
+                return value
+            if self.calibrating:
+                low, high = float(value.min()), float(value.max())
+                seen = self.ranges.get(node)
+                self.ranges[node] = (min(low, seen[0]), max(high, seen[1])) if seen else (low, high)
+                return value
+            low, high = self.ranges.get(node, (0.0, 0.0))
+            return fake_quant_activation(value, low, high)
+
+    return Simulator()
+
+
+def _run(simulator: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
+    """Each batch through the interpreter; stacked into one call when the graph allows it."""
+    import torch
+
+    from edgex.core.loading import flatten_outputs
+
+    def call(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        return [t.detach().numpy() for t in flatten_outputs(simulator.run(*tensors))[1]]
+
+    with torch.no_grad():
+        first = call(batches[0])
+        if len(batches) > 1:
+            size = len(batches[0][0])
+            try:
+                stacked = call([np.concatenate(parts) for parts in zip(*batches)])
+            except Exception:
+                stacked = None  # shapes baked into the graph (reshapes of batch 1)
+            if (
+                stacked is not None
+                and all(o.ndim > 0 and o.shape[0] == size * len(batches) for o in stacked)
+                and all(np.allclose(s[:size], f, rtol=1e-4, atol=1e-5 * max(float(np.max(np.abs(f), initial=0.0)), 1e-30)) for s, f in zip(stacked, first))
+            ):
+                return [[o[i * size : (i + 1) * size] for o in stacked] for i in range(len(batches))]
+        return [first] + [call(b) for b in batches[1:]]
+
+
+def simulate(
+    module: Any,
+    example_inputs: tuple[np.ndarray, ...],
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    batches: Sequence[tuple[np.ndarray, ...]],
+    scheme: str = "int8",
+) -> SimulatedReference:
+    """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
+
+    ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
+    unused for ``dynamic-int8``. Raises :class:`CannotSimulate` for what it cannot simulate.
+    """
+    if scheme not in SCHEMES:
+        raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
+    if scheme == "int8" and not calibration:
+        raise UsageError("the simulated int8 reference needs calibration data")
+    if not batches:
+        raise UsageError("the simulated int8 reference needs at least one batch")
+    start = time.perf_counter()
+    graph_module = _export(module, example_inputs)
+    plan = _plan(graph_module)
+    simulator = _make_interpreter(graph_module, plan, scheme)
+    if scheme == "int8":
+        _run(simulator, calibration)
+    simulator.calibrating = False
+    outputs = _run(simulator, batches)
+
+    output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
+    ranges: list[tuple[float, float] | None] = []
+    for source in _flat_nodes(output_node.args[0]):
+        ranges.append(_calibrated_range(source, simulator.ranges) if scheme == "int8" else None)
+    if len(ranges) != len(outputs[0]):
+        ranges = [None] * len(outputs[0])
+    return SimulatedReference(
+        scheme=scheme,
+        outputs=outputs,
+        output_ranges=tuple(ranges),
+        quantized_weights=len(plan.weight_axis),
+        folded_batch_norms=len(plan.folds) if scheme == "int8" else 0,
+        activation_points=len(simulator.ranges) if scheme == "int8" else 0,
+        calibration_samples=sum(len(b[0]) for b in calibration) if scheme == "int8" else 0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _flat_nodes(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _flat_nodes(item)]
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _flat_nodes(item)]
+    return [value]
+
+
+def _calibrated_range(node: Any, ranges: dict[Any, tuple[float, float]]) -> tuple[float, float] | None:
+    """The range an output was quantized to: its own, or that of the value it merely moves."""
+    while node is not None and hasattr(node, "op"):
+        if node in ranges:
+            return ranges[node]
+        if _op_name(node) in _MOVES_VALUES and node.args:
+            node = node.args[0]
+            continue
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- vacuous references
+
+
+def vacuous_reference(reference_outputs: Outputs, inputs_batches: Sequence[tuple[np.ndarray, ...]], output_names: Sequence[str] | None = None) -> str | None:
+    """A one-line reason when the reference's float outputs cannot judge an artifact, else None.
+
+    Flagged only when every float output is vacuous: 0 for every input, the same for every input
+    (while the inputs differ), or peaking below float32 resolution of the inputs' peak (e.g.
+    outputs ~1e-9 from inputs ~1). One constant output beside real ones (a detector's anchors)
+    is a fine model.
+    """
+    if not reference_outputs or not reference_outputs[0]:
+        return None
+    names = list(output_names) if output_names else [f"output_{i}" for i in range(len(reference_outputs[0]))]
+    input_peak = max((float(np.max(np.abs(a), initial=0.0)) for b in inputs_batches for a in b if np.issubdtype(np.asarray(a).dtype, np.floating)), default=0.0)
+    inputs_differ = _differ([np.concatenate([np.asarray(a, np.float64).ravel() for a in b]) for b in inputs_batches])
+    reasons = []
+    for index, name in enumerate(names):
+        values = [np.asarray(sample[index]) for sample in reference_outputs]
+        if not np.issubdtype(values[0].dtype, np.floating):
+            return None
+        peak = max(float(np.max(np.abs(v), initial=0.0)) for v in values)
+        if peak == 0.0:
+            reasons.append(f"the reference output {name!r} is 0 for every input")
+        elif input_peak > 0 and peak < EPS32 * input_peak:
+            reasons.append(f"the reference output {name!r} peaks at {peak:.3g}, below float32 resolution of the inputs (peak {input_peak:.3g})")
+        elif inputs_differ and not _differ([v.astype(np.float64).ravel() for v in values], 8 * EPS32 * peak):
+            reasons.append(f"the reference output {name!r} is the same for every input")
+        else:
+            return None
+    more = f" (and {len(reasons) - 1} more outputs)" if len(reasons) > 1 else ""
+    return reasons[0] + more + ": it cannot tell an honest artifact from a broken one"
+
+
+def _differ(samples: Sequence[np.ndarray], atol: float = 0.0) -> bool:
+    if len(samples) < 2:
+        return False
+    first = samples[0]
+    return any(s.shape != first.shape or float(np.max(np.abs(s - first), initial=0.0)) > atol for s in samples[1:])

@@ -1,0 +1,150 @@
+"""edgex's own simulated int8 reference (core/quant_reference.py): tiny models, no converters."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgex.core.quant_reference import CannotSimulate, fake_quant_weight, simulate, vacuous_reference
+
+
+def _samples(shape, count, seed):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(shape).astype(np.float32),) for _ in range(count)]
+
+
+def _float(module, batches):
+    with torch.no_grad():
+        return [[module(torch.from_numpy(b[0])).numpy()] for b in batches]
+
+
+def _sqnr(reference, actual):
+    r = np.concatenate([s[0].ravel() for s in reference]).astype(np.float64)
+    a = np.concatenate([s[0].ravel() for s in actual]).astype(np.float64)
+    return 10 * np.log10(np.sum(r**2) / np.sum((r - a) ** 2))
+
+
+def _conv_bn_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )
+    with torch.no_grad():  # statistics far from (0, 1): an unfolded BatchNorm would show
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-2, 2)
+            bn.running_var.uniform_(0.05, 4)
+            bn.weight.uniform_(0.5, 3)
+            bn.bias.uniform_(-1, 1)
+    return model.eval()
+
+
+def test_int8_simulation_error_is_small_but_not_zero():
+    model = _conv_bn_model()
+    batches = _samples((2, 3, 8, 8), 4, 1)
+    sim = simulate(model, batches[0], _samples((2, 3, 8, 8), 16, 2), batches, "int8")
+    sqnr = _sqnr(_float(model, batches), sim.outputs)
+    assert 20 < sqnr < 80
+    assert len(sim.outputs) == 4 and sim.outputs[0][0].shape == (2, 4)
+    assert sim.folded_batch_norms == 2 and sim.quantized_weights == 3
+    low, high = sim.output_ranges[0]
+    assert low < 0 < high and sim.output_step(0) == pytest.approx((high - low) / 255)
+
+
+def test_outputs_sit_on_the_calibrated_int8_grid():
+    model = _conv_bn_model()
+    batches = _samples((1, 3, 8, 8), 3, 1)
+    sim = simulate(model, batches[0], _samples((1, 3, 8, 8), 8, 2), batches, "int8")
+    levels = np.concatenate([s[0].ravel() for s in sim.outputs]) / sim.output_step(0)  # zero is exact
+    assert np.allclose(levels, np.round(levels), atol=1e-3)
+
+
+def test_per_channel_weight_error_is_at_most_half_a_step():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 4, 3, 3) * torch.tensor([0.01, 0.1, 1, 10, 100, 0.0]).reshape(6, 1, 1, 1)
+    quantized = fake_quant_weight(weight, axis=0)
+    steps = weight.abs().amax(dim=(1, 2, 3)) / 127
+    error = (quantized - weight).abs().amax(dim=(1, 2, 3))
+    assert torch.all(error <= steps / 2 * (1 + 1e-5))
+    assert torch.all(error[:5] > 0) and error[5] == 0  # per channel: the tiny channel keeps its own scale
+
+
+def test_batch_norm_is_folded_before_weights_are_quantized():
+    """A conv + BatchNorm with weights far from the BatchNorm's scale: quantizing the conv's
+    weights before folding would be fine too, but folding must happen (no quantization point
+    between conv and BatchNorm), so the simulation stays close to float."""
+    model = _conv_bn_model()
+    batches = _samples((1, 3, 8, 8), 4, 3)
+    sim = simulate(model, batches[0], _samples((1, 3, 8, 8), 32, 4), batches, "int8")
+    assert sim.folded_batch_norms == 2
+    assert _sqnr(_float(model, batches), sim.outputs) > 30
+
+
+def test_dynamic_int8_leaves_activations_float():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    batches = _samples((1, 16), 4, 5)
+    sim = simulate(model, batches[0], [], batches, "dynamic-int8")
+    quantized = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    quantized.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer in (quantized[0], quantized[2]):
+            layer.weight.copy_(fake_quant_weight(layer.weight))
+    # weights-only quantization in plain torch gives the same numbers: no activation was rounded
+    np.testing.assert_allclose(np.concatenate([s[0] for s in sim.outputs]), np.concatenate([s[0] for s in _float(quantized, batches)]), rtol=1e-6, atol=1e-6)
+    assert sim.activation_points == 0 and sim.output_ranges == (None,)
+    assert 0 < np.max(np.abs(np.concatenate([s[0] for s in sim.outputs]) - np.concatenate([s[0] for s in _float(model, batches)])))
+
+
+def test_a_recurrent_model_raises_a_clear_error():
+    model = torch.nn.LSTM(4, 8, batch_first=True).eval()
+    batches = _samples((1, 5, 4), 2, 0)
+    with pytest.raises(CannotSimulate, match="recurrent op"):
+        simulate(model, batches[0], batches, batches, "int8")
+
+
+def test_unknown_scheme_is_a_usage_error():
+    model = torch.nn.Linear(4, 2).eval()
+    batches = _samples((1, 4), 2, 0)
+    with pytest.raises(Exception, match="no simulated int8 reference for scheme 'fp16'"):
+        simulate(model, batches[0], batches, batches, "fp16")
+
+
+# --------------------------------------------------------------------------- vacuous references
+
+
+def test_vacuous_reference_flags_all_zero_outputs():
+    inputs = _samples((1, 4), 3, 0)
+    reference = [[np.zeros((1, 2), np.float32)] for _ in inputs]
+    assert vacuous_reference(reference, inputs, ["logits"]).startswith("the reference output 'logits' is 0 for every input")
+
+
+def test_vacuous_reference_flags_outputs_that_ignore_the_inputs():
+    inputs = _samples((1, 4), 3, 0)
+    reference = [[np.array([[0.5, -1.0]], np.float32)] for _ in inputs]
+    assert "is the same for every input" in vacuous_reference(reference, inputs, ["logits"])
+
+
+def test_vacuous_reference_flags_outputs_below_float32_resolution_of_the_inputs():
+    inputs = _samples((1, 4), 3, 0)
+    reference = [[b[0][:, :2] * 1e-9] for b in inputs]
+    assert "below float32 resolution" in vacuous_reference(reference, inputs, ["logits"])
+
+
+def test_vacuous_reference_keeps_real_models_and_constant_side_outputs():
+    model = _conv_bn_model()
+    inputs = _samples((1, 3, 8, 8), 4, 0)
+    outputs = _float(model, inputs)
+    assert vacuous_reference(outputs, inputs, ["logits"]) is None
+    anchors = np.linspace(0, 1, 8, dtype=np.float32)
+    assert vacuous_reference([o + [anchors] for o in outputs], inputs, ["logits", "anchors"]) is None
+    assert vacuous_reference(outputs[:1], inputs[:1], ["logits"]) is None  # one sample: nothing to compare
+
+
+def test_vacuous_reference_never_flags_the_trained_digits_model():
+    from edgex.core.loading import load_model
+
+    model = load_model("examples:digits")
+    images = model.calibration[0][:16]
+    inputs = [(images[i : i + 1],) for i in range(len(images))]
+    assert vacuous_reference(_float(model.module, inputs), inputs, list(model.output_names)) is None
