@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgex.core import api, data, parity, pipeline
-from edgex.core.pipeline import ConvertSettings
+from edgex.core import api, parity, runner
+from edgex.core.data import resolve_inputs
+from edgex.core.layout import match_outputs
+from edgex.core.settings import ConvertSettings
 from edgex.core.quant_reference import simulate
 
 SAMPLES = 32
@@ -46,9 +48,9 @@ def _errors(reference: parity.Outputs, actual: parity.Outputs) -> tuple[float, f
 def _artifact_outputs(manager, target: str, path: Path, model, batches) -> tuple[parity.Outputs, list]:
     io = manager.describe_artifact(target, path, model)
     runtime = manager.load_runtime(target, io, {})
-    raw, _ = pipeline._run_batches(runtime, io, batches)
-    order = pipeline.match_outputs(model.output_names, io)
-    return pipeline._undo(raw, io, order), [io.outputs[i].quant for i in order]
+    raw, _ = runner.run_batches(runtime, io, batches)
+    order = match_outputs(model.output_names, io)
+    return runner.reference_form(raw, io, order), [io.outputs[i].quant for i in order]
 
 
 def _requantized(outputs: parity.Outputs, scale: float) -> parity.Outputs:
@@ -80,9 +82,9 @@ def measure(spec: str, target: str, precision: str, defects: bool) -> None:
     manager = api.plugin_manager()
     model = api.load_model(spec)
     settings = ConvertSettings(targets=(target,), precision=precision, samples=SAMPLES)
-    inputs = pipeline.prepare_inputs(model, settings, needs_calibration=precision == "int8")
-    calibration = data.batches(inputs.calibration, model.inputs) if inputs.calibration is not None else []
-    reference = parity.reference_outputs(model, inputs.batches)
+    inputs = resolve_inputs(model, settings, needs_calibration=precision == "int8")
+    calibration = inputs.calibration_batches or []
+    reference = parity.reference_outputs(model, inputs.parity)
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -92,9 +94,9 @@ def measure(spec: str, target: str, precision: str, defects: bool) -> None:
         if row.status not in ("passed", "failed"):
             print(f"{spec}: {target} {precision} {row.status}: {row.messages}")
             return
-        artifact, output_quant = _artifact_outputs(manager, target, Path(out) / row.artifacts[0], model, inputs.batches)
+        artifact, output_quant = _artifact_outputs(manager, target, Path(out) / row.artifacts[0], model, inputs.parity)
 
-    sim = simulate(model.module, model.example_inputs, calibration, inputs.batches, precision)
+    sim = simulate(model.module, model.example_inputs, calibration, inputs.parity, precision)
     sqnr_sim, e_sim = _errors(reference, sim.outputs)
     sqnr_art, max_art = _errors(reference, artifact)
     sqnr_vs_sim, max_vs_sim = _errors(sim.outputs, artifact)
@@ -102,7 +104,7 @@ def measure(spec: str, target: str, precision: str, defects: bool) -> None:
     artifact_scale = output_quant[0].scale if output_quant and output_quant[0] is not None else None
     step = min(artifact_scale, range_step) if artifact_scale else range_step
 
-    print(f"\n{spec} ({target} {precision}, {len(inputs.batches)} parity samples: {inputs.source})")
+    print(f"\n{spec} ({target} {precision}, {len(inputs.parity)} parity samples: {inputs.parity_source})")
     print(f"  {sim.describe()}")
     print(f"  simulate() {sim.seconds:.2f} s vs api.convert() {convert_seconds:.2f} s: ratio {sim.seconds / convert_seconds:.2f}")
     print(f"  sim vs float:      sqnr_sim {sqnr_sim:6.1f} dB  e_sim {e_sim:.4g}")
@@ -124,7 +126,7 @@ def measure(spec: str, target: str, precision: str, defects: bool) -> None:
             bad_model = api.load_model(_first_filter_scaled(model.module), example_inputs=model.example_inputs)
             bad_report = api.convert(bad_model, [target], precision=precision, out=out, samples=SAMPLES, calibration=inputs.calibration)
             bad_row = bad_report.targets[target]
-            bad, _ = _artifact_outputs(manager, target, Path(out) / bad_row.artifacts[0], model, inputs.batches)
+            bad, _ = _artifact_outputs(manager, target, Path(out) / bad_row.artifacts[0], model, inputs.parity)
         print(_judge("defect: first filter x1.5 (real convert)", *_errors(reference, bad), sqnr_sim, e_sim, step) + f"   today's check: {bad_row.status}")
 
 
