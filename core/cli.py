@@ -19,7 +19,7 @@ from edgex.core.errors import EdgexError, UsageError
 if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
     from edgex.core.plugin_manager import PluginManager
 
-EPILOG = "exit codes: 0 all passed, 1 an artifact failed parity, 2 bad usage or input, 3 a target failed to convert or its backend is missing"
+EPILOG = "exit codes: 0 all passed, 1 an artifact failed parity or its check was inconclusive, 2 bad usage or input, 3 a target failed to convert or its backend is missing"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +63,8 @@ def _add_parity_options(parser: argparse.ArgumentParser, samples: int = 32, eval
     group.add_argument("--rtol", type=float, help="relative tolerance, replacing the precision's own")
     if eval_data:
         group.add_argument("--eval-data", type=Path, metavar="FILE.npz", help="labelled data (x, y) for task accuracy")
+        group.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="with labelled data, the accuracy a pass may lose (default 0.5 points)")
+        group.add_argument("--min-top1-agreement", type=float, metavar="SHARE", help="with labelled data, the top-1 agreement a pass needs (default 0.99)")
     group.add_argument("--timeout", type=float, metavar="S", help="per-target time limit in seconds")
 
 
@@ -192,6 +194,8 @@ def _settings(args: argparse.Namespace, **extra: Any):
         atol=args.atol,
         rtol=args.rtol,
         eval_data=getattr(args, "eval_data", None),
+        max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
+        min_top1_agreement=getattr(args, "min_top1_agreement", None),
         parity_inputs=args.example_inputs,
         options=_target_options(args),
         timeout_s=args.timeout,
@@ -254,7 +258,7 @@ def cmd_validate(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core import pipeline
 
     model = _load(args, args.reference)
-    settings = _settings(args, precision=_quantize(args.quantize))
+    settings = _settings(args, precision=_quantize(args.quantize), calibration=args.calibration)
     report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target)
     _print_report(report, args, args.out)
     return report.exit_code
@@ -352,6 +356,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
 
     p = sub.add_parser("validate", help="validate an existing artifact against its reference model", epilog=EPILOG)
     _add_artifact_arguments(p, "the model the artifact must match (a MODEL spec)")
+    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="the calibration data the artifact was quantized with: edgex's own int8 reference is calibrated on it")
     _add_parity_options(p)
     _add_target_options(p, manager)
     _add_output_options(p)

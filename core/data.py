@@ -142,6 +142,18 @@ def take(samples: SampleSet, n: int, seed: int) -> SampleSet:
     return tuple(a[index] for a in samples)
 
 
+def hold_out(samples: SampleSet, n: int, seed: int) -> tuple[SampleSet, SampleSet | None]:
+    """``n`` rows drawn as :func:`take` draws them (at most half of the set), and the rest; the
+    rest is None when a set of one row cannot be split."""
+    total = count(samples)
+    if total < 2:
+        return samples, None
+    held = min(n, total // 2)
+    index = np.sort(np.random.default_rng(seed).choice(total, size=held, replace=False))
+    rest = np.setdiff1d(np.arange(total), index)
+    return tuple(a[index] for a in samples), tuple(a[rest] for a in samples)
+
+
 def synthetic_samples(inputs: Sequence[TensorSpec], n: int, seed: int) -> SampleSet:
     """``n`` seeded random samples (standard normal floats)."""
     rng = np.random.default_rng(seed)
@@ -204,8 +216,11 @@ class RunInputs:
     #: parity inputs, cut into batches shaped like the model's inputs
     parity: list[Batch]
     parity_source: str
+    #: the parity inputs are seeded random numbers, not data (nobody gave any)
+    parity_synthetic: bool
     #: int8 calibration (None when no int8 target runs and the user gave none)
     calibration: SampleSet | None
+    calibration_source: str
     #: labelled held-out data for task accuracy (``--eval-data`` or the model's own)
     evaluation: LabelledSet | None
     #: data for recovery methods (distillation): ``--distill-data``, else the calibration data
@@ -284,24 +299,31 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
     at random (with a warning) when the user and the model give none."""
     calibration = as_samples(settings.calibration, model, "--calibration")
     calibration_given = calibration is not None
-    calibration_source = "--calibration"
+    calibration_source = f"--calibration {settings.calibration}" if isinstance(settings.calibration, (str, Path)) else "the calibration data given"
     if calibration is None and model.calibration is not None:
         calibration = check_samples(model.calibration, model.inputs, "the model's shipped calibration data")
         calibration_source = "the example's shipped data"
     recovery = _recovery(settings, model, calibration, calibration_given) if settings.compression else None
     provided = as_samples(settings.parity_inputs, model, "--example-inputs")
+    synthetic = False
     if provided is not None and count(provided) > 1:
         samples, source = take(provided, settings.samples, settings.seed), f"--example-inputs ({min(settings.samples, count(provided))} samples)"
     elif calibration is not None:
-        samples = take(calibration, settings.samples, settings.seed)
-        source = f"{count(samples)} samples of {calibration_source} (seed {settings.seed})"
+        # parity rows are held out: an artifact calibrated on its own test inputs proves less
+        samples, kept = hold_out(calibration, settings.samples, settings.seed)
+        if kept is None:
+            source = f"{count(samples)} samples of {calibration_source} (seed {settings.seed}; too few to hold out from calibration)"
+        else:
+            source = f"{count(samples)} samples of {calibration_source}, held out from calibration (seed {settings.seed}); calibration keeps the other {count(kept)}"
+            calibration = kept
     else:
-        samples = synthetic_samples(model.inputs, settings.samples, settings.seed)
+        samples, synthetic = synthetic_samples(model.inputs, settings.samples, settings.seed), True
         source = f"{settings.samples} seeded standard-normal samples (seed {settings.seed})"
     warnings: list[str] = []
     if needs_calibration:
         if calibration is None:
             calibration = synthetic_samples(model.inputs, SYNTHETIC_CALIBRATION, settings.seed + 1)
+            calibration_source = f"{SYNTHETIC_CALIBRATION} random normal samples"
             warnings.append(f"no --calibration data: int8 ranges come from {SYNTHETIC_CALIBRATION} random normal samples and may not fit real inputs")
         else:
             warnings += calibration_warnings(calibration, samples, model.inputs)
@@ -309,7 +331,9 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
         specs=tuple(model.inputs),
         parity=batches(samples, model.inputs),
         parity_source=source,
+        parity_synthetic=synthetic,
         calibration=calibration,
+        calibration_source=calibration_source,
         evaluation=as_labelled(settings.eval_data, model),
         recovery=recovery,
         warnings=tuple(warnings),

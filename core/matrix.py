@@ -288,7 +288,7 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
 
 
 def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:
-    statuses = [row["status"] for c in cells for row in c["targets"].values()]
+    statuses = {row["status"] for c in cells for row in c["targets"].values()}
     if "error" in statuses:
         return 3
-    return 1 if "failed" in statuses else 0
+    return 1 if statuses & {"failed", "inconclusive"} else 0

@@ -25,8 +25,10 @@ from edgex.core import layout, parity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError
+from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
+from edgex.core.quant_reference import CannotSimulate, SimulatedReference, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
 from edgex.core.runner import (
     IsolatedRun,
@@ -92,6 +94,72 @@ def plan_targets(manager: PluginManager, names: Sequence[str], precision: str | 
                 reason = status.missing_message()
         plans.append(TargetPlan(name, wanted, requested, registered.plugin, reason))
     return plans
+
+
+# --------------------------------------------------------------------------- the reference side
+
+
+#: what a user does about a reference that cannot judge anything
+VACUOUS_HINT = "load trained weights (--weights) and give real inputs (--example-inputs or --calibration)"
+
+
+class Reference:
+    """The reference's side of every verdict in a run, computed once and shared by its targets:
+    its outputs on the parity and eval inputs, its float noise floor, whether it can judge at
+    all, and -- on first use -- edgex's simulated-quantized reference per scheme and its fp16
+    range check."""
+
+    def __init__(self, manager: PluginManager, model: ReferenceModel, inputs: RunInputs) -> None:
+        self.model, self.inputs = model, inputs
+        with observed(manager, "reference"):
+            self.outputs = parity.reference_outputs(model, inputs.parity)
+            self.noise = parity.noise_floor(model, inputs.parity, self.outputs)
+            self.eval_outputs: list[np.ndarray] = []
+            if inputs.eval_batches:
+                self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
+        self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
+        self._simulated: dict[str, tuple[SimulatedReference | None, str]] = {}
+        self._fp16: tuple[str | None] | None = None
+
+    def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
+        """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
+        if self.inputs.calibration is not None:
+            return list(self.inputs.calibration_batches or ()), f"calibrated on {self.inputs.calibration_source}"
+        if not self.inputs.parity_synthetic:
+            return list(self.inputs.parity), f"calibrated on the parity inputs ({self.inputs.parity_source}): no --calibration given"
+        raise UsageError(
+            "judging an int8 artifact needs real inputs: pass --calibration (the data it was quantized with) or "
+            "--example-inputs; standard-normal samples fall outside the ranges it was calibrated to"
+        )
+
+    def simulated(self, scheme: str) -> tuple[SimulatedReference | None, str]:
+        """edgex's own ``scheme`` reference, or None and the reason the verdict is weaker without one."""
+        if scheme not in self._simulated:
+            if self.model.module is None:
+                self._simulated[scheme] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
+            else:
+                calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
+                try:
+                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme)
+                    self._simulated[scheme] = (sim, how)
+                except CannotSimulate as exc:
+                    self._simulated[scheme] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
+        return self._simulated[scheme]
+
+    def fp16_overflow(self) -> str | None:
+        """Why an honest fp16 execution of the reference overflows, or None."""
+        if self._fp16 is None:
+            self._fp16 = (fp16_overflow(self.model.module, self.inputs.parity) if self.model.module is not None else None,)
+        return self._fp16[0]
+
+
+def simulated_details(sim: SimulatedReference, how: str, reference: Outputs, names: Sequence[str]) -> dict[str, Any]:
+    """The report's account of the simulated reference a verdict was judged against."""
+    outputs = []
+    for index, name in enumerate(names):
+        e_sim, sqnr_sim = parity.output_error(reference, sim.outputs, index)
+        outputs.append({"name": name, "e_sim": e_sim, "sqnr_sim_db": round(sqnr_sim, 3), "step": sim.output_step(index)})
+    return {"scheme": sim.scheme, "description": sim.describe(), "calibration": how, "seconds": round(sim.seconds, 4), "outputs": outputs}
 
 
 # --------------------------------------------------------------------------- running one target
@@ -175,7 +243,7 @@ class TargetRun:
             self.stage, self.stage_start = "validate", time.perf_counter()
             self.manager.stage_started(StageEvent("validate", self.target))
 
-    def finish(self, reference: Outputs, reference_eval: list[np.ndarray], noise: parity.NoiseFloor) -> tuple[TargetReport, RunOutcome | None]:
+    def finish(self, reference: Reference) -> tuple[TargetReport, RunOutcome | None]:
         row = TargetReport(name=self.target, status="error", plugin=self.plugin)
         try:
             outcome: RunOutcome = self.job.wait(self._on_event)
@@ -197,8 +265,18 @@ class TargetRun:
             row.converter = outcome.conversion.converter
             row.messages.extend(outcome.conversion.messages)
             row.details.update(outcome.conversion.details)
+        simulated = None
         try:
-            judged = judge_outputs(self.model, io, outcome.outputs, reference, noise, self.settings, self.inputs.parity_source)
+            if io.precision in ("int8", "dynamic-int8"):
+                simulated, how = reference.simulated(io.precision)
+                if simulated is None:
+                    row.messages.append(how)
+                else:
+                    row.details["int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
+            judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
+        except UsageError:
+            self._end_stage("error")
+            raise
         except (TargetError, ValueError) as exc:
             row.messages.append(f"cannot compare outputs: {exc}")
             self._end_stage("error")
@@ -206,25 +284,49 @@ class TargetRun:
         row.parity = judged
         row.status = "passed" if judged.passed else "failed"
         row.messages.extend(judged.messages)
+        if io.precision == "fp16":
+            self._judge_fp16(row, reference)
         if outcome.eval_outputs and self.inputs.eval_labels is not None:
             first = layout.match_outputs(self.model.output_names, io)[:1]
             artifact_eval = [sample[0] for sample in reference_form(outcome.eval_outputs, io, first)]
-            row.accuracy = _accuracy(reference_eval, artifact_eval, self.inputs.eval_labels)
+            row.accuracy = _accuracy(reference.eval_outputs, artifact_eval, self.inputs.eval_labels)
+            self._judge_accuracy(row)
+        if reference.vacuous:
+            row.status = "inconclusive"
+            row.messages.append(f"inconclusive: {reference.vacuous}; {VACUOUS_HINT}")
         self._end_stage(row.status)
         return row, outcome
 
+    def _judge_fp16(self, row: TargetReport, reference: Reference) -> None:
+        """An fp16 pass also needs the reference's activations inside fp16's range: a backend
+        that computes in fp32 (most CPU runtimes) cannot show the overflow a device would hit."""
+        arithmetic = FP16_ARITHMETIC.get(self.target)
+        if arithmetic:
+            row.details["fp16_arithmetic"] = arithmetic
+        overflow = reference.fp16_overflow()
+        if overflow:
+            row.status = "failed"
+            row.messages.append(f"fp16 overflow: {overflow}")
+
+    def _judge_accuracy(self, row: TargetReport) -> None:
+        """With labelled data a pass also needs the task's answers: top-1 agreement and accuracy."""
+        accuracy, settings = row.accuracy or {}, self.settings
+        accuracy["max_accuracy_drop"], accuracy["min_top1_agreement"] = settings.max_accuracy_drop, settings.min_top1_agreement
+        if accuracy["top1_agreement"] < settings.min_top1_agreement:
+            row.status = "failed" if row.status == "passed" else row.status
+            row.messages.append(
+                f"top-1 agreement with the reference {accuracy['top1_agreement']:.4f} on {accuracy['samples']} labelled samples is below "
+                f"{settings.min_top1_agreement:g} (--min-top1-agreement)"
+            )
+        if accuracy["drop_points"] > settings.max_accuracy_drop:
+            row.status = "failed" if row.status == "passed" else row.status
+            row.messages.append(
+                f"accuracy drops {accuracy['drop_points']:.2f} points ({accuracy['reference']:.4f} -> {accuracy['artifact']:.4f}), "
+                f"more than the {settings.max_accuracy_drop:g} allowed (--max-accuracy-drop)"
+            )
+
 
 # --------------------------------------------------------------------------- the commands
-
-
-def _reference(manager: PluginManager, model: ReferenceModel, inputs: RunInputs) -> tuple[Outputs, list[np.ndarray], parity.NoiseFloor]:
-    with observed(manager, "reference"):
-        reference = parity.reference_outputs(model, inputs.parity)
-        noise = parity.noise_floor(model, inputs.parity, reference)
-        reference_eval: list[np.ndarray] = []
-        if inputs.eval_batches:
-            reference_eval = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
-    return reference, reference_eval, noise
 
 
 def _relocate(result: ConversionResult, workdir: Path, final: Path) -> ConversionResult:
@@ -305,7 +407,9 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
         # the first target converts in its child while the parent computes the reference outputs
         started = start(runnable[0]) if runnable else None
         try:
-            reference, reference_eval, noise = _reference(manager, model, inputs)
+            reference = Reference(manager, model, inputs)
+            for scheme in {p.precision for p in runnable} & {"int8", "dynamic-int8"}:
+                reference.simulated(scheme)  # while the first target converts
         except BaseException:
             if started is not None:
                 started[0].job.cancel()
@@ -323,7 +427,7 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
             run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
             started = None
             try:
-                row, outcome = run.finish(reference, reference_eval, noise)
+                row, outcome = run.finish(reference)
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
@@ -364,13 +468,13 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
         (out / "logs").mkdir(exist_ok=True)
         run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log")
         try:
-            reference, reference_eval, noise = _reference(manager, model, inputs)
+            reference = Reference(manager, model, inputs)
         except BaseException:
             run.job.cancel()
             raise
         if model.macs is None and model.module is not None:
             report.model["macs"] = count_macs(model.module, model.example_inputs)
-        row, _ = run.finish(reference, reference_eval, noise)
+        row, _ = run.finish(reference)
     row.artifacts = [str(artifact)]
     row.size_bytes = _size([artifact])
     report.targets[name] = row

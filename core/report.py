@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from edgex.core.parity import ParityReport
 from edgex.core.tables import count, number, size, table
 
-STATUS_ORDER = ("passed", "failed", "error", "skipped")
+STATUS_ORDER = ("passed", "failed", "inconclusive", "error", "skipped")
 
 
 @dataclass
@@ -78,11 +78,12 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """0 all passed; 1 an artifact failed parity; 3 a target errored or a requested one was skipped."""
+        """0 all passed; 1 an artifact's parity was not proven (failed, or inconclusive); 3 a target
+        errored or a requested one was skipped (3 wins over 1)."""
         rows = self.targets.values()
         if any(t.status == "error" or (t.status == "skipped" and t.requested) for t in rows):
             return 3
-        if any(t.status == "failed" for t in rows):
+        if any(t.status in ("failed", "inconclusive") for t in rows):
             return 1
         return 0
 
@@ -249,7 +250,7 @@ def matrix_markdown(cells: Any) -> str:
 def matrix_html(cells: Any) -> str:
     from html import escape
 
-    colours = {"passed": "#d4f7d4", "failed": "#ffd6d6", "error": "#ffb3b3", "skipped": "#eeeeee"}
+    colours = {"passed": "#d4f7d4", "failed": "#ffd6d6", "inconclusive": "#fff2b3", "error": "#ffb3b3", "skipped": "#eeeeee"}
     head = "".join(f"<th>{escape(c)}</th>" for c in MATRIX_COLUMNS)
     body = []
     for row in _matrix_rows(cells):
@@ -267,7 +268,7 @@ def matrix_junit(cells: Any) -> str:
     from xml.sax.saxutils import quoteattr
 
     cases = []
-    counts = {"failed": 0, "error": 0, "skipped": 0}
+    counts = {"failed": 0, "inconclusive": 0, "error": 0, "skipped": 0}
     for cell in cells:
         coords = cell["cell"]
         row = cell["targets"][coords["target"]]
@@ -276,7 +277,7 @@ def matrix_junit(cells: Any) -> str:
         seconds = row.get("convert_seconds") or 0.0
         message = quoteattr("; ".join(row.get("messages") or []) or row["status"])
         inner = ""
-        if row["status"] == "failed":
+        if row["status"] in ("failed", "inconclusive"):
             inner = f"<failure message={message}/>"
         elif row["status"] == "error":
             inner = f"<error message={message}/>"
@@ -286,7 +287,7 @@ def matrix_junit(cells: Any) -> str:
         cases.append(f"    <testcase classname={classname} name={name} time=\"{seconds:.3f}\">{inner}</testcase>")
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
-        f'<testsuite name="edgex matrix" tests="{len(cells)}" failures="{counts["failed"]}" errors="{counts["error"]}" skipped="{counts["skipped"]}">\n'
+        f'<testsuite name="edgex matrix" tests="{len(cells)}" failures="{counts["failed"] + counts["inconclusive"]}" errors="{counts["error"]}" skipped="{counts["skipped"]}">\n'
         + "\n".join(cases)
         + "\n</testsuite>\n"
     )

@@ -164,13 +164,15 @@ def judge_outputs(
     noise: parity.NoiseFloor,
     settings: ConvertSettings,
     inputs_source: str,
+    simulated: Any = None,
 ) -> parity.ParityReport:
     """The parity verdict on the artifact's native outputs: matched to the reference's outputs,
-    undone to their form, judged against each output's tolerance at ``io.precision``."""
+    undone to their form, judged against each output's tolerance at ``io.precision``
+    (``simulated``: edgex's simulated-quantized reference, for int8 and dynamic-int8)."""
     order = layout.match_outputs(model.output_names, io)
     actual = reference_form(native, io, order)
     tolerances = [
-        parity.tolerance_for(io.precision, i, reference, noise, io.outputs[j].quant, settings.atol, settings.rtol)
+        parity.tolerance_for(io.precision, i, reference, noise, io.outputs[j].quant, settings.atol, settings.rtol, simulated)
         for i, j in enumerate(order)
     ]
     return parity.compare(reference, actual, model.output_names, tolerances, inputs_source)

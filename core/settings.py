@@ -35,6 +35,10 @@ class ConvertSettings:
     compression: tuple[Any, ...] = ()
     #: for recovery: unlabelled (or labelled .npz) data; None: the calibration data
     distill_data: Any = None
+    #: with labelled data, a pass also needs the artifact's accuracy within this many points of the reference's
+    max_accuracy_drop: float = 0.5
+    #: ... and its top-1 class agreeing with the reference's on at least this share of the labelled samples
+    min_top1_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         # checked when built, whoever builds them: a bad value is a usage error before any work
@@ -44,6 +48,10 @@ class ConvertSettings:
             raise UsageError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.samples < 1:
             raise UsageError("--samples must be at least 1")
+        if self.max_accuracy_drop < 0:
+            raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop:g} must be 0 or more (points of accuracy)")
+        if not 0.0 <= self.min_top1_agreement <= 1.0:
+            raise UsageError(f"--min-top1-agreement {self.min_top1_agreement:g} must lie between 0 and 1")
 
 
 def make_settings(base: ConvertSettings | None = None, **values: Any) -> ConvertSettings:

@@ -22,7 +22,7 @@ Precision = Literal["fp32", "fp16", "int8", "dynamic-int8"]
 #: Pipeline stages, in order, as observers see them.
 STAGES = ("load", "compress", "reference", "convert", "validate", "report")
 
-Status = Literal["passed", "failed", "error", "skipped"]
+Status = Literal["passed", "failed", "inconclusive", "error", "skipped"]
 
 
 # --------------------------------------------------------------------------- declarations
@@ -327,7 +327,7 @@ class StageEvent:
 
     stage: str
     target: str | None = None
-    #: set when finished: "ok", or the target's status ("passed", "failed", "error", "skipped")
+    #: set when finished: "ok", or the target's status ("passed", "failed", "inconclusive", "error", "skipped")
     outcome: str | None = None
     seconds: float | None = None
     detail: str = ""
