@@ -14,7 +14,7 @@ def resnet_tiny():
 
 def mobilenet_tiny():
     torch.manual_seed(0)
-    return zoo._seeded(zoo.MobileNetV2(classes=10)), (torch.randn(1, 3, 32, 32),)
+    return zoo._batch_statistics(zoo._seeded(zoo.MobileNetV2(classes=10)), (1, 3, 32, 32)), (torch.randn(1, 3, 32, 32),)
 
 
 def transformer_tiny():
@@ -54,3 +54,22 @@ def fp16_overflow_mlp():
         net.fc2.weight.copy_(torch.randn(4, 16) * 2e-4)
         net.fc2.bias.zero_()
     return net.eval(), (torch.randn(1, 8),)
+
+
+def zero_classifier():
+    """A freshly initialised classifier as transformers builds some (EfficientNet, MobileViT):
+    the last layer is zero, so the output is exactly 0 for every input."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    with torch.no_grad():
+        net[4].weight.zero_()
+        net[4].bias.zero_()
+    return net.eval(), (torch.randn(1, 3, 16, 16),)
+
+
+def constant_classifier():
+    """The same with a bias left in: the output is the bias, the same for every input."""
+    net, example = zero_classifier()
+    with torch.no_grad():
+        net[4].bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    return net, example

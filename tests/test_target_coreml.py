@@ -50,7 +50,7 @@ def families():
     torch.manual_seed(0)
     residual = zoo._seeded(zoo.ResNet(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1), classes=10, stem_stride=1, stem_pool=False), 7)
     torch.manual_seed(2)
-    depthwise = zoo._seeded(zoo.MobileNetV2(), 2)
+    depthwise = zoo._batch_statistics(zoo._seeded(zoo.MobileNetV2(), 2), (1, 3, 32, 32), 2)
     torch.manual_seed(3)
     transformer = zoo.TransformerClassifier(dim=32, heads=4, layers=2).eval()
     return {
