@@ -2,8 +2,8 @@
 
 The first tests read each planted file back: the planter changed exactly what it says and the file
 still loads on its runtime. The parity-verdict tests (a planted defect => "failed", the honest
-artifact => "passed") run the digits CNN with 32 parity samples; those today's criterion lets
-through are strict xfails, to flip when the criterion no longer trusts the artifact's own scales.
+artifact => "passed") run the digits CNN and tests/models.py:resnet_tiny with 32 parity samples;
+what today's criterion gets wrong is a strict xfail, to flip when the criterion is fixed.
 """
 
 from __future__ import annotations
@@ -35,16 +35,33 @@ def _load_defects():
 defects = _load_defects()
 
 
+MODELS = {"digits": "examples:digits", "resnet_tiny": f"{Path(__file__).with_name('models.py')}:resnet_tiny"}
+ARTIFACTS = (("tflite", "int8"), ("onnx", "int8"), ("coreml", "dynamic-int8"))
+
+
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The digits CNN as full-int8 .tflite, ONNX int8 and Core ML dynamic-int8, converted once."""
-    out = tmp_path_factory.mktemp("digits")
-    reference = api.load_model("examples:digits")
-    artifacts = {}
-    for kind, precision in (("tflite", "int8"), ("onnx", "int8"), ("coreml", "dynamic-int8")):
-        report = api.convert(reference, [kind], out=out / kind, precision=precision, samples=SAMPLES)
-        artifacts[kind] = out / kind / report.targets[kind].artifacts[0]
-    return reference, artifacts
+def converted(tmp_path_factory):
+    """model name -> (reference, {artifact kind: path}): full-int8 .tflite, ONNX int8 and Core ML
+    dynamic-int8, each converted once per module."""
+    cache = {}
+
+    def convert(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name)
+            reference = api.load_model(MODELS[name])
+            artifacts = {}
+            for kind, precision in ARTIFACTS:
+                report = api.convert(reference, [kind], out=out / kind, precision=precision, samples=SAMPLES)
+                artifacts[kind] = out / kind / report.targets[kind].artifacts[0]
+            cache[name] = reference, artifacts
+        return cache[name]
+
+    return convert
+
+
+@pytest.fixture
+def digits(converted):
+    return converted("digits")
 
 
 # --------------------------------------------------------------------------- reading the files back
@@ -199,12 +216,49 @@ def test_coreml_planters(digits, tmp_path):
 
 # --------------------------------------------------------------------------- the parity verdict
 
-#: (defect, target, plant(artifact, out)); TODAY marks what today's criterion passes (benchmarks/int8_defects.py)
-VERDICTS = [
-    ("scale-last-x1.5", lambda p, o: defects.scale_channel(p, o, layer="last", channel=1)),
-    ("scale-middle-x1.5", lambda p, o: defects.scale_channel(p, o, layer="middle", channel=1)),
-    ("swap-middle", lambda p, o: defects.swap_channels(p, o, layer="middle", a=0, b=1)),
-    ("output-scale-x4", lambda p, o: defects.scale_output(p, o, factor=4.0)),
-    ("output-scale-x16", lambda p, o: defects.scale_output(p, o, factor=16.0)),
-    ("drop-bias-last", lambda p, o: defects.drop_bias(p, o, layer="last")),
-]
+#: defect -> plant(artifact, out), the issue's list (the same as benchmarks/int8_defects.py plants)
+PLANTS = {
+    "scale-last-x1.5": lambda p, o: defects.scale_channel(p, o, layer="last", channel=1),
+    "scale-middle-x1.5": lambda p, o: defects.scale_channel(p, o, layer="middle", channel=1),
+    "swap-middle": lambda p, o: defects.swap_channels(p, o, layer="middle", a=0, b=1),
+    "output-scale-x4": lambda p, o: defects.scale_output(p, o, factor=4.0),
+    "output-scale-x16": lambda p, o: defects.scale_output(p, o, factor=16.0),
+    "x4+scale-last": lambda p, o: defects.scale_channel(defects.scale_output(p, o.with_name("x4-" + o.name), factor=4.0).path, o,
+                                                        layer="last", channel=1),
+    "drop-bias-last": lambda p, o: defects.drop_bias(p, o, layer="last"),
+}
+#: target -> (artifact of the digits fixture it validates, precision)
+TARGETS = {"tflite": ("tflite", "int8"), "coral": ("tflite", "int8"), "mcu": ("tflite", "int8"),
+           "onnx": ("onnx", "int8"), "coreml": ("coreml", "dynamic-int8")}
+#: (model, target, defect) today's criterion gets wrong (benchmarks/int8_defects.py, 32 samples)
+WRONG_TODAY = {
+    ("digits", "tflite", "drop-bias-last"), ("digits", "coral", "drop-bias-last"), ("digits", "mcu", "drop-bias-last"),
+    ("digits", "onnx", "honest"),
+    ("resnet_tiny", "tflite", "scale-middle-x1.5"), ("resnet_tiny", "onnx", "honest"), ("resnet_tiny", "coreml", "scale-last-x1.5"),
+}
+#: the targets each model is judged on: coral and mcu validate the same .tflite as tflite, so the
+#: second model runs the three artifact kinds only
+MODEL_TARGETS = {"digits": ("tflite", "coral", "mcu", "onnx", "coreml"), "resnet_tiny": ("tflite", "onnx", "coreml")}
+#: Core ML programs have float outputs: no output scale to write wrong
+IMPOSSIBLE = {("coreml", d) for d in ("output-scale-x4", "output-scale-x16", "x4+scale-last")}
+
+
+def _cases():
+    for model, targets in MODEL_TARGETS.items():
+        for target in targets:
+            for defect in ("honest", *PLANTS):
+                if (target, defect) not in IMPOSSIBLE:
+                    marks = [TODAY] if (model, target, defect) in WRONG_TODAY else []
+                    yield pytest.param(model, target, defect, marks=marks, id=f"{model}-{target}-{defect}")
+
+
+@pytest.mark.parametrize("model,target,defect", list(_cases()))
+def test_parity_verdict(converted, tmp_path, model, target, defect):
+    reference, artifacts = converted(model)
+    kind, precision = TARGETS[target]
+    artifact = artifacts[kind]
+    if defect != "honest":
+        artifact = PLANTS[defect](artifact, tmp_path / artifact.name).path
+    report = api.validate(artifact, reference, target=target, out=tmp_path / "validate", precision=precision, samples=SAMPLES)
+    row = report.targets[target]
+    assert row.status == ("passed" if defect == "honest" else "failed"), row.messages
