@@ -1,0 +1,419 @@
+"""Planting int8 defects directly in converted artifact files (issue 15: is the parity verdict independent?).
+
+Each planter takes an artifact and writes a modified copy, returning a :class:`Planted` that says
+where the defect went. Test scaffolding, not product code: tests load it by path (it lives next to
+``tests/models.py``; ``--import-mode=importlib`` puts no test folder on ``sys.path``), and
+``benchmarks/int8_defects.py`` uses it to measure which defects the parity verdict catches.
+
+Formats and what each defect does to the data:
+
+- full-int8 ``.tflite`` (targets tflite, coral and mcu all validate this file): the weight ops are
+  CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with per-channel int8 weights. Edited through the
+  flatbuffer object API (``ModelT``), repacked, every buffer inline, so LiteRT and TFLM load it.
+- ONNX int8 (QDQ): the weight ops are Conv, Gemm and MatMul whose weight input is a
+  DequantizeLinear of an int8 initializer with a per-channel scale. (edgex's onnx target has no
+  dynamic-int8 precision; its int8 is QDQ static quantization.)
+- Core ML dynamic-int8 ``.mlpackage``: the weight ops are the ``constexpr_affine_dequantize`` /
+  ``constexpr_blockwise_shift_scale`` ops whose scale (and data) are blobs in weight.bin, patched
+  in place. coremltools keeps small weights (the digits CNN's first conv and classifier) in fp16:
+  only compressed weights count. ``scale_output`` is impossible there (a Core ML program's outputs
+  are float; no scale is stored for them), and so is ``drop_bias`` on a weight without a blob bias.
+
+Defects (``layer`` is "last", "middle" or an index into the format's weight ops, in graph order):
+
+- ``scale_channel``: output channel ``channel`` of the layer computes ``factor`` x its value before
+  the activation (tflite: the kernel's requantisation multiplier of that channel -- bias included,
+  since the int32 bias is read at input scale x weight scale; onnx: the weight and bias scales of
+  the channel; coreml: the dequant scale, so the bias is not scaled).
+- ``swap_channels``: the layer's output channels ``a`` and ``b`` are computed in each other's place
+  (weights, bias, scales and zero points swapped), so the next layer reads them in the wrong order.
+- ``scale_output``: the model output's quantisation scale is written ``factor`` x while the int8
+  values stay what they were (tflite: the producing weight op's scales are multiplied too, which
+  cancels in its requantisation; onnx: only the final DequantizeLinear's scale changes), so the
+  dequantized output is ``factor`` x the honest one.
+- ``drop_bias``: the layer's bias is all zeros.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+TFLITE_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+ONNX_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+COREML_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
+#: ops that move int8 bytes without requantising: an output scale written behind them reaches the data as is
+_TFLITE_BYTE_MOVERS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
+@dataclass(frozen=True)
+class Planted:
+    """Where a defect went: the written file, the defect, the layer (a name in the file) and its details."""
+
+    path: Path
+    defect: str
+    layer: str
+    details: dict[str, Any]
+
+
+def _pick(layers: list, layer: str | int) -> int:
+    if not layers:
+        raise ValueError("the artifact has no quantized weight op to plant a defect in")
+    if layer == "last":
+        return len(layers) - 1
+    if layer == "middle":
+        return (len(layers) - 1) // 2
+    return int(layer)
+
+
+def _format(path: Path) -> str:
+    path = Path(path)
+    if path.suffix in (".tflite", ".onnx", ".mlpackage"):
+        return path.suffix[1:]
+    raise ValueError(f"{path}: not a .tflite, .onnx or .mlpackage artifact")
+
+
+# --------------------------------------------------------------------------- .tflite
+
+
+def _tflite_edit(path: Path, out: Path, edit: Callable[[Any, Any, dict[str, str]], Planted]) -> Planted:
+    """Copy ``path`` to ``out`` with every buffer inline, let ``edit(model, subgraph, opnames)`` change
+    the ``ModelT``, repack it."""
+    import flatbuffers
+
+    from edgex.targets.tflite_graph import _builtin_names, rewrite, schema
+
+    out = Path(out)
+    shutil.copyfile(path, out)
+    rewrite(out)  # weights appended after the flatbuffer ("offset buffers") would not survive a repack
+    model = schema().ModelT.InitFromPackedBuf(bytearray(out.read_bytes()), 0)
+    names = _builtin_names()
+    opnames = [names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "") for c in model.operatorCodes]
+    planted = edit(model, model.subgraphs[0], opnames)
+    builder = flatbuffers.Builder(max(1024, out.stat().st_size))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(builder.Output())
+    return planted
+
+
+def _tflite_weight_ops(subgraph: Any, opnames: list[str]) -> list[Any]:
+    ops = []
+    for op in subgraph.operators:
+        if opnames[op.opcodeIndex] in TFLITE_WEIGHT_OPS and len(op.inputs) > 1:
+            q = subgraph.tensors[op.inputs[1]].quantization
+            if q is not None and q.scale is not None and len(q.scale):
+                ops.append(op)
+    return ops
+
+
+def _tflite_array(model: Any, tensor: Any, dtype: str) -> np.ndarray:
+    shape = [int(d) for d in tensor.shape]
+    return np.asarray(model.buffers[tensor.buffer].data, dtype=np.uint8).view(dtype).reshape(shape).copy()
+
+
+def _tflite_store(model: Any, tensor: Any, values: np.ndarray) -> None:
+    model.buffers[tensor.buffer].data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+
+
+def _tflite_layer(model: Any, subgraph: Any, opnames: list[str], layer: str | int) -> tuple[Any, Any, Any, int]:
+    """(op, weight tensor, bias tensor or None, output-channel axis) of the chosen weight op."""
+    ops = _tflite_weight_ops(subgraph, opnames)
+    op = ops[_pick(ops, layer)]
+    weight = subgraph.tensors[op.inputs[1]]
+    bias = subgraph.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    return op, weight, bias, int(weight.quantization.quantizedDimension)
+
+
+def _name(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+# --------------------------------------------------------------------------- .onnx
+
+
+def _onnx_edit(path: Path, out: Path, edit: Callable[[Any, dict[str, Any]], Planted]) -> Planted:
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    planted = edit(model, inits)
+    onnx.save(model, str(out))
+    return planted
+
+
+def _onnx_get(inits: dict[str, Any], name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(inits[name]).copy()
+
+
+def _onnx_set(inits: dict[str, Any], name: str, values: np.ndarray) -> None:
+    from onnx import numpy_helper
+
+    inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, dtype=_onnx_get(inits, name).dtype), name))
+
+
+def _onnx_dequantized(model: Any, inits: dict[str, Any], tensor: str) -> tuple[Any, int] | None:
+    """The DequantizeLinear of an initializer that produces ``tensor``, and its axis; else None."""
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and tensor in node.output and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            return node, axis
+    return None
+
+
+def _onnx_layer(model: Any, inits: dict[str, Any], layer: str | int) -> tuple[Any, Any, int, Any]:
+    """(weight op, weight DequantizeLinear, its channel axis, bias DequantizeLinear or None)."""
+    ops = []
+    for node in model.graph.node:
+        if node.op_type in ONNX_WEIGHT_OPS and len(node.input) > 1:
+            found = _onnx_dequantized(model, inits, node.input[1])
+            if found is not None and _onnx_get(inits, found[0].input[1]).size > 1:
+                ops.append((node, *found))
+    node, weight, axis = ops[_pick(ops, layer)]
+    if node.op_type == "MatMul":
+        axis = 1  # weight [in, out]
+    bias = _onnx_dequantized(model, inits, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return node, weight, axis, bias[0] if bias else None
+
+
+# --------------------------------------------------------------------------- .mlpackage
+
+#: MIL blob storage data types (coremltools mil/mil/backend/... BlobDataType)
+_BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8}
+
+
+class _Blobs:
+    """The weight.bin of a copied .mlpackage, patched in place at the offsets the program names."""
+
+    def __init__(self, package: Path):
+        self.file = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+        self.data = bytearray(self.file.read_bytes())
+
+    def _where(self, value: Any) -> tuple[int, int, Any]:
+        if value.WhichOneof("value") != "blobFileValue":
+            raise ValueError("the value is stored in the program, not in weight.bin: this planter patches weight.bin only")
+        sentinel, dtype, size, offset = struct.unpack_from("<IIQQ", self.data, value.blobFileValue.offset)
+        if sentinel != 0xDEADBEEF or dtype not in _BLOB_DTYPES:
+            raise ValueError(f"weight.bin: no blob of a known type at {value.blobFileValue.offset}")
+        return offset, size, _BLOB_DTYPES[dtype]
+
+    def get(self, value: Any) -> np.ndarray:
+        offset, size, dtype = self._where(value)
+        return np.frombuffer(bytes(self.data[offset:offset + size]), dtype=dtype).copy()
+
+    def put(self, value: Any, array: np.ndarray) -> None:
+        offset, size, dtype = self._where(value)
+        raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
+        assert len(raw) == size, "a patched blob keeps its size"
+        self.data[offset:offset + size] = raw
+
+    def save(self) -> None:
+        self.file.write_bytes(bytes(self.data))
+
+
+def _coreml_edit(path: Path, out: Path, edit: Callable[[Any, _Blobs], Planted]) -> Planted:
+    import coremltools as ct
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(path, out)
+    spec = ct.models.MLModel(str(out), skip_model_load=True).get_spec()
+    function = spec.mlProgram.functions[spec.description.defaultFunctionName or "main"]
+    block = function.block_specializations[function.opset]
+    blobs = _Blobs(out)
+    planted = edit(block, blobs)
+    blobs.save()
+    return planted
+
+
+def _coreml_layer(block: Any, layer: str | int) -> tuple[Any, Any, Any]:
+    """(compressed-weight op, the op consuming it, its bias value or None)."""
+    ops = [op for op in block.operations if op.type in COREML_WEIGHT_OPS]
+    op = ops[_pick(ops, layer)]
+    weight = op.outputs[0].name
+    consumer = next(o for o in block.operations if any(a.name == weight for v in o.inputs.values() for a in v.arguments))
+    bias = None
+    if "bias" in consumer.inputs:
+        bias_name = consumer.inputs["bias"].arguments[0].name
+        bias = next((o.attributes["val"] for o in block.operations if o.type == "const" and o.outputs[0].name == bias_name), None)
+    return op, consumer, bias
+
+
+def _coreml_data_key(op: Any) -> str:
+    return "quantized_data" if "quantized_data" in op.attributes else "data"
+
+
+def _coreml_offset_key(op: Any) -> str:
+    return "zero_point" if "zero_point" in op.attributes else "offset"
+
+
+# --------------------------------------------------------------------------- the defects
+
+
+def scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int = 0, factor: float = 1.5) -> Planted:
+    """Output channel ``channel`` of ``layer`` computes ``factor`` x its value (see the module doc)."""
+    kind = _format(path)
+    if kind == "tflite":
+        def edit(model, subgraph, opnames):
+            op, weight, _, _ = _tflite_layer(model, subgraph, opnames, layer)
+            scales = np.array(weight.quantization.scale, dtype=np.float32)
+            scales[channel] *= factor
+            weight.quantization.scale = scales
+            return Planted(Path(out), "scale_channel", _name(weight.name), {"channel": channel, "factor": factor})
+
+        return _tflite_edit(path, out, edit)
+    if kind == "onnx":
+        def edit(model, inits):
+            node, weight, _, bias = _onnx_layer(model, inits, layer)
+            for dq in (weight, bias):
+                if dq is not None:
+                    scales = _onnx_get(inits, dq.input[1])
+                    scales[channel] *= factor
+                    _onnx_set(inits, dq.input[1], scales)
+            return Planted(Path(out), "scale_channel", weight.input[0], {"channel": channel, "factor": factor})
+
+        return _onnx_edit(path, out, edit)
+
+    def edit(block, blobs):
+        op, _, _ = _coreml_layer(block, layer)
+        scales = blobs.get(op.attributes["scale"])
+        scales[channel] *= factor
+        blobs.put(op.attributes["scale"], scales)
+        return Planted(Path(out), "scale_channel", op.outputs[0].name, {"channel": channel, "factor": factor})
+
+    return _coreml_edit(path, out, edit)
+
+
+def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0, b: int = 1) -> Planted:
+    """Output channels ``a`` and ``b`` of ``layer`` swapped: weights, bias, scales, zero points."""
+    kind = _format(path)
+    details = {"channels": (a, b)}
+    if kind == "tflite":
+        def edit(model, subgraph, opnames):
+            _, weight, bias, axis = _tflite_layer(model, subgraph, opnames, layer)
+            values = _tflite_array(model, weight, "int8")
+            _tflite_store(model, weight, _swapped(values, axis, a, b))
+            q = weight.quantization
+            q.scale = _swapped(np.array(q.scale, dtype=np.float32), 0, a, b)
+            if q.zeroPoint is not None and len(q.zeroPoint) > 1:
+                q.zeroPoint = _swapped(np.array(q.zeroPoint, dtype=np.int64), 0, a, b)
+            if bias is not None:
+                _tflite_store(model, bias, _swapped(_tflite_array(model, bias, "int32"), 0, a, b))
+            return Planted(Path(out), "swap_channels", _name(weight.name), details)
+
+        return _tflite_edit(path, out, edit)
+    if kind == "onnx":
+        def edit(model, inits):
+            _, weight, axis, bias = _onnx_layer(model, inits, layer)
+            _onnx_set(inits, weight.input[0], _swapped(_onnx_get(inits, weight.input[0]), axis, a, b))
+            for dq in (weight, bias):
+                if dq is None:
+                    continue
+                for name in list(dq.input[1:3]) + ([dq.input[0]] if dq is bias else []):
+                    values = _onnx_get(inits, name)
+                    if values.size > 1:
+                        _onnx_set(inits, name, _swapped(values, 0, a, b))
+            return Planted(Path(out), "swap_channels", weight.input[0], details)
+
+        return _onnx_edit(path, out, edit)
+
+    def edit(block, blobs):
+        op, _, bias = _coreml_layer(block, layer)
+        for key in (_coreml_data_key(op), "scale", _coreml_offset_key(op)):
+            value = op.attributes.get(key) if key in op.attributes else None
+            if value is None or value.WhichOneof("value") != "blobFileValue":
+                continue
+            shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
+            blobs.put(value, _swapped(blobs.get(value).reshape(shape), 0, a, b))
+        if bias is not None:
+            blobs.put(bias, _swapped(blobs.get(bias), 0, a, b))
+        return Planted(Path(out), "swap_channels", op.outputs[0].name, details)
+
+    return _coreml_edit(path, out, edit)
+
+
+def _swapped(values: np.ndarray, axis: int, a: int, b: int) -> np.ndarray:
+    values = np.array(values, copy=True)
+    order = np.arange(values.shape[axis])
+    order[[a, b]] = order[[b, a]]
+    return np.take(values, order, axis=axis)
+
+
+def scale_output(path: Path, out: Path, factor: float = 4.0, output: int = 0) -> Planted:
+    """The model output's quantisation scale written ``factor`` x: the dequantized output is ``factor`` x."""
+    kind = _format(path)
+    if kind == "tflite":
+        def edit(model, subgraph, opnames):
+            tensor = subgraph.outputs[output]
+            chain = [tensor]
+            while True:  # back through ops that copy int8 bytes, to the op that requantises
+                producer = next(op for op in subgraph.operators if chain[-1] in op.outputs)
+                if opnames[producer.opcodeIndex] not in _TFLITE_BYTE_MOVERS:
+                    break
+                chain.append(producer.inputs[0])
+            if opnames[producer.opcodeIndex] not in TFLITE_WEIGHT_OPS:
+                raise ValueError(f"the output is requantised by {opnames[producer.opcodeIndex]}, not a weight op: "
+                                 "its int8 values would move with the scale")
+            for index in chain:
+                q = subgraph.tensors[index].quantization
+                q.scale = np.array(q.scale, dtype=np.float32) * factor
+            weight = subgraph.tensors[producer.inputs[1]].quantization
+            weight.scale = np.array(weight.scale, dtype=np.float32) * factor  # cancels in the requantisation
+            return Planted(Path(out), "scale_output", _name(subgraph.tensors[tensor].name), {"factor": factor})
+
+        return _tflite_edit(path, out, edit)
+    if kind == "onnx":
+        def edit(model, inits):
+            from onnx import numpy_helper
+
+            name = model.graph.output[output].name
+            dq = next(n for n in model.graph.node if name in n.output)
+            if dq.op_type != "DequantizeLinear":
+                raise ValueError(f"output {name!r} comes from {dq.op_type}, not a DequantizeLinear: it carries no scale")
+            # its own initializer: the QuantizeLinear before it shares the scale's and must keep it
+            written = name + "_planted_scale"
+            model.graph.initializer.append(numpy_helper.from_array(_onnx_get(inits, dq.input[1]) * np.float32(factor), written))
+            dq.input[1] = written
+            return Planted(Path(out), "scale_output", name, {"factor": factor})
+
+        return _onnx_edit(path, out, edit)
+    raise ValueError("a Core ML program's outputs are float: no output scale is stored to write wrong")
+
+
+def drop_bias(path: Path, out: Path, layer: str | int = "last") -> Planted:
+    """The bias of ``layer`` zeroed."""
+    kind = _format(path)
+    if kind == "tflite":
+        def edit(model, subgraph, opnames):
+            _, weight, bias, _ = _tflite_layer(model, subgraph, opnames, layer)
+            if bias is None:
+                raise ValueError(f"{_name(weight.name)}: the layer has no bias")
+            _tflite_store(model, bias, np.zeros_like(_tflite_array(model, bias, "int32")))
+            return Planted(Path(out), "drop_bias", _name(bias.name), {})
+
+        return _tflite_edit(path, out, edit)
+    if kind == "onnx":
+        def edit(model, inits):
+            node, weight, _, bias = _onnx_layer(model, inits, layer)
+            if bias is None:
+                raise ValueError(f"{node.name or node.op_type}: the layer has no quantized bias input")
+            _onnx_set(inits, bias.input[0], np.zeros_like(_onnx_get(inits, bias.input[0])))
+            return Planted(Path(out), "drop_bias", bias.input[0], {})
+
+        return _onnx_edit(path, out, edit)
+
+    def edit(block, blobs):
+        op, _, bias = _coreml_layer(block, layer)
+        if bias is None:
+            raise ValueError(f"{op.outputs[0].name}: its consumer has no constant bias")
+        blobs.put(bias, np.zeros_like(blobs.get(bias)))
+        return Planted(Path(out), "drop_bias", op.outputs[0].name, {})
+
+    return _coreml_edit(path, out, edit)
