@@ -112,6 +112,8 @@ def validate(
     example_inputs: Any = None,
     input_shapes: Sequence[Sequence[int]] | None = None,
     precision: str | None = None,
+    calibration: Any = None,
+    eval_data: Any = None,
     samples: int | None = None,
     seed: int | None = None,
     atol: float | None = None,
@@ -119,9 +121,13 @@ def validate(
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
 ) -> Report:
-    """Check an existing artifact against ``reference`` on the artifact's own runtime."""
+    """Check an existing artifact against ``reference`` on the artifact's own runtime.
+
+    ``calibration`` is the data an int8 artifact was quantized with: edgex's own simulated int8
+    reference is calibrated on it (else on the model's shipped data, else on ``example_inputs``).
+    """
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
-    resolved = make_settings(settings, precision=precision, samples=samples, seed=seed, atol=atol, rtol=rtol)
+    resolved = make_settings(settings, precision=precision, calibration=calibration, eval_data=eval_data, samples=samples, seed=seed, atol=atol, rtol=rtol)
     return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
 
 

@@ -118,7 +118,7 @@ class Reference:
             if inputs.eval_batches:
                 self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
-        self._simulated: dict[str, tuple[SimulatedReference | None, str]] = {}
+        self._simulated: dict[tuple[str, int], tuple[SimulatedReference | None, str]] = {}
         self._fp16: tuple[str | None] | None = None
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
@@ -132,19 +132,22 @@ class Reference:
             "--example-inputs; standard-normal samples fall outside the ranges it was calibrated to"
         )
 
-    def simulated(self, scheme: str) -> tuple[SimulatedReference | None, str]:
-        """edgex's own ``scheme`` reference, or None and the reason the verdict is weaker without one."""
-        if scheme not in self._simulated:
+    def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None) -> tuple[SimulatedReference | None, str]:
+        """edgex's own ``scheme`` reference, quantizing as the artifact says it does
+        (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one."""
+        bits = int((quantization or {}).get("weight_bits", 8))
+        key = (scheme, bits)
+        if key not in self._simulated:
             if self.model.module is None:
-                self._simulated[scheme] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
+                self._simulated[key] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
             else:
                 calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
                 try:
-                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme)
-                    self._simulated[scheme] = (sim, how)
+                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, bits)
+                    self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
-                    self._simulated[scheme] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
-        return self._simulated[scheme]
+                    self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
+        return self._simulated[key]
 
     def fp16_overflow(self) -> str | None:
         """Why an honest fp16 execution of the reference overflows, or None."""
@@ -268,7 +271,7 @@ class TargetRun:
         simulated = None
         try:
             if io.precision in ("int8", "dynamic-int8"):
-                simulated, how = reference.simulated(io.precision)
+                simulated, how = reference.simulated(io.precision, io.quantization)
                 if simulated is None:
                     row.messages.append(how)
                 else:
@@ -408,8 +411,8 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
         started = start(runnable[0]) if runnable else None
         try:
             reference = Reference(manager, model, inputs)
-            for scheme in {p.precision for p in runnable} & {"int8", "dynamic-int8"}:
-                reference.simulated(scheme)  # while the first target converts
+            if any(p.precision == "int8" for p in runnable):
+                reference.simulated("int8")  # while the first target converts
         except BaseException:
             if started is not None:
                 started[0].job.cancel()

@@ -73,6 +73,7 @@ class SimulatedReference:
     activation_points: int
     calibration_samples: int
     seconds: float
+    weight_bits: int = 8
 
     def output_step(self, index: int) -> float | None:
         """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
@@ -83,11 +84,12 @@ class SimulatedReference:
         return max(high - low, 1e-12) / 255.0
 
     def describe(self) -> str:
+        weights = f"{self.quantized_weights} weights per-channel symmetric int8" + (f" ({self.weight_bits}-bit range)" if self.weight_bits != 8 else "")
         if self.scheme == "dynamic-int8":
-            how = f"{self.quantized_weights} weights per-channel symmetric int8, activations float"
+            how = f"{weights}, activations float"
         else:
             how = (
-                f"{self.folded_batch_norms} BatchNorms folded, {self.quantized_weights} weights per-channel symmetric int8, "
+                f"{self.folded_batch_norms} BatchNorms folded, {weights}, "
                 f"{self.activation_points} activations per-tensor int8 (min/max of {self.calibration_samples} calibration samples), int8 I/O"
             )
         return f"edgex's own simulated {self.scheme} reference: {how}"
@@ -96,15 +98,17 @@ class SimulatedReference:
 # --------------------------------------------------------------------------- fake quantization
 
 
-def fake_quant_weight(weight: Any, axis: int = 0) -> Any:
-    """Per-channel symmetric int8 along ``axis`` ([-127, 127], scale max|w| / 127), dequantized."""
+def fake_quant_weight(weight: Any, axis: int = 0, bits: int = 8) -> Any:
+    """Per-channel symmetric int8 along ``axis`` ([-127, 127], scale max|w| / 127; with ``bits=7``,
+    onnxruntime's reduce_range, [-63, 63]), dequantized."""
     import torch
 
+    top = 2 ** (bits - 1) - 1
     reduce = [d for d in range(weight.ndim) if d != axis]
     peak = weight.detach().abs().amax(dim=reduce) if reduce else weight.detach().abs()
-    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak)).to(torch.float32)
+    scale = torch.where(peak > 0, peak / top, torch.ones_like(peak)).to(torch.float32)
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight.to(torch.float32), scale, zero, axis, -127, 127).to(weight.dtype)
+    return torch.fake_quantize_per_channel_affine(weight.to(torch.float32), scale, zero, axis, -top, top).to(weight.dtype)
 
 
 def affine_qparams(low: float, high: float) -> tuple[float, int]:
@@ -217,7 +221,7 @@ def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8) -> Any:
     import torch
 
     class Simulator(torch.fx.Interpreter):
@@ -241,7 +245,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str) -> Any:
                 bias = (bias if bias is not None else 0.0) - mean
                 bias = bias * factor + (beta if beta is not None else 0.0)
             if not self.calibrating:
-                weight = fake_quant_weight(weight, plan.weight_axis[node])
+                weight = fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
             cached = (weight, bias)
             if _constant(node.args[1]) and not self.calibrating:
                 self.weights[node] = cached
@@ -315,11 +319,12 @@ def simulate(
     calibration: Sequence[tuple[np.ndarray, ...]],
     batches: Sequence[tuple[np.ndarray, ...]],
     scheme: str = "int8",
+    weight_bits: int = 8,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
     ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
-    unused for ``dynamic-int8``. Raises :class:`CannotSimulate` for what it cannot simulate.
+    unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range. Raises :class:`CannotSimulate` for what it cannot simulate.
     """
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
@@ -330,7 +335,7 @@ def simulate(
     start = time.perf_counter()
     graph_module = _export(module, example_inputs)
     plan = _plan(graph_module)
-    simulator = _make_interpreter(graph_module, plan, scheme)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits)
     if scheme == "int8":
         _run(simulator, calibration)
     simulator.calibrating = False
@@ -351,6 +356,7 @@ def simulate(
         activation_points=len(simulator.ranges) if scheme == "int8" else 0,
         calibration_samples=sum(len(b[0]) for b in calibration) if scheme == "int8" else 0,
         seconds=time.perf_counter() - start,
+        weight_bits=weight_bits,
     )
 
 

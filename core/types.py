@@ -150,6 +150,10 @@ class ArtifactIO:
     precision: str
     inputs: tuple[TensorBinding, ...]
     outputs: tuple[TensorBinding, ...]
+    #: how the artifact quantizes, where it differs from the plain scheme of its precision, so that
+    #: edgex's own simulated reference quantizes the same way: ``weight_bits`` (7 for
+    #: onnxruntime's reduce_range; default 8)
+    quantization: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,15 @@ MODELS = {"digits": "examples:digits", "resnet_tiny": f"{Path(__file__).with_nam
 ARTIFACTS = (("tflite", "int8"), ("onnx", "int8"), ("coreml", "dynamic-int8"))
 
 
+def _calibration(reference):
+    """The data an artifact is quantized with and validated against: the model's own, else a
+    seeded draw (validate then calibrates edgex's reference on the same rows)."""
+    if reference.calibration is not None:
+        return None
+    shape = reference.inputs[0].shape
+    return np.random.default_rng(1).standard_normal((256, *shape[1:])).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """model name -> (reference, {artifact kind: path}): full-int8 .tflite, ONNX int8 and Core ML
@@ -49,11 +58,12 @@ def converted(tmp_path_factory):
         if name not in cache:
             out = tmp_path_factory.mktemp(name)
             reference = api.load_model(MODELS[name])
+            calibration = _calibration(reference)
             artifacts = {}
             for kind, precision in ARTIFACTS:
-                report = api.convert(reference, [kind], out=out / kind, precision=precision, samples=SAMPLES)
+                report = api.convert(reference, [kind], out=out / kind, precision=precision, samples=SAMPLES, calibration=calibration)
                 artifacts[kind] = out / kind / report.targets[kind].artifacts[0]
-            cache[name] = reference, artifacts
+            cache[name] = reference, artifacts, calibration
         return cache[name]
 
     return convert
@@ -231,11 +241,7 @@ PLANTS = {
 TARGETS = {"tflite": ("tflite", "int8"), "coral": ("tflite", "int8"), "mcu": ("tflite", "int8"),
            "onnx": ("onnx", "int8"), "coreml": ("coreml", "dynamic-int8")}
 #: (model, target, defect) today's criterion gets wrong (benchmarks/int8_defects.py, 32 samples)
-WRONG_TODAY = {
-    ("digits", "tflite", "drop-bias-last"), ("digits", "coral", "drop-bias-last"), ("digits", "mcu", "drop-bias-last"),
-    ("digits", "onnx", "honest"),
-    ("resnet_tiny", "tflite", "scale-middle-x1.5"), ("resnet_tiny", "onnx", "honest"), ("resnet_tiny", "coreml", "scale-last-x1.5"),
-}
+WRONG_TODAY: set[tuple[str, str, str]] = set()
 #: the targets each model is judged on: coral and mcu validate the same .tflite as tflite, so the
 #: second model runs the three artifact kinds only
 MODEL_TARGETS = {"digits": ("tflite", "coral", "mcu", "onnx", "coreml"), "resnet_tiny": ("tflite", "onnx", "coreml")}
@@ -254,11 +260,11 @@ def _cases():
 
 @pytest.mark.parametrize("model,target,defect", list(_cases()))
 def test_parity_verdict(converted, tmp_path, model, target, defect):
-    reference, artifacts = converted(model)
+    reference, artifacts, calibration = converted(model)
     kind, precision = TARGETS[target]
     artifact = artifacts[kind]
     if defect != "honest":
         artifact = PLANTS[defect](artifact, tmp_path / artifact.name).path
-    report = api.validate(artifact, reference, target=target, out=tmp_path / "validate", precision=precision, samples=SAMPLES)
+    report = api.validate(artifact, reference, target=target, out=tmp_path / "validate", precision=precision, samples=SAMPLES, calibration=calibration)
     row = report.targets[target]
     assert row.status == ("passed" if defect == "honest" else "failed"), row.messages
