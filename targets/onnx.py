@@ -3,12 +3,14 @@
 ``onnx``: ``torch.onnx.export`` (the dynamo exporter, falling back to the TorchScript exporter
 when it fails, the fallback recorded), ``onnx.checker``, then fp16 (onnxruntime's float16
 converter, float32 I/O kept) or int8 (QDQ static quantization, per-channel weights, from the
-calibration data). Validated on onnxruntime's CPU provider.
+calibration data; 7-bit weights where this x86 CPU lacks VNNI, see ``int8_saturating_cpu``).
+Validated on onnxruntime's CPU provider.
 
 ``jetson``: the same ONNX prepared the way TensorRT takes it: static shapes, opset 17,
 constants folded, QDQ with symmetric (zero-point 0) int8 scales. Where ``tensorrt`` imports,
 an engine is built and validated; elsewhere onnxruntime runs the ONNX in the precision
-TensorRT would use (fp16 by converting a copy in memory), and ``backend`` says so.
+TensorRT would use (fp16 by rounding a copy in memory, int8 by running the QDQ graph unfused),
+and ``backend`` says so.
 
 ``export_onnx`` is also the first step of the tflite target's onnx2tf path.
 """
@@ -55,6 +57,11 @@ _OPTIONS = (
     TargetOption("opset", "ONNX opset to export (onnx: default 18; jetson: 17)", int, None),
     TargetOption("dynamic_batch", "export the batch dimension as dynamic (onnx only)", bool, False),
     TargetOption("exporter", "ONNX exporter: auto (dynamo, then TorchScript), dynamo or torchscript", str, "auto", ("auto", "dynamo", "torchscript")),
+    TargetOption(
+        "reduce_range",
+        "int8: quantize weights to 7 bits (auto: on where this CPU lacks VNNI, whose onnxruntime int8 kernels saturate 8-bit weights; onnx only)",
+        str, "auto", ("auto", "on", "off"),
+    ),
 )
 
 TARGETS = (
@@ -74,7 +81,7 @@ TARGETS = (
         artifact_kinds=(".engine", ".trt.onnx"),
         precisions=("fp32", "fp16", "int8"),
         default_precision="fp16",
-        options=_OPTIONS[:1] + _OPTIONS[2:],
+        options=(_OPTIONS[0], _OPTIONS[2]),  # TensorRT takes static shapes and 8-bit symmetric int8 only
         accepts=("torch", "onnx"),
     ),
 )
@@ -281,6 +288,60 @@ def fp16_rounded_model(source: Path) -> Any:
     return model
 
 
+#: /proc/cpuinfo flags of x86 int8 dot-product instructions, which accumulate u8*s8 products in
+#: int32; without them onnxruntime's int8 kernels use VPMADDUBSW, whose int16 pair sums saturate
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+_X86_64 = frozenset({"x86_64", "amd64"})
+
+
+def int8_saturating_cpu(cpuinfo: str, machine: str) -> str | None:
+    """The CPU, in words, when onnxruntime's int8 kernels on it saturate 8-bit weights; else None.
+
+    ``cpuinfo`` is the text of /proc/cpuinfo ("" when unreadable), ``machine`` platform.machine().
+    Only x86-64 without VNNI saturates (u8*s8 pairs summed in int16 overflow past 32767; 7-bit
+    weights keep every pair in range, as onnxruntime's docs advise). Unknown CPUs are assumed
+    not to: 8-bit weights are what every other runtime expects.
+    """
+    if machine.lower() not in _X86_64:
+        return None
+    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags_line is None:
+        return None
+    flags = set(flags_line.partition(":")[2].split())
+    if flags & _VNNI_FLAGS:
+        return None
+    return f"{'AVX2' if 'avx2' in flags else 'x86-64'} without VNNI"
+
+
+def _this_cpu_saturates_int8() -> str | None:
+    import platform
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return int8_saturating_cpu(cpuinfo, platform.machine())
+
+
+def choose_reduce_range(option: str, saturating_cpu: str | None) -> tuple[bool, str]:
+    """Whether the onnx target quantizes weights to 7 bits, and the message saying why."""
+    if option == "on":
+        return True, "weights quantized to 7 bits (reduce_range), as --reduce-range on asked"
+    if option == "off":
+        if saturating_cpu:
+            return False, (
+                f"weights quantized to 8 bits, as --reduce-range off asked: onnxruntime's int8 kernels on this CPU "
+                f"({saturating_cpu}) saturate them, so parity measured here is worse than on a VNNI deployment target"
+            )
+        return False, "weights quantized to 8 bits, as --reduce-range off asked"
+    if saturating_cpu:
+        return True, (
+            f"weights quantized to 7 bits (reduce_range): onnxruntime's int8 kernels on this CPU ({saturating_cpu}) "
+            "saturate 8-bit weights; pass --reduce-range off for a VNNI deployment target"
+        )
+    return False, "weights quantized to 8 bits: onnxruntime's int8 kernels on this CPU do not saturate them"
+
+
 class _CalibrationReader:
     def __init__(self, names: Sequence[str], batches: Sequence[tuple[np.ndarray, ...]]):
         self._feeds = iter([dict(zip(names, b)) for b in batches])
@@ -289,8 +350,11 @@ class _CalibrationReader:
         return next(self._feeds, None)
 
 
-def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetric: bool) -> None:
-    """QDQ static quantization (int8 weights per channel, int8 activations) from calibration data."""
+def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetric: bool, reduce_range: bool = False) -> None:
+    """QDQ static quantization (int8 weights per channel, int8 activations) from calibration data.
+
+    ``symmetric``: activations with zero point 0 (TensorRT); ``reduce_range``: 7-bit weights.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -308,6 +372,7 @@ def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetr
                 _CalibrationReader(names, request.calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -428,19 +493,31 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         converter += f"; {fold_static_note}"
 
     final = work / ("model.trt.onnx" if jetson else "model.onnx")
+    details: dict[str, Any] = {}
     if request.precision == "fp16" and not jetson:
         onnx_save(fp16_model(fp32), final)
         converter += "; fp16 by onnxruntime.transformers.float16 (float32 I/O kept)"
+    elif request.precision == "int8" and jetson:
+        to_int8_qdq(fp32, final, request, symmetric=True)
+        converter += "; int8 QDQ by onnxruntime.quantization (8-bit symmetric, as TensorRT requires)"
+        details["quantization"] = {"reduce_range": False, "weight_bits": 8, "symmetric": True}
     elif request.precision == "int8":
-        to_int8_qdq(fp32, final, request, symmetric=jetson)
-        converter += f"; int8 QDQ by onnxruntime.quantization ({'symmetric, as TensorRT requires' if jetson else 'per-channel weights'})"
+        saturating_cpu = _this_cpu_saturates_int8()
+        asked = request.options.get("reduce_range") or "auto"
+        reduce_range, why = choose_reduce_range(asked, saturating_cpu)
+        to_int8_qdq(fp32, final, request, symmetric=False, reduce_range=reduce_range)
+        chosen = f"reduce_range {'on' if reduce_range else 'off'}"
+        if asked == "auto":
+            chosen += f" (auto: this CPU is {saturating_cpu})" if saturating_cpu else " (auto: this CPU's int8 kernels do not saturate)"
+        converter += f"; int8 QDQ by onnxruntime.quantization (per-channel {7 if reduce_range else 8}-bit weights, {chosen})"
+        messages.append(why)
+        details["quantization"] = {"reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8, "saturating_cpu": saturating_cpu}
     else:
         # jetson fp16 keeps an fp32 ONNX: TensorRT lowers it to fp16 with its FP16 builder flag
         shutil.copyfile(fp32, final)
     fp32.unlink(missing_ok=True)
     check_onnx(final)
     artifacts = [Artifact(final, "onnx")]
-    details: dict[str, Any] = {}
     io = describe_onnx(final, request.model, request.precision)
     if jetson:
         details["tensorrt"] = {"opset": opset, "static_shapes": True}
@@ -470,19 +547,37 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
 # --------------------------------------------------------------------------- running
 
 
+def session_options(*, unfused_qdq: bool = False) -> Any:
+    """onnxruntime session options; ``unfused_qdq`` keeps QDQ graphs unfused.
+
+    Unfused, each DequantizeLinear -> op -> QuantizeLinear group runs as written: int8 values,
+    float arithmetic, requantized per tensor, which is what an int8 engine that does not saturate
+    (TensorRT's) computes. Fused, onnxruntime runs its own int8 kernels, which on x86 CPUs
+    without VNNI saturate 8-bit weights (see ``int8_saturating_cpu``). Only QDQ fusion is turned
+    off; onnxruntime's float optimizations still run.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if unfused_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return options
+
+
 class OnnxRuntime:
     """An ONNX file on onnxruntime's CPU provider.
 
     ``emulate_fp16``: run the float ONNX with fp16 rounding after every op (``fp16_rounded_model``),
     standing in for a device that computes in fp16; ``details()`` then reports ``emulated``.
+    ``unfused_qdq``: see ``session_options``.
     """
 
-    def __init__(self, path: Path, *, emulate_fp16: bool = False, emulated: bool = False, note: str = ""):
+    def __init__(self, path: Path, *, emulate_fp16: bool = False, unfused_qdq: bool = False, emulated: bool = False, note: str = ""):
         import onnxruntime as ort
 
         source: Any = fp16_rounded_model(path).SerializeToString() if emulate_fp16 else str(path)
         try:
-            self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, session_options(unfused_qdq=unfused_qdq), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise TargetError(f"onnxruntime cannot load {Path(path).name}: {one_line(exc)}", stage="validate") from exc
         self.names = [i.name for i in self.session.get_inputs()]
@@ -561,6 +656,13 @@ def _build_engine(onnx_path: Path, engine_path: Path, precision: str) -> None:
 _ORT_FP16_ARITHMETIC = ", fp16 graph: ops without an fp16 CPU kernel run in fp32 between Casts onnxruntime removes (fp16 weights, fp32 arithmetic)"
 
 
+#: how the jetson target's int8 artifact runs without TensorRT
+_TENSORRT_INT8 = (
+    "emulating TensorRT int8: QDQ run unfused (int8 values, float arithmetic), "
+    "not onnxruntime's fused int8 kernels, which saturate 8-bit weights on CPUs without VNNI where TensorRT does not"
+)
+
+
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
     if target == "jetson":
@@ -568,6 +670,8 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
             return TensorRTRuntime(io.path)
         if io.precision == "fp16":
             return OnnxRuntime(io.path, emulate_fp16=True, note=", emulating TensorRT fp16: weights and every op's output rounded to fp16 (TensorRT not run: not installed)")
+        if io.precision == "int8":
+            return OnnxRuntime(io.path, unfused_qdq=True, emulated=True, note=f", {_TENSORRT_INT8} (TensorRT not run: not installed)")
         return OnnxRuntime(io.path, emulated=True, note=f", emulating TensorRT {io.precision} (TensorRT not run: not installed)")
     return OnnxRuntime(io.path, note=_ORT_FP16_ARITHMETIC if io.precision == "fp16" else "")
 
@@ -653,7 +757,7 @@ def _range_starts_at_zero(q: QuantParams) -> bool:
 class OnnxTracer:
     """An ONNX file on onnxruntime with every intermediate tensor made a graph output (on a copy)."""
 
-    def __init__(self, io: ArtifactIO, *, as_fp16: bool = False, note: str = ""):
+    def __init__(self, io: ArtifactIO, *, as_fp16: bool = False, unfused_qdq: bool = False, note: str = ""):
         import onnx
         import onnxruntime as ort
         from onnx import numpy_helper
@@ -696,7 +800,7 @@ class OnnxTracer:
                         graph.output.append(onnx.ValueInfoProto(name=read))
                         existing.add(read)
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model.SerializeToString(), session_options(unfused_qdq=unfused_qdq), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise TargetError(f"onnxruntime cannot load {Path(io.path).name} with its intermediate tensors as outputs: {one_line(exc)}", stage="validate") from exc
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -720,7 +824,9 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
     if io.path.suffix == ".engine":
         raise UsageError(f"a TensorRT engine keeps its intermediate tensors inside the engine: explain the .onnx {io.path.name} was built from")
     if target == "jetson":
-        tracer = OnnxTracer(io, as_fp16=io.precision == "fp16", note=f", {io.precision} as TensorRT would compute")
+        int8 = io.precision == "int8"
+        note = f", {_TENSORRT_INT8}" if int8 else f", {io.precision} as TensorRT would compute"
+        tracer = OnnxTracer(io, as_fp16=io.precision == "fp16", unfused_qdq=int8, note=note)
         tracer.notes = ("TensorRT does not expose intermediate tensors: the ONNX was traced on onnxruntime in the precision TensorRT would use",)
         return tracer
     return OnnxTracer(io)

@@ -237,3 +237,60 @@ def test_targets_lists_jetson_as_emulated_without_tensorrt(edgex_manager):
         import tensorrt  # noqa: F401
     except ImportError:
         assert status.available and status.emulated and "TensorRT not run" in status.backend
+
+
+# --------------------------------------------------------------------------- int8 on CPUs without VNNI
+
+_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse4_1 avx avx2 {extra}\nbugs\t\t: sysret_ss_attrs\n"
+
+
+def test_reduce_range_auto_follows_the_cpu_flags():
+    from edgex.targets.onnx import choose_reduce_range, int8_saturating_cpu
+
+    assert int8_saturating_cpu(_CPUINFO.format(extra="fma"), "x86_64") == "AVX2 without VNNI"
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert int8_saturating_cpu(_CPUINFO.format(extra=vnni), "x86_64") is None
+    assert int8_saturating_cpu("", "x86_64") is None  # unreadable: 8-bit weights, as other runtimes expect
+    assert int8_saturating_cpu("processor\t: 0\nFeatures\t: fp asimd asimddp\n", "aarch64") is None
+    assert choose_reduce_range("auto", "AVX2 without VNNI")[0] and not choose_reduce_range("auto", None)[0]
+    assert "--reduce-range off" in choose_reduce_range("auto", "AVX2 without VNNI")[1]
+    assert choose_reduce_range("on", None)[0] and not choose_reduce_range("off", "AVX2 without VNNI")[0]
+    assert "saturate" in choose_reduce_range("off", "AVX2 without VNNI")[1]
+
+
+def test_int8_report_records_the_weight_bits_and_why(tmp_path, edgex_manager):
+    from edgex.targets.onnx import _this_cpu_saturates_int8
+
+    net, example = tiny_cnn()
+    calibration = (np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype("float32"),)
+    report = api.convert(net, ["onnx"], out=tmp_path, example_inputs=example, precision="int8", calibration=calibration, options={"reduce_range": "on"}, samples=4, plugins=edgex_manager)
+    row = report.targets["onnx"]
+    assert row.details["quantization"]["reduce_range"] is True and "7-bit weights" in row.converter
+    model = onnx.load(str(tmp_path / row.artifacts[0]))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("weight_quantized")]
+    assert weights and max(np.abs(w.astype(np.int16)).max() for w in weights) <= 64  # 7 bits
+    assert row.details["quantization"]["saturating_cpu"] == _this_cpu_saturates_int8()
+
+
+def test_jetson_int8_emulation_runs_the_qdq_graph_as_written(tmp_path, edgex_manager):
+    """onnxruntime's fused int8 kernels saturate on CPUs without VNNI; TensorRT's do not, so the
+    emulation computes the QDQ graph as written: what onnxruntime computes with no fusion at all."""
+    import onnxruntime as ort
+
+    from edgex.targets.onnx import OnnxRuntime
+
+    net, example = tiny_cnn()
+    calibration = (np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype("float32"),)
+    row = api.convert(net, ["jetson"], out=tmp_path, example_inputs=example, precision="int8", calibration=calibration, samples=4, plugins=edgex_manager).targets["jetson"]
+    if row.artifacts[-1].endswith(".engine"):
+        pytest.skip("TensorRT is installed: parity ran on the engine")
+    path = tmp_path / row.artifacts[0]
+    assert row.details["quantization"] == {"reduce_range": False, "weight_bits": 8, "symmetric": True}
+    assert "unfused" in row.backend and "TensorRT not run" in row.backend
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = calibration[0][:1]
+    (expected,) = as_written.run(None, {as_written.get_inputs()[0].name: x})
+    (emulated,) = OnnxRuntime(path, unfused_qdq=True).run([x])
+    np.testing.assert_allclose(emulated, expected, rtol=0, atol=1e-5)
