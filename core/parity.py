@@ -46,8 +46,10 @@ EPS32, EPS16 = 2.0**-23, 2.0**-10
 #: max |error| <= max(SIM_ERROR_FACTOR x e_sim, SIM_MIN_STEPS steps) ...
 SIM_ERROR_FACTOR = 3.0
 SIM_MIN_STEPS = 2.0
-#: ... and SQNR >= sqnr_sim - SIM_SQNR_MARGIN_DB
-SIM_SQNR_MARGIN_DB = 6.0
+#: ... and SQNR >= sqnr_sim - SIM_SQNR_MARGIN_DB[precision]: full int8 artifacts land within 1 dB
+#: of the simulation (the same scheme exactly); dynamic-range kernels differ more (LiteRT's hybrid
+#: ops quantize activations on the fly: 0.5-3 dB below a weights-only simulation)
+SIM_SQNR_MARGIN_DB = {"int8": 3.0, "dynamic-int8": 6.0}
 #: an artifact output scale coarser than this many reference steps (range / 255) is a calibration problem
 MAX_OUTPUT_SCALE_STEPS = 2.0
 #: fallback without a simulated reference: int8 tolerance in output quantization steps (LSB)
@@ -264,11 +266,12 @@ def _simulated_tolerance(precision: str, index: int, reference: Outputs, simulat
         if output_quant.scale < step:
             step, step_source = output_quant.scale, f"the artifact's output scale {output_quant.scale:.4g}"
     atol = max(SIM_ERROR_FACTOR * e_sim, SIM_MIN_STEPS * step)
-    min_sqnr = max(sqnr_sim - SIM_SQNR_MARGIN_DB, MIN_SQNR_DB)
+    margin = SIM_SQNR_MARGIN_DB[precision]
+    min_sqnr = max(sqnr_sim - margin, MIN_SQNR_DB)
     source = (
         f"{precision} against edgex's simulated {simulated.scheme} reference: e_sim {e_sim:.4g}, sqnr_sim {sqnr_sim:.1f} dB; "
         f"max |error| <= max({SIM_ERROR_FACTOR:g} x e_sim, {SIM_MIN_STEPS:g} steps of {step_source}) and "
-        f"SQNR >= max(sqnr_sim - {SIM_SQNR_MARGIN_DB:g} dB, {MIN_SQNR_DB:g} dB)"
+        f"SQNR >= max(sqnr_sim - {margin:g} dB, {MIN_SQNR_DB:g} dB)"
     )
     return Tolerance(atol, 0.0, source, min_sqnr, problem)
 

@@ -121,7 +121,7 @@ def check_target_conformance(
         # the same artifact judged against a model with a planted defect must fail
         broken = api.validate(
             folder / row.artifacts[0], perturbed(model), target=spec.name, out=folder / "defect",
-            example_inputs=example_inputs, precision=precision, samples=8, plugins=manager,
+            example_inputs=example_inputs, precision=precision, calibration=calibration, samples=8, plugins=manager,
         )
         verdict = broken.targets[spec.name]
         assert verdict.status == "failed", f"{target} {precision}: parity did not catch a perturbed weight ({verdict.status}: {verdict.messages})"

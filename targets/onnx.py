@@ -468,9 +468,26 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
         dims = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim)
         outputs.append(TensorBinding(value.name, dims, _elem_dtype(value), None, None, None))
     precision = precision or precision_of(model)
+    scheme: dict[str, Any] = {}
     if precision == "int8":
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
-    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs))
+        scheme = {"weight_bits": weight_bits(model)}
+    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
+
+
+def weight_bits(model: Any) -> int:
+    """7 when every int8 weight a DequantizeLinear reads lies in [-64, 64] (onnxruntime's
+    reduce_range), else 8: the scheme is read from the file, so that edgex's simulated reference
+    quantizes weights the same way (never a tolerance)."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    peaks = []
+    for node in model.graph.node:
+        source = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.input else None
+        if source is not None and source.data_type == 3 and len(source.dims) >= 2:  # INT8 weights, not a bias or scalar
+            peaks.append(int(np.abs(numpy_helper.to_array(source).astype(np.int32)).max(initial=0)))
+    return 7 if peaks and max(peaks) <= 64 else 8
 
 
 # --------------------------------------------------------------------------- converting
