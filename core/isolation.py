@@ -67,6 +67,9 @@ def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_pat
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
+            # Python's own streams too: the parent may have replaced them (pytest's capture, Jupyter)
+            sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+            sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
             faulthandler.enable(2)  # a crash leaves its Python stack in the target's log
         result = work(lambda kind, payload: conn.send(("event", kind, payload)))
         conn.send(("result", result))

@@ -118,7 +118,7 @@ class Reference:
             if inputs.eval_batches:
                 self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
-        self._simulated: dict[tuple[str, int], tuple[SimulatedReference | None, str]] = {}
+        self._simulated: dict[tuple[str, int, bool], tuple[SimulatedReference | None, str]] = {}
         self._fp16: tuple[str | None] | None = None
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
@@ -136,14 +136,15 @@ class Reference:
         """edgex's own ``scheme`` reference, quantizing as the artifact says it does
         (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one."""
         bits = int((quantization or {}).get("weight_bits", 8))
-        key = (scheme, bits)
+        symmetric = bool((quantization or {}).get("symmetric_activations", False))
+        key = (scheme, bits, symmetric)
         if key not in self._simulated:
             if self.model.module is None:
                 self._simulated[key] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
             else:
                 calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
                 try:
-                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, bits)
+                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, bits, symmetric)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")

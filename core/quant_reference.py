@@ -74,6 +74,7 @@ class SimulatedReference:
     calibration_samples: int
     seconds: float
     weight_bits: int = 8
+    symmetric_activations: bool = False
 
     def output_step(self, index: int) -> float | None:
         """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
@@ -90,7 +91,7 @@ class SimulatedReference:
         else:
             how = (
                 f"{self.folded_batch_norms} BatchNorms folded, {weights}, "
-                f"{self.activation_points} activations per-tensor int8 (min/max of {self.calibration_samples} calibration samples), int8 I/O"
+                f"{self.activation_points} activations per-tensor {'symmetric ' if self.symmetric_activations else ''}int8 (min/max of {self.calibration_samples} calibration samples), int8 I/O"
             )
         return f"edgex's own simulated {self.scheme} reference: {how}"
 
@@ -119,9 +120,14 @@ def affine_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, zero
 
 
-def fake_quant_activation(x: Any, low: float, high: float) -> Any:
+def fake_quant_activation(x: Any, low: float, high: float, symmetric: bool = False) -> Any:
+    """Per-tensor int8 over the calibrated [low, high]: affine, or with ``symmetric`` zero point 0
+    and scale max(|low|, |high|) / 127 (TensorRT's scheme)."""
     import torch
 
+    if symmetric:
+        scale, zero = max(abs(low), abs(high), 1e-12) / 127.0, 0
+        return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, zero, -127, 127).to(x.dtype)
     scale, zero = affine_qparams(low, high)
     return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, zero, -128, 127).to(x.dtype)
 
@@ -221,7 +227,7 @@ def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False) -> Any:
     import torch
 
     class Simulator(torch.fx.Interpreter):
@@ -281,7 +287,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 self.ranges[node] = (min(low, seen[0]), max(high, seen[1])) if seen else (low, high)
                 return value
             low, high = self.ranges.get(node, (0.0, 0.0))
-            return fake_quant_activation(value, low, high)
+            return fake_quant_activation(value, low, high, symmetric_activations)
 
     return Simulator()
 
@@ -320,11 +326,13 @@ def simulate(
     batches: Sequence[tuple[np.ndarray, ...]],
     scheme: str = "int8",
     weight_bits: int = 8,
+    symmetric_activations: bool = False,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
     ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
-    unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range. Raises :class:`CannotSimulate` for what it cannot simulate.
+    unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range;
+    ``symmetric_activations`` is TensorRT's zero-point-0 scheme. Raises :class:`CannotSimulate` for what it cannot simulate.
     """
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
@@ -335,7 +343,7 @@ def simulate(
     start = time.perf_counter()
     graph_module = _export(module, example_inputs)
     plan = _plan(graph_module)
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations)
     if scheme == "int8":
         _run(simulator, calibration)
     simulator.calibrating = False
@@ -357,6 +365,7 @@ def simulate(
         calibration_samples=sum(len(b[0]) for b in calibration) if scheme == "int8" else 0,
         seconds=time.perf_counter() - start,
         weight_bits=weight_bits,
+        symmetric_activations=symmetric_activations,
     )
 
 

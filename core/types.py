@@ -152,7 +152,8 @@ class ArtifactIO:
     outputs: tuple[TensorBinding, ...]
     #: how the artifact quantizes, where it differs from the plain scheme of its precision, so that
     #: edgex's own simulated reference quantizes the same way: ``weight_bits`` (7 for
-    #: onnxruntime's reduce_range; default 8)
+    #: onnxruntime's reduce_range; default 8), ``symmetric_activations`` (zero point 0, as
+    #: TensorRT requires; default False)
     quantization: Mapping[str, Any] = field(default_factory=dict)
 
 

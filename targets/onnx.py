@@ -471,8 +471,17 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
     scheme: dict[str, Any] = {}
     if precision == "int8":
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
-        scheme = {"weight_bits": weight_bits(model)}
+        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model)}
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
+
+
+def symmetric_activations(model: Any) -> bool:
+    """Whether every QuantizeLinear has zero point 0 (the symmetric activations TensorRT needs)."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    zero_points = [initializers.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    return bool(zero_points) and all(z is not None and not np.any(numpy_helper.to_array(z)) for z in zero_points)
 
 
 def weight_bits(model: Any) -> int:
