@@ -118,7 +118,7 @@ class Reference:
             if inputs.eval_batches:
                 self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
-        self._simulated: dict[tuple[str, int, bool], tuple[SimulatedReference | None, str]] = {}
+        self._simulated: dict[tuple[Any, ...], tuple[SimulatedReference | None, str]] = {}
         self._fp16: tuple[str | None] | None = None
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
@@ -135,16 +135,19 @@ class Reference:
     def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None) -> tuple[SimulatedReference | None, str]:
         """edgex's own ``scheme`` reference, quantizing as the artifact says it does
         (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one."""
-        bits = int((quantization or {}).get("weight_bits", 8))
-        symmetric = bool((quantization or {}).get("symmetric_activations", False))
-        key = (scheme, bits, symmetric)
+        scheme_options = {
+            "weight_bits": int((quantization or {}).get("weight_bits", 8)),
+            "symmetric_activations": bool((quantization or {}).get("symmetric_activations", False)),
+            "palettize_bits": (quantization or {}).get("palettize_bits"),
+        }
+        key = (scheme, *scheme_options.values())
         if key not in self._simulated:
             if self.model.module is None:
                 self._simulated[key] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
             else:
                 calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
                 try:
-                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, bits, symmetric)
+                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, **scheme_options)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")

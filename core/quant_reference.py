@@ -75,6 +75,7 @@ class SimulatedReference:
     seconds: float
     weight_bits: int = 8
     symmetric_activations: bool = False
+    palettize_bits: int | None = None
 
     def output_step(self, index: int) -> float | None:
         """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
@@ -86,6 +87,8 @@ class SimulatedReference:
 
     def describe(self) -> str:
         weights = f"{self.quantized_weights} weights per-channel symmetric int8" + (f" ({self.weight_bits}-bit range)" if self.weight_bits != 8 else "")
+        if self.palettize_bits:
+            weights = f"{self.quantized_weights} weights palettized to {2 ** self.palettize_bits} k-means values per tensor"
         if self.scheme == "dynamic-int8":
             how = f"{weights}, activations float"
         else:
@@ -110,6 +113,19 @@ def fake_quant_weight(weight: Any, axis: int = 0, bits: int = 8) -> Any:
     scale = torch.where(peak > 0, peak / top, torch.ones_like(peak)).to(torch.float32)
     zero = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight.to(torch.float32), scale, zero, axis, -top, top).to(weight.dtype)
+
+
+def fake_palettize_weight(weight: Any, bits: int) -> Any:
+    """The weight replaced by the nearest of 2**bits values found by k-means over the whole tensor
+    (Core ML's per-tensor k-means palettization, which runs scikit-learn's KMeans likewise)."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    values = weight.detach().to(torch.float32).reshape(-1, 1).numpy()
+    clusters = min(2**bits, len(np.unique(values)))
+    kmeans = KMeans(n_clusters=clusters, n_init=1, random_state=0).fit(values)
+    palette = kmeans.cluster_centers_.astype(np.float32).ravel()
+    return torch.from_numpy(palette[kmeans.labels_].reshape(tuple(weight.shape))).to(weight.dtype)
 
 
 def affine_qparams(low: float, high: float) -> tuple[float, int]:
@@ -227,7 +243,7 @@ def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None) -> Any:
     import torch
 
     class Simulator(torch.fx.Interpreter):
@@ -251,7 +267,10 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 bias = (bias if bias is not None else 0.0) - mean
                 bias = bias * factor + (beta if beta is not None else 0.0)
             if not self.calibrating:
-                weight = fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
+                if palettize_bits:
+                    weight = fake_palettize_weight(weight, palettize_bits)
+                else:
+                    weight = fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
             cached = (weight, bias)
             if _constant(node.args[1]) and not self.calibrating:
                 self.weights[node] = cached
@@ -327,12 +346,14 @@ def simulate(
     scheme: str = "int8",
     weight_bits: int = 8,
     symmetric_activations: bool = False,
+    palettize_bits: int | None = None,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
     ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
     unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range;
-    ``symmetric_activations`` is TensorRT's zero-point-0 scheme. Raises :class:`CannotSimulate` for what it cannot simulate.
+    ``symmetric_activations`` is TensorRT's zero-point-0 scheme; ``palettize_bits`` replaces int8
+    weights by a k-means palette of 2**bits values per tensor (Core ML). Raises :class:`CannotSimulate` for what it cannot simulate.
     """
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
@@ -343,7 +364,7 @@ def simulate(
     start = time.perf_counter()
     graph_module = _export(module, example_inputs)
     plan = _plan(graph_module)
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits)
     if scheme == "int8":
         _run(simulator, calibration)
     simulator.calibrating = False
@@ -366,6 +387,7 @@ def simulate(
         seconds=time.perf_counter() - start,
         weight_bits=weight_bits,
         symmetric_activations=symmetric_activations,
+        palettize_bits=palettize_bits,
     )
 
 

@@ -153,7 +153,8 @@ class ArtifactIO:
     #: how the artifact quantizes, where it differs from the plain scheme of its precision, so that
     #: edgex's own simulated reference quantizes the same way: ``weight_bits`` (7 for
     #: onnxruntime's reduce_range; default 8), ``symmetric_activations`` (zero point 0, as
-    #: TensorRT requires; default False)
+    #: TensorRT requires; default False), ``palettize_bits`` (weights stored as a k-means palette
+    #: of 2**bits values instead of int8, as Core ML palettizes)
     quantization: Mapping[str, Any] = field(default_factory=dict)
 
 

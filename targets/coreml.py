@@ -373,7 +373,19 @@ def describe_package(package: Any, reference: ReferenceModel, *, error: type[Exc
     ordered = [outputs_by_name[n] for n in names] if sorted(names) == sorted(outputs_by_name) else list(package.outputs)
     outputs = [TensorBinding(f.name, f.shape, f.dtype) for f in ordered]
     precision = program_precision(package.program, package.function)
-    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs))
+    return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), weight_scheme(package))
+
+
+def weight_scheme(package: Any) -> dict[str, Any]:
+    """How the package's weights are compressed, where that is not int8: a palette's size (the
+    look-up table of ``constexpr_lut_to_dense``, (2**bits,) or (..., 2**bits, 1) from iOS18 on)."""
+    sizes = []
+    for op in package.program.functions[package.function].operations:
+        lut = op.inputs.get("lut") if op.op_type.startswith("constexpr_lut") else None
+        shape = getattr(getattr(lut, "val", None), "shape", None)
+        if shape:
+            sizes.append(shape[-2] if len(shape) > 1 and shape[-1] == 1 else shape[-1])
+    return {"palettize_bits": max(int(size).bit_length() - 1 for size in sizes)} if sizes else {}
 
 
 @hookimpl
