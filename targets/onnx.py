@@ -313,7 +313,8 @@ def int8_saturating_cpu(cpuinfo: str, machine: str) -> str | None:
     return f"{'AVX2' if 'avx2' in flags else 'x86-64'} without VNNI"
 
 
-def _this_cpu_saturates_int8() -> str | None:
+def this_cpu_saturates_int8() -> str | None:
+    """Why onnxruntime's int8 kernels saturate 8-bit weights on this machine, or None."""
     import platform
 
     try:
@@ -528,7 +529,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         converter += "; int8 QDQ by onnxruntime.quantization (8-bit symmetric, as TensorRT requires)"
         details["quantization"] = {"reduce_range": False, "weight_bits": 8, "symmetric": True}
     elif request.precision == "int8":
-        saturating_cpu = _this_cpu_saturates_int8()
+        saturating_cpu = this_cpu_saturates_int8()
         asked = request.options.get("reduce_range") or "auto"
         reduce_range, why = choose_reduce_range(asked, saturating_cpu)
         to_int8_qdq(fp32, final, request, symmetric=False, reduce_range=reduce_range)

@@ -20,7 +20,13 @@ from edgex.core import api
 pytestmark = pytest.mark.slow
 
 SAMPLES = 32
-TODAY = pytest.mark.xfail(strict=True, reason="issue 15: criterion not yet independent")
+def _seven_bit_onnx() -> bool:
+    from edgex.targets.onnx import this_cpu_saturates_int8
+
+    return this_cpu_saturates_int8() is not None
+
+
+TODAY = pytest.mark.xfail(_seven_bit_onnx(), strict=True, reason="a defect inside 7-bit quantization noise (see WRONG_TODAY)")
 
 
 def _load_defects():
@@ -241,7 +247,13 @@ PLANTS = {
 TARGETS = {"tflite": ("tflite", "int8"), "coral": ("tflite", "int8"), "mcu": ("tflite", "int8"),
            "onnx": ("onnx", "int8"), "coreml": ("coreml", "dynamic-int8")}
 #: (model, target, defect) today's criterion gets wrong (benchmarks/int8_defects.py, 32 samples)
-WRONG_TODAY: set[tuple[str, str, str]] = set()
+WRONG_TODAY = {
+    # onnxruntime on a CPU without VNNI gets 7-bit weights (reduce_range, targets/onnx.py): there one
+    # channel x1.5 in resnet_tiny's middle 1x1 downsample conv costs 3.2 dB, inside what honest 7-bit
+    # quantization differs from edgex's simulation on other models (up to 1.1 dB below it, plus the
+    # 3 dB margin). Caught on the 8-bit tflite/mcu artifacts. Issue 15 leaves this one open.
+    ("resnet_tiny", "onnx", "scale-middle-x1.5"),
+}
 #: the targets each model is judged on: coral and mcu validate the same .tflite as tflite, so the
 #: second model runs the three artifact kinds only
 MODEL_TARGETS = {"digits": ("tflite", "coral", "mcu", "onnx", "coreml"), "resnet_tiny": ("tflite", "onnx", "coreml")}

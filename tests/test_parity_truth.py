@@ -82,17 +82,19 @@ def _judge(reference, actual, tolerance):
 
 def test_int8_bound_comes_from_the_simulated_reference_not_the_artifact():
     reference = _reference()
-    sim = _Sim(reference, 0.01)
     step = parity.range_step(reference, 0)
+    sim = _Sim(reference, 0.0)
+    sim.outputs = [[np.round(o / step) * step for o in sample] for sample in reference]  # honest int8 outputs
     honest_quant = QuantParams(step, 0, "int8")
     tol = parity.tolerance_for("int8", 0, reference, parity.NoiseFloor(None, ""), honest_quant, simulated=sim)
-    assert tol.atol == pytest.approx(max(3 * 0.01, 2 * step)) and tol.min_sqnr_db is not None and not tol.problem
+    e_sim = parity.output_error(reference, sim.outputs, 0)[0]
+    assert tol.atol == pytest.approx(max(3 * e_sim, 2 * step)) and tol.min_sqnr_db is not None and not tol.problem
     # an artifact that coarsened its output scale 16x: the tolerance does not grow with it, and the scale is flagged
     coarse = parity.tolerance_for("int8", 0, reference, parity.NoiseFloor(None, ""), QuantParams(16 * step, 0, "int8"), simulated=sim)
     assert coarse.atol <= tol.atol and "calibration problem" in coarse.problem
     requantized = [[np.round(o / (16 * step)) * 16 * step for o in sample] for sample in reference]
     assert not _judge(reference, requantized, coarse).passed
-    honest = [[np.round(o / step) * step for o in sample] for sample in reference]
+    honest = [[np.round(o / step + 0.01) * step for o in sample] for sample in reference]  # rounded a little differently
     assert _judge(reference, honest, tol).passed
 
 
