@@ -261,7 +261,7 @@ def test_reduce_range_auto_follows_the_cpu_flags():
 
 
 def test_int8_report_records_the_weight_bits_and_why(tmp_path, edgex_manager):
-    from edgex.targets.onnx import _this_cpu_saturates_int8
+    from edgex.targets.onnx import this_cpu_saturates_int8
 
     net, example = tiny_cnn()
     calibration = (np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype("float32"),)
@@ -271,7 +271,7 @@ def test_int8_report_records_the_weight_bits_and_why(tmp_path, edgex_manager):
     model = onnx.load(str(tmp_path / row.artifacts[0]))
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("weight_quantized")]
     assert weights and max(np.abs(w.astype(np.int16)).max() for w in weights) <= 64  # 7 bits
-    assert row.details["quantization"]["saturating_cpu"] == _this_cpu_saturates_int8()
+    assert row.details["quantization"]["saturating_cpu"] == this_cpu_saturates_int8()
 
 
 def test_jetson_int8_emulation_runs_the_qdq_graph_as_written(tmp_path, edgex_manager):
