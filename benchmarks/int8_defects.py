@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 MODELS = {"digits": "examples:digits", "resnet_tiny": f"{HERE.parent / 'tests' / 'models.py'}:resnet_tiny"}
 #: target -> (artifact kind converted for it, precision)
@@ -75,12 +77,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgex-int8-defects-") as tmp:
         for model_name in args.models.split(","):
             reference = api.load_model(MODELS[model_name])
+            # the data the artifacts are quantized with, and validate calibrates edgex's reference on
+            calibration = None
+            if reference.calibration is None:
+                calibration = np.random.default_rng(1).standard_normal((256, *reference.inputs[0].shape[1:])).astype(np.float32)
             converted: dict[str, Path] = {}
             for target in args.targets.split(","):
                 kind, precision = TARGETS[target]
                 if kind not in converted:
                     out = Path(tmp) / model_name / kind
-                    report = api.convert(reference, [kind], out=out, precision=precision, samples=args.samples, plugins=manager)
+                    report = api.convert(reference, [kind], out=out, precision=precision, samples=args.samples, calibration=calibration, plugins=manager)
                     converted[kind] = out / report.targets[kind].artifacts[0]
                 artifact = converted[kind]
                 plants: dict[str, Callable[[Path, Path], Any] | None] = {"honest": None, **defect_kinds(defects)}
@@ -96,7 +102,7 @@ def main() -> None:
                             print(f"{model_name:12} {target:7} {defect:18} {'n/a':8}  {exc}", flush=True)
                             continue
                     report = api.validate(planted, reference, target=target, out=planted.parent / "validate", precision=precision,
-                                          samples=args.samples, plugins=manager)
+                                          samples=args.samples, calibration=calibration, plugins=manager)
                     rows.append(_row(model_name, target, defect, report.targets[target]))
                     _print(rows[-1])
     honest = [r for r in rows if r["defect"] == "honest"]
