@@ -16,6 +16,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -119,7 +120,6 @@ class Reference:
                 self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
         self._simulated: dict[tuple[Any, ...], tuple[SimulatedReference | None, str]] = {}
-        self._fp16: tuple[str | None] | None = None
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
         """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
@@ -153,11 +153,10 @@ class Reference:
                     self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
         return self._simulated[key]
 
+    @cached_property
     def fp16_overflow(self) -> str | None:
-        """Why an honest fp16 execution of the reference overflows, or None."""
-        if self._fp16 is None:
-            self._fp16 = (fp16_overflow(self.model.module, self.inputs.parity) if self.model.module is not None else None,)
-        return self._fp16[0]
+        """Why an honest fp16 execution of the reference overflows, or None (one forward pass, on first use)."""
+        return fp16_overflow(self.model.module, self.inputs.parity) if self.model.module is not None else None
 
 
 def simulated_details(sim: SimulatedReference, how: str, reference: Outputs, names: Sequence[str]) -> dict[str, Any]:
@@ -310,7 +309,7 @@ class TargetRun:
         arithmetic = FP16_ARITHMETIC.get(self.target)
         if arithmetic:
             row.details["fp16_arithmetic"] = arithmetic
-        overflow = reference.fp16_overflow()
+        overflow = reference.fp16_overflow
         if overflow:
             row.status = "failed"
             row.messages.append(f"fp16 overflow: {overflow}")
