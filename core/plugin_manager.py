@@ -357,22 +357,23 @@ class PluginManager:
         self.pm.register(plugin, name=name)
 
 
-def make_manager(observers: Iterable[Any] = ()) -> PluginManager:
-    """The installed plugins (built-ins and the ``edgex`` entry-point group) plus in-process
-    ``observers``: the one factory the command line, the Python API and the matrix use."""
-    manager = PluginManager()
-    for index, observer in enumerate(observers):
-        manager.register_observer(observer, f"observer-{index}")
-    return manager
-
-
 _shared: PluginManager | None = None
 
 
-def get_manager() -> PluginManager:
-    """One manager per process, built on first use, for code that is handed none (a plugin
-    asking whether another target's backend is here: ``edgex.plugins.target_status``)."""
+def make_manager(observers: Iterable[Any] = ()) -> PluginManager:
+    """The installed plugins (built-ins and the ``edgex`` entry-point group) plus in-process
+    ``observers``: the one factory the command line, the Python API and the matrix use. The
+    first one made is also the process's shared manager (:func:`get_manager`)."""
     global _shared
+    manager = PluginManager()
+    for index, observer in enumerate(observers):
+        manager.register_observer(observer, f"observer-{index}")
     if _shared is None:
-        _shared = make_manager()
-    return _shared
+        _shared = manager
+    return manager
+
+
+def get_manager() -> PluginManager:
+    """The process's manager, for code that is handed none (a plugin asking whether another
+    target's backend is here: ``edgex.plugins.target_status``): the first one made, else a new one."""
+    return _shared if _shared is not None else make_manager()
