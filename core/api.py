@@ -71,11 +71,13 @@ def convert(
     distill_data: Any = None,
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
+    overwrite: bool = False,
 ) -> Report:
     """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
 
     ``model`` is a MODEL spec or an ``nn.Module`` (then give ``example_inputs``). Writes
-    artifacts and report.json under ``out`` and returns the :class:`Report`. ``compression``
+    artifacts and report.json under ``out`` and returns the :class:`Report`. ``out`` must be
+    new, empty, or hold this model's earlier results (``overwrite=True`` to use it anyway). ``compression``
     takes steps or option values, as :func:`compress` does; the compressed model is then the
     reference every artifact is judged against.
     """
@@ -100,7 +102,7 @@ def convert(
             "distill_data": distill_data,
         },
     )
-    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out))
+    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite)
 
 
 def validate(
@@ -120,6 +122,7 @@ def validate(
     rtol: float | None = None,
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
+    overwrite: bool = False,
 ) -> Report:
     """Check an existing artifact against ``reference`` on the artifact's own runtime.
 
@@ -128,7 +131,7 @@ def validate(
     """
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = make_settings(settings, precision=precision, calibration=calibration, eval_data=eval_data, samples=samples, seed=seed, atol=atol, rtol=rtol)
-    return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
+    return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target, overwrite=overwrite)
 
 
 def explain(
@@ -146,6 +149,7 @@ def explain(
     rtol: float | None = None,
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
+    overwrite: bool = False,
 ) -> ExplainReport:
     """Find the layer where ``artifact`` parts ways with the torch ``reference``; writes
     ``out/explain.json`` and returns the :class:`ExplainReport` (its ``to_json()`` is explain.json).
@@ -155,7 +159,7 @@ def explain(
     """
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = make_settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), precision=precision, samples=samples, seed=seed, atol=atol, rtol=rtol)
-    return _explain(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target)
+    return _explain(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target, overwrite=overwrite)
 
 
 def compress(

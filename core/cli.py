@@ -8,7 +8,10 @@ with the exit code of docs/contract.md; tracebacks only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import traceback
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -68,8 +71,12 @@ def _add_parity_options(parser: argparse.ArgumentParser, samples: int = 32, eval
     group.add_argument("--timeout", type=float, metavar="S", help="per-target time limit in seconds")
 
 
+OVERWRITE_HELP = "use --out even when it holds another model's results or files edgex did not write (edgex replaces only what it writes itself)"
+
+
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder (default ./edgex-out); nothing is written outside it")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--json", action="store_true", help="print report.json instead of the table")
 
 
@@ -227,7 +234,7 @@ def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
         compression=_compression_steps(args),
         distill_data=getattr(args, "distill_data", None),
     )
-    report = pipeline.convert(manager, model, settings, args.out)
+    report = pipeline.convert(manager, model, settings, args.out, overwrite=args.overwrite)
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -259,7 +266,7 @@ def cmd_validate(args: argparse.Namespace, manager: PluginManager) -> int:
 
     model = _load(args, args.reference)
     settings = _settings(args, precision=_quantize(args.quantize), calibration=args.calibration)
-    report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target)
+    report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target, overwrite=args.overwrite)
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -270,7 +277,7 @@ def cmd_explain(args: argparse.Namespace, manager: PluginManager) -> int:
 
     model = _load(args, args.reference)
     settings = _settings(args, precision=_quantize(args.quantize))
-    report = explain(manager, args.artifact, model, settings, args.out, target=args.target)
+    report = explain(manager, args.artifact, model, settings, args.out, target=args.target, overwrite=args.overwrite)
     if args.json:
         print(dumps(report.to_json()))
     else:
@@ -304,7 +311,7 @@ def cmd_demo(args: argparse.Namespace, manager: PluginManager) -> int:
     print("each artifact run on its own runtime and compared with PyTorch on the digits test split.\n")
     model = load_model("examples:digits")
     settings = make_settings(targets=("all",), samples=args.samples, compression=_compression_steps(args), distill_data=args.distill_data)
-    report = pipeline.convert(manager, model, settings, args.out, command="demo")
+    report = pipeline.convert(manager, model, settings, args.out, command="demo", overwrite=args.overwrite)
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -367,6 +374,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     _add_parity_options(p, samples=8, eval_data=False)
     _add_target_options(p, manager)
     p.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder for explain.json (default ./edgex-out); nothing is written outside it")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--json", action="store_true", help="print explain.json instead of the table")
     p.set_defaults(handler=cmd_explain, needs_manager=True)
 
@@ -398,6 +406,27 @@ def _wants_manager(argv: Sequence[str]) -> bool:
     return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo")
 
 
+def _end_run_on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: unwind the run (children killed, temporary folders removed, finished
+    targets reported); further signals are ignored so that they cannot cut that short."""
+    from edgex.core.isolation import Interrupted
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _handle_signals() -> dict[int, Any]:
+    """Install :func:`_end_run_on_signal`; returns the handlers to restore (main() may run in a
+    host process: a test, a notebook)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in saved:
+        signal.signal(signum, _end_run_on_signal)
+    return saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -405,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     progress = None
+    saved_handlers = _handle_signals()
     try:
         manager = _manager() if _wants_manager(argv) else None
         parser = build_parser(manager)
@@ -424,9 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"edgex: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgex: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from edgex.core.isolation import interruption
+
+        interrupted = interruption(exc)
+        if debug:
+            traceback.print_exc()
+        print(f"edgex: interrupted by {interrupted.signal_name}: children stopped; report.json (if the run got that far) keeps the targets that finished", file=sys.stderr)
+        return interrupted.exit_code
     except Exception as exc:
         if debug:
             raise
@@ -435,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if progress is not None:
             progress.close()
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,7 @@ from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import match_outputs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.report import model_json, write_json_atomic
-from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, prepare_out, resolve_artifact, sandboxed
+from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, owned_out, resolve_artifact, sandboxed
 from edgex.core.settings import ConvertSettings
 from edgex.core.tables import number, table
 from edgex.core.types import ArtifactIO, ArtifactTrace, ReferenceModel, TensorBinding, TracedTensor
@@ -566,8 +566,9 @@ def _layer_results(
     return results
 
 
-def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None) -> ExplainReport:
-    """Trace ``artifact`` on its target, match its tensors to ``model``'s layers, write explain.json."""
+def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None, overwrite: bool = False) -> ExplainReport:
+    """Trace ``artifact`` on its target, match its tensors to ``model``'s layers, write explain.json
+    (``out`` held as convert holds it: locked, refused when it holds another model's results)."""
     artifact, registered = resolve_artifact(manager, artifact, target)
     name = registered.name
     manager.require_tracer(name)  # before anything runs: a target that cannot trace is a usage error
@@ -583,7 +584,6 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
     tapped = replace(model, module=layer_tap(tree, layers), output_names=(*model.output_names, *layers))
     layer_index = {path: len(model.output_names) + i for i, path in enumerate(layers)}
     inputs = resolve_inputs(model, settings)
-    out = prepare_out(out)
 
     def work(send: Any) -> _Traced:
         io = describe_artifact(manager, name, artifact, model, settings.precision)
@@ -594,50 +594,52 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
             traces.append(tracer.trace(native))
         return _Traced(io, tracer.backend, tuple(getattr(tracer, "notes", ()) or ()), traces)
 
-    with sandboxed(out):
-        (out / "logs").mkdir(exist_ok=True)
-        # the artifact is traced in a child (a crashing runtime stays contained) while the
-        # parent runs the reference, as validate does
-        job = IsolatedRun(work, name, settings, out / "logs" / f"{name}.log")
+    with owned_out(out, model, overwrite=overwrite) as claim:
+        out = claim.path
+        with sandboxed(out):
+            (out / "logs").mkdir(exist_ok=True)
+            # the artifact is traced in a child (a crashing runtime stays contained) while the
+            # parent runs the reference, as validate does
+            job = IsolatedRun(work, name, settings, out / "logs" / f"{name}.log")
+            try:
+                with observed(manager, "reference"):
+                    reference = parity.reference_outputs(tapped, inputs.parity)
+                    noise = parity.noise_floor(tapped, inputs.parity, reference)
+            except BaseException:
+                job.cancel()
+                raise
+            with observed(manager, "validate", name):
+                traced: _Traced = job.wait()
+        io = traced.io
+        if not traced.traces:
+            raise UsageError("no parity sample to explain: --samples must be at least 1")
+        outputs_only = [sample[: len(model.output_names)] for sample in reference]
         try:
-            with observed(manager, "reference"):
-                reference = parity.reference_outputs(tapped, inputs.parity)
-                noise = parity.noise_floor(tapped, inputs.parity, reference)
-        except BaseException:
-            job.cancel()
-            raise
-        with observed(manager, "validate", name):
-            traced: _Traced = job.wait()
-    io = traced.io
-    if not traced.traces:
-        raise UsageError("no parity sample to explain: --samples must be at least 1")
-    outputs_only = [sample[: len(model.output_names)] for sample in reference]
-    try:
-        judged = judge_outputs(model, io, [t.outputs for t in traced.traces], outputs_only, noise, settings, inputs.parity_source)
-        order = match_outputs(model.output_names, io)
-        results = _layer_results(runs, traced.traces, io, order, reference, noise, layer_index)
-    except ValueError as exc:
-        raise TargetError(f"cannot compare the traced artifact: {exc}") from exc
+            judged = judge_outputs(model, io, [t.outputs for t in traced.traces], outputs_only, noise, settings, inputs.parity_source)
+            order = match_outputs(model.output_names, io)
+            results = _layer_results(runs, traced.traces, io, order, reference, noise, layer_index)
+        except ValueError as exc:
+            raise TargetError(f"cannot compare the traced artifact: {exc}") from exc
 
-    known = {r.path for r in runs}
-    foreign = sorted({m for t in traced.traces[0].tensors for m in t.modules if m and m not in known})
-    skipped: dict[str, list[str]] = {}
-    for run in runs:
-        if run.role != "layer":
-            skipped.setdefault(run.role, []).append(run.path)
-    report = ExplainReport(
-        edgex_version=__version__,
-        model=model_json(model, {"parity_inputs": inputs.parity_source}),
-        artifact=str(artifact),
-        target=name,
-        precision=io.precision,
-        backend=traced.backend,
-        notes=list(traced.notes),
-        outputs=judged,
-        layers=results,
-        skipped=skipped,
-        foreign_modules=foreign,
-    )
-    with observed(manager, "report"):
-        write_json_atomic(out / "explain.json", report.to_json())
-    return report
+        known = {r.path for r in runs}
+        foreign = sorted({m for t in traced.traces[0].tensors for m in t.modules if m and m not in known})
+        skipped: dict[str, list[str]] = {}
+        for run in runs:
+            if run.role != "layer":
+                skipped.setdefault(run.role, []).append(run.path)
+        report = ExplainReport(
+            edgex_version=__version__,
+            model=model_json(model, {"parity_inputs": inputs.parity_source}),
+            artifact=str(artifact),
+            target=name,
+            precision=io.precision,
+            backend=traced.backend,
+            notes=list(traced.notes),
+            outputs=judged,
+            layers=results,
+            skipped=skipped,
+            foreign_modules=foreign,
+        )
+        with observed(manager, "report"):
+            write_json_atomic(out / "explain.json", report.to_json())
+        return report

@@ -5,6 +5,12 @@ overrun can abort), so each target works in a forked child: a crash becomes that
 ``error`` status and the other targets still run. The child writes its converters' chatter to
 a log file instead of the terminal.
 
+Each top-level child leads its own process group (a converter's own subprocesses and nested
+isolated children join it), so the parent ends all of it at once -- on a timeout, a crash, or
+SIGINT/SIGTERM (:class:`Interrupted`) -- and a Ctrl-C in the terminal reaches only the parent,
+which decides. A child also dies with its parent (``PR_SET_PDEATHSIG``) if the parent is killed
+outright.
+
 Torch's OpenMP pool does not survive ``fork``: the child runs torch single-threaded (ONNX
 Runtime, TensorFlow and LiteRT keep their own thread pools). ``EDGEX_ISOLATION=none`` runs
 targets in-process instead (the default where ``fork`` is unsafe, i.e. not on Linux).
@@ -21,6 +27,52 @@ import traceback
 from typing import Any, Callable
 
 from edgex.core.errors import EdgexError, TargetError
+
+#: set in a forked child: its own isolated work stays in its process group
+_IN_CHILD = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked the run to end (a KeyboardInterrupt, so every cleanup path that
+    handles Ctrl-C handles both); ``exit_code`` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def interruption(exc: BaseException) -> Interrupted:
+    """``exc`` as an :class:`Interrupted` (a plain KeyboardInterrupt is SIGINT)."""
+    return exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this child when its parent dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def isolation_mode() -> str:
@@ -49,7 +101,18 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_path: str | None) -> None:
+def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_path: str | None, parent: int, own_group: bool) -> None:
+    global _IN_CHILD
+    _IN_CHILD = True
+    # the parent's SIGINT/SIGTERM handlers end the run; in a child the parent does the ending
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if own_group:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+    _die_with_parent(parent)
     try:
         # OpenMP pools do not survive fork (the first parallel region hangs): one thread each
         if "torch" in sys.modules:
@@ -97,9 +160,15 @@ class Isolated:
             # not daemonic: a target may isolate its own crash-prone steps (a converter) with a
             # nested start_isolated, which multiprocessing forbids in daemonic processes; wait()
             # and cancel() still end the child whatever happens
-            self.process = context.Process(target=_child, args=(child_conn, work, log_path), daemon=False)
+            self.own_group = not _IN_CHILD
+            self.process = context.Process(target=_child, args=(child_conn, work, log_path, os.getpid(), self.own_group), daemon=False)
             self.process.start()
             child_conn.close()
+            if self.own_group:
+                try:  # also here: the group exists before the parent may need to kill it
+                    os.setpgid(self.process.pid, self.process.pid)
+                except OSError:
+                    pass
 
     def wait(self, on_event: Callable[[str, Any], None] | None = None) -> Any:
         """The work's result; events the child sent are handed to ``on_event`` on the way.
@@ -131,20 +200,25 @@ class Isolated:
                 else:
                     _, text, remote_tb, code = message
                     raise RemoteError(text, remote_tb, code)
+        except KeyboardInterrupt:  # SIGINT/SIGTERM: end the child and what it started, now
+            self.cancel()
+            raise
         finally:
             self.conn.close()
             if self.process.is_alive():
                 self.process.join(2)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join()
-
+            self.cancel()
 
     def cancel(self) -> None:
-        """Stop the child (its result is no longer wanted)."""
-        if self.process is not None and self.process.is_alive():
+        """Stop the child and its process group (its result is no longer wanted)."""
+        if self.process is None:
+            return
+        if self.own_group:
+            _kill_group(self.process.pid)
+        if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+        self.process.join()
+        self.conn.close()
 
 
 def start_isolated(

@@ -27,6 +27,7 @@ from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
+from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.quant_reference import CannotSimulate, SimulatedReference, simulate, vacuous_reference
@@ -37,7 +38,8 @@ from edgex.core.runner import (
     judge_outputs,
     latency,
     observed,
-    prepare_out,
+    owned_out,
+    OwnedOut,
     reference_form,
     resolve_artifact,
     run_batches,
@@ -366,6 +368,22 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
+def _write_report(manager: PluginManager, claim: OwnedOut, report: Report) -> None:
+    """report.json, after removing the target folders an earlier run left that it does not describe."""
+    with observed(manager, "report"):
+        claim.remove_stale([a for row in report.targets.values() for a in row.artifacts], report.targets, manager.targets())
+        write_json_atomic(claim.path / "report.json", report.to_json())
+
+
+def _interrupted(report: Report, plans: Sequence[TargetPlan], exc: BaseException) -> None:
+    """Rows for the targets an interrupted run did not finish (the finished keep theirs)."""
+    name = interruption(exc).signal_name
+    for plan in plans:
+        if plan.target not in report.targets:
+            report.targets[plan.target] = TargetReport(plan.target, "error", plan.plugin, plan.precision, messages=["interrupted"], requested=plan.requested)
+    report.messages.append(f"interrupted by {name}: the targets that had not finished are errors")
+
+
 def compress(manager: PluginManager, model: ReferenceModel, settings: ConvertSettings, inputs: RunInputs | None = None) -> tuple[ReferenceModel, dict[str, Any]]:
     """The compress stage alone (also ``edgex compress``): the compressed reference and its summary."""
     inputs = inputs or resolve_inputs(model, settings)
@@ -373,8 +391,11 @@ def compress(manager: PluginManager, model: ReferenceModel, settings: ConvertSet
         return compress_reference(manager, model, settings.compression, inputs, settings.seed)
 
 
-def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSettings, out: Path, *, command: str = "convert") -> Report:
-    """Compress (if asked), convert to every planned target, validate each, write report.json."""
+def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSettings, out: Path, *, command: str = "convert", overwrite: bool = False) -> Report:
+    """Compress (if asked), convert to every planned target, validate each, write report.json.
+
+    The run owns ``out`` (``runner.owned_out``: locked, refused when it holds another model's
+    results unless ``overwrite``); on SIGINT/SIGTERM the finished targets are still reported."""
     plans = plan_targets(manager, settings.targets, settings.precision, model)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = resolve_inputs(model, settings, needs_calibration)
@@ -382,8 +403,8 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
     compression_summary = None
     if settings.compression:
         model, compression_summary = compress(manager, model, settings, inputs)
-    out = prepare_out(out)
-    with sandboxed(out):
+    with owned_out(out, model, overwrite=overwrite) as claim, sandboxed(claim.path):
+        out = claim.path
         calibration_batches = inputs.calibration_batches
         report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.parity_source}), compression=compression_summary)
         report.messages.extend(inputs.warnings)
@@ -393,6 +414,7 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
             workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir()
             logs.mkdir(exist_ok=True)
+            (logs / f"{plan.target}.log").unlink(missing_ok=True)  # this run's log, not appended to an old one
             request = ConversionRequest(
                 target=plan.target,
                 precision=plan.precision,
@@ -409,80 +431,109 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
 
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log"), workdir
 
-        runnable = [p for p in plans if not p.skip]
-        # the first target converts in its child while the parent computes the reference outputs
-        started = start(runnable[0]) if runnable else None
         try:
-            reference = Reference(manager, model, inputs)
-            if any(p.precision == "int8" for p in runnable):
-                reference.simulated("int8")  # while the first target converts
-        except BaseException:
-            if started is not None:
-                started[0].job.cancel()
-                shutil.rmtree(started[1], ignore_errors=True)
+            _convert_each(manager, original, model, plans, start, inputs, report, out)
+        except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
+            _interrupted(report, plans, exc)
+            _write_report(manager, claim, report)
             raise
-        if compression_summary is not None and original is not model:
-            compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
-        if model.macs is None and model.module is not None:
-            report.model["macs"] = count_macs(model.module, model.example_inputs)
-
-        for plan in plans:
-            if plan.skip:
-                report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
-                continue
-            run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
-            started = None
-            try:
-                row, outcome = run.finish(reference)
-            except BaseException:
-                shutil.rmtree(workdir, ignore_errors=True)
-                raise
-            row.requested = plan.requested
-            if outcome is not None and outcome.conversion is not None and row.status != "error":
-                conversion = _relocate(outcome.conversion, workdir, out / plan.target)
-                _install(workdir, out / plan.target)
-                row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-                row.size_bytes = _size([conversion.io.path])
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-            row.precision = row.precision or plan.precision
-            report.targets[plan.target] = row
-
-        with observed(manager, "report"):
-            write_json_atomic(out / "report.json", report.to_json())
+        _write_report(manager, claim, report)
         return report
 
 
-def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None) -> Report:
-    """Validate an existing artifact against the reference model and write report.json."""
+def _convert_each(
+    manager: PluginManager,
+    original: ReferenceModel,
+    model: ReferenceModel,
+    plans: Sequence[TargetPlan],
+    start: Callable[[TargetPlan], tuple[TargetRun, Path]],
+    inputs: RunInputs,
+    report: Report,
+    out: Path,
+) -> None:
+    """convert's targets one after another, each row added to ``report`` when it finishes
+    (an interrupted run keeps the rows added so far)."""
+    runnable = [p for p in plans if not p.skip]
+    compression_summary = report.compression
+    # the first target converts in its child while the parent computes the reference outputs
+    started = start(runnable[0]) if runnable else None
+    try:
+        reference = Reference(manager, model, inputs)
+        if any(p.precision == "int8" for p in runnable):
+            reference.simulated("int8")  # while the first target converts
+    except BaseException:
+        if started is not None:
+            started[0].job.cancel()
+            shutil.rmtree(started[1], ignore_errors=True)
+        raise
+    if compression_summary is not None and original is not model:
+        compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
+    if model.macs is None and model.module is not None:
+        report.model["macs"] = count_macs(model.module, model.example_inputs)
+
+    for plan in plans:
+        if plan.skip:
+            report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
+            continue
+        run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
+        started = None
+        try:
+            row, outcome = run.finish(reference)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        row.requested = plan.requested
+        if outcome is not None and outcome.conversion is not None and row.status != "error":
+            conversion = _relocate(outcome.conversion, workdir, out / plan.target)
+            _install(workdir, out / plan.target)
+            row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
+            row.size_bytes = _size([conversion.io.path])
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        row.precision = row.precision or plan.precision
+        report.targets[plan.target] = row
+
+
+def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None, overwrite: bool = False) -> Report:
+    """Validate an existing artifact against the reference model and write report.json (``out``
+    is held as ``convert`` holds it; a target folder holding ``artifact`` stays)."""
     artifact, registered = resolve_artifact(manager, artifact, target)
     name = registered.name
     status = manager.backend_status(name)
     report = Report(edgex_version=__version__, command="validate", model=model_json(model))
     if not status.available:
         report.targets[name] = TargetReport(name, "skipped", registered.plugin, messages=[status.missing_message()])
-        write_json_atomic(prepare_out(out) / "report.json", report.to_json())
+        with owned_out(out, model, overwrite=overwrite) as claim:
+            _write_report(manager, claim, report)
         return report
     inputs = resolve_inputs(model, settings)
-    out = prepare_out(out)
     report.model["parity_inputs"] = inputs.parity_source
 
     def make_io() -> tuple[None, ArtifactIO]:
         return None, describe_artifact(manager, name, artifact, model, settings.precision)
 
-    with sandboxed(out):
+    with owned_out(out, model, overwrite=overwrite) as claim, sandboxed(claim.path):
+        out = claim.path
         (out / "logs").mkdir(exist_ok=True)
-        run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log")
+        (out / "logs" / f"{name}.log").unlink(missing_ok=True)  # this run's log, not appended to an old one
         try:
-            reference = Reference(manager, model, inputs)
-        except BaseException:
-            run.job.cancel()
+            run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log")
+            try:
+                reference = Reference(manager, model, inputs)
+            except BaseException:
+                run.job.cancel()
+                raise
+            if model.macs is None and model.module is not None:
+                report.model["macs"] = count_macs(model.module, model.example_inputs)
+            row, _ = run.finish(reference)
+        except KeyboardInterrupt as exc:
+            row = TargetReport(name, "error", registered.plugin, messages=["interrupted"])
+            report.messages.append(f"interrupted by {interruption(exc).signal_name}")
+            report.targets[name] = row
+            _write_report(manager, claim, report)
             raise
-        if model.macs is None and model.module is not None:
-            report.model["macs"] = count_macs(model.module, model.example_inputs)
-        row, _ = run.finish(reference)
-    row.artifacts = [str(artifact)]
-    row.size_bytes = _size([artifact])
-    report.targets[name] = row
-    write_json_atomic(out / "report.json", report.to_json())
+        row.artifacts = [str(artifact)]
+        row.size_bytes = _size([artifact])
+        report.targets[name] = row
+        _write_report(manager, claim, report)
     return report

@@ -10,13 +10,17 @@ implementation (``edgex.core.parity``). Everything runs offline, with temporary 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
 import statistics
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +45,146 @@ def prepare_out(out: Path) -> Path:
         raise UsageError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     return out.resolve()
+
+
+#: the file that says a run owns ``--out`` right now ("<pid> <host>")
+LOCK_NAME = ".edgex.lock"
+#: what a run leaves only while it works (target work folders, replaced folders, caches,
+#: half-written reports): a killed run's are removed by the next run, under its lock
+LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*", ".explain.json.*")
+#: files only edgex writes at the top of ``--out``; the model they describe owns the folder
+REPORT_NAMES = ("report.json", "explain.json")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _take_lock(out: Path) -> tuple[Path, bool]:
+    """Create ``out/.edgex.lock`` exclusively; a lock whose process is gone (same host) is taken
+    over. Returns the lock and whether a killed run's lock was taken over."""
+    lock = out / LOCK_NAME
+    mine = f"{os.getpid()} {socket.gethostname()}\n"
+    took_over = False
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                text = lock.read_text()
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            pid_text, _, host = text.strip().partition(" ")
+            if pid_text.isdigit() and host == socket.gethostname() and not _pid_alive(int(pid_text)):
+                # a killed run's lock: move it aside atomically, so only one taker removes it
+                try:
+                    os.replace(lock, out / f".edgex-old-lock-{uuid.uuid4().hex[:8]}")
+                except FileNotFoundError:
+                    pass
+                took_over = True
+                continue
+            if not pid_text.isdigit() and age > 10:  # a run killed between creating and writing it
+                lock.unlink(missing_ok=True)
+                took_over = True
+                continue
+            who = f"pid {pid_text} on {host}" if pid_text.isdigit() else "another process"
+            raise UsageError(f"--out {out} is in use by another edgex run ({who}); wait for it, choose another --out, or delete {lock} if no such run exists")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine)
+        return lock, took_over
+    raise UsageError(f"--out {out}: could not take {lock} (another run keeps taking it); try again")
+
+
+def _release_lock(lock: Path) -> None:
+    try:
+        if lock.read_text().split(" ", 1)[0] == str(os.getpid()):
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _remove_leftovers(out: Path) -> None:
+    for pattern in LEFTOVERS:
+        for path in out.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _same_model(described: Any, model: ReferenceModel) -> bool:
+    """Whether a report's ``model`` section is ``model``: the same bytes, or the same spec (a
+    retrained file, a compressed variant). In-memory modules share a spec per class: bytes only."""
+    if not isinstance(described, dict):
+        return False
+    if model.sha256 and described.get("sha256") == model.sha256:
+        return True
+    return bool(model.spec) and described.get("spec") == model.spec and not model.spec.startswith("<in-memory")
+
+
+@dataclass
+class OwnedOut:
+    """``--out`` while a run holds it: ``path`` (absolute) and the report an earlier run left."""
+
+    path: Path
+    previous: dict[str, Any]
+
+    def remove_stale(self, artifacts: Iterable[str], described: Iterable[str], known_targets: Iterable[str]) -> None:
+        """Remove target folders (and logs) that the report about to be written does not describe.
+
+        ``artifacts``: the report's artifact paths (relative to ``path`` or not); ``described``:
+        the targets it has a row for; ``known_targets``: every name a target folder may have.
+        A folder holding one of ``artifacts`` stays (validate of ``OUT/onnx/model.onnx``)."""
+        kept = []
+        for artifact in artifacts:
+            candidate = Path(artifact) if Path(artifact).is_absolute() else self.path / artifact
+            kept.append((candidate if candidate.exists() else Path(artifact)).resolve())
+        names = set(known_targets) | set(self.previous.get("targets") or {})
+        for name in names:
+            folder = self.path / name
+            if folder.is_dir() and not any(k.is_relative_to(folder.resolve()) for k in kept):
+                shutil.rmtree(folder, ignore_errors=True)
+            if name not in described:
+                (self.path / "logs" / f"{name}.log").unlink(missing_ok=True)
+
+
+@contextmanager
+def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> Iterator[OwnedOut]:
+    """Hold ``--out`` for one run: created, locked (a second run fails fast), cleared of a killed
+    run's leftovers, and refused when it holds another model's report or files edgex did not
+    write, unless ``overwrite``. Nothing is deleted here but leftovers; stale target folders go
+    when the new report is written (:meth:`OwnedOut.remove_stale`)."""
+    path = prepare_out(out)
+    lock, took_over = _take_lock(path)
+    try:
+        _remove_leftovers(path)
+        previous: dict[str, Any] = {}
+        for name in REPORT_NAMES:
+            try:
+                loaded = json.loads((path / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(loaded, dict) and "model" in loaded:
+                previous = previous or loaded
+                if not overwrite and not _same_model(loaded.get("model"), model):
+                    spec = (loaded.get("model") or {}).get("spec", "another model")
+                    raise UsageError(f"--out {out} holds edgex's results for {spec}, not {model.spec}; choose another --out, or pass --overwrite to replace them")
+        # a killed run's folder (its lock taken over) is edgex's even before its report exists
+        if not previous and not overwrite and not took_over:
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, "logs"))
+            if foreign:
+                raise UsageError(f"--out {out} is not empty and edgex did not write it ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite")
+        yield OwnedOut(path, previous if "targets" in previous else {})
+    finally:
+        _remove_leftovers(path)  # an interrupted run's too: a work folder made as the signal came
+        _release_lock(lock)
 
 
 @contextmanager

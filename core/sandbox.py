@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 #: environment variables that tell libraries where to keep caches and temporary files
-_REDIRECTED = ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME")
+#: (torch's inductor writes its cache folder into the environment on first use: without it
+#: here, the next run in the same process would write into this run's removed scratch)
+_REDIRECTED = ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME", "TORCHINDUCTOR_CACHE_DIR")
 
 
 @contextlib.contextmanager
@@ -50,6 +52,7 @@ def contained(scratch: Path, *, chdir: bool = False) -> Iterator[None]:
     os.environ["XDG_CACHE_HOME"] = str(scratch / "cache")
     os.environ["TORCH_HOME"] = str(scratch / "torch")
     os.environ["HF_HOME"] = str(scratch / "huggingface")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "torchinductor")
     if chdir:
         os.chdir(scratch)
     try:

@@ -1,0 +1,205 @@
+"""``--out`` tells the truth, and a run ends cleanly under signals and concurrency.
+
+Real processes and real files: a reused folder holding another model's results, stale target
+folders and a killed run's leftovers, two runs into one folder, a stale lock, SIGTERM and SIGINT
+in the middle of a run. The slow target is ``sleepy`` from tests/data/site/edgex_crashy.py (its
+child writes a partial artifact, then sleeps a minute).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgex.core import api
+from edgex.core.cli import main
+from edgex.core.errors import UsageError
+
+HERE = Path(__file__).parent
+MODELS = HERE / "models.py"
+SITE = HERE / "data" / "site"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="targets run in forked children only on Linux")
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has finished running: /proc says state Z)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` and every member of their process groups, from /proc."""
+    parents, groups = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            parents[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    leaders = {groups[pid] for pid in found if pid in groups}
+    return found | {pid for pid, group in groups.items() if group in leaders and group != groups.get(root)}
+
+
+def _edgex(*args, out: Path) -> subprocess.Popen:
+    """``edgex ARGS --out OUT`` in its own process, with the sleepy/crashy targets installed."""
+    env = dict(os.environ, EDGEX_LOAD_PLUGINS="crashy", PYTHONPATH=os.pathsep.join([str(SITE), *sys.path]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgex.core.cli", *map(str, args), "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"edgex ended ({process.returncode}) before {path.name} appeared: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear within {seconds} s")
+        time.sleep(0.1)
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith((".edgex-tmp-", ".edgex-old-", ".edgex-scratch", ".edgex.lock", ".report.json.")))
+
+
+# --------------------------------------------------------------------------- a reused folder
+
+
+@pytest.fixture(scope="module")
+def digits_onnx_out(tmp_path_factory):
+    """A folder holding an honest earlier run: the digits CNN converted for onnx."""
+    out = tmp_path_factory.mktemp("reused")
+    assert api.convert("examples:digits", ["onnx"], out=out, samples=2).targets["onnx"].status == "passed"
+    return out
+
+
+def test_another_models_folder_is_refused_in_one_line_and_left_untouched(digits_onnx_out, tmp_path, capsys):
+    before = sorted(str(p.relative_to(digits_onnx_out)) for p in digits_onnx_out.rglob("*"))
+    code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(digits_onnx_out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "holds edgex's results for examples:digits" in err and "--overwrite" in err
+    assert sorted(str(p.relative_to(digits_onnx_out)) for p in digits_onnx_out.rglob("*")) == before
+
+
+def test_a_folder_edgex_did_not_write_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not empty and edgex did not write it"):
+        api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=tmp_path, samples=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created, no lock left
+    report = api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=tmp_path, samples=2, overwrite=True)
+    assert report.targets["onnx"].status == "passed"
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # edgex replaces only what it writes
+
+
+def test_overwrite_removes_what_the_new_report_does_not_describe(digits_onnx_out, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for item in digits_onnx_out.iterdir():  # a copy: the fixture's folder stays the digits run
+        subprocess.run(["cp", "-r", str(item), str(out)], check=True)
+    (out / "tflite").mkdir()  # an earlier run's target folder, for another target
+    (out / "tflite" / "model.tflite").write_bytes(b"digits, long ago")
+    (out / "logs" / "tflite.log").write_text("old chatter")
+    (out / ".edgex-tmp-coral-0badc0de").mkdir()  # a killed run's leftovers
+    (out / ".edgex-old-onnx-0badc0de").mkdir()
+    (out / ".edgex-scratch" / "tmp").mkdir(parents=True)
+    (out / ".edgex.lock").write_text(f"{_dead_pid()} {os.uname().nodename}\n")  # ... and its lock
+
+    report = api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=out, samples=2, overwrite=True)
+
+    written = json.loads((out / "report.json").read_text())
+    assert written["model"]["spec"].endswith("resnet_tiny") and list(written["targets"]) == ["onnx"]
+    assert report.targets["onnx"].status == "passed"
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "onnx", "report.json"]  # 0 stale, 0 leftovers
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["onnx.log"]
+    assert [str(p.relative_to(out)) for p in (out / "onnx").rglob("*")] == written["targets"]["onnx"]["artifacts"]
+
+
+def test_the_same_model_reuses_its_folder_and_a_failed_target_leaves_no_old_artifact(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SITE))
+    monkeypatch.setenv("EDGEX_LOAD_PLUGINS", "crashy")
+    assert api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=tmp_path, samples=2).targets["onnx"].status == "passed"
+    (tmp_path / "crashy").mkdir()  # as if an earlier run had converted it
+    (tmp_path / "crashy" / "model.crash").write_bytes(b"old")
+    report = api.convert(f"{MODELS}:resnet_tiny", ["onnx", "crashy"], out=tmp_path, samples=2)
+    assert report.targets["crashy"].status == "error" and report.targets["onnx"].status == "passed"
+    assert not (tmp_path / "crashy").exists()  # the report says crashy has no artifact: none is there
+    assert (tmp_path / "onnx").is_dir()
+
+
+def test_validate_keeps_the_folder_holding_its_artifact(digits_onnx_out):
+    artifact = digits_onnx_out / json.loads((digits_onnx_out / "report.json").read_text())["targets"]["onnx"]["artifacts"][0]
+    report = api.validate(artifact, "examples:digits", out=digits_onnx_out, samples=2)
+    assert report.targets["onnx"].status == "passed" and artifact.exists()
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_a_live_runs_lock_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys):
+    lock = tmp_path / ".edgex.lock"
+    lock.write_text(f"{os.getppid()} {os.uname().nodename}\n")  # a live process holds it
+    code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"in use by another edgex run (pid {os.getppid()}" in err
+    assert lock.read_text().startswith(str(os.getppid()))  # not someone else's to remove
+
+    lock.write_text(f"{_dead_pid()} {os.uname().nodename}\n")
+    code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert code == 0 and not lock.exists() and (tmp_path / "onnx").is_dir()
+
+
+# --------------------------------------------------------------------------- real concurrent runs and signals
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_run_ends_every_child_and_keeps_the_finished_targets(signum, code, tmp_path, capsys):
+    out = tmp_path / "out"
+    run = _edgex("convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "-t", "sleepy", "--samples", "2", out=out)
+    try:
+        _wait_for(out / "logs" / "sleepy.log", run)  # onnx finished; sleepy's child is converting
+        if signum == signal.SIGTERM:
+            # a second run into the same folder meanwhile fails fast, in one line, touching nothing
+            second = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(out)])
+            err = capsys.readouterr().err
+            assert second == 2 and err.count("\n") == 1 and f"in use by another edgex run (pid {run.pid}" in err
+        children = _descendants(run.pid)
+        assert children, "the sleepy target's child should be running"
+        os.kill(run.pid, signum)
+        _, stderr = run.communicate(timeout=20)
+    finally:
+        run.kill()
+    assert run.returncode == code
+    assert [line for line in stderr.splitlines() if line.strip()][-1].startswith(f"edgex: interrupted by {signal.Signals(signum).name}")
+    assert "Traceback" not in stderr
+    time.sleep(0.2)  # the kernel reaps a SIGKILLed group asynchronously
+    assert not [pid for pid in children if _alive(pid)]  # 0 orphans
+    assert _leftovers(out) == []  # no work folder, scratch or lock
+    assert not (out / "sleepy").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"]["onnx"]["status"] == "passed" and (out / "onnx").is_dir()  # 0 lost results
+    assert report["targets"]["sleepy"]["status"] == "error" and report["targets"]["sleepy"]["messages"] == ["interrupted"]
