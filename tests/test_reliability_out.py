@@ -19,6 +19,7 @@ import pytest
 from edgex.core import api
 from edgex.core.cli import main
 from edgex.core.errors import UsageError
+from edgex.core.isolation import start_isolated
 
 HERE = Path(__file__).parent
 MODELS = HERE / "models.py"
@@ -174,6 +175,29 @@ def test_a_live_runs_lock_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, c
 
 
 # --------------------------------------------------------------------------- real concurrent runs and signals
+
+
+def _start_sleeper(send):
+    """A target's work that starts a converter subprocess of its own, then hangs."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    send("sleeper", sleeper.pid)
+    time.sleep(60)
+
+
+def test_ending_a_child_ends_the_processes_it_started(monkeypatch):
+    monkeypatch.setenv("EDGEX_ISOLATION", "fork")
+    job = start_isolated(_start_sleeper, what="target sleeper")
+    pids = []
+
+    def on_event(kind, pid):
+        pids.extend([job.process.pid, pid])
+        raise KeyboardInterrupt  # as SIGINT would, while the parent waits
+
+    with pytest.raises(KeyboardInterrupt):
+        job.wait(on_event)
+    time.sleep(0.2)
+    assert len(pids) == 2 and not [pid for pid in pids if _alive(pid)]
+
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
