@@ -200,6 +200,32 @@ def test_ending_a_child_ends_the_processes_it_started(monkeypatch):
 
 
 
+KILLED_PARENT = """
+import sys, time
+from edgex.core.isolation import start_isolated
+
+def hang(send):
+    send("pid", None)
+    time.sleep(60)
+
+job = start_isolated(hang, what="hang")
+job.wait(lambda kind, payload: (print(job.process.pid, flush=True), time.sleep(60)))
+"""
+
+
+def test_a_child_dies_with_a_parent_killed_outright(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, EDGEX_ISOLATION="fork", PYTHONPATH=os.pathsep.join(sys.path)))
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()  # SIGKILL: no handler runs
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_run_ends_every_child_and_keeps_the_finished_targets(signum, code, tmp_path, capsys):
     out = tmp_path / "out"
