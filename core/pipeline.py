@@ -368,10 +368,12 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
-def _write_report(manager: PluginManager, claim: OwnedOut, report: Report) -> None:
-    """report.json, after removing the target folders an earlier run left that it does not describe."""
+def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
+    """report.json, after removing the target folders an earlier run left that it does not describe
+    (``remove_stale``: convert; validate keeps the same model's other artifacts it was not asked about)."""
     with observed(manager, "report"):
-        claim.remove_stale([a for row in report.targets.values() for a in row.artifacts], report.targets, manager.targets())
+        if remove_stale:
+            claim.remove_stale([a for row in report.targets.values() for a in row.artifacts], report.targets, manager.targets())
         write_json_atomic(claim.path / "report.json", report.to_json())
 
 
@@ -496,7 +498,8 @@ def _convert_each(
 
 def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None, overwrite: bool = False) -> Report:
     """Validate an existing artifact against the reference model and write report.json (``out``
-    is held as ``convert`` holds it; a target folder holding ``artifact`` stays)."""
+    is held as ``convert`` holds it, but the same model's other target folders stay: validating
+    ``edgex-out/onnx/model.onnx`` into the default ``edgex-out`` must not delete its siblings)."""
     artifact, registered = resolve_artifact(manager, artifact, target)
     name = registered.name
     status = manager.backend_status(name)
@@ -504,7 +507,7 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
     if not status.available:
         report.targets[name] = TargetReport(name, "skipped", registered.plugin, messages=[status.missing_message()])
         with owned_out(out, model, overwrite=overwrite) as claim:
-            _write_report(manager, claim, report)
+            _write_report(manager, claim, report, remove_stale=False)
         return report
     inputs = resolve_inputs(model, settings)
     report.model["parity_inputs"] = inputs.parity_source
@@ -530,10 +533,10 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
             row = TargetReport(name, "error", registered.plugin, messages=["interrupted"])
             report.messages.append(f"interrupted by {interruption(exc).signal_name}")
             report.targets[name] = row
-            _write_report(manager, claim, report)
+            _write_report(manager, claim, report, remove_stale=False)
             raise
         row.artifacts = [str(artifact)]
         row.size_bytes = _size([artifact])
         report.targets[name] = row
-        _write_report(manager, claim, report)
+        _write_report(manager, claim, report, remove_stale=False)
     return report

@@ -145,7 +145,7 @@ def test_convert_installs_artifacts_and_writes_the_report(mlp, tmp_path):
 
 def test_a_second_convert_replaces_the_target_folder(mlp, tmp_path):
     out = tmp_path / "out"
-    (out / "npz").mkdir(parents=True)
+    pipeline.convert(npz_manager(), mlp, settings("npz"), out)
     (out / "npz" / "stale.txt").write_text("from an older run")
     pipeline.convert(npz_manager(), mlp, settings("npz"), out)
     assert sorted(p.name for p in (out / "npz").iterdir()) == ["model.npz"]
