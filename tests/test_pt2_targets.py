@@ -12,24 +12,32 @@ import pytest
 from onnx import helper, numpy_helper
 
 from edgex.core import api
-from edgex.plugins.testing import tiny_cnn
+from edgex.examples import load_example
 from edgex.targets.onnx import convert_opset
 
-CALIBRATION = (np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype("float32"),)
 
 
 @pytest.fixture(scope="module")
-def pt2(tmp_path_factory):
+def digits():
+    return load_example("digits")  # big enough that coreml's int8 weight compression compresses
+
+
+@pytest.fixture(scope="module")
+def calibration(digits):
+    return digits.calibration[0][:32]
+
+
+@pytest.fixture(scope="module")
+def pt2(digits, tmp_path_factory):
     import torch
 
-    net, example = tiny_cnn()
-    path = tmp_path_factory.mktemp("pt2") / "model.pt2"
-    torch.export.save(torch.export.export(net, example), str(path))
+    path = tmp_path_factory.mktemp("pt2") / "digits.pt2"
+    torch.export.save(torch.export.export(digits.module, digits.example_inputs), str(path))
     return path
 
 
-def _converts_and_passes(pt2, target, precision, tmp_path, edgex_manager, **kwargs):
-    report = api.convert(str(pt2), [target], out=tmp_path, precision=precision, calibration=CALIBRATION, samples=4, plugins=edgex_manager, **kwargs)
+def _converts_and_passes(pt2, calibration, target, precision, tmp_path, edgex_manager, **kwargs):
+    report = api.convert(str(pt2), [target], out=tmp_path, precision=precision, calibration=(calibration,), samples=4, plugins=edgex_manager, **kwargs)
     row = report.targets[target]
     assert report.model["kind"] == "torch"
     assert (row.status, row.precision) == ("passed", precision), row.messages
@@ -37,45 +45,45 @@ def _converts_and_passes(pt2, target, precision, tmp_path, edgex_manager, **kwar
     return row
 
 
-def test_onnx_from_pt2(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "onnx", "int8", tmp_path, edgex_manager)
+def test_onnx_from_pt2(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "onnx", "int8", tmp_path, edgex_manager)
     assert row.converter.startswith("torch.onnx.export (dynamo, opset 18)")
 
 
-def test_jetson_exports_opset_17_from_pt2(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "jetson", "int8", tmp_path, edgex_manager)
+def test_jetson_exports_opset_17_from_pt2(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "jetson", "int8", tmp_path, edgex_manager)
     model = onnx.load(str(tmp_path / row.artifacts[0]))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
     assert "-> onnx.version_converter (opset 17)" in row.converter and row.details["tensorrt"]["opset"] == 17
 
 
 @pytest.mark.slow
-def test_tflite_from_pt2_through_litert_torch(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "tflite", "int8", tmp_path, edgex_manager)
+def test_tflite_from_pt2_through_litert_torch(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "tflite", "int8", tmp_path, edgex_manager)
     assert row.converter.startswith("litert-torch") and not any("converter litert-torch failed" in m for m in row.messages)
 
 
 @pytest.mark.slow
-def test_tflite_from_pt2_through_onnx2tf(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "tflite", "int8", tmp_path, edgex_manager, options={"tflite_converter": "onnx2tf"})
+def test_tflite_from_pt2_through_onnx2tf(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "tflite", "int8", tmp_path, edgex_manager, options={"tflite_converter": "onnx2tf"})
     assert "onnx2tf" in row.converter
 
 
 @pytest.mark.slow
-def test_coral_from_pt2(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "coral", "int8", tmp_path, edgex_manager)
+def test_coral_from_pt2(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "coral", "int8", tmp_path, edgex_manager)
     assert row.converter.startswith("litert-torch")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "dynamic-int8"])
-def test_coreml_from_pt2(pt2, precision, tmp_path, edgex_manager):
-    _converts_and_passes(pt2, "coreml", precision, tmp_path, edgex_manager)
+def test_coreml_from_pt2(pt2, calibration, precision, tmp_path, edgex_manager):
+    _converts_and_passes(pt2, calibration, "coreml", precision, tmp_path, edgex_manager)
 
 
 @pytest.mark.slow
-def test_mcu_from_pt2(pt2, tmp_path, edgex_manager):
-    row = _converts_and_passes(pt2, "mcu", "int8", tmp_path, edgex_manager)
+def test_mcu_from_pt2(pt2, calibration, tmp_path, edgex_manager):
+    row = _converts_and_passes(pt2, calibration, "mcu", "int8", tmp_path, edgex_manager)
     assert row.converter.startswith("litert-torch")
 
 
@@ -123,10 +131,13 @@ def _edgex(*args, cwd):
 
 
 @pytest.mark.slow
-def test_readme_int8_commands_pass_on_a_pt2(pt2, tmp_path):
-    calibration = tmp_path / "calib.npy"
-    np.save(calibration, CALIBRATION[0])
-    done = _edgex("convert", pt2, "--target", "all", "--quantize", "int8", "--calibration", calibration, "--out", tmp_path / "out", cwd=tmp_path)
+def test_readme_int8_commands_pass_on_a_pt2_from_compress(calibration, tmp_path):
+    calibration_file = tmp_path / "calib.npy"
+    np.save(calibration_file, calibration)
+    pt2 = tmp_path / "model.pt2"
+    done = _edgex("compress", "examples:digits", "--prune", "0.3", "--out", pt2, cwd=tmp_path)
+    assert done.returncode == 0 and pt2.is_file(), done.stdout + done.stderr
+    done = _edgex("convert", pt2, "--target", "all", "--quantize", "int8", "--calibration", calibration_file, "--out", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["targets"]
     assert {name: row["status"] for name, row in rows.items()} == {
@@ -135,5 +146,5 @@ def test_readme_int8_commands_pass_on_a_pt2(pt2, tmp_path):
     # coreml has no full-int8 scheme: its row says so instead of the target vanishing
     assert rows["coreml"]["messages"] == ["coreml offers fp32, fp16, dynamic-int8, not int8"]
     assert "coreml: coreml offers fp32, fp16, dynamic-int8, not int8" in done.stdout + done.stderr
-    done = _edgex("validate", tmp_path / "out" / "onnx" / "model.onnx", "--reference", pt2, "--calibration", calibration, "--out", tmp_path / "validated", cwd=tmp_path)
+    done = _edgex("validate", tmp_path / "out" / "onnx" / "model.onnx", "--reference", pt2, "--calibration", calibration_file, "--out", tmp_path / "validated", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
