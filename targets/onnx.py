@@ -196,16 +196,21 @@ def convert_opset(path: Path, opset: int) -> None:
 
     onnx's adapters keep attributes the older operator does not know (ReduceMean 18 -> 13 keeps
     ``noop_with_empty_axes``): one left at its default changes nothing and is dropped; any other
-    value has no older equivalent and fails the conversion. Parity of the result is proven by
-    the target's validation like any other artifact's.
+    value has no older equivalent and fails the conversion. The converter also drops each
+    node's metadata, which holds the module scopes ``explain`` attributes ops by: it is copied
+    back by node name. Parity of the result is proven by the target's validation like any other
+    artifact's.
     """
     import onnx
     from onnx import defs, helper, version_converter
 
     model = onnx.load(str(path))
     source = _opset_of_model(model)
+    metadata = {node.name: list(node.metadata_props) for node in model.graph.node if node.name}
     converted = version_converter.convert_version(model, opset)
     for node in converted.graph.node:
+        if not node.metadata_props and node.name in metadata:
+            node.metadata_props.extend(metadata[node.name])
         if node.domain not in ("", "ai.onnx"):
             continue
         known = defs.get_schema(node.op_type, opset).attributes

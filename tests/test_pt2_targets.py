@@ -57,6 +57,16 @@ def test_jetson_exports_opset_17_from_pt2(pt2, calibration, tmp_path, edgex_mana
     assert "-> onnx.version_converter (opset 17)" in row.converter and row.details["tensorrt"]["opset"] == 17
 
 
+def test_jetson_opset_17_keeps_the_scopes_explain_reads(pt2, tmp_path, edgex_manager):
+    """onnx's version converter drops node metadata; without it a Conv with batch norm folded in
+    is read as the bare conv and explain flags an honest artifact."""
+    report = api.convert(str(pt2), ["jetson"], out=tmp_path / "out", precision="fp32", samples=4, plugins=edgex_manager)
+    row = report.targets["jetson"]
+    assert row.status == "passed" and "onnx.version_converter" in row.converter
+    explained = api.explain(tmp_path / "out" / row.artifacts[0], str(pt2), out=tmp_path / "explain", samples=4, plugins=edgex_manager)
+    assert explained.first_flagged is None and len(explained.matched) >= 4
+
+
 @pytest.mark.slow
 def test_tflite_from_pt2_through_litert_torch(pt2, calibration, tmp_path, edgex_manager):
     row = _converts_and_passes(pt2, calibration, "tflite", "int8", tmp_path, edgex_manager)
