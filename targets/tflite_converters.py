@@ -142,7 +142,9 @@ def convert_litert_torch(
     args = tuple(torch.from_numpy(_as_artifact(x, perm)) for x, perm in zip(model.example_inputs, input_perms))
     float_path = work / "litert_torch.fp32.tflite"
     with quiet():
-        edge = litert_torch.convert(module.eval(), args)
+        # no .eval(): loading left the reference in eval mode, and a torch.export (.pt2) module,
+        # fixed in the mode it was exported in, refuses eval() (the channel-last wrapper holds none)
+        edge = litert_torch.convert(module, args)
         edge.export(str(float_path))
     converter = f"litert-torch {version('litert-torch')}"
     dest = work / "litert_torch.tflite"
