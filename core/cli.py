@@ -429,7 +429,10 @@ def _handle_signals() -> dict[int, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    # --debug is global and may come before or after the subcommand: taken out before parsing
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     if not debug:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -439,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manager = _manager() if _wants_manager(argv) else None
         parser = build_parser(manager)
         args = parser.parse_args(argv)
+        args.debug = debug
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
@@ -450,8 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args, manager))
         return int(args.handler(args))
     except EdgexError as exc:
-        if debug:
-            raise
+        if debug:  # more to read, the same exit code
+            traceback.print_exc()
         print(f"edgex: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
@@ -464,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted.exit_code
     except Exception as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"edgex: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (rerun with --debug for the traceback)", file=sys.stderr)
         return 3
     finally:

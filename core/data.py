@@ -49,6 +49,11 @@ def check_samples(arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec], wh
             )
         if np.issubdtype(np.dtype(spec.dtype), np.floating):
             array = array.astype(spec.dtype, copy=False)
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            # named here, or the model's NaN outputs would be blamed on the model or the artifact
+            nans, infs = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            found = " and ".join(f"{n} {kind}" for n, kind in ((nans, "NaN"), (infs, "Inf")) if n)
+            raise UsageError(f"{what}: input {spec.name!r} holds {found} values; give finite numbers")
         checked.append(array)
     counts = {len(a) for a in checked}
     if len(counts) != 1:

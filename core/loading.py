@@ -250,13 +250,12 @@ def flatten_outputs(outputs: Any) -> tuple[list[str], list[Any]]:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text!r} must be positive integers like 1,3,224,224")
-    return shape
+    """``--input-shape``: comma-separated positive integers, nothing else (no ``x``, no empty part)."""
+    parts = [part.strip() for part in text.split(",")]
+    for part in parts:
+        if not part.isdigit() or int(part) <= 0:
+            raise UsageError(f"--input-shape {text!r}: {part!r} is not a positive integer; give comma-separated positive integers like 1,3,224,224")
+    return tuple(int(part) for part in parts)
 
 
 def load_arrays(path: Path, what: str) -> list[tuple[str, np.ndarray]]:

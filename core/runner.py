@@ -119,6 +119,20 @@ def _remove_leftovers(out: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+def _undo_logs(out: Path, started: float, created: bool) -> None:
+    """After bad input (exit 2) nothing of the run stays: the logs it wrote (they describe a run
+    that did not happen), ``logs/`` when that leaves it empty, and ``out`` when this run made it."""
+    logs = out / "logs"
+    if logs.is_dir():
+        for log in logs.glob("*.log"):
+            if log.stat().st_mtime >= started - 1:
+                log.unlink(missing_ok=True)
+        if not any(logs.iterdir()):
+            logs.rmdir()
+    if created and not any(p.name != LOCK_NAME for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)  # the lock goes with it; _release_lock tolerates that
+
+
 def _same_model(described: Any, model: ReferenceModel) -> bool:
     """Whether a report's ``model`` section is ``model``: the same bytes, or the same spec (a
     retrained file, a compressed variant). In-memory modules share a spec per class: bytes only."""
@@ -161,6 +175,8 @@ def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> I
     run's leftovers, and refused when it holds another model's report or files edgex did not
     write, unless ``overwrite``. Nothing is deleted here but leftovers; stale target folders go
     when the new report is written (:meth:`OwnedOut.remove_stale`)."""
+    created = not Path(out).exists()
+    started = time.time()
     path = prepare_out(out)
     lock, took_over = _take_lock(path)
     try:
@@ -182,6 +198,9 @@ def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> I
             if foreign:
                 raise UsageError(f"--out {out} is not empty and edgex did not write it ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite")
         yield OwnedOut(path, previous if "targets" in previous else {})
+    except UsageError:
+        _undo_logs(path, started, created)
+        raise
     finally:
         _remove_leftovers(path)  # an interrupted run's too: a work folder made as the signal came
         _release_lock(lock)

@@ -181,7 +181,16 @@ def _load_model(path: Path) -> tuple[Any, bytearray]:
 
 
 def read_graph(path: Path) -> Graph:
-    """Parse ``path``; raises ``ValueError`` when it is not a .tflite flatbuffer."""
+    """Parse ``path``; raises ``ValueError`` when it is not a .tflite flatbuffer, truncated or corrupt."""
+    try:
+        return _read_graph(path)
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # flatbuffers reads past the end of a truncated file: struct.error, IndexError
+        raise ValueError(f"truncated or corrupt flatbuffer ({type(exc).__module__}.{type(exc).__name__}: {exc})") from exc
+
+
+def _read_graph(path: Path) -> Graph:
     model, data = _load_model(path)
     names = _builtin_names()
     if not model.subgraphs:
