@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 import zipfile
 from pathlib import Path
@@ -124,11 +125,18 @@ def _load_factory_module(module_name: str, func: str) -> tuple[Any, Any]:
 def _load_exported_program(path: Path) -> tuple[Any, Any]:
     import torch
 
+    # torch logs its own traceback of a failed load; edgex's error says it in one line, and
+    # --debug prints torch's exception as that error's cause
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
         hint = " (it looks like a text file)" if _looks_like_text(path) else ""
         raise ModelLoadError(f"cannot read {path} as a torch.export program{hint}: {one_line(exc)}") from exc
+    finally:
+        quiet.setLevel(level)
     example = None
     if program.example_inputs is not None:
         args, kwargs = program.example_inputs

@@ -170,6 +170,12 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
         base["cell"] = {"model": model_cfg.name, "compression": preset.name, "precision": precision, "target": target}
         return base
 
+    def bad_input(target: str, precision: str, exc: UsageError) -> dict[str, Any]:
+        """A cell the config's input stopped: ``error`` with ``bad_input: true``, advice in TOML keys."""
+        base = cell(target, precision, "error", f"bad input: {toml_advice(exc.message)}")
+        base["targets"][target]["bad_input"] = True
+        return base
+
     try:
         reference = load_model(
             model_cfg.spec,
@@ -179,7 +185,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
         )
         compression = steps_from_options(preset.options) if preset.options else ()
     except UsageError as exc:
-        return [cell(t, p or "-", "error", exc.message) for t in config.targets for p in (config.precisions or ("default",))]
+        return [bad_input(t, p or "-", exc) for t in config.targets for p in (config.precisions or ("default",))]
 
     plans: dict[str, list[str]] = {}
     for name in _expand_targets(manager, config.targets):
@@ -203,13 +209,23 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
         try:
             report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix").to_json()
         except UsageError as exc:
-            cells += [cell(t, precision, "error", exc.message) for t in targets]
+            cells += [bad_input(t, precision, exc) for t in targets]
             continue
         for target, row in report["targets"].items():
             row = dict(row)
             row["artifacts"] = [str(Path("cells") / _group_name(model_cfg, preset) / precision / a) for a in row.get("artifacts", [])]
             cells.append(cell(target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"}))
     return cells
+
+
+#: the command line's flags as a matrix config spells them (advice in a cell names the TOML key)
+TOML_KEYS = {"--input-shape": "input_shape", "--example-inputs": "example_inputs", "--calibration": "calibration", "--eval-data": "eval_data", "--weights": "weights", "--distill-data": "distill_data"}
+
+
+def toml_advice(message: str) -> str:
+    for flag, key in TOML_KEYS.items():
+        message = message.replace(flag, key)
+    return message
 
 
 def _expand_targets(manager: PluginManager, names: Sequence[str]) -> list[str]:
@@ -288,7 +304,11 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
 
 
 def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:
-    statuses = {row["status"] for c in cells for row in c["targets"].values()}
-    if "error" in statuses:
+    """3 when a target failed (as convert), else 2 when a cell's input was bad, else 1 / 0."""
+    rows = [row for c in cells for row in c["targets"].values()]
+    statuses = {row["status"] for row in rows}
+    if any(row["status"] == "error" and not row.get("bad_input") for row in rows):
         return 3
+    if any(row.get("bad_input") for row in rows):
+        return 2
     return 1 if statuses & {"failed", "inconclusive"} else 0
