@@ -411,7 +411,7 @@ def compare(
 
     worst = max(per_output, key=lambda o: o.max_abs / max(o.tolerance.atol, 1e-30))
     passed = all(o.passed for o in per_output)
-    if worst.max_abs > worst.tolerance.atol + 0.0 and worst.within_tolerance < 1.0:
+    if worst.max_abs > worst.tolerance.atol and worst.within_tolerance < 1.0:
         messages.append(
             f"output {worst.name!r}: max |error| {worst.max_abs:.3g} exceeds the tolerance {worst.tolerance.atol:.3g} "
             f"({(1 - worst.within_tolerance) * 100:.2f}% of values outside)"
