@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -207,7 +208,11 @@ def noise_floor(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]]
     import torch
 
     try:
-        double = copy.deepcopy(model.module).to(torch.float64)
+        with warnings.catch_warnings():
+            # a module from a .pt2 carries FakeTensors in its graph's metadata; copying them
+            # makes torch warn about their data pointers, which nothing here reads
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            double = copy.deepcopy(model.module).to(torch.float64)
         start, exact = time.perf_counter(), []
         while len(exact) < min(NOISE_FLOOR_SAMPLES, len(batches)) and (not exact or time.perf_counter() - start < NOISE_FLOOR_BUDGET_S):
             exact += torch_outputs(double, batches[len(exact) : len(exact) + 1], dtype=torch.float64)

@@ -133,3 +133,17 @@ def test_matrix_cells_with_bad_input_say_so_in_toml_keys(tmp_path, capsys):
     assert len(rows) == 2 and all(row["bad_input"] and row["messages"][0].startswith("bad input: ") for row in rows)
     noshape = rows[1]["messages"][0]
     assert "input_shape" in noshape and "--input-shape" not in noshape
+
+
+def test_explain_against_a_pt2_prints_no_library_warning(converted, tmp_path):
+    """A .pt2 reference's graph carries FakeTensors; copying it for the float64 run made torch warn."""
+    import torch
+
+    from edgex.examples import load_example
+
+    digits = load_example("digits")
+    program = tmp_path / "digits.pt2"
+    torch.export.save(torch.export.export(digits.module, digits.example_inputs), str(program))
+    done = _cli("explain", converted / "onnx" / "model.onnx", "--reference", program, "--samples", "2", "--out", tmp_path / "explained", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "Warning" not in done.stdout, done.stderr
