@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from edgex.core.version import __version__
 from edgex.core.errors import EdgexError, UsageError
+from edgex.core.isolation import end_run_on_signals
 
 if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
     from edgex.core.plugin_manager import PluginManager
@@ -406,27 +406,6 @@ def _wants_manager(argv: Sequence[str]) -> bool:
     return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo")
 
 
-def _end_run_on_signal(signum: int, frame: Any) -> None:
-    """SIGINT/SIGTERM: unwind the run (children killed, temporary folders removed, finished
-    targets reported); further signals are ignored so that they cannot cut that short."""
-    from edgex.core.isolation import Interrupted
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
-def _handle_signals() -> dict[int, Any]:
-    """Install :func:`_end_run_on_signal`; returns the handlers to restore (main() may run in a
-    host process: a test, a notebook)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in saved:
-        signal.signal(signum, _end_run_on_signal)
-    return saved
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is global and may come before or after the subcommand: taken out before parsing
@@ -437,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     progress = None
-    saved_handlers = _handle_signals()
+    saved_handlers = end_run_on_signals()
     try:
         manager = _manager() if _wants_manager(argv) else None
         parser = build_parser(manager)
@@ -464,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = interruption(exc)
         if debug:
             traceback.print_exc()
-        print(f"edgex: interrupted by {interrupted.signal_name}: children stopped; report.json (if the run got that far) keeps the targets that finished", file=sys.stderr)
+        print(f"edgex: interrupted by {interrupted.signal_name}: children stopped; the report (report.json, or a matrix's results.json) keeps what finished", file=sys.stderr)
         return interrupted.exit_code
     except Exception as exc:
         if debug:

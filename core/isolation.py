@@ -54,6 +54,33 @@ def interruption(exc: BaseException) -> Interrupted:
     return exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
 
 
+def _end_run_on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: unwind the run (children killed, temporary folders removed, finished
+    targets reported); further signals are ignored so that they cannot cut that short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def end_run_on_signals() -> dict[int, Any]:
+    """Make SIGINT and SIGTERM raise :class:`Interrupted` in this process (the CLI, a matrix
+    worker); returns the handlers to restore (the CLI may run in a host process: a test, a
+    notebook). Only the main thread can take signals: elsewhere nothing changes."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in saved:
+        signal.signal(signum, _end_run_on_signal)
+    return saved
+
+
+def die_with_parent() -> None:
+    """This process is killed by the kernel when its parent dies, even by SIGKILL (Linux)."""
+    _die_with_parent(os.getppid())
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: the kernel kills this child when its parent dies (even by SIGKILL)."""
     if not sys.platform.startswith("linux"):

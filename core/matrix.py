@@ -151,6 +151,57 @@ def _group_name(model: MatrixModel, preset: Preset) -> str:
     return f"{safe}--{preset.name}"
 
 
+def _cell(model_cfg: MatrixModel, preset: Preset, target: str, precision: str, status: str, message: str,
+          row: Mapping[str, Any] | None = None, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One cell: a report.json object with one target row, plus its coordinates."""
+    base = dict(report or {"edgex_version": _version(), "command": "matrix", "model": {"spec": model_cfg.spec}, "compression": None})
+    base["targets"] = {target: dict(row) if row else {"status": status, "precision": precision, "messages": [message]}}
+    base["cell"] = {"model": model_cfg.name, "compression": preset.name, "precision": precision, "target": target}
+    return base
+
+
+def _plans(manager: PluginManager, config: MatrixConfig) -> dict[str, list[str]]:
+    """precision -> the targets run at it (a target runs only the precisions it offers)."""
+    plans: dict[str, list[str]] = {}
+    for name in _expand_targets(manager, config.targets):
+        spec = manager.resolve_target(name).spec
+        for precision in config.precisions or (spec.default_precision,):
+            if precision in spec.precisions:
+                plans.setdefault(precision, []).append(name)
+    return plans
+
+
+def _unfinished_group(manager: PluginManager, config: MatrixConfig, group: Group, message: str, out: Path, since: float) -> list[dict[str, Any]]:
+    """The cells of a group that did not finish (interrupted, or its worker crashed): the targets
+    its runs reported before they ended keep their rows (an interrupted ``convert`` writes its
+    report.json), the others are ``error`` with ``message``."""
+    import json
+
+    model_cfg, preset = config.models[group[0]], config.presets[group[1]]
+    cells = []
+    for precision, targets in _plans(manager, config).items():
+        path = out / "cells" / _group_name(model_cfg, preset) / precision / "report.json"
+        try:  # a report older than this matrix run is an earlier run's
+            report = json.loads(path.read_text()) if path.stat().st_mtime >= since else {}
+        except (OSError, ValueError):
+            report = {}
+        rows = report.get("targets", {})
+        for target in targets:
+            row = rows.get(target)
+            if row and row.get("messages") != ["interrupted"]:
+                cells.append(_report_cell(model_cfg, preset, precision, target, row, report))
+            else:
+                cells.append(_cell(model_cfg, preset, target, precision, "error", message))
+    return cells
+
+
+def _report_cell(model_cfg: MatrixModel, preset: Preset, precision: str, target: str, row: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell from a target's row in a group's report.json (artifact paths made relative to the matrix's --out)."""
+    row = dict(row)
+    row["artifacts"] = [str(Path("cells") / _group_name(model_cfg, preset) / precision / a) for a in row.get("artifacts", [])]
+    return _cell(model_cfg, preset, target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"})
+
+
 def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str) -> list[dict[str, Any]]:
     """One (model, preset): load and compress once, then every precision's targets. Returns cells."""
     from edgex.core import pipeline
@@ -164,15 +215,9 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     group_out = Path(out) / "cells" / _group_name(model_cfg, preset)
     cells: list[dict[str, Any]] = []
 
-    def cell(target: str, precision: str, status: str, message: str, row: Mapping[str, Any] | None = None, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        base = dict(report or {"edgex_version": _version(), "command": "matrix", "model": {"spec": model_cfg.spec}, "compression": None})
-        base["targets"] = {target: dict(row) if row else {"status": status, "precision": precision, "messages": [message]}}
-        base["cell"] = {"model": model_cfg.name, "compression": preset.name, "precision": precision, "target": target}
-        return base
-
     def bad_input(target: str, precision: str, exc: UsageError) -> dict[str, Any]:
         """A cell the config's input stopped: ``error`` with ``bad_input: true``, advice in TOML keys."""
-        base = cell(target, precision, "error", f"bad input: {toml_advice(exc.message)}")
+        base = _cell(model_cfg, preset, target, precision, "error", f"bad input: {toml_advice(exc.message)}")
         base["targets"][target]["bad_input"] = True
         return base
 
@@ -187,13 +232,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     except UsageError as exc:
         return [bad_input(t, p or "-", exc) for t in config.targets for p in (config.precisions or ("default",))]
 
-    plans: dict[str, list[str]] = {}
-    for name in _expand_targets(manager, config.targets):
-        spec = manager.resolve_target(name).spec
-        for precision in config.precisions or (spec.default_precision,):
-            if precision in spec.precisions:
-                plans.setdefault(precision, []).append(name)
-    for precision, targets in plans.items():
+    for precision, targets in _plans(manager, config).items():
         settings = make_settings(
             targets=tuple(targets),
             precision=precision,
@@ -211,10 +250,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
         except UsageError as exc:
             cells += [bad_input(t, precision, exc) for t in targets]
             continue
-        for target, row in report["targets"].items():
-            row = dict(row)
-            row["artifacts"] = [str(Path("cells") / _group_name(model_cfg, preset) / precision / a) for a in row.get("artifacts", [])]
-            cells.append(cell(target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"}))
+        cells += [_report_cell(model_cfg, preset, precision, target, row, report) for target, row in report["targets"].items()]
     return cells
 
 
@@ -240,22 +276,101 @@ def _version() -> str:
     return __version__
 
 
-Runner = Callable[[MatrixConfig, list[tuple[int, int]], Path, int], list[list[dict[str, Any]]]]
+Group = tuple[int, int]  # (model index, preset index)
+#: an executor runs the groups and files each finished group's cells under its key in ``done``
+#: as it finishes, so that an interrupted matrix still reports what finished
+Runner = Callable[[MatrixConfig, list[Group], Path, int, dict[Group, list[dict[str, Any]]]], None]
+
+#: how long stopped workers get to end their targets' children and write their reports
+WORKER_GRACE_S = 30.0
 
 
-def _local(config: MatrixConfig, groups: list[tuple[int, int]], out: Path, jobs: int) -> list[list[dict[str, Any]]]:
+def _local(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done: dict[Group, list[dict[str, Any]]]) -> None:
     if jobs <= 1:
-        return [run_group(config, m, p, str(out)) for m, p in groups]
+        for group in groups:
+            done[group] = run_group(config, *group, str(out))
+        return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import time
+    from multiprocessing.connection import wait
 
     # spawn, not fork: each worker forks its own per-target children and needs its own torch pool
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_group, config, m, p, str(out)) for m, p in groups]
-        return [f.result() for f in futures]
+    context = multiprocessing.get_context("spawn")
+    since = time.time() - 1.0
+    pending, running = list(groups), {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                group = pending.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                # not daemonic: a worker forks its targets' children
+                worker = context.Process(target=_group_worker, args=(send, config, group, str(out)))
+                worker.start()
+                send.close()
+                running[receive] = (group, worker)
+            for receive in wait(list(running)):
+                group, worker = running.pop(receive)
+                try:
+                    kind, payload = receive.recv()
+                except EOFError:
+                    kind, payload = "error", f"its worker process {_exit_words(worker)}"
+                receive.close()
+                worker.join()
+                done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, since)
+    except KeyboardInterrupt:  # SIGINT/SIGTERM to the matrix: each worker ends its own run cleanly
+        _stop_workers([worker for _, worker in running.values()])
+        raise
 
 
-def _ray(config: MatrixConfig, groups: list[tuple[int, int]], out: Path, jobs: int) -> list[list[dict[str, Any]]]:
+def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str) -> None:
+    """A spawned worker: one group, its cells sent back. It leads its own process group, so that
+    a Ctrl-C in the terminal reaches only the matrix, which stops the workers with SIGTERM; they
+    then end their targets' children and write their reports as ``edgex convert`` does."""
+    from edgex.core.isolation import die_with_parent, end_run_on_signals, interruption
+
+    os.setpgid(0, 0)
+    die_with_parent()
+    end_run_on_signals()
+    try:
+        send.send(("cells", run_group(config, *group, out)))
+    except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
+        send.send(("error", f"interrupted by {interruption(exc).signal_name}"))
+    except BaseException as exc:  # noqa: BLE001 -- any failure is this group's, not the matrix's
+        send.send(("error", f"its worker failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
+    finally:
+        send.close()
+
+
+def _exit_words(worker: Any) -> str:
+    worker.join(5)
+    code = worker.exitcode
+    if code is not None and code < 0:
+        import signal
+
+        return f"crashed with signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def _stop_workers(workers: list[Any]) -> None:
+    """SIGTERM each worker, wait for them to finish cleaning up, then kill what is left."""
+    import signal
+    import time
+
+    for worker in workers:
+        if worker.is_alive():
+            os.kill(worker.pid, signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_GRACE_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            try:
+                os.killpg(worker.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            worker.join()
+
+
+def _ray(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done: dict[Group, list[dict[str, Any]]]) -> None:
     try:
         import ray
     except ImportError:
@@ -265,27 +380,41 @@ def _ray(config: MatrixConfig, groups: list[tuple[int, int]], out: Path, jobs: i
         ray.init(num_cpus=max(jobs, 1), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EDGEX_")}})
     try:
         remote = ray.remote(num_cpus=1)(run_group)
-        return ray.get([remote.remote(config, m, p, str(out)) for m, p in groups])
+        tasks = {remote.remote(config, m, p, str(out)): (m, p) for m, p in groups}
+        waiting = list(tasks)
+        while waiting:
+            finished, waiting = ray.wait(waiting, num_returns=1)
+            for ref in finished:
+                done[tasks[ref]] = ray.get(ref)
     finally:
         if started_here:
-            ray.shutdown()
+            ray.shutdown()  # ends the workers, finished or not
 
 
 EXECUTORS: dict[str, Runner] = {"local": _local, "ray": _ray}
 
 
+def _manager() -> PluginManager:
+    from edgex.core.plugin_manager import make_manager
+
+    return make_manager()
+
+
 def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "local") -> list[dict[str, Any]]:
-    """Run every cell and write results.json, junit.xml, report.md and report.html into ``out``."""
-    from edgex.core.report import write_json_atomic, write_text_atomic, matrix_html, matrix_junit, matrix_markdown
+    """Run every cell and write results.json, junit.xml, report.md and report.html into ``out``.
+
+    Interrupted (SIGINT/SIGTERM), the matrix stops its workers, writes the files for the groups
+    that finished (the others' cells ``error``: "interrupted") and re-raises."""
+    import time
+
+    from edgex.core.isolation import interruption
 
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     config = load_config(config_path)
-    from edgex.core.plugin_manager import make_manager
-
-    manager = make_manager()
+    manager = _manager()
     _expand_targets(manager, config.targets)  # unknown target names fail before any work
     for precision in config.precisions or ():
         from edgex.core.types import PRECISIONS
@@ -295,12 +424,27 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     groups = [(m, p) for m in range(len(config.models)) for p in range(len(config.presets))]
-    cells = [c for group in EXECUTORS[executor](config, groups, out, jobs) for c in group]
+    done: dict[Group, list[dict[str, Any]]] = {}
+    since = time.time() - 1.0  # file times are coarser than the clock on some file systems
+    try:
+        EXECUTORS[executor](config, groups, out, jobs, done)
+    except KeyboardInterrupt as exc:
+        message = f"interrupted by {interruption(exc).signal_name}"
+        cells = [c for g in groups for c in (done[g] if g in done else _unfinished_group(manager, config, g, "interrupted", out, since))]
+        _write_results(out, cells, message)
+        raise
+    cells = [c for g in groups for c in done[g]]
+    _write_results(out, cells)
+    return cells
+
+
+def _write_results(out: Path, cells: list[dict[str, Any]], message: str | None = None) -> None:
+    from edgex.core.report import write_json_atomic, write_text_atomic, matrix_html, matrix_junit, matrix_markdown
+
     write_json_atomic(out / "results.json", cells)
     write_text_atomic(out / "junit.xml", matrix_junit(cells))
-    write_text_atomic(out / "report.md", matrix_markdown(cells))
+    write_text_atomic(out / "report.md", matrix_markdown(cells) + (f"\n{message}: the cells that had not finished are errors\n" if message else ""))
     write_text_atomic(out / "report.html", matrix_html(cells))
-    return cells
 
 
 def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:

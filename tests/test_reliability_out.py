@@ -253,3 +253,44 @@ def test_a_signal_mid_run_ends_every_child_and_keeps_the_finished_targets(signum
     report = json.loads((out / "report.json").read_text())
     assert report["targets"]["onnx"]["status"] == "passed" and (out / "onnx").is_dir()  # 0 lost results
     assert report["targets"]["sleepy"]["status"] == "error" and report["targets"]["sleepy"]["messages"] == ["interrupted"]
+
+
+@pytest.mark.parametrize("signum, code, jobs", [(signal.SIGTERM, 143, 2), (signal.SIGINT, 130, 1)], ids=["SIGTERM-2-workers", "SIGINT-in-process"])
+def test_a_signal_to_a_matrix_ends_its_workers_and_keeps_the_finished_cells(signum, code, jobs, tmp_path):
+    config = tmp_path / "matrix.toml"
+    config.write_text(
+        'targets = ["onnx", "sleepy"]\nsamples = 2\n'
+        f'[[models]]\nspec = "{MODELS}:resnet_tiny"\nname = "first"\n[[models]]\nspec = "{MODELS}:resnet_tiny"\nname = "second"\n'
+    )
+    out = tmp_path / "out"
+    run = _edgex("matrix", config, "--jobs", jobs, out=out)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("cells/*/*/logs/sleepy.log"))) < jobs:  # every worker's onnx done, sleepy converting
+            if run.poll() is not None or time.monotonic() > deadline:
+                run.kill()
+                pytest.fail(f"sleepy did not start in every worker: {run.stderr.read()}")
+            time.sleep(0.1)
+        children = _descendants(run.pid)
+        assert len(children) >= jobs
+        os.kill(run.pid, signum)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == code
+    assert [line for line in stderr.splitlines() if line.strip()][-1].startswith(f"edgex: interrupted by {signal.Signals(signum).name}")
+    assert "Traceback" not in stderr
+    time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)]  # 0 orphans
+    for folder in out.glob("cells/*/*"):
+        assert _leftovers(folder) == [] and not (folder / "sleepy").exists()
+    cells = {(c["cell"]["model"], c["cell"]["target"]): c["targets"][c["cell"]["target"]] for c in json.loads((out / "results.json").read_text())}
+    assert len(cells) == 4
+    started = ["first", "second"][:jobs]
+    for model in ("first", "second"):
+        assert cells[model, "sleepy"]["status"] == "error" and cells[model, "sleepy"]["messages"] == ["interrupted"]
+        if model in started:  # 0 lost results: the onnx cell finished before the signal
+            assert cells[model, "onnx"]["status"] == "passed" and (out / cells[model, "onnx"]["artifacts"][0]).exists()
+        else:
+            assert cells[model, "onnx"]["messages"] == ["interrupted"]
+    assert "interrupted by" in (out / "report.md").read_text()
