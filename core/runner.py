@@ -16,7 +16,6 @@ import shutil
 import socket
 import statistics
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +46,7 @@ def prepare_out(out: Path) -> Path:
     return out.resolve()
 
 
-#: the file that says a run owns ``--out`` right now ("<pid> <host>")
+#: the file a run holds (flock) while it owns ``--out``; it says who ("<pid> <host>")
 LOCK_NAME = ".edgex.lock"
 #: what a run leaves only while it works (target work folders, replaced folders, caches,
 #: half-written reports): a killed run's are removed by the next run, under its lock
@@ -56,58 +55,75 @@ LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*",
 REPORT_NAMES = ("report.json", "explain.json")
 
 
-def _pid_alive(pid: int) -> bool:
+@dataclass
+class _HeldLock:
+    path: Path
+    fd: int | None  # the open, flock-ed lock file (None where the OS has no flock)
+
+
+def _take_lock(out: Path) -> tuple[_HeldLock, bool]:
+    """Lock ``out`` for this run: ``out/.edgex.lock``, held with ``flock`` (the kernel releases it
+    when the holder dies, however it dies, so a killed run's lock is free at once and two runs
+    taking it over cannot both win). The file holds ``<pid> <host>`` for the message a second
+    run gets. Returns the lock and whether a killed run's lock file was found (a run that ends
+    removes its own)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def _take_lock(out: Path) -> tuple[Path, bool]:
-    """Create ``out/.edgex.lock`` exclusively; a lock whose process is gone (same host) is taken
-    over. Returns the lock and whether a killed run's lock was taken over."""
+        import fcntl
+    except ImportError:  # Windows: an exclusive create, and no guessing whether a lock is stale
+        return _create_lock(out), False
     lock = out / LOCK_NAME
-    mine = f"{os.getpid()} {socket.gethostname()}\n"
-    took_over = False
-    for _ in range(3):
+    for _ in range(5):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                text = lock.read_text()
-                age = time.time() - lock.stat().st_mtime
-            except FileNotFoundError:
-                continue  # released meanwhile: try again
-            pid_text, _, host = text.strip().partition(" ")
-            if pid_text.isdigit() and host == socket.gethostname() and not _pid_alive(int(pid_text)):
-                # a killed run's lock: move it aside atomically, so only one taker removes it
-                try:
-                    os.replace(lock, out / f".edgex-old-lock-{uuid.uuid4().hex[:8]}")
-                except FileNotFoundError:
-                    pass
-                took_over = True
-                continue
-            if not pid_text.isdigit() and age > 10:  # a run killed between creating and writing it
-                lock.unlink(missing_ok=True)
-                took_over = True
-                continue
-            who = f"pid {pid_text} on {host}" if pid_text.isdigit() else "another process"
-            raise UsageError(f"--out {out} is in use by another edgex run ({who}); wait for it, choose another --out, or delete {lock} if no such run exists")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(mine)
-        return lock, took_over
-    raise UsageError(f"--out {out}: could not take {lock} (another run keeps taking it); try again")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 256).decode(errors="replace").strip()
+            os.close(fd)
+            raise UsageError(_in_use(out, lock, holder)) from None
+        # the run before may have unlinked the file between our open and our flock: only the
+        # file at the path counts
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:
+            os.close(fd)
+            continue
+        left = os.read(fd, 256).strip()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        return _HeldLock(lock, fd), bool(left)
+    raise UsageError(f"--out {out}: could not take {lock} (other runs keep taking it); try again")
 
 
-def _release_lock(lock: Path) -> None:
+def _in_use(out: Path, lock: Path, holder: str) -> str:
+    pid, _, host = holder.partition(" ")
+    who = f"pid {pid} on {host}" if pid.isdigit() else "another process"
+    return f"--out {out} is in use by another edgex run ({who}); wait for it, or choose another --out"
+
+
+def _create_lock(out: Path) -> _HeldLock:
+    lock = out / LOCK_NAME
     try:
-        if lock.read_text().split(" ", 1)[0] == str(os.getpid()):
-            lock.unlink()
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise UsageError(_in_use(out, lock, lock.read_text().strip()) + f", or delete {lock} if no such run exists") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+    return _HeldLock(lock, None)
+
+
+def _release_lock(held: _HeldLock) -> None:
+    """Remove the lock file (if it is still ours), then release the flock: a run that opened
+    the file meanwhile finds it unlinked and takes the new one."""
+    try:
+        if held.fd is None or os.stat(held.path).st_ino == os.fstat(held.fd).st_ino:
+            held.path.unlink()
     except FileNotFoundError:
         pass
+    finally:
+        if held.fd is not None:
+            os.close(held.fd)
 
 
 def _remove_leftovers(out: Path) -> None:

@@ -161,17 +161,58 @@ def test_validate_keeps_the_folder_holding_its_artifact(digits_onnx_out):
 
 
 def test_a_live_runs_lock_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys):
+    import fcntl
+
     lock = tmp_path / ".edgex.lock"
-    lock.write_text(f"{os.getppid()} {os.uname().nodename}\n")  # a live process holds it
-    code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(tmp_path)])
+    lock.write_text(f"{os.getppid()} {os.uname().nodename}\n")
+    with open(lock) as held:  # a live run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"in use by another edgex run (pid {os.getppid()}" in err
     assert lock.read_text().startswith(str(os.getppid()))  # not someone else's to remove
 
-    lock.write_text(f"{_dead_pid()} {os.uname().nodename}\n")
+    # the file of a run killed outright: nobody holds it (the kernel released the flock)
+    lock.write_text(f"{os.getppid()} {os.uname().nodename}\n")
     code = main(["convert", f"{MODELS}:resnet_tiny", "-t", "onnx", "--samples", "2", "--out", str(tmp_path)])
     capsys.readouterr()
     assert code == 0 and not lock.exists() and (tmp_path / "onnx").is_dir()
+
+
+def _race_for_the_lock(out, start, won, round_):
+    from edgex.core.runner import _release_lock, _take_lock
+
+    start.wait()
+    try:
+        held, _ = _take_lock(out)
+    except UsageError:
+        return
+    won.put((round_, os.getpid()))
+    time.sleep(0.2)  # hold it while the others try
+    _release_lock(held)
+
+
+def test_runs_taking_over_a_killed_runs_lock_at_once_admit_exactly_one(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    won = context.Queue()
+    for round_ in range(10):
+        out = tmp_path / f"round{round_}"
+        out.mkdir()
+        (out / ".edgex.lock").write_text(f"{_dead_pid()} {os.uname().nodename}\n")  # a killed run's
+        start = context.Barrier(4)
+        racers = [context.Process(target=_race_for_the_lock, args=(out, start, won, round_)) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        assert not (out / ".edgex.lock").exists()
+    winners = []
+    while not won.empty():
+        winners.append(won.get())
+    rounds = [r for r, _ in winners]
+    assert sorted(set(rounds)) == list(range(10)) and len(rounds) == 10, winners  # one run per round, never two
 
 
 # --------------------------------------------------------------------------- real concurrent runs and signals
