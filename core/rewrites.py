@@ -124,10 +124,11 @@ def _make_modules() -> tuple[type, type, type]:
             return torch.nn.functional.relu6(x + 3.0) * (1.0 / 6.0)
 
     class HardswishRelu6(nn.Module):
-        """hardswish(x) = x * relu6(x + 3) / 6."""
+        """hardswish(x) = (x / 6) * relu6(x + 3): MUL, ADD (RELU6 fused), MUL; written as
+        x * (relu6(x + 3) / 6) litert-torch folds it back into HARD_SWISH."""
 
         def forward(self, x: Any) -> Any:
-            return x * (torch.nn.functional.relu6(x + 3.0) * (1.0 / 6.0))
+            return (x * (1.0 / 6.0)) * torch.nn.functional.relu6(x + 3.0)
 
     return GeluTanhSigmoid, HardsigmoidRelu6, HardswishRelu6
 
@@ -200,7 +201,7 @@ def _rewrite_int64_inputs(draft: Draft) -> list[str]:
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("int32-inputs", "int64-inputs", "int64 inputs (token ids) fed as int32", _rewrite_int64_inputs),
     Rewrite("transformer-composite", "fused-transformer", "transformer layers and attention without PyTorch's fused fast path", _rewrite_fused_transformer),
-    Rewrite("hard-activations-relu6", "hardswish", "hardswish as x*relu6(x+3)/6 and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
+    Rewrite("hard-activations-relu6", "hardswish", "hardswish as (x/6)*relu6(x+3) and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
     Rewrite(
         "gelu-tanh", "gelu",
         f"GELU as its tanh form x*sigmoid(2*sqrt(2/pi)*(x+0.044715x^3)) (at most {GELU_TANH_MAX_ABS:g} from erf GELU per element)",

@@ -276,3 +276,17 @@ def test_int64_token_ids_convert_for_tflite_coral_and_mcu(tmp_path):
     # static int8 recipe leaves EMBEDDING_LOOKUP in float, and the gathers that replace it check bounds in bool
     for name in ("coral", "mcu"):
         assert report.targets[name].status == "error" and "not full int8" in report.targets[name].messages[-1]
+
+
+@pytest.mark.slow
+def test_hard_activations_map_to_the_edge_tpu_only_after_rewriting(tmp_path):
+    module, example = hard_activations_net()
+    model = load_model("hard", module=module, example_inputs=list(example))
+    mapped = {}
+    for mode in ("none", "auto"):
+        report = pipeline.convert(PluginManager(), model, make_settings(targets=("coral",), samples=8, rewrite=mode), tmp_path / mode)
+        row = report.targets["coral"]
+        assert row.status == "passed", row.messages
+        mapped[mode] = (row.details["edgetpu"]["ops_mapped"], row.details["edgetpu"]["ops_total"])
+    assert mapped["none"][0] < mapped["none"][1]  # HARD_SWISH is not in the Edge TPU's table
+    assert mapped["auto"][0] == mapped["auto"][1]
