@@ -4,7 +4,9 @@ The pipeline never discovers plugins: it is handed a :class:`PluginManager` (the
 the Python API and the matrix build one with ``make_manager``). A run's data is resolved once
 (``edgex.core.data.resolve_inputs``) and handed to each stage. For every target the conversion
 and the artifact's own runtime run in an isolated child (``edgex.core.runner``), and the outputs
-are judged with the one parity implementation (``edgex.core.parity``). Artifacts are written to
+are judged with the one parity implementation (``edgex.core.parity``). A target converts the
+model with what it lacks rewritten (``edgex.core.rewrites``, each rewrite proven first); its
+outputs are still judged against the un-rewritten reference. Artifacts are written to
 a temporary folder inside ``out`` and moved into ``out/<target>/`` only when the target
 converted; nothing is written outside ``out``.
 """
