@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edgex.core.errors import one_line
 from edgex.core.types import ReferenceModel, TensorSpec
 
 #: what a target may lack (``TargetSpec.lacks``), and what that means
@@ -246,11 +247,11 @@ class Rewritten:
         """One sentence per rewrite for the report's messages."""
         lines = []
         for e in self.entries:
-            what = f"{e['count']} x {', '.join(e['replaced'][:3])}{' ...' if e['count'] > 3 else ''}"
+            what = ", ".join(e["replaced"][:3]) + (f" and {e['count'] - 3} more" if e["count"] > 3 else "")
             if e["status"] == "applied":
                 lines.append(f"rewrite {e['name']} applied to {what}: {e['description']}; fp32 drift {e['drift']:.3g} of the outputs' peak (bound {e['bound']:g})")
             else:
-                lines.append(f"rewrite {e['name']} not applied ({what}): {e['reason']}")
+                lines.append(f"rewrite {e['name']} not applied{f' to {what}' if what else ''}: {e['reason']}")
         return lines
 
 
@@ -290,8 +291,7 @@ class Rewriter:
             cast = [tuple(np.asarray(x).astype(d, copy=False) for x, d in zip(batch, draft.dtypes)) for batch in self.parity_inputs]
             drift = relative_drift(self._reference_outputs(), torch_outputs(draft.module, cast))
         except Exception as exc:  # a rewrite the model cannot run is one whose proof failed
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return None, f"its proof failed: the rewritten model raised {type(exc).__name__}: {first}"
+            return None, f"its proof failed: the rewritten model raised {one_line(exc)}"
         if not drift <= rewrite.bound:  # also NaN
             return drift, f"its proof failed: fp32 drift {drift:.3g} of the outputs' peak exceeds its bound {rewrite.bound:g}"
         return drift, ""
@@ -308,19 +308,25 @@ class Rewriter:
         if not wanted or self.model.module is None:
             return Rewritten(self.model)  # an ONNX reference has no torch modules to rewrite
         current: Draft | None = None
+        #: a copy no rewrite changed, reused by the next (a deep copy of a large model is not free)
+        unchanged: Draft | None = None
         filled: set[str] = set()
         entries: list[dict[str, Any]] = []
         for rewrite in wanted:
             if rewrite.gap in filled:
                 continue
-            draft = self._draft(current)
-            replaced = rewrite.apply(draft)
-            if not replaced:
+            entry: dict[str, Any] = {"name": rewrite.name, "gap": rewrite.gap, "description": rewrite.description, "bound": rewrite.bound, "drift": None}
+            try:
+                draft = unchanged or self._draft(current)
+                unchanged = None
+                replaced = rewrite.apply(draft)
+            except Exception as exc:  # a model it cannot copy or walk: converted as it is
+                entries.append({**entry, "replaced": [], "count": 0, "status": "skipped", "reason": f"could not be applied: {one_line(exc)}"})
                 continue
-            entry: dict[str, Any] = {
-                "name": rewrite.name, "gap": rewrite.gap, "description": rewrite.description,
-                "replaced": replaced, "count": len(replaced), "bound": rewrite.bound, "drift": None,
-            }
+            if not replaced:
+                unchanged = draft
+                continue
+            entry.update(replaced=replaced, count=len(replaced))
             if self.mode == "none":
                 entry.update(status="skipped", reason="--rewrite none")
             else:

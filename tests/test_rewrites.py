@@ -121,6 +121,18 @@ def test_ids_beyond_int32_fail_the_proof():
     assert entry["status"] == "skipped" and "outside int32" in entry["reason"]
 
 
+def test_a_rewrite_that_raises_is_skipped_and_the_model_kept():
+    def broken(draft):
+        raise RuntimeError("cannot walk this model")
+
+    registry = (rewrites.Rewrite("broken", "gelu", "raises", broken),)
+    model, result = rewritten(vit_tiny, ("gelu",), registry=registry)
+    (entry,) = result.entries
+    assert entry["status"] == "skipped" and entry["reason"] == "could not be applied: RuntimeError: cannot walk this model"
+    assert result.model is model
+    assert result.messages() == ["rewrite broken not applied: could not be applied: RuntimeError: cannot walk this model"]
+
+
 def test_nothing_to_rewrite_leaves_the_model_and_the_report_alone():
     model, result = rewritten(token_classifier, ("gelu", "hardswish", "fused-transformer"))
     assert result.entries == [] and result.model is model
