@@ -89,12 +89,6 @@ def gelu_tanh_as_sigmoid(x: Any) -> Any:
     return x * torch.sigmoid(x * (_GELU_LINEAR + _GELU_CUBIC * x * x))
 
 
-def _torch_nn() -> Any:
-    import torch
-
-    return torch.nn
-
-
 def _replace_children(module: Any, wanted: Callable[[Any], bool], make: Callable[[Any], Any]) -> list[str]:
     """Every submodule for which ``wanted`` is true replaced by ``make(submodule)``; their paths."""
     replaced = []
@@ -109,8 +103,8 @@ def _replace_children(module: Any, wanted: Callable[[Any], bool], make: Callable
 @cache
 def _make_modules() -> tuple[type, type, type]:
     """The replacement modules (classes built on first use: torch is imported only here)."""
-    nn = _torch_nn()
     import torch
+    from torch import nn
 
     class GeluTanhSigmoid(nn.Module):
         """GELU, tanh form, as x * sigmoid(2z) (see :func:`gelu_tanh_as_sigmoid`)."""
@@ -176,7 +170,8 @@ def _rewrite_fused_transformer(draft: Draft) -> list[str]:
     """Transformer layers and attention run their composite forward (the one torch.export sees)
     in every trace: TorchScript tracing otherwise records the fused aten._transformer_encoder_layer_fwd
     / _native_multi_head_attention, which no exporter lowers."""
-    nn = _torch_nn()
+    from torch import nn
+
     kinds = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
     replaced = []
     for path, module in draft.module.named_modules():
