@@ -143,6 +143,25 @@ def _rewrite_gelu(draft: Draft) -> list[str]:
                 if hasattr(module, "activation_relu_or_gelu"):
                     # else the layer's fused fast path would keep computing erf GELU in eager runs
                     module.activation_relu_or_gelu = 0
+    return replaced + _rewrite_gelu_nodes(draft.module)
+
+
+def _rewrite_gelu_nodes(root: Any) -> list[str]:
+    """GELU calls in traced graphs: a torch.export program (.pt2) reaches edgex as a GraphModule
+    whose GELUs are aten.gelu nodes, not modules."""
+    import torch
+
+    gelus = (torch.ops.aten.gelu.default, torch.nn.functional.gelu)
+    replaced = []
+    for path, module in root.named_modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        nodes = [n for n in module.graph.nodes if n.op == "call_function" and n.target in gelus]
+        for node in nodes:
+            node.target, node.args, node.kwargs = gelu_tanh_as_sigmoid, node.args[:1], {}
+            replaced.append(f"{path}:{node.name}" if path else node.name)
+        if nodes:
+            module.recompile()
     return replaced
 
 

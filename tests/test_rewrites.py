@@ -80,6 +80,14 @@ def test_gelu_modules_and_transformers_gelu_activation_are_found():
     assert gelu.apply(rewrites.Draft(nn.Sequential(activation), ["float32"], ["x"])) == ["0.act"]
 
 
+def test_gelu_nodes_of_a_pt2_program_are_rewritten(tmp_path):
+    module, example = vit_tiny()
+    torch.export.save(torch.export.export(module, example), tmp_path / "vit.pt2")
+    model = load_model(str(tmp_path / "vit.pt2"))
+    (entry,) = rewrites.Rewriter(model, parity_inputs(model)).for_target(("gelu",)).entries
+    assert entry["status"] == "applied" and entry["count"] == 1 and 0 < entry["drift"] <= 1e-4
+
+
 def test_hard_activations_become_relu6_forms_exactly():
     model, result = rewritten(hard_activations_net, ("hardswish",))
     (entry,) = result.entries
