@@ -69,6 +69,7 @@ def convert(
     options: Mapping[str, Any] | None = None,
     compression: Sequence[CompressionStep] | Mapping[str, Any] | None = None,
     distill_data: Any = None,
+    rewrite: str | None = None,
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
     overwrite: bool = False,
@@ -79,7 +80,9 @@ def convert(
     artifacts and report.json under ``out`` and returns the :class:`Report`. ``out`` must be
     new, empty, or hold this model's earlier results (``overwrite=True`` to use it anyway). ``compression``
     takes steps or option values, as :func:`compress` does; the compressed model is then the
-    reference every artifact is judged against.
+    reference every artifact is judged against. ``rewrite`` is ``"auto"`` (default: what a target
+    lacks is rewritten before converting, every rewrite proven by parity first; docs/rewrites.md)
+    or ``"none"``.
     """
     if isinstance(compression, Mapping):
         from edgex.core.compression.options import steps_from_options
@@ -100,6 +103,7 @@ def convert(
             "options": dict(options) if options else None,
             "compression": tuple(compression) if compression else None,
             "distill_data": distill_data,
+            "rewrite": rewrite,
         },
     )
     return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite)

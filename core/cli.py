@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from edgex.core.version import __version__
 from edgex.core.errors import EdgexError, UsageError
 from edgex.core.isolation import end_run_on_signals
+from edgex.core.settings import REWRITE_MODES
 
 if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
     from edgex.core.plugin_manager import PluginManager
@@ -233,6 +234,7 @@ def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
         calibration=args.calibration,
         compression=_compression_steps(args),
         distill_data=getattr(args, "distill_data", None),
+        rewrite=args.rewrite,
     )
     report = pipeline.convert(manager, model, settings, args.out, overwrite=args.overwrite)
     _print_report(report, args, args.out)
@@ -343,6 +345,11 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     p.add_argument("--target", "-t", action="append", metavar="T", help="target name or alias (repeatable), or 'all'")
     p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="precision (default: each target's own)")
     p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="calibration samples for int8 (.npy, .npz or a folder of images)")
+    p.add_argument(
+        "--rewrite", choices=REWRITE_MODES, default=None,
+        help="auto (default): before converting, rewrite what a target lacks (GELU for mcu/coral, int64 ids as int32, ...), "
+        "each rewrite proven by fp32 parity against the model first; none: convert the model as it is (docs/rewrites.md)",
+    )
     _add_model_options(p)
     _add_parity_options(p)
     _add_compression_options(p)

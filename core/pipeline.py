@@ -4,7 +4,9 @@ The pipeline never discovers plugins: it is handed a :class:`PluginManager` (the
 the Python API and the matrix build one with ``make_manager``). A run's data is resolved once
 (``edgex.core.data.resolve_inputs``) and handed to each stage. For every target the conversion
 and the artifact's own runtime run in an isolated child (``edgex.core.runner``), and the outputs
-are judged with the one parity implementation (``edgex.core.parity``). Artifacts are written to
+are judged with the one parity implementation (``edgex.core.parity``). A target converts the
+model with what it lacks rewritten (``edgex.core.rewrites``, each rewrite proven first); its
+outputs are still judged against the un-rewritten reference. Artifacts are written to
 a temporary folder inside ``out`` and moved into ``out/<target>/`` only when the target
 converted; nothing is written outside ``out``.
 """
@@ -32,6 +34,7 @@ from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.quant_reference import CannotSimulate, SimulatedReference, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
+from edgex.core.rewrites import Rewriter, Rewritten
 from edgex.core.runner import (
     IsolatedRun,
     describe_artifact,
@@ -220,9 +223,11 @@ class TargetRun:
         inputs: RunInputs,
         settings: ConvertSettings,
         log_path: Path | None,
+        rewritten: Rewritten | None = None,
     ) -> None:
+        # ``model`` is the reference the outputs are judged against: never the rewritten model
         self.manager, self.target, self.plugin, self.model = manager, target, plugin, model
-        self.inputs, self.settings = inputs, settings
+        self.inputs, self.settings, self.rewritten = inputs, settings, rewritten
 
         def work(send: Callable[[str, Any], None]) -> RunOutcome:
             start = time.perf_counter()
@@ -253,6 +258,10 @@ class TargetRun:
 
     def finish(self, reference: Reference) -> tuple[TargetReport, RunOutcome | None]:
         row = TargetReport(name=self.target, status="error", plugin=self.plugin)
+        if self.rewritten is not None and self.rewritten.entries:
+            # first, and in an error's row too: a rewrite not applied often explains the error
+            row.details["rewrites"] = self.rewritten.entries
+            row.messages.extend(self.rewritten.messages())
         try:
             outcome: RunOutcome = self.job.wait(self._on_event)
         except UsageError:
@@ -411,8 +420,11 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
         report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.parity_source}), compression=compression_summary)
         report.messages.extend(inputs.warnings)
         logs = out / "logs"
+        rewriter = Rewriter(model, inputs.parity, settings.rewrite)
 
         def start(plan: TargetPlan) -> tuple[TargetRun, Path]:
+            # what this target lacks rewritten (each rewrite proven on the parity inputs first)
+            rewritten = rewriter.for_target(manager.resolve_target(plan.target).spec.lacks)
             workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir()
             logs.mkdir(exist_ok=True)
@@ -420,9 +432,9 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
             request = ConversionRequest(
                 target=plan.target,
                 precision=plan.precision,
-                model=model,
+                model=rewritten.model,
                 workdir=workdir,
-                calibration=calibration_batches if plan.precision == "int8" else None,
+                calibration=rewritten.cast(calibration_batches) if plan.precision == "int8" else None,
                 options=dict(settings.options),
                 seed=settings.seed,
             )
@@ -431,7 +443,7 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
                 result = manager.convert(request)
                 return result, result.io
 
-            return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log"), workdir
+            return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten), workdir
 
         try:
             _convert_each(manager, original, model, plans, start, inputs, report, out)

@@ -10,6 +10,9 @@ from typing import Any, Mapping
 from edgex.core.errors import UsageError
 from edgex.core.types import PRECISIONS
 
+#: ``--rewrite``: "auto" rewrites what each target lacks (every rewrite proven first), "none" nothing
+REWRITE_MODES = ("auto", "none")
+
 
 @dataclass(frozen=True)
 class ConvertSettings:
@@ -39,6 +42,8 @@ class ConvertSettings:
     max_accuracy_drop: float = 0.5
     #: ... and its top-1 class agreeing with the reference's on at least this share of the labelled samples
     min_top1_agreement: float = 0.99
+    #: one of ``REWRITE_MODES``: the rewrites of ``edgex.core.rewrites`` applied before converting
+    rewrite: str = "auto"
 
     def __post_init__(self) -> None:
         # checked when built, whoever builds them: a bad value is a usage error before any work
@@ -50,6 +55,8 @@ class ConvertSettings:
             raise UsageError("--samples must be at least 1")
         if self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop:g} must be 0 or more (points of accuracy)")
+        if self.rewrite not in REWRITE_MODES:
+            raise UsageError(f"--rewrite {self.rewrite!r}: choose one of {', '.join(REWRITE_MODES)}")
         if not 0.0 <= self.min_top1_agreement <= 1.0:
             raise UsageError(f"--min-top1-agreement {self.min_top1_agreement:g} must lie between 0 and 1")
 

@@ -59,6 +59,9 @@ class TargetSpec:
     options: tuple[TargetOption, ...] = ()
     #: reference kinds it can convert from: "torch" (an nn.Module) and/or "onnx" (an .onnx file)
     accepts: tuple[str, ...] = ("torch",)
+    #: what the target's runtime or converter lacks (keys of ``edgex.core.rewrites.GAPS``, e.g.
+    #: "gelu"): ``--rewrite auto`` rewrites those parts of a torch model, each rewrite proven first
+    lacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

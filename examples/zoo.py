@@ -164,6 +164,24 @@ def transformer():
     return TransformerClassifier().eval(), (torch.randn(1, 16, 64),)
 
 
+class VisionTransformer(nn.Module):
+    """ViT-style: a patch convolution, learned positions, nn.TransformerEncoder with GELU (as in
+    every ViT MLP), a pooled classification head."""
+
+    def __init__(self, image: int = 16, patch: int = 4, dim: int = 32, heads: int = 4, layers: int = 1, classes: int = 5) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.position = nn.Parameter(torch.randn(1, (image // patch) ** 2, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images):
+        tokens = self.patch(images).flatten(2).transpose(1, 2) + self.position
+        return self.head(self.norm(self.encoder(tokens)).mean(dim=1))
+
+
 # --------------------------------------------------------------------------- LSTM
 
 

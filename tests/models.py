@@ -22,6 +22,29 @@ def transformer_tiny():
     return zoo.TransformerClassifier(dim=32, heads=4, layers=1, classes=5).eval(), (torch.randn(1, 8, 32),)
 
 
+def vit_tiny():
+    """ViT-style (patch conv, nn.TransformerEncoder with GELU) on 16x16 images: 16 tokens of 32."""
+    torch.manual_seed(0)
+    return zoo.VisionTransformer().eval(), (torch.randn(1, 3, 16, 16),)
+
+
+class TokenClassifier(torch.nn.Module):
+    """Token ids (int64, as tokenizers give them) -> embedding -> mean -> classes."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, classes)
+
+    def forward(self, ids):
+        return self.head(self.embedding(ids).mean(dim=1))
+
+
+def token_classifier():
+    torch.manual_seed(0)
+    return TokenClassifier().eval(), (torch.randint(0, 50, (1, 8)),)
+
+
 def lstm_tiny():
     torch.manual_seed(0)
     return zoo.LSTMClassifier(features=8, hidden=16, classes=3).eval(), (torch.randn(1, 10, 8),)

@@ -1,0 +1,361 @@
+"""Target-aware rewrites: small substitutions in the torch model, made before converting it for
+a target whose runtime or converter lacks what the model uses (``--rewrite auto``, the default).
+
+A target declares its gaps in ``TargetSpec.lacks`` (names from :data:`GAPS`); a third-party
+target opts in by listing them. Each :class:`Rewrite` fills one gap with an exact or
+bounded-error equivalent built from ops the target has. None is used on trust: it is applied
+to a copy of the model and *proven* by parity against the un-rewritten model on the run's
+parity inputs (fp32); a rewrite whose relative output drift exceeds its ``bound``, or that
+raises, is skipped and the report says why. The reference every artifact is judged against
+stays the un-rewritten model.
+
+Bounds: an exact rewrite (the same function, other ops) may only move the outputs by fp32
+reordering, ``EXACT_BOUND`` = 1e-4 of the outputs' peak. The GELU rewrite is the tanh form
+of GELU, which differs from PyTorch's erf GELU by at most ``GELU_TANH_MAX_ABS`` (4.73e-4, at
+x = +-2.70) per element; its bound is ``APPROXIMATE_BOUND`` = 1e-3 of the outputs' peak, a
+quarter of one int8 step of the output range (1/255), so that it can never be what an int8
+verdict turns on. docs/rewrites.md has the list.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgex.core.errors import one_line
+from edgex.core.types import ReferenceModel, TensorSpec
+
+#: what a target may lack (``TargetSpec.lacks``), and what that means
+GAPS = {
+    "gelu": "no kernel for GELU (erf or tanh form)",
+    "hardswish": "no kernel for hardswish / hardsigmoid",
+    "fused-transformer": "its converter cannot read PyTorch's fused transformer fast path",
+    "int64-inputs": "takes int32, not int64, integer inputs (token ids)",
+}
+
+#: relative output drift an exact rewrite may cause (fp32 reordering only)
+EXACT_BOUND = 1e-4
+#: relative output drift a bounded-error rewrite may cause: a quarter of an int8 output step
+APPROXIMATE_BOUND = 1e-3
+#: max |gelu_tanh(x) - gelu_erf(x)| over all x (measured in float64 on a 1e-5 grid over [-12, 12])
+GELU_TANH_MAX_ABS = 4.73e-4
+
+
+@dataclass
+class Draft:
+    """The model while it is rewritten: a private copy of the reference's module and the dtype
+    each input is fed in (a rewrite may change either)."""
+
+    module: Any
+    dtypes: list[str]
+    input_names: list[str]
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One substitution. ``apply`` changes a :class:`Draft` in place and returns what it
+    replaced (module paths or input names); an empty list: nothing in this model to rewrite."""
+
+    name: str
+    #: the gap (a key of :data:`GAPS`) it fills for the targets that declare it
+    gap: str
+    description: str
+    apply: Callable[[Draft], list[str]]
+    #: the largest relative output drift its proof accepts (measured with the rewrites applied
+    #: before it, so an exact rewrite goes first)
+    bound: float = EXACT_BOUND
+
+
+# --------------------------------------------------------------------------- the substitutions
+
+
+#: 2 z = x * (_GELU_LINEAR + _GELU_CUBIC * x^2)
+_GELU_LINEAR = 2.0 * math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = _GELU_LINEAR * 0.044715
+
+
+def gelu_tanh_as_sigmoid(x: Any) -> Any:
+    """GELU's tanh form, 0.5 x (1 + tanh(z)), written as x * sigmoid(2 z) with
+    z = sqrt(2/pi) (x + 0.044715 x^3): multiplies, an add and LOGISTIC, which TFLM and the
+    Edge TPU both run; written with tanh the converters fold it back into a GELU op."""
+    import torch
+
+    return x * torch.sigmoid(x * (_GELU_LINEAR + _GELU_CUBIC * x * x))
+
+
+def _replace_children(module: Any, wanted: Callable[[Any], bool], make: Callable[[Any], Any]) -> list[str]:
+    """Every submodule for which ``wanted`` is true replaced by ``make(submodule)``; their paths."""
+    replaced = []
+    for parent_path, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            if wanted(child):
+                setattr(parent, name, make(child))
+                replaced.append(f"{parent_path}.{name}" if parent_path else name)
+    return replaced
+
+
+@cache
+def _make_modules() -> tuple[type, type, type]:
+    """The replacement modules (classes built on first use: torch is imported only here)."""
+    import torch
+    from torch import nn
+
+    class GeluTanhSigmoid(nn.Module):
+        """GELU, tanh form, as x * sigmoid(2z) (see :func:`gelu_tanh_as_sigmoid`)."""
+
+        def forward(self, x: Any) -> Any:
+            return gelu_tanh_as_sigmoid(x)
+
+    class HardsigmoidRelu6(nn.Module):
+        """hardsigmoid(x) = relu6(x + 3) / 6: ADD, RELU6, MUL run on every int8 runtime."""
+
+        def forward(self, x: Any) -> Any:
+            return torch.nn.functional.relu6(x + 3.0) * (1.0 / 6.0)
+
+    class HardswishRelu6(nn.Module):
+        """hardswish(x) = (x / 6) * relu6(x + 3): MUL, ADD (RELU6 fused), MUL; written as
+        x * (relu6(x + 3) / 6) litert-torch folds it back into HARD_SWISH."""
+
+        def forward(self, x: Any) -> Any:
+            return (x * (1.0 / 6.0)) * torch.nn.functional.relu6(x + 3.0)
+
+    return GeluTanhSigmoid, HardsigmoidRelu6, HardswishRelu6
+
+
+def _rewrite_gelu(draft: Draft) -> list[str]:
+    import torch
+
+    gelu_module, _, _ = _make_modules()
+    replaced = _replace_children(draft.module, lambda m: isinstance(m, torch.nn.GELU), lambda m: gelu_module())
+    # activations held as the function F.gelu: nn.TransformerEncoderLayer(activation="gelu"),
+    # transformers' GELUActivation
+    for path, module in draft.module.named_modules():
+        for attribute, value in list(vars(module).items()):
+            if value is torch.nn.functional.gelu:
+                setattr(module, attribute, gelu_tanh_as_sigmoid)
+                replaced.append(f"{path}.{attribute}" if path else attribute)
+                if hasattr(module, "activation_relu_or_gelu"):
+                    # else the layer's fused fast path would keep computing erf GELU in eager runs
+                    module.activation_relu_or_gelu = 0
+    return replaced + _rewrite_gelu_nodes(draft.module)
+
+
+def _rewrite_gelu_nodes(root: Any) -> list[str]:
+    """GELU calls in traced graphs: a torch.export program (.pt2) reaches edgex as a GraphModule
+    whose GELUs are aten.gelu nodes, not modules."""
+    import torch
+
+    gelus = (torch.ops.aten.gelu.default, torch.nn.functional.gelu)
+    replaced = []
+    for path, module in root.named_modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        nodes = [n for n in module.graph.nodes if n.op == "call_function" and n.target in gelus]
+        for node in nodes:
+            node.target, node.args, node.kwargs = gelu_tanh_as_sigmoid, node.args[:1], {}
+            replaced.append(f"{path}:{node.name}" if path else node.name)
+        if nodes:
+            module.recompile()
+    return replaced
+
+
+def _rewrite_hard_activations(draft: Draft) -> list[str]:
+    import torch
+
+    _, hardsigmoid, hardswish = _make_modules()
+    replaced = _replace_children(draft.module, lambda m: isinstance(m, torch.nn.Hardswish), lambda m: hardswish())
+    return replaced + _replace_children(draft.module, lambda m: isinstance(m, torch.nn.Hardsigmoid), lambda m: hardsigmoid())
+
+
+def _forward_without_fast_path(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """The module's class forward with the fast path switched off for the call (and the trace)."""
+    import torch
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _rewrite_fused_transformer(draft: Draft) -> list[str]:
+    """Transformer layers and attention run their composite forward (the one torch.export sees)
+    in every trace: TorchScript tracing otherwise records the fused aten._transformer_encoder_layer_fwd
+    / _native_multi_head_attention, which no exporter lowers."""
+    from torch import nn
+
+    kinds = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+    replaced = []
+    for path, module in draft.module.named_modules():
+        if isinstance(module, kinds) and "forward" not in vars(module):
+            # bound to the module, so that a deep copy calls the copy
+            module.forward = types.MethodType(_forward_without_fast_path, module)
+            replaced.append(path or "(root)")
+    return replaced
+
+
+def _rewrite_int64_inputs(draft: Draft) -> list[str]:
+    """int64 inputs fed as int32 (embedding lookups take either); the proof shows the model agrees."""
+    replaced = []
+    for index, dtype in enumerate(draft.dtypes):
+        if dtype == "int64":
+            draft.dtypes[index] = "int32"
+            replaced.append(draft.input_names[index])
+    return replaced
+
+
+#: every rewrite, in the order they are tried: exact ones first, so that a bounded one's proof
+#: measures its own drift; for one gap the first whose proof passes is used
+REWRITES: tuple[Rewrite, ...] = (
+    Rewrite("int32-inputs", "int64-inputs", "int64 inputs (token ids) fed as int32", _rewrite_int64_inputs),
+    Rewrite("transformer-composite", "fused-transformer", "transformer layers and attention without PyTorch's fused fast path", _rewrite_fused_transformer),
+    Rewrite("hard-activations-relu6", "hardswish", "hardswish as (x/6)*relu6(x+3) and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
+    Rewrite(
+        "gelu-tanh", "gelu",
+        f"GELU as its tanh form x*sigmoid(2*sqrt(2/pi)*(x+0.044715x^3)) (at most {GELU_TANH_MAX_ABS:g} from erf GELU per element)",
+        _rewrite_gelu, APPROXIMATE_BOUND,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- proving and applying
+
+
+def relative_drift(reference: Sequence[Sequence[np.ndarray]], rewritten: Sequence[Sequence[np.ndarray]]) -> float:
+    """max |rewritten - reference| / max |reference| over all samples, the worst output."""
+    worst = 0.0
+    for index in range(len(reference[0])):
+        ref = np.stack([np.asarray(sample[index], dtype=np.float64) for sample in reference])
+        got = np.stack([np.asarray(sample[index], dtype=np.float64) for sample in rewritten])
+        if ref.shape != got.shape:
+            return math.inf
+        peak = float(np.max(np.abs(ref))) if ref.size else 0.0
+        diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        worst = max(worst, diff / peak if peak > 0 else diff)
+    return worst
+
+
+@dataclass
+class Rewritten:
+    """What a target converts: the model (rewritten, or the reference itself) and the report's
+    ``rewrites`` entries (empty when the model has nothing the target lacks)."""
+
+    model: ReferenceModel
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def cast(self, batches: Sequence[tuple[np.ndarray, ...]] | None) -> tuple[tuple[np.ndarray, ...], ...] | None:
+        """``batches`` in the dtypes the converted model takes (int64 ids as int32)."""
+        if batches is None:
+            return None
+        dtypes = [spec.dtype for spec in self.model.inputs]
+        return tuple(tuple(np.asarray(x).astype(dtype, copy=False) for x, dtype in zip(batch, dtypes)) for batch in batches)
+
+    def messages(self) -> list[str]:
+        """One sentence per rewrite for the report's messages."""
+        lines = []
+        for e in self.entries:
+            what = ", ".join(e["replaced"][:3]) + (f" and {e['count'] - 3} more" if e["count"] > 3 else "")
+            if e["status"] == "applied":
+                lines.append(f"rewrite {e['name']} applied to {what}: {e['description']}; fp32 drift {e['drift']:.3g} of the outputs' peak (bound {e['bound']:g})")
+            else:
+                lines.append(f"rewrite {e['name']} not applied{f' to {what}' if what else ''}: {e['reason']}")
+        return lines
+
+
+class Rewriter:
+    """The rewrites of one run: each target's (by its gaps) proven once on the parity inputs and
+    shared by the targets with the same gaps. The un-rewritten outputs are computed on first need."""
+
+    def __init__(self, model: ReferenceModel, parity_inputs: Sequence[tuple[np.ndarray, ...]], mode: str = "auto", rewrites: Sequence[Rewrite] | None = None) -> None:
+        self.model, self.parity_inputs, self.mode = model, list(parity_inputs), mode
+        self.rewrites = tuple(REWRITES if rewrites is None else rewrites)
+        self._done: dict[tuple[str, ...], Rewritten] = {}
+        self._reference: list[list[np.ndarray]] | None = None
+
+    def _reference_outputs(self) -> list[list[np.ndarray]]:
+        from edgex.core.parity import reference_outputs
+
+        if self._reference is None:
+            self._reference = reference_outputs(self.model, self.parity_inputs)
+        return self._reference
+
+    def _draft(self, start: Draft | None = None) -> Draft:
+        if start is not None:
+            return Draft(copy.deepcopy(start.module), list(start.dtypes), list(start.input_names))
+        return Draft(copy.deepcopy(self.model.module), [s.dtype for s in self.model.inputs], [s.name for s in self.model.inputs])
+
+    def _prove(self, draft: Draft, rewrite: Rewrite) -> tuple[float | None, str]:
+        """The drift of ``draft`` from the un-rewritten model, and why it fails its proof ("" if not)."""
+        from edgex.core.parity import torch_outputs
+
+        try:
+            for batch in self.parity_inputs:
+                for x, dtype in zip(batch, draft.dtypes):
+                    if np.issubdtype(np.asarray(x).dtype, np.integer) and np.dtype(dtype).kind == "i":
+                        info = np.iinfo(dtype)
+                        if np.asarray(x).size and (np.min(x) < info.min or np.max(x) > info.max):
+                            return None, f"its proof failed: a parity input holds values outside {dtype}"
+            cast = [tuple(np.asarray(x).astype(d, copy=False) for x, d in zip(batch, draft.dtypes)) for batch in self.parity_inputs]
+            drift = relative_drift(self._reference_outputs(), torch_outputs(draft.module, cast))
+        except Exception as exc:  # a rewrite the model cannot run is one whose proof failed
+            return None, f"its proof failed: the rewritten model raised {one_line(exc)}"
+        if not drift <= rewrite.bound:  # also NaN
+            return drift, f"its proof failed: fp32 drift {drift:.3g} of the outputs' peak exceeds its bound {rewrite.bound:g}"
+        return drift, ""
+
+    def for_target(self, lacks: Sequence[str]) -> Rewritten:
+        """The model a target lacking ``lacks`` converts, every rewrite used proven first."""
+        key = tuple(sorted(set(lacks)))
+        if key not in self._done:
+            self._done[key] = self._rewrite(set(key))
+        return self._done[key]
+
+    def _rewrite(self, lacks: set[str]) -> Rewritten:
+        wanted = [r for r in self.rewrites if r.gap in lacks]
+        if not wanted or self.model.module is None:
+            return Rewritten(self.model)  # an ONNX reference has no torch modules to rewrite
+        current: Draft | None = None
+        #: a copy no rewrite changed, reused by the next (a deep copy of a large model is not free)
+        unchanged: Draft | None = None
+        filled: set[str] = set()
+        entries: list[dict[str, Any]] = []
+        for rewrite in wanted:
+            if rewrite.gap in filled:
+                continue
+            entry: dict[str, Any] = {"name": rewrite.name, "gap": rewrite.gap, "description": rewrite.description, "bound": rewrite.bound, "drift": None}
+            try:
+                draft = unchanged or self._draft(current)
+                unchanged = None
+                replaced = rewrite.apply(draft)
+            except Exception as exc:  # a model it cannot copy or walk: converted as it is
+                entries.append({**entry, "replaced": [], "count": 0, "status": "skipped", "reason": f"could not be applied: {one_line(exc)}"})
+                continue
+            if not replaced:
+                unchanged = draft
+                continue
+            entry.update(replaced=replaced, count=len(replaced))
+            if self.mode == "none":
+                entry.update(status="skipped", reason="--rewrite none")
+            else:
+                drift, failure = self._prove(draft, rewrite)
+                entry["drift"] = drift
+                if failure:
+                    entry.update(status="skipped", reason=failure)
+                else:
+                    entry["status"] = "applied"
+                    current = draft
+                    filled.add(rewrite.gap)
+            entries.append(entry)
+        if current is None:
+            return Rewritten(self.model, entries)
+        inputs = tuple(TensorSpec(s.name, s.shape, d) for s, d in zip(self.model.inputs, current.dtypes))
+        examples = tuple(np.asarray(x).astype(d, copy=False) for x, d in zip(self.model.example_inputs, current.dtypes))
+        # same spec and sha256: the artifact still stands for the user's model
+        return Rewritten(replace(self.model, module=current.module, inputs=inputs, example_inputs=examples), entries)
