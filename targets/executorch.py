@@ -94,7 +94,9 @@ def edgex_backend_status(target: str) -> BackendStatus:
 def _torch_inputs(arrays: Sequence[np.ndarray], dtype: Any = None) -> tuple[Any, ...]:
     import torch
 
-    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    # a fresh copy has the standard strides: a numpy view such as x[:, None] of shape (1, 1, 8, 8)
+    # keeps strides torch.export reads as a channels-last dim order, which the program then demands
+    tensors = tuple(torch.from_numpy(np.array(a, copy=True, order="C")) for a in arrays)
     return tuple(t.to(dtype) if dtype is not None and t.is_floating_point() else t for t in tensors)
 
 
@@ -221,7 +223,8 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         exported = _export(model.module, _torch_inputs(model.example_inputs), "float")
     if request.precision == "int8":
         exported, grids = _quantized_program(request, exported)
-        quantization = {"observer": "min/max", "weights": "per-channel symmetric int8", "activations": "per-tensor affine int8"}
+        # edgex's plain int8 scheme, said explicitly: 8-bit weights ([-127, 127]), affine activations
+        quantization = {"weight_bits": 8, "symmetric_activations": False}
 
     partitioners = []
     if backend == "xnnpack":
@@ -308,6 +311,7 @@ def describe_pte(path: Path, reference: ReferenceModel) -> ArtifactIO:
     return ArtifactIO(
         path=Path(path),
         precision=precision,
+        quantization=dict(stamp.get("quantization") or {}),
         inputs=tuple(TensorBinding(n, shape, dtype, perm=tuple(range(len(shape)))) for n, (shape, dtype) in zip(input_names, inputs)),
         outputs=tuple(
             TensorBinding(n, shape, dtype, perm=tuple(range(len(shape))), quant=QuantParams(g["scale"], g["zero_point"], g["dtype"]) if g else None)
