@@ -33,23 +33,39 @@ import numpy as np
 
 from edgex.core import api
 from edgex.core.plugin_manager import PluginManager
+from edgex.plugins import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "tests" / "models.py"
 
 
-def _manager() -> PluginManager:
-    return PluginManager(load_entry_points=False)
+class StageClock:
+    """An observer plugin: seconds per pipeline stage (the parent's reference overlaps the child's convert)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @hookimpl
+    def edgex_stage_finished(self, event) -> None:
+        self.seconds[event.stage] = self.seconds.get(event.stage, 0.0) + (event.seconds or 0.0)
 
 
-def edgex_fp32(model, samples: int) -> float:
+def _manager(*observers) -> PluginManager:
+    manager = PluginManager(load_entry_points=False)
+    for observer in observers:
+        manager.register_observer(observer, f"clock-{id(observer)}")
+    return manager
+
+
+def edgex_fp32(model, samples: int) -> tuple[float, dict[str, float]]:
+    clock = StageClock()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        report = api.convert(model, ["executorch"], out=out, samples=samples, plugins=_manager())
+        report = api.convert(model, ["executorch"], out=out, samples=samples, plugins=_manager(clock))
         seconds = time.perf_counter() - start
     row = report.targets["executorch"]
     assert row.status == "passed", row.messages
-    return seconds
+    return seconds, clock.seconds
 
 
 def raw_fp32(model, samples: int) -> float:
@@ -85,6 +101,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-resnet18-int8", action="store_true")
+    parser.add_argument("--fp32-only", action="store_true", help="only the ResNet-18 fp32 timing (1)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -101,12 +118,15 @@ def main() -> None:
     times: dict[str, list[float]] = {"edgex": [], "raw": []}
     for _ in range(args.repeats):
         times["raw"].append(raw_fp32(resnet18, args.samples))
-        times["edgex"].append(edgex_fp32(resnet18, args.samples))
-        print(f"  raw {times['raw'][-1]:.1f} s, edgex {times['edgex'][-1]:.1f} s")
+        seconds, stages = edgex_fp32(resnet18, args.samples)
+        times["edgex"].append(seconds)
+        print(f"  raw {times['raw'][-1]:.1f} s, edgex {seconds:.1f} s (stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + ")")
     best_edgex, best_raw = min(times["edgex"]), min(times["raw"])
     print(f"\n1. ResNet-18 fp32, {args.samples} samples, best of {args.repeats}: edgex convert+validate {best_edgex:.1f} s / "
           f"raw export+lower+runtime {best_raw:.1f} s = {best_edgex / best_raw:.2f}x (goal <= 1.2x)")
 
+    if args.fp32_only:
+        return
     print("\n2. int8 (XNNPACK quantizer, min/max calibration) against fp32:")
     sizes: dict[str, dict[str, int | None]] = {}
     models = {"digits": ("examples:digits", {}), "resnet_tiny": (f"{MODELS}:resnet_tiny", None), "mobilenet_tiny": (f"{MODELS}:mobilenet_tiny", None)}

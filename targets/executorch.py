@@ -243,7 +243,8 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
     path.write_bytes(program.buffer)
 
-    planned = [int(s) for s in program.executorch_program.execution_plan[0].non_const_buffer_sizes]
+    plan = next(p for p in program.executorch_program.execution_plan if p.name == "forward")
+    planned = [int(s) for s in plan.non_const_buffer_sizes]  # entry 0 is reserved by ExecuTorch (always 0)
     io = describe_pte(path, model)
     converter = f"torch.export -> executorch {package_version('executorch')} to_edge_transform_and_lower ({'XnnpackPartitioner' if backend == 'xnnpack' else 'no partitioner'}) -> to_executorch"
     if request.precision == "int8":
