@@ -212,7 +212,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     if backend not in BACKENDS:
         raise UsageError(f"--executorch-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if request.precision == "int8" and backend != "xnnpack":
-        raise UsageError("executorch int8 runs on the XNNPACK delegate: use --executorch-backend xnnpack (portable kernels have no int8 conv/linear)")
+        raise UsageError("executorch int8 runs on the XNNPACK delegate: use --executorch-backend xnnpack (without a delegate the quantized program computes its convolutions in float between quantize/dequantize ops)")
 
     grids: list[QuantParams | None] = [None] * len(model.output_names)
     quantization: dict[str, Any] = {}
