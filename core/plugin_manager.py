@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.coral",
     "edgex.targets.coreml",
     "edgex.targets.mcu",
+    "edgex.targets.executorch",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",
 )

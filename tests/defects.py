@@ -19,6 +19,13 @@ Formats and what each defect does to the data:
   only compressed weights count. ``scale_output`` is impossible there (a Core ML program's outputs
   are float; no scale is stored for them), and so is ``drop_bias`` on a weight without a blob bias.
 
+- ExecuTorch ``.pte`` (fp32 or int8, XNNPACK-lowered): the program holds no tensor names and its
+  weights sit in the XNNPACK delegate's blob (or the program's constant data), so the ``pte_*``
+  planters find a *known* weight's bytes in the file -- the float32 values of a layer the
+  converter keeps as is (one without a BatchNorm folded into it), or at int8 the int8 values and
+  float32 per-channel scales the XNNPACK quantizer computes from it (``xnnpack_int8_weight``) --
+  and overwrite them in place, refusing when the bytes are not found exactly once.
+
 Defects (``layer`` is "last", "middle" or an index into the format's weight ops, in graph order):
 
 - ``scale_channel``: output channel ``channel`` of the layer computes ``factor`` x its value before
@@ -417,3 +424,64 @@ def drop_bias(path: Path, out: Path, layer: str | int = "last") -> Planted:
         return Planted(Path(out), "drop_bias", op.outputs[0].name, {})
 
     return _coreml_edit(path, out, edit)
+
+
+# --------------------------------------------------------------------------- .pte (found by value)
+
+
+def _pte_patch(path: Path, out: Path, old: np.ndarray, new: np.ndarray) -> None:
+    """Copy ``path`` to ``out`` with the one occurrence of ``old``'s bytes replaced by ``new``'s."""
+    data = bytearray(Path(path).read_bytes())
+    raw = np.ascontiguousarray(old).tobytes()
+    hits = data.count(raw)
+    if hits != 1:
+        raise ValueError(f"{Path(path).name}: the {old.dtype} values to patch occur {hits} times, not once")
+    at = data.find(raw)
+    data[at : at + len(raw)] = np.ascontiguousarray(new, dtype=old.dtype).tobytes()
+    Path(out).write_bytes(bytes(data))
+
+
+def xnnpack_int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float32 scales per output channel) as ExecuTorch's XNNPACK quantizer stores a
+    weight: per-channel symmetric, [-127, 127], scale max|w| / 127 (at least its eps 2**-12)."""
+    weight = np.asarray(weight, dtype=np.float32)
+    peak = np.abs(weight.reshape(len(weight), -1)).max(axis=1)
+    scales = np.maximum(peak / np.float32(127.0), np.float32(2.0**-12)).astype(np.float32)
+    shaped = scales.reshape(-1, *([1] * (weight.ndim - 1)))
+    return np.clip(np.round(weight / shaped), -127, 127).astype(np.int8), scales
+
+
+def pte_scale_weight(path: Path, out: Path, weight: np.ndarray, channel: int = 0, factor: float = 1.5) -> Planted:
+    """fp32: output channel ``channel`` of the known ``weight`` stored ``factor`` x."""
+    old = np.ascontiguousarray(weight, dtype=np.float32)
+    new = old.copy()
+    new[channel] *= np.float32(factor)
+    _pte_patch(path, out, old, new)
+    return Planted(Path(out), "scale_weight", f"weight {tuple(old.shape)}", {"channel": channel, "factor": factor})
+
+
+def pte_negate_int8_channel(path: Path, out: Path, weight: np.ndarray, channel: int = 0) -> Planted:
+    """int8: the int8 weight values of output channel ``channel`` negated (its scale kept)."""
+    values, _ = xnnpack_int8_weight(weight)
+    new = values.copy()
+    new[channel] = -values[channel]
+    _pte_patch(path, out, values, new)
+    return Planted(Path(out), "negate_int8_channel", f"weight {tuple(values.shape)}", {"channel": channel})
+
+
+def pte_scale_int8_channel(path: Path, out: Path, weight: np.ndarray, channel: int = 0, factor: float = 1.5) -> Planted:
+    """int8: the float32 weight scale of output channel ``channel`` written ``factor`` x."""
+    _, scales = xnnpack_int8_weight(weight)
+    new = scales.copy()
+    new[channel] *= np.float32(factor)
+    _pte_patch(path, out, scales, new)
+    return Planted(Path(out), "scale_channel", f"weight {tuple(np.shape(weight))}", {"channel": channel, "factor": factor})
+
+
+def pte_coarsen_output(path: Path, out: Path, scale: float, factor: float = 16.0) -> Planted:
+    """int8: the output tensor's scale ``scale`` written ``factor`` x. XNNPACK requantizes into the
+    output with that scale and dequantizes with it too, so the output keeps its size but lands
+    on a ``factor`` x coarser grid (and loses ``log2(factor)`` bits)."""
+    old = np.array([scale], dtype=np.float32)
+    _pte_patch(path, out, old, old * np.float32(factor))
+    return Planted(Path(out), "coarsen_output", "output", {"scale": float(scale), "factor": factor})

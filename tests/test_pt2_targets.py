@@ -97,6 +97,13 @@ def test_mcu_from_pt2(pt2, calibration, tmp_path, edgex_manager):
     assert row.converter.startswith("litert-torch")
 
 
+@pytest.mark.slow
+def test_executorch_from_pt2(pt2, calibration, tmp_path, edgex_manager):
+    pytest.importorskip("executorch")
+    row = _converts_and_passes(pt2, calibration, "executorch", "int8", tmp_path, edgex_manager)
+    assert row.converter.startswith("PT2E (XNNPACKQuantizer") and row.details["executorch"]["delegation"]["portable_ops"] == {}
+
+
 # --------------------------------------------------------------------------- the opset conversion
 
 
@@ -152,6 +159,7 @@ def test_readme_int8_commands_pass_on_a_pt2_from_compress(calibration, tmp_path)
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["targets"]
     assert {name: row["status"] for name, row in rows.items()} == {
         "onnx": "passed", "jetson": "passed", "tflite": "passed", "coral": "passed", "coreml": "skipped", "mcu": "passed",
+        "executorch": "passed",
     }
     # coreml has no full-int8 scheme: its row says so instead of the target vanishing
     assert rows["coreml"]["messages"] == ["coreml offers fp32, fp16, dynamic-int8, not int8"]
