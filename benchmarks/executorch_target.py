@@ -11,7 +11,7 @@
    beside it; the .pte size int8/fp32 (goal <= 0.30, ResNet-18 included, where the weights
    dominate the file); the digits accuracy drop at int8 (goal <= 0.5 points).
 
-    .venv/bin/python benchmarks/executorch.py [--samples 8] [--repeats 2] [--skip-resnet18-int8]
+    .venv/bin/python benchmarks/executorch_target.py [--samples 8] [--repeats 2] [--skip-resnet18-int8]
 
 ExecuTorch and torchao are imported before anything is timed; the forked target runs inherit
 them, as the raw script has them.
@@ -24,10 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-# run as a script, this file's folder is sys.path[0], where this very file would stand in for the
-# executorch package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np
 
