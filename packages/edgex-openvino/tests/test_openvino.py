@@ -35,7 +35,6 @@ def test_conformance_float_precisions(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="NNCF int8 IRs lose parity on OpenVINO's CPU plugin here (AVX2, no VNNI): 12 dB on digits against a 39.6 dB simulated reference; see the README")
 def test_conformance_int8(tmp_path):
     result = check_target_conformance("openvino", tmp_path / "out", precisions=["int8"], planters=PLANTERS)
     assert len(result.defects) == 3 and result.defect_caught  # perturbed weight, channel, output scale
