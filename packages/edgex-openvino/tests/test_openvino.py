@@ -72,3 +72,15 @@ def test_cli_converts_explains_and_leaves_home_alone(tmp_path):
     assert "features.1" in run.stdout and "outputs: passed" in run.stdout.lower()
     assert not list(home.iterdir()), f"written under HOME: {list(home.rglob('*'))}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["explain", "home", "out"]
+
+
+def test_listing_targets_imports_no_framework():
+    """``edgex targets`` and ``edgex plugins`` import every plugin: this one must stay light."""
+    code = (
+        "import sys\n"
+        "from edgex.core.cli import main\n"
+        "main(['targets']); main(['plugins'])\n"
+        "print('HEAVY', [m for m in ('openvino', 'nncf', 'torch') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stdout and "edgex-openvino" in done.stdout, done.stdout[-800:]
