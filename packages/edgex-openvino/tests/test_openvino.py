@@ -57,13 +57,13 @@ def test_ir_reads_back_and_garbage_is_a_usage_error(tmp_path):
 
 @pytest.mark.slow
 def test_cli_converts_explains_and_leaves_home_alone(tmp_path):
-    """``edgex convert --target intel`` and ``edgex explain`` as a user runs them; OpenVINO's
-    telemetry would write ~/intel (and opt in) without the plugin's opt-out."""
+    """``edgex convert --target intel --quantize int8`` and ``edgex explain`` as a user runs them;
+    OpenVINO's and NNCF's telemetry would write ~/intel (and opt in) without the plugin's opt-out."""
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home)}
     edgex = [sys.executable, "-m", "edgex.core.cli"]
-    run = subprocess.run([*edgex, "convert", "examples:digits", "--target", "intel", "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run([*edgex, "convert", "examples:digits", "--target", "intel", "--quantize", "int8", "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     xml = tmp_path / "out" / "openvino" / "model.xml"
     assert xml.exists() and xml.with_suffix(".bin").exists()
