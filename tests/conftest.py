@@ -17,3 +17,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def artifact_planters():
+    """tests/defects.py's artifact planters in the conformance kit's form (``planters=``):
+    ``scale_channel`` and ``scale_output`` for .onnx and .tflite artifacts."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    defects = sys.modules.get("defects")
+    if defects is None:  # by path, as test_int8_defects loads it: no test folder is on sys.path
+        spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
+        defects = importlib.util.module_from_spec(spec)
+        sys.modules["defects"] = defects  # dataclasses look their module up there
+        spec.loader.exec_module(defects)
+
+    def planter(defect):
+        return lambda artifact, folder: getattr(defects, defect)(artifact, folder / Path(artifact).name).path
+
+    return {defect: planter(defect) for defect in ("scale_channel", "scale_output")}

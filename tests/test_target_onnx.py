@@ -16,9 +16,10 @@ MODELS = Path(__file__).parent / "models.py"
 
 
 @pytest.mark.parametrize("target", ["onnx", "jetson"])
-def test_conformance_every_precision(target, tmp_path, edgex_manager):
-    result = check_target_conformance(target, tmp_path, manager=edgex_manager)
+def test_conformance_every_precision(target, tmp_path, edgex_manager, artifact_planters):
+    result = check_target_conformance(target, tmp_path, manager=edgex_manager, planters=artifact_planters)
     assert set(result.precisions) == {"fp32", "fp16", "int8"}
+    assert result.defect_caught and len(result.defects) == 5 and not result.not_checked  # 3 weights, a channel, an output scale
     for precision, row in result.precisions.items():
         assert row.precision == precision and row.parity.samples == 8
 

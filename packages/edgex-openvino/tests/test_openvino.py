@@ -1,0 +1,86 @@
+"""edgex-openvino through edgex's conformance kit and the command line, as an installed outside
+distribution: found through the ``edgex`` entry-point group, never registered by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgex.plugins import UsageError
+from edgex.plugins.testing import check_target_conformance, tiny_cnn
+
+from edgex_openvino.defects import PLANTERS
+
+
+def test_declared_through_the_entry_point():
+    from edgex.core.plugin_manager import PluginManager
+
+    manager = PluginManager()
+    target = manager.resolve_target("intel")
+    assert (target.name, target.package) == ("openvino", "edgex-openvino")
+    assert manager.backend_status("openvino").available
+
+
+@pytest.mark.slow
+def test_conformance_float_precisions(tmp_path):
+    result = check_target_conformance("openvino", tmp_path / "out", precisions=["fp32", "fp16"], planters=PLANTERS)
+    assert set(result.precisions) == {"fp32", "fp16"}
+    assert result.defect_caught and not result.not_checked
+    assert "fp16 weights" in result.precisions["fp16"].backend
+
+
+@pytest.mark.slow
+def test_conformance_int8(tmp_path):
+    result = check_target_conformance("openvino", tmp_path / "out", precisions=["int8"], planters=PLANTERS)
+    assert len(result.defects) == 3 and result.defect_caught  # perturbed weight, channel, output scale
+
+
+def test_ir_reads_back_and_garbage_is_a_usage_error(tmp_path):
+    from edgex.core.api import load_model
+    from edgex_openvino.plugin import describe_ir
+
+    model, example = tiny_cnn()
+    reference = load_model(model, example_inputs=example)
+    bad = tmp_path / "model.xml"
+    bad.write_text("<net>")
+    bad.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(UsageError, match="cannot read .* as OpenVINO IR"):
+        describe_ir(bad, reference)
+    with pytest.raises(UsageError, match="not an OpenVINO IR"):
+        describe_ir(tmp_path / "model.onnx", reference)
+
+
+@pytest.mark.slow
+def test_cli_converts_explains_and_leaves_home_alone(tmp_path):
+    """``edgex convert --target intel --quantize int8`` and ``edgex explain`` as a user runs them;
+    OpenVINO's and NNCF's telemetry would write ~/intel (and opt in) without the plugin's opt-out."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    edgex = [sys.executable, "-m", "edgex.core.cli"]
+    run = subprocess.run([*edgex, "convert", "examples:digits", "--target", "intel", "--quantize", "int8", "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    xml = tmp_path / "out" / "openvino" / "model.xml"
+    assert xml.exists() and xml.with_suffix(".bin").exists()
+    run = subprocess.run([*edgex, "explain", str(xml), "--reference", "examples:digits", "--target", "openvino", "--out", str(tmp_path / "explain")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "features.1" in run.stdout and "outputs: passed" in run.stdout.lower()
+    assert not list(home.iterdir()), f"written under HOME: {list(home.rglob('*'))}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explain", "home", "out"]
+
+
+def test_listing_targets_imports_no_framework():
+    """``edgex targets`` and ``edgex plugins`` import every plugin: this one must stay light."""
+    code = (
+        "import sys\n"
+        "from edgex.core.cli import main\n"
+        "main(['targets']); main(['plugins'])\n"
+        "print('HEAVY', [m for m in ('openvino', 'nncf', 'torch') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stdout and "edgex-openvino" in done.stdout, done.stdout[-800:]
