@@ -51,6 +51,18 @@ class BackendMissingError(TargetError):
     """The target's converter or runtime is not installed here."""
 
 
+class UnsupportedModel(TargetError):
+    """The target cannot take this model at all (an op, a layer or a form it does not convert),
+    as opposed to failing on it. Named explicitly (``--target T``) it is that target's
+    ``error``; under ``--target all`` the target's row is ``skipped`` with this reason, as for a
+    precision the target lacks."""
+
+
+def is_unsupported_model(exc: BaseException) -> bool:
+    """Whether ``exc`` says the model is not one the target takes (raised here or in a child)."""
+    return isinstance(exc, UnsupportedModel) or bool(getattr(exc, "unsupported_model", False))
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one line a user can read: ``Type: first line`` (an edgex error's message as is)."""
     text = exc.message if isinstance(exc, EdgexError) else str(exc)

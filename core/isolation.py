@@ -26,7 +26,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from edgex.core.errors import EdgexError, TargetError
+from edgex.core.errors import EdgexError, TargetError, is_unsupported_model
 
 #: set in a forked child: its own isolated work stays in its process group
 _IN_CHILD = False
@@ -111,10 +111,11 @@ def isolation_mode() -> str:
 class RemoteError(TargetError):
     """An exception raised inside the child, carried back with its traceback text."""
 
-    def __init__(self, message: str, remote_traceback: str, exit_code: int):
+    def __init__(self, message: str, remote_traceback: str, exit_code: int, unsupported_model: bool = False):
         super().__init__(message)
         self.remote_traceback = remote_traceback
         self.exit_code = exit_code
+        self.unsupported_model = unsupported_model
 
 
 def _describe_exit(code: int | None) -> str:
@@ -167,7 +168,7 @@ def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_pat
         traceback.print_exc()  # into the target's log
         message = exc.message if isinstance(exc, EdgexError) else f"{type(exc).__name__}: {exc}"
         code = exc.exit_code if isinstance(exc, EdgexError) else 3
-        conn.send(("error", message.strip().splitlines()[0] if message.strip() else type(exc).__name__, traceback.format_exc(), code))
+        conn.send(("error", message.strip().splitlines()[0] if message.strip() else type(exc).__name__, traceback.format_exc(), code, is_unsupported_model(exc)))
     finally:
         conn.close()
 
@@ -225,8 +226,8 @@ class Isolated:
                 elif message[0] == "result":
                     return message[1]
                 else:
-                    _, text, remote_tb, code = message
-                    raise RemoteError(text, remote_tb, code)
+                    _, text, remote_tb, code, unsupported = message
+                    raise RemoteError(text, remote_tb, code, unsupported)
         except KeyboardInterrupt:  # SIGINT/SIGTERM: end the child and what it started, now
             self.cancel()
             raise

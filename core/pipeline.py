@@ -27,7 +27,7 @@ import numpy as np
 from edgex.core import layout, parity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
-from edgex.core.errors import EdgexError, TargetError, UsageError
+from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
@@ -224,10 +224,13 @@ class TargetRun:
         settings: ConvertSettings,
         log_path: Path | None,
         rewritten: Rewritten | None = None,
+        requested: bool = True,
     ) -> None:
         # ``model`` is the reference the outputs are judged against: never the rewritten model
         self.manager, self.target, self.plugin, self.model = manager, target, plugin, model
         self.inputs, self.settings, self.rewritten = inputs, settings, rewritten
+        #: named by the user, rather than by ``all`` (a model the target does not take is then an error)
+        self.requested = requested
 
         def work(send: Callable[[str, Any], None]) -> RunOutcome:
             start = time.perf_counter()
@@ -268,6 +271,11 @@ class TargetRun:
             self._end_stage("error")
             raise
         except EdgexError as exc:
+            if is_unsupported_model(exc) and not self.requested:
+                row.status = "skipped"  # --target all: this target does not take this model
+                self._end_stage("skipped")
+                row.messages.append(exc.message)
+                return row, None
             self._end_stage("error")
             row.messages.append(exc.message)
             row.traceback = getattr(exc, "remote_traceback", "")
@@ -443,7 +451,7 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
                 result = manager.convert(request)
                 return result, result.io
 
-            return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten), workdir
+            return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
 
         try:
             _convert_each(manager, original, model, plans, start, inputs, report, out)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from edgex.core.version import __version__
-from edgex.core.errors import BackendMissingError, EdgexError, TargetError, UsageError, one_line
+from edgex.core.errors import BackendMissingError, EdgexError, TargetError, UnsupportedModel, UsageError, one_line
 from edgex.core.isolation import start_isolated
 from edgex.core.sandbox import contained, offline
 from edgex.core.types import (
@@ -120,5 +120,6 @@ __all__ = [
     "TensorSpec",
     "TracedTensor",
     "Tracer",
+    "UnsupportedModel",
     "UsageError",
 ]

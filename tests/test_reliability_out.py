@@ -335,3 +335,20 @@ def test_a_signal_to_a_matrix_ends_its_workers_and_keeps_the_finished_cells(sign
         else:
             assert cells[model, "onnx"]["messages"] == ["interrupted"]
     assert "interrupted by" in (out / "report.md").read_text()
+
+
+def test_a_model_a_target_does_not_take_is_skipped_under_all_and_an_error_when_named(tmp_path, monkeypatch):
+    """``UnsupportedModel`` (the target's "not this model", raised in its child) under
+    ``--target all`` is a skipped row saying why, as a precision the target lacks is; named, an error."""
+    monkeypatch.syspath_prepend(str(SITE))
+    monkeypatch.setenv("EDGEX_LOAD_PLUGINS", "crashy")
+    manager = api.plugin_manager()
+    named = api.convert(f"{MODELS}:resnet_tiny", ["picky"], out=tmp_path / "named", samples=2, plugins=manager)
+    assert named.targets["picky"].status == "error" and named.exit_code == 3
+    assert named.targets["picky"].messages == ["picky takes no model with a convolution"]
+    declared = manager.targets()
+    monkeypatch.setattr(manager, "targets", lambda: {n: declared[n] for n in ("onnx", "picky")})  # `all`, kept small
+    everything = api.convert(f"{MODELS}:resnet_tiny", ["all"], out=tmp_path / "all", samples=2, plugins=manager)
+    assert everything.targets["picky"].status == "skipped" and everything.targets["picky"].messages == ["picky takes no model with a convolution"]
+    assert everything.targets["onnx"].status == "passed" and everything.exit_code == 0
+    assert not (tmp_path / "all" / "picky").exists() and _leftovers(tmp_path / "all") == []

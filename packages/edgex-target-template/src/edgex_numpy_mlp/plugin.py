@@ -18,9 +18,9 @@ from edgex.plugins import (
     ConversionRequest,
     ConversionResult,
     ReferenceModel,
-    TargetError,
     TargetSpec,
     TensorBinding,
+    UnsupportedModel,
     UsageError,
     hookimpl,
     one_line,
@@ -58,7 +58,8 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
 
     module = request.model.module
     if not isinstance(module, torch.nn.Sequential):
-        raise TargetError("numpy-mlp converts an nn.Sequential of Linear, ReLU and Tanh layers only", stage="convert")
+        # not a failure: a model this target does not take (--target all skips it, saying why)
+        raise UnsupportedModel("numpy-mlp converts an nn.Sequential of Linear, ReLU and Tanh layers only", stage="convert")
     kinds, arrays = [], {}
     for index, layer in enumerate(module):
         kind = type(layer).__name__
@@ -66,7 +67,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             arrays[f"w{index}"] = layer.weight.detach().numpy().astype(np.float32)
             arrays[f"b{index}"] = (layer.bias.detach().numpy() if layer.bias is not None else np.zeros(layer.out_features)).astype(np.float32)
         elif kind not in _ACTIVATIONS:
-            raise TargetError(f"numpy-mlp cannot run layer {index} ({kind}): only Linear, ReLU and Tanh", stage="convert")
+            raise UnsupportedModel(f"numpy-mlp cannot run layer {index} ({kind}): only Linear, ReLU and Tanh", stage="convert")
         kinds.append(kind)
     path = request.workdir / "model.npz"  # write only inside the work folder
     np.savez(path, kinds=np.array(kinds), **arrays)
