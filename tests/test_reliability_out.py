@@ -134,7 +134,7 @@ def test_overwrite_removes_what_the_new_report_does_not_describe(digits_onnx_out
     written = json.loads((out / "report.json").read_text())
     assert written["model"]["spec"].endswith("resnet_tiny") and list(written["targets"]) == ["onnx"]
     assert report.targets["onnx"].status == "passed"
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "onnx", "report.json"]  # 0 stale, 0 leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "onnx", "report.html", "report.json"]  # 0 stale, 0 leftovers
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["onnx.log"]
     assert [str(p.relative_to(out)) for p in (out / "onnx").rglob("*")] == written["targets"]["onnx"]["artifacts"]
 
