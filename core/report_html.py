@@ -114,7 +114,7 @@ class Plots:
                     axes.annotate(preset, (x / 1024, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
             axes.set_xlabel("artifact size (KiB)")
             axes.set_ylabel(measure)
-            axes.set_title(f"{model}: {measure} vs size across compression presets")
+            axes.set_title(f"{model}: {measure} vs size")
             axes.legend(fontsize=7)
 
         return self.svg(draw, 5.5, 3.2)
