@@ -64,7 +64,7 @@ class Plots:
         text = buffer.getvalue()
         return Markup(text[text.index("<svg") :])  # the XML declaration and DOCTYPE do not belong inside HTML
 
-    def error_histogram(self, histogram: Mapping[str, Any], status: str) -> str:
+    def error_histogram(self, histogram: Mapping[str, Any]) -> str:
         edges, counts, above = histogram["edges"], list(histogram["counts"]), int(histogram.get("above", 0))
         labels = [f"{_edge(a)}-{_edge(b)}" for a, b in zip(edges, edges[1:])] + [f">{_edge(edges[-1])}"]
         counts.append(above)
@@ -223,7 +223,7 @@ def report_page(report: Mapping[str, Any], title: str | None = None) -> str:
                 "row": row,
                 "criteria": checks,
                 "decided_by": decided_by(row, checks),
-                "histogram": plots.error_histogram(histogram, row["status"]) if histogram else "",
+                "histogram": plots.error_histogram(histogram) if histogram else "",
                 "has_histogram": bool(histogram),
                 "confusion": _confusion_rows(confusion["artifact"]) if confusion.get("artifact") else None,
                 "confusion_differs": bool(confusion) and confusion.get("artifact") != confusion.get("reference"),
