@@ -13,6 +13,9 @@ unresolvable) and prints:
   has none), the median of 5 loads (the target: under 2 s);
 - Chromium's whole process time for the page and for an empty page, for scale (start-up dominates).
 
+The same for the heaviest of the groups' own pages (``cells/<model>--<preset>/<precision>/report.html``,
+the convert page: a histogram per target and the comparison panels), for the weight of the plots.
+
 ``--reuse`` measures the matrix already in ``--out`` instead of running it again. Nothing is
 asserted (tests/test_report_html.py checks the page); this prints the figure docs/reports.md quotes.
 """
@@ -80,13 +83,20 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "edgex.core.cli", "matrix", str(config), "--out", str(out)], stdout=subprocess.DEVNULL, check=False)
         print(f"matrix: 4 models x 3 targets in {time.perf_counter() - start:.0f} s")
-    page = out / "report.html"
-    html = page.read_text()
-    timed = args.out / "timed.html"
-    timed.write_text(html.replace("</body>", TIMING + "</body>"))
+    profile = args.out / "chromium-profile"
     empty = args.out / "empty.html"
     empty.write_text("<!doctype html><title>empty</title>")
-    profile = args.out / "chromium-profile"
+    baseline = statistics.median(chromium(empty, profile)[0] for _ in range(3))
+    print(f"chromium process for an empty page: {baseline:.2f} s")
+    heaviest = max(out.glob("cells/*/*/report.html"), key=lambda p: p.stat().st_size)
+    for label, page in (("matrix report.html", out / "report.html"), (f"heaviest group page {heaviest.relative_to(out)}", heaviest)):
+        measure(label, page, args.out, profile)
+
+
+def measure(label: str, page: Path, work: Path, profile: Path) -> None:
+    html = page.read_text()
+    timed = work / "timed.html"
+    timed.write_text(html.replace("</body>", TIMING + "</body>"))
     renders, processes = [], []
     for _ in range(5):
         seconds, dom = chromium(timed, profile)
@@ -95,12 +105,10 @@ def main() -> None:
             sys.exit("the timing script did not report (the page did not finish loading?)")
         renders.append(float(found.group(1)))
         processes.append(seconds)
-    baseline = statistics.median(chromium(empty, profile)[0] for _ in range(3))
-    cells = html.count('<td class="cell"')
-    print(f"report.html: {page.stat().st_size} bytes ({page.stat().st_size / 1e6:.3f} MB), {cells} cells, {html.count('<svg')} plots")
-    print(f"render (navigation start to load end, median of 5): {statistics.median(renders):.1f} ms (all: {', '.join(f'{r:.0f}' for r in renders)})")
-    print(f"chromium process for the page: {statistics.median(processes):.2f} s; for an empty page: {baseline:.2f} s")
-
+    size, cells = page.stat().st_size, html.count('<td class="cell"')
+    print(f"{label}: {size} bytes ({size / 1e6:.3f} MB), {cells} grid cells, {html.count('<svg')} plots")
+    print(f"  render (navigation start to load end, median of 5): {statistics.median(renders):.1f} ms (all: {', '.join(f'{r:.0f}' for r in renders)})")
+    print(f"  chromium process: {statistics.median(processes):.2f} s")
 
 if __name__ == "__main__":
     main()
