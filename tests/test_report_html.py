@@ -237,6 +237,16 @@ def test_convert_page_renders_in_chromium(tmp_path):
     assert dom.count("<svg") == len(report["targets"]) + 1 and "Confusion matrix of the artifact" in dom
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
 
+    # explain writes its page on the same base
+    explained = tmp_path / "explained"
+    assert main(["explain", str(out / "onnx" / "model.onnx"), "--reference", "examples:digits", "--out", str(explained)]) == 0
+    assert_self_contained((explained / "explain.html").read_text())
+    shots = tmp_path / "explain-shot"
+    shots.mkdir()
+    dom, console = open_in_chromium(explained / "explain.html", shots)
+    layers = json.loads((explained / "explain.json").read_text())["layers"]
+    assert console == [] and dom.count("<tr") == len(layers) + 1 and "every matched layer is within its tolerance" in dom
+
 
 @needs_chromium
 @pytest.mark.slow
