@@ -51,10 +51,10 @@ LOCK_NAME = ".edgex.lock"
 #: what a run leaves only while it works (target work folders, replaced folders, caches,
 #: half-written reports): a killed run's are removed by the next run, under its lock
 LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*", ".explain.json.*", ".report.html.*", ".explain.html.*")
-#: files only edgex writes at the top of ``--out``; the model they describe owns the folder
+#: files only edgex writes at the top of ``--out``; the model they describe owns the folder, and
+#: with it the pages written after them (report.html, explain.html). A page alone proves nothing:
+#: a folder holding only some report.html is not taken for edgex's
 REPORT_NAMES = ("report.json", "explain.json")
-#: their pages (report.html beside report.json, explain.html beside explain.json): edgex's too
-REPORT_PAGES = ("report.html", "explain.html")
 
 
 @dataclass
@@ -212,7 +212,7 @@ def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> I
                     raise UsageError(f"--out {out} holds edgex's results for {spec}, not {model.spec}; choose another --out, or pass --overwrite to replace them")
         # a killed run's folder (its lock taken over) is edgex's even before its report exists
         if not previous and not overwrite and not took_over:
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, "logs", *REPORT_PAGES))
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, "logs"))
             if foreign:
                 raise UsageError(f"--out {out} is not empty and edgex did not write it ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite")
         yield OwnedOut(path, previous if "targets" in previous else {})
