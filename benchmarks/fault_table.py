@@ -35,7 +35,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 RESNET = f"{TESTS / 'models.py'}:resnet_tiny"
-LEFTOVER_PREFIXES = (".edgex-tmp-", ".edgex-old-", ".edgex-scratch", ".edgex.lock", ".report.json.")
+LEFTOVER_PREFIXES = (".edgex-tmp-", ".edgex-old-", ".edgex-scratch", ".edgex.lock", ".report.json.", ".report.html.")
 
 
 def edgex(*args: Any, cwd: Path) -> subprocess.Popen:

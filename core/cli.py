@@ -284,7 +284,7 @@ def cmd_explain(args: argparse.Namespace, manager: PluginManager) -> int:
         print(dumps(report.to_json()))
     else:
         print(render(report))
-        print(f"explain.json: {args.out / 'explain.json'}")
+        print(f"explain.json: {args.out / 'explain.json'}, page: {args.out / 'explain.html'}")
     return report.exit_code
 
 
@@ -299,7 +299,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(dumps(cells))
     else:
         print(matrix_markdown(cells).strip())
-        print(f"results: {args.out / 'results.json'} (junit.xml, report.md, report.html beside it)")
+        print(f"results: {args.out / 'results.json'}, page: {args.out / 'report.html'} (junit.xml, report.md beside them)")
     return exit_code(cells)
 
 

@@ -37,7 +37,8 @@ from edgex.core.data import resolve_inputs
 from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import match_outputs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.report import model_json, write_json_atomic
+from edgex.core.report import model_json, write_json_atomic, write_text_atomic
+from edgex.core.report_html import explain_page
 from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, owned_out, resolve_artifact, sandboxed
 from edgex.core.settings import ConvertSettings
 from edgex.core.tables import number, table
@@ -641,5 +642,7 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
             foreign_modules=foreign,
         )
         with observed(manager, "report"):
-            write_json_atomic(out / "explain.json", report.to_json())
+            data = report.to_json()
+            write_json_atomic(out / "explain.json", data)
+            write_text_atomic(out / "explain.html", explain_page(data))
         return report

@@ -439,12 +439,13 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
 
 
 def _write_results(out: Path, cells: list[dict[str, Any]], message: str | None = None) -> None:
-    from edgex.core.report import write_json_atomic, write_text_atomic, matrix_html, matrix_junit, matrix_markdown
+    from edgex.core.report import write_json_atomic, write_text_atomic, matrix_junit, matrix_markdown
+    from edgex.core.report_html import matrix_page
 
     write_json_atomic(out / "results.json", cells)
     write_text_atomic(out / "junit.xml", matrix_junit(cells))
     write_text_atomic(out / "report.md", matrix_markdown(cells) + (f"\n{message}: the cells that had not finished are errors\n" if message else ""))
-    write_text_atomic(out / "report.html", matrix_html(cells))
+    write_text_atomic(out / "report.html", matrix_page(cells, f"{message}: the cells that had not finished are errors" if message else None))
 
 
 def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:

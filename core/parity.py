@@ -63,6 +63,9 @@ MIN_SQNR_DB = 10.0
 NOISE_FLOOR_SAMPLES = 4
 NOISE_FLOOR_BUDGET_S = 0.5
 SQNR_CAP_DB = 300.0
+#: the report's error histogram: bin edges of |error| in units of the element's tolerance (1 is the
+#: bound); log-spaced below the bound, where honest artifacts land, linear around it
+ERROR_HISTOGRAM_EDGES = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 
 Outputs = list[list[np.ndarray]]  # [sample][output]
 
@@ -119,6 +122,8 @@ class ParityReport:
     inputs: str = ""
     outputs: tuple[OutputParity, ...] = ()
     messages: tuple[str, ...] = field(default_factory=tuple)
+    #: per-element |error| / tolerance over every output, binned (:func:`error_histogram`)
+    error_histogram: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +138,7 @@ class ParityReport:
             "passed": self.passed,
             "inputs": self.inputs,
             "outputs": [o.to_json() for o in self.outputs],
+            "error_histogram": self.error_histogram,
         }
 
 
@@ -343,6 +349,24 @@ def _is_class_scores(sample_outputs: Sequence[np.ndarray]) -> bool:
     return first.ndim == 2 and first.shape[1] >= 2
 
 
+def error_histogram(ratios: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Per-element |error| in units of its tolerance, binned on ``ERROR_HISTOGRAM_EDGES``: a few
+    dozen numbers for report.json however large the outputs (``above``: past the last edge,
+    NaN/inf included)."""
+    values = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in ratios]) if ratios else np.zeros(0)
+    values = np.where(np.isnan(values), np.inf, values)
+    edges = np.asarray(ERROR_HISTOGRAM_EDGES)
+    counts, _ = np.histogram(np.clip(values, 0.0, edges[-1]), bins=edges)
+    above = int(np.sum(values > edges[-1]))
+    counts[-1] -= above  # clipped into the last bin above; counted on their own
+    return {"edges": list(ERROR_HISTOGRAM_EDGES), "counts": [int(c) for c in counts], "above": above, "unit": "tolerance"}
+
+
+def _in_tolerance_units(diff: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(diff == 0, 0.0, diff / bound)  # a zero bound: any error is infinitely far
+
+
 def compare(
     reference: Outputs,
     actual: Outputs,
@@ -357,6 +381,7 @@ def compare(
     per_output: list[OutputParity] = []
     total_signal = total_noise = 0.0
     abs_sum, elements, max_abs, worst_rel = 0.0, 0, 0.0, 0.0
+    ratios: list[np.ndarray] = []
     for index, name in enumerate(output_names):
         ref = [np.asarray(s[index], dtype=np.float64) for s in reference]
         got = [np.asarray(s[index], dtype=np.float64) for s in actual]
@@ -370,7 +395,9 @@ def compare(
             messages.append(f"output {name!r}: the artifact produced {int((~finite).sum())} NaN/inf values")
         diff = np.where(finite, np.abs(g_all - r_all), np.inf)
         tol = tolerances[index]
-        inside = diff <= tol.atol + tol.rtol * np.abs(r_all)
+        bound = tol.atol + tol.rtol * np.abs(r_all)
+        inside = diff <= bound
+        ratios.append(_in_tolerance_units(diff, bound))
         peak = float(np.max(np.abs(r_all), initial=0.0))
         out_max = float(np.max(diff, initial=0.0))
         finite_diff = np.where(finite, g_all - r_all, 0.0)
@@ -434,4 +461,5 @@ def compare(
         inputs=inputs,
         outputs=tuple(per_output),
         messages=tuple(messages),
+        error_histogram=error_histogram(ratios),
     )

@@ -33,7 +33,8 @@ from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.quant_reference import CannotSimulate, SimulatedReference, simulate, vacuous_reference
-from edgex.core.report import Report, TargetReport, model_json, write_json_atomic
+from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
+from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
 from edgex.core.runner import (
     IsolatedRun,
@@ -191,19 +192,34 @@ class RunOutcome:
     details: Mapping[str, Any]
 
 
+#: report.json carries confusion matrices for classifiers with at most this many classes (it stays small)
+CONFUSION_MAX_CLASSES = 20
+
+
+def _confusion(labels: np.ndarray, predicted: np.ndarray, classes: int) -> list[list[int]]:
+    """counts[true label][predicted class]"""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
+    return counts.tolist()
+
+
 def _accuracy(reference_eval: list[np.ndarray], artifact_eval: list[np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     ref = np.concatenate(reference_eval)
     got = np.concatenate(artifact_eval)
     y = labels[: len(ref)]
     ref_acc = float(np.mean(ref.argmax(axis=1) == y))
     got_acc = float(np.mean(got.argmax(axis=1) == y))
-    return {
+    result = {
         "samples": int(len(y)),
         "reference": ref_acc,
         "artifact": got_acc,
         "drop_points": round((ref_acc - got_acc) * 100, 4),
         "top1_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
     }
+    classes = int(max(ref.shape[1], int(y.max(initial=0)) + 1))
+    if classes <= CONFUSION_MAX_CLASSES:
+        result["confusion"] = {"reference": _confusion(y, ref.argmax(axis=1), classes), "artifact": _confusion(y, got.argmax(axis=1), classes)}
+    return result
 
 
 class TargetRun:
@@ -386,12 +402,15 @@ def _size(paths: Sequence[Path]) -> int:
 
 
 def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
-    """report.json, after removing the target folders an earlier run left that it does not describe
-    (``remove_stale``: convert; validate keeps the same model's other artifacts it was not asked about)."""
+    """report.json and report.html, after removing the target folders an earlier run left that it
+    does not describe (``remove_stale``: convert; validate keeps the same model's other artifacts
+    it was not asked about)."""
     with observed(manager, "report"):
         if remove_stale:
             claim.remove_stale([a for row in report.targets.values() for a in row.artifacts], report.targets, manager.targets())
-        write_json_atomic(claim.path / "report.json", report.to_json())
+        data = report.to_json()
+        write_json_atomic(claim.path / "report.json", data)
+        write_text_atomic(claim.path / "report.html", report_page(data))
 
 
 def _interrupted(report: Report, plans: Sequence[TargetPlan], exc: BaseException) -> None:

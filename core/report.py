@@ -186,7 +186,7 @@ def summary_line(report: Report, out: Path | None) -> str:
     for t in report.targets.values():
         counts[t.status] = counts.get(t.status, 0) + 1
     parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts]
-    where = f"; report: {out / 'report.json'}" if out is not None else ""
+    where = f"; report: {out / 'report.json'}, page: {out / 'report.html'}" if out is not None else ""
     return f"{', '.join(parts) or 'no targets'}{where}"
 
 
@@ -209,7 +209,7 @@ def model_json(model: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
 MATRIX_COLUMNS = ("model", "compression", "target", "precision", "status", "max_abs", "sqnr_db", "top1", "accuracy", "size", "latency_ms")
 
 
-def _matrix_rows(cells: Any) -> list[dict[str, str]]:
+def matrix_rows(cells: Any) -> list[dict[str, str]]:
     rows = []
     for cell in cells:
         coords = cell["cell"]
@@ -237,7 +237,7 @@ def _matrix_rows(cells: Any) -> list[dict[str, str]]:
 
 
 def matrix_markdown(cells: Any) -> str:
-    rows = _matrix_rows(cells)
+    rows = matrix_rows(cells)
     lines = ["# edgex matrix", "", "| " + " | ".join(MATRIX_COLUMNS) + " |", "|" + "---|" * len(MATRIX_COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c] for c in MATRIX_COLUMNS) + " |")
@@ -247,50 +247,72 @@ def matrix_markdown(cells: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def matrix_html(cells: Any) -> str:
-    from html import escape
-
-    colours = {"passed": "#d4f7d4", "failed": "#ffd6d6", "inconclusive": "#fff2b3", "error": "#ffb3b3", "skipped": "#eeeeee"}
-    head = "".join(f"<th>{escape(c)}</th>" for c in MATRIX_COLUMNS)
-    body = []
-    for row in _matrix_rows(cells):
-        cells_html = "".join(f"<td>{escape(row[c])}</td>" for c in MATRIX_COLUMNS)
-        title = escape(row["message"], quote=True)
-        body.append(f'<tr style="background:{colours.get(row["status"], "#fff")}" title="{title}">{cells_html}</tr>')
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>edgex matrix</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}</style>"
-        f"</head><body><h1>edgex matrix</h1><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
-    )
-
-
 def matrix_junit(cells: Any) -> str:
-    from xml.sax.saxutils import quoteattr
+    """junit.xml: a testcase per cell, built with ElementTree (never by formatting strings); a
+    failure carries the cell's metrics and tolerance, in its message and its text."""
+    import xml.etree.ElementTree as ET
 
-    cases = []
+    suite = ET.Element("testsuite", name="edgex matrix")
     counts = {"failed": 0, "inconclusive": 0, "error": 0, "skipped": 0}
+    total = 0.0
     for cell in cells:
         coords = cell["cell"]
         row = cell["targets"][coords["target"]]
-        name = quoteattr(f"{coords['target']}[{row.get('precision') or coords['precision']}]")
-        classname = quoteattr(f"{coords['model']}.{coords['compression']}")
-        seconds = row.get("convert_seconds") or 0.0
-        message = quoteattr("; ".join(row.get("messages") or []) or row["status"])
-        inner = ""
-        if row["status"] in ("failed", "inconclusive"):
-            inner = f"<failure message={message}/>"
-        elif row["status"] == "error":
-            inner = f"<error message={message}/>"
-        elif row["status"] == "skipped":
-            inner = f"<skipped message={message}/>"
+        seconds = float(row.get("convert_seconds") or 0.0)
+        total += seconds
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"{coords['model']}.{coords['compression']}",
+            name=f"{coords['target']}[{row.get('precision') or coords['precision']}]",
+            time=f"{seconds:.3f}",
+        )
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-        cases.append(f"    <testcase classname={classname} name={name} time=\"{seconds:.3f}\">{inner}</testcase>")
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        f'<testsuite name="edgex matrix" tests="{len(cells)}" failures="{counts["failed"] + counts["inconclusive"]}" errors="{counts["error"]}" skipped="{counts["skipped"]}">\n'
-        + "\n".join(cases)
-        + "\n</testsuite>\n"
-    )
+        message = "; ".join(row.get("messages") or []) or row["status"]
+        kind = {"failed": "failure", "inconclusive": "failure", "error": "error", "skipped": "skipped"}.get(row["status"])
+        if kind is None:
+            continue
+        element = ET.SubElement(case, kind, message=message)
+        if kind == "skipped":
+            continue
+        element.set("type", row["status"])
+        metrics = junit_metrics(row)
+        if metrics:
+            element.set("message", f"{message} [{metrics}]")
+        element.text = "\n".join([message, *(f"{key}: {value}" for key, value in _junit_details(row))])
+    suite.set("tests", str(len(cells)))
+    suite.set("failures", str(counts["failed"] + counts["inconclusive"]))
+    suite.set("errors", str(counts["error"]))
+    suite.set("skipped", str(counts["skipped"]))
+    suite.set("time", f"{total:.3f}")
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def junit_metrics(row: Mapping[str, Any]) -> str:
+    """A failure's numbers in one line: max |error| against the tolerance, SQNR, top-1, accuracy."""
+    return ", ".join(f"{key} {value}" for key, value in _junit_details(row) if key != "tolerance source")
+
+
+def _junit_details(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    parity = row.get("parity") or {}
+    tolerance = parity.get("tolerance") or {}
+    details = []
+    if parity:
+        details += [("max_abs", number(parity.get("max_abs"), ".3g")), ("tolerance", number(tolerance.get("atol"), ".3g"))]
+        if tolerance.get("rtol"):
+            details.append(("rtol", number(tolerance.get("rtol"), ".3g")))
+        if tolerance.get("min_sqnr_db") is not None:
+            details.append(("min_sqnr_db", number(tolerance.get("min_sqnr_db"), ".1f")))
+        details += [("sqnr_db", number(parity.get("sqnr_db"), ".1f")), ("cosine", number(parity.get("cosine"), ".6f"))]
+        if parity.get("top1_agreement") is not None:
+            details.append(("top1_agreement", number(parity.get("top1_agreement"), ".4f")))
+    accuracy = row.get("accuracy") or {}
+    if accuracy:
+        details += [("accuracy", number(accuracy.get("artifact"), ".4f")), ("reference_accuracy", number(accuracy.get("reference"), ".4f"))]
+    if tolerance.get("source"):
+        details.append(("tolerance source", tolerance["source"]))
+    return details
 
 
 def describe_compression(summary: Mapping[str, Any]) -> list[str]:

@@ -50,8 +50,10 @@ def prepare_out(out: Path) -> Path:
 LOCK_NAME = ".edgex.lock"
 #: what a run leaves only while it works (target work folders, replaced folders, caches,
 #: half-written reports): a killed run's are removed by the next run, under its lock
-LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*", ".explain.json.*")
-#: files only edgex writes at the top of ``--out``; the model they describe owns the folder
+LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*", ".explain.json.*", ".report.html.*", ".explain.html.*")
+#: files only edgex writes at the top of ``--out``; the model they describe owns the folder, and
+#: with it the pages written after them (report.html, explain.html). A page alone proves nothing:
+#: a folder holding only some report.html is not taken for edgex's
 REPORT_NAMES = ("report.json", "explain.json")
 
 

@@ -17,9 +17,15 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
 
 
 def number(value: float | None, spec: str) -> str:
-    """``format(value, spec)``, with "-" for no value and "inf" for a non-finite one."""
+    """``format(value, spec)``, with "-" for no value and "inf" for a non-finite one (report.json
+    writes those as strings: "inf" read back from a file is one too)."""
     if value is None:
         return "-"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, float) and not math.isfinite(value):
         return "inf"
     return format(value, spec)

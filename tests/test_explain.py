@@ -104,7 +104,8 @@ def test_onnx_defect_planted_in_the_artifact_is_located(digits_onnx, tmp_path, c
     assert layers_of(report)["features.4"]["fused_with"] == [DEFECT]
     assert layers_of(report)[DEFECT]["reason"].startswith("fused into features.4")
     assert report["outputs"]["passed"] is False and "features.4" in report["verdict"]
-    assert sorted(p.name for p in out.iterdir()) == ["explain.json", "logs"]  # nothing else, no scratch left
+    assert sorted(p.name for p in out.iterdir()) == ["explain.html", "explain.json", "logs"]  # nothing else, no scratch left
+    assert "features.4" in (out / "explain.html").read_text()  # the page shows the verdict too
 
 
 def test_honest_fp32_onnx_flags_no_layer(digits_onnx, tmp_path, capsys):

@@ -83,7 +83,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 90) -> Non
 
 
 def _leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name.startswith((".edgex-tmp-", ".edgex-old-", ".edgex-scratch", ".edgex.lock", ".report.json.")))
+    return sorted(p.name for p in out.iterdir() if p.name.startswith((".edgex-tmp-", ".edgex-old-", ".edgex-scratch", ".edgex.lock", ".report.json.", ".report.html.")))
 
 
 # --------------------------------------------------------------------------- a reused folder
@@ -114,6 +114,12 @@ def test_a_folder_edgex_did_not_write_is_refused_unless_overwrite(tmp_path):
     report = api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=tmp_path, samples=2, overwrite=True)
     assert report.targets["onnx"].status == "passed"
     assert (tmp_path / "notes.txt").read_text() == "mine"  # edgex replaces only what it writes
+    site = tmp_path / "site"  # a page named like edgex's, without the report.json that proves it edgex's
+    site.mkdir()
+    (site / "report.html").write_text("my page")
+    with pytest.raises(UsageError, match=r"edgex did not write it \(report.html\)"):
+        api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=site, samples=2)
+    assert (site / "report.html").read_text() == "my page"
 
 
 def test_overwrite_removes_what_the_new_report_does_not_describe(digits_onnx_out, tmp_path):
@@ -127,6 +133,7 @@ def test_overwrite_removes_what_the_new_report_does_not_describe(digits_onnx_out
     (out / ".edgex-tmp-coral-0badc0de").mkdir()  # a killed run's leftovers
     (out / ".edgex-old-onnx-0badc0de").mkdir()
     (out / ".edgex-scratch" / "tmp").mkdir(parents=True)
+    (out / ".report.html.k1ll3d").write_text("<!doctype html><p>half a pa")  # a half-written page
     (out / ".edgex.lock").write_text(f"{_dead_pid()} {os.uname().nodename}\n")  # ... and its lock
 
     report = api.convert(f"{MODELS}:resnet_tiny", ["onnx"], out=out, samples=2, overwrite=True)
@@ -134,7 +141,7 @@ def test_overwrite_removes_what_the_new_report_does_not_describe(digits_onnx_out
     written = json.loads((out / "report.json").read_text())
     assert written["model"]["spec"].endswith("resnet_tiny") and list(written["targets"]) == ["onnx"]
     assert report.targets["onnx"].status == "passed"
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "onnx", "report.json"]  # 0 stale, 0 leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "onnx", "report.html", "report.json"]  # 0 stale, 0 leftovers
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["onnx.log"]
     assert [str(p.relative_to(out)) for p in (out / "onnx").rglob("*")] == written["targets"]["onnx"]["artifacts"]
 

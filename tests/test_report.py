@@ -161,5 +161,5 @@ def test_render_table_shows_infinite_numbers_as_inf():
 
 def test_summary_line_counts_in_status_order(tmp_path):
     report = report_of(row("a", "skipped"), row("b", "passed"), row("c", "failed"), row("d", "passed"), row("e", "error"))
-    assert summary_line(report, tmp_path) == f"2 passed, 1 failed, 1 error, 1 skipped; report: {tmp_path / 'report.json'}"
+    assert summary_line(report, tmp_path) == f"2 passed, 1 failed, 1 error, 1 skipped; report: {tmp_path / 'report.json'}, page: {tmp_path / 'report.html'}"
     assert summary_line(report_of(), None) == "no targets"
