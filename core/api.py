@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
+from edgex.core.cache import ResultCache
 from edgex.core.compression import CompressionStep
 from edgex.core.explain import DEFAULT_SAMPLES, ExplainReport
 from edgex.core.explain import explain as _explain
@@ -72,6 +73,7 @@ def convert(
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
     overwrite: bool = False,
+    cache: str | Path | None = None,
 ) -> Report:
     """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
 
@@ -79,7 +81,9 @@ def convert(
     artifacts and report.json under ``out`` and returns the :class:`Report`. ``out`` must be
     new, empty, or hold this model's earlier results (``overwrite=True`` to use it anyway). ``compression``
     takes steps or option values, as :func:`compress` does; the compressed model is then the
-    reference every artifact is judged against.
+    reference every artifact is judged against. With ``cache`` (a folder), a target whose result
+    is cached for exactly this model, data, settings and versions is served from it
+    (docs/cache.md).
     """
     if isinstance(compression, Mapping):
         from edgex.core.compression.options import steps_from_options
@@ -102,7 +106,8 @@ def convert(
             "distill_data": distill_data,
         },
     )
-    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite)
+    result_cache = ResultCache(Path(cache)) if cache is not None else None
+    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite, cache=result_cache)
 
 
 def validate(
