@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from edgex.core.loading import file_sha256, module_sha256
 from edgex.core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,19 +49,6 @@ MATRIX_CACHE_DIR = ".edgex-cache"
 # --------------------------------------------------------------------------- hashing content
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's files (their relative names included)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def array_digest(array: Any) -> str:
     """sha256 of an array's dtype, shape and bytes (a torch tensor is read as numpy)."""
     if hasattr(array, "detach"):
@@ -78,8 +66,10 @@ def canonical(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return repr(value)  # inf and nan too, and no float formatting differences
-    if isinstance(value, Path):
-        return {"file_sha256": file_digest(value)} if value.exists() else {"missing_path": str(value)}
+    if isinstance(value, Path):  # a folder by its files' names too: renaming an image reorders the samples
+        if value.is_dir():
+            return {"folder": {p.relative_to(value).as_posix(): file_sha256(p) for p in sorted(value.rglob("*")) if p.is_file()}}
+        return {"file_sha256": file_sha256(value)} if value.exists() else {"missing_path": str(value)}
     if isinstance(value, np.ndarray) or hasattr(value, "detach"):
         return {"array_sha256": array_digest(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -111,8 +101,6 @@ def model_identity(model: ReferenceModel) -> dict[str, Any]:
     """The model's content: its file's bytes (ONNX, .pt2, TorchScript, a factory's .py), the
     source file of its class, its state dict, its inputs; the spec only by its last name
     (``file.py:make`` -> ``make``), so that a moved folder still hits."""
-    from edgex.core.loading import module_sha256
-
     name = model.spec.rpartition(":")[2] if ":" in model.spec else Path(model.spec).name
     identity: dict[str, Any] = {
         "name": name,
@@ -136,7 +124,7 @@ def _class_source_digest(module: Any) -> str | None:
         source = inspect.getsourcefile(type(module))
     except (TypeError, OSError):
         return None
-    return file_digest(Path(source)) if source and Path(source).is_file() else None
+    return file_sha256(Path(source)) if source and Path(source).is_file() else None
 
 
 def inputs_identity(inputs: RunInputs) -> dict[str, Any]:
@@ -220,7 +208,7 @@ class ResultCache:
             manifest = json.loads((entry / MANIFEST).read_text())
             listed = manifest["files"]
             present = {p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file()} - {MANIFEST}
-            intact = manifest.get("key") == key and set(listed) == present and all(file_digest(entry / name) == digest for name, digest in listed.items())
+            intact = manifest.get("key") == key and set(listed) == present and all(file_sha256(entry / name) == digest for name, digest in listed.items())
             row = json.loads((entry / ROW).read_text()) if intact else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             row = None
@@ -241,7 +229,7 @@ class ResultCache:
             if target_folder is not None and target_folder.is_dir():
                 shutil.copytree(target_folder, staging / FILES, dirs_exist_ok=True)
             write_json_atomic(staging / ROW, dict(row))
-            files = {p.relative_to(staging).as_posix(): file_digest(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+            files = {p.relative_to(staging).as_posix(): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
             write_json_atomic(staging / MANIFEST, {"format": CACHE_FORMAT, "key": key, "edgex_version": __version__, "macs": macs, "files": files})
             if final.exists():  # a damaged entry that load() could not remove, or a racing writer's
                 shutil.rmtree(final, ignore_errors=True)
