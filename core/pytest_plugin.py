@@ -55,12 +55,8 @@ def missing_backends(targets: Sequence[str]) -> list[str]:
     for name in targets:
         try:
             target = manager.resolve_target(name).name
-        except EdgexError as exc:
-            mistake = exc.message
-        else:
-            mistake = ""
-        if mistake:  # a misspelt target is the test's mistake, not a skip: its setup errors
-            pytest.fail(f"edgex_target({name!r}): {mistake}", pytrace=False)
+        except EdgexError as exc:  # a misspelt target is the test's mistake, not a skip: its setup errors
+            raise pytest.fail.Exception(f"edgex_target({name!r}): {exc.message}", pytrace=False) from None
         status = manager.backend_status(target)
         if not status.available:
             missing.append(f"{target}: {status.missing_message()}")
@@ -86,12 +82,8 @@ def check_parity(model: Any, targets: Sequence[str] = ("onnx",), *, out: str | P
         targets = [targets]
     try:
         report = api.convert(model, list(targets), out=out, overwrite=True, **convert_options)
-    except EdgexError as exc:
-        usage = exc.message
-    else:
-        usage = ""
-    if usage:  # raised here, not in the handler: one line, no chained traceback
-        pytest.fail(f"edgex: {usage}", pytrace=False)
+    except EdgexError as exc:  # bad input: edgex's one line, without the chained traceback
+        raise pytest.fail.Exception(f"edgex: {exc.message}", pytrace=False) from None
     problems = [verdict_line(name, row) for name, row in report.targets.items() if row.status in NOT_PROVEN]
     if problems:
         pytest.fail("\n".join([*problems, f"edgex: the whole report: {Path(out) / 'report.json'}"]), pytrace=False)
