@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
+from edgex.core.cache import ResultCache
 from edgex.core.compression import CompressionStep
 from edgex.core.explain import DEFAULT_SAMPLES, ExplainReport
 from edgex.core.explain import explain as _explain
@@ -73,6 +74,7 @@ def convert(
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
     overwrite: bool = False,
+    cache: str | Path | None = None,
 ) -> Report:
     """Compress (optionally), convert to ``targets`` and validate each on its own runtime.
 
@@ -82,7 +84,8 @@ def convert(
     takes steps or option values, as :func:`compress` does; the compressed model is then the
     reference every artifact is judged against. ``rewrite`` is ``"auto"`` (default: what a target
     lacks is rewritten before converting, every rewrite proven by parity first; docs/rewrites.md)
-    or ``"none"``.
+    or ``"none"``. With ``cache`` (a folder), a target whose result is cached for exactly this
+    model, data, settings and versions is served from it (docs/cache.md).
     """
     if isinstance(compression, Mapping):
         from edgex.core.compression.options import steps_from_options
@@ -106,7 +109,8 @@ def convert(
             "rewrite": rewrite,
         },
     )
-    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite)
+    result_cache = ResultCache(Path(cache)) if cache is not None else None
+    return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite, cache=result_cache)
 
 
 def validate(

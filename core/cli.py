@@ -236,7 +236,12 @@ def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
         distill_data=getattr(args, "distill_data", None),
         rewrite=args.rewrite,
     )
-    report = pipeline.convert(manager, model, settings, args.out, overwrite=args.overwrite)
+    cache = None
+    if args.cache is not None and not args.no_cache:
+        from edgex.core.cache import ResultCache
+
+        cache = ResultCache(args.cache)
+    report = pipeline.convert(manager, model, settings, args.out, overwrite=args.overwrite, cache=cache)
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -292,7 +297,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from edgex.core.matrix import exit_code, run_matrix
     from edgex.core.report import matrix_markdown
 
-    cells = run_matrix(args.config, args.out, jobs=args.jobs, executor=args.executor)
+    cells = run_matrix(args.config, args.out, jobs=args.jobs, executor=args.executor, cache_dir=args.cache, use_cache=not args.no_cache, address=args.address)
     if args.json:
         from edgex.core.report import dumps
 
@@ -355,6 +360,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     _add_compression_options(p)
     _add_target_options(p, manager)
     _add_output_options(p)
+    p.add_argument("--cache", type=Path, metavar="DIR", help="reuse each target's result from DIR when nothing it depends on changed, and store fresh ones there (see docs/cache.md)")
+    p.add_argument("--no-cache", action="store_true", help="ignore --cache: convert and validate every target")
     p.set_defaults(handler=cmd_convert, needs_manager=True)
 
     p = sub.add_parser("compress", help="prune MODEL (and recover its accuracy) and save it as a .pt2 program", epilog=EPILOG)
@@ -389,7 +396,10 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     p.add_argument("config", type=Path, metavar="CONFIG.toml")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="(model, compression) groups run in parallel (default 1)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="where groups run (default local processes)")
+    p.add_argument("--address", metavar="ADDR", help="with --executor ray: the running Ray cluster to use (e.g. 10.0.0.5:6379 or ray://head:10001; default: a local one started for the run)")
     p.add_argument("--out", type=Path, default=Path("edgex-matrix"), metavar="DIR", help="output folder (default ./edgex-matrix)")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="the result cache (default OUT/.edgex-cache): an unchanged cell is served from it (see docs/cache.md)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache: every cell is converted and validated")
     p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     p.set_defaults(handler=cmd_matrix)
 

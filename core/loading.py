@@ -28,7 +28,8 @@ TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".jit")
 
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a folder's files, in path order): a model's and the result cache's."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
@@ -107,7 +108,7 @@ def _load_factory_file(path_text: str, func: str) -> tuple[Any, Any, str]:
     if not hasattr(module, func):
         raise ModelLoadError(f"{path} defines no {func!r}; name a function in it after the colon")
     made, example = _call_factory(getattr(module, func), f"{path}:{func}")
-    return made, example, _sha256_file(path)
+    return made, example, file_sha256(path)
 
 
 def _load_factory_module(module_name: str, func: str) -> tuple[Any, Any]:
@@ -388,7 +389,7 @@ def _load_onnx(path: Path, shapes: Sequence[tuple[int, ...]] | None, spec: str) 
         output_names=tuple(o.name for o in model.graph.output),
         example_inputs=tuple(synthetic_input(s, rng) for s in specs),
         onnx_path=path.resolve(),  # converters may change directory
-        sha256=_sha256_file(path),
+        sha256=file_sha256(path),
         params=params,
         macs=None,
     )
@@ -431,12 +432,12 @@ def load_model(
         path = Path(spec)
         _require_file(path)
         module, example = _load_exported_program(path)
-        file_hash = _sha256_file(path)
+        file_hash = file_sha256(path)
     elif spec.endswith(TORCHSCRIPT_SUFFIXES):
         path = Path(spec)
         _require_file(path)
         module, example = _load_torch_file(path, trust_pickle)
-        file_hash = _sha256_file(path)
+        file_hash = file_sha256(path)
     elif ":" in spec:
         target, _, func = spec.rpartition(":")
         if not func.isidentifier():

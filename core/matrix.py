@@ -202,9 +202,11 @@ def _report_cell(model_cfg: MatrixModel, preset: Preset, precision: str, target:
     return _cell(model_cfg, preset, target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"})
 
 
-def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str) -> list[dict[str, Any]]:
-    """One (model, preset): load and compress once, then every precision's targets. Returns cells."""
+def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """One (model, preset): load and compress once, then every precision's targets. Returns cells.
+    With ``cache_dir``, each target's result is served from / stored in that result cache."""
     from edgex.core import pipeline
+    from edgex.core.cache import ResultCache
     from edgex.core.compression.options import steps_from_options
     from edgex.core.loading import load_model
     from edgex.core.plugin_manager import make_manager
@@ -212,6 +214,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
 
     model_cfg, preset = config.models[model_index], config.presets[preset_index]
     manager = make_manager()
+    cache = ResultCache(Path(cache_dir)) if cache_dir else None
     group_out = Path(out) / "cells" / _group_name(model_cfg, preset)
     cells: list[dict[str, Any]] = []
 
@@ -246,7 +249,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             parity_inputs=model_cfg.example_inputs,
         )
         try:
-            report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix").to_json()
+            report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix", cache=cache).to_json()
         except UsageError as exc:
             cells += [bad_input(t, precision, exc) for t in targets]
             continue
@@ -277,18 +280,32 @@ def _version() -> str:
 
 
 Group = tuple[int, int]  # (model index, preset index)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a matrix runs its groups: where results go, how many at once, the result cache
+    (None: none), and for Ray the cluster to join (None: a local one started for the run)."""
+
+    out: Path
+    jobs: int = 1
+    cache_dir: Path | None = None
+    address: str | None = None
+
+
 #: an executor runs the groups and files each finished group's cells under its key in ``done``
 #: as it finishes, so that an interrupted matrix still reports what finished
-Runner = Callable[[MatrixConfig, list[Group], Path, int, dict[Group, list[dict[str, Any]]]], None]
+Runner = Callable[[MatrixConfig, list[Group], Execution, dict[Group, list[dict[str, Any]]]], None]
 
 #: how long stopped workers get to end their targets' children and write their reports
 WORKER_GRACE_S = 30.0
 
 
-def _local(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done: dict[Group, list[dict[str, Any]]]) -> None:
+def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done: dict[Group, list[dict[str, Any]]]) -> None:
+    out, jobs, cache_dir = execution.out, execution.jobs, _str_or_none(execution.cache_dir)
     if jobs <= 1:
         for group in groups:
-            done[group] = run_group(config, *group, str(out))
+            done[group] = run_group(config, *group, str(out), cache_dir)
         return
     import multiprocessing
     import time
@@ -304,7 +321,7 @@ def _local(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done
                 group = pending.pop(0)
                 receive, send = context.Pipe(duplex=False)
                 # not daemonic: a worker forks its targets' children
-                worker = context.Process(target=_group_worker, args=(send, config, group, str(out)))
+                worker = context.Process(target=_group_worker, args=(send, config, group, str(out), cache_dir))
                 worker.start()
                 send.close()
                 running[receive] = (group, worker)
@@ -322,7 +339,7 @@ def _local(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done
         raise
 
 
-def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str) -> None:
+def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str, cache_dir: str | None) -> None:
     """A spawned worker: one group, its cells sent back. It leads its own process group, so that
     a Ctrl-C in the terminal reaches only the matrix, which stops the workers with SIGTERM; they
     then end their targets' children and write their reports as ``edgex convert`` does."""
@@ -332,7 +349,7 @@ def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str) -> No
     die_with_parent()
     end_run_on_signals()
     try:
-        send.send(("cells", run_group(config, *group, out)))
+        send.send(("cells", run_group(config, *group, out, cache_dir)))
     except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
         send.send(("error", f"interrupted by {interruption(exc).signal_name}"))
     except BaseException as exc:  # noqa: BLE001 -- any failure is this group's, not the matrix's
@@ -370,17 +387,29 @@ def _stop_workers(workers: list[Any]) -> None:
             worker.join()
 
 
-def _ray(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done: dict[Group, list[dict[str, Any]]]) -> None:
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _ray(config: MatrixConfig, groups: list[Group], execution: Execution, done: dict[Group, list[dict[str, Any]]]) -> None:
     try:
         import ray
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'edgex[ray]' (or use --executor local)") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=max(jobs, 1), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EDGEX_")}})
+        runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EDGEX_")}}
+        if execution.address:  # an existing cluster: its workers need edgex installed and --out on a shared file system
+            try:
+                ray.init(address=execution.address, log_to_driver=False, runtime_env=runtime_env)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(f"--address {execution.address}: cannot join the Ray cluster ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+        else:
+            ray.init(num_cpus=max(execution.jobs, 1), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     try:
         remote = ray.remote(num_cpus=1)(run_group)
-        tasks = {remote.remote(config, m, p, str(out)): (m, p) for m, p in groups}
+        out, cache_dir = str(execution.out.resolve()), _str_or_none(execution.cache_dir and execution.cache_dir.resolve())
+        tasks = {remote.remote(config, m, p, out, cache_dir): (m, p) for m, p in groups}
         waiting = list(tasks)
         while waiting:
             finished, waiting = ray.wait(waiting, num_returns=1)
@@ -388,7 +417,7 @@ def _ray(config: MatrixConfig, groups: list[Group], out: Path, jobs: int, done: 
                 done[tasks[ref]] = ray.get(ref)
     finally:
         if started_here:
-            ray.shutdown()  # ends the workers, finished or not
+            ray.shutdown()  # ends the workers, finished or not (a joined cluster itself stays up)
 
 
 EXECUTORS: dict[str, Runner] = {"local": _local, "ray": _ray}
@@ -400,8 +429,21 @@ def _manager() -> PluginManager:
     return make_manager()
 
 
-def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "local") -> list[dict[str, Any]]:
+def run_matrix(
+    config_path: Path,
+    out: Path,
+    *,
+    jobs: int = 1,
+    executor: str = "local",
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    address: str | None = None,
+) -> list[dict[str, Any]]:
     """Run every cell and write results.json, junit.xml, report.md and report.html into ``out``.
+
+    Cells are cached by content (docs/cache.md) in ``cache_dir``, by default ``out/.edgex-cache``
+    (nothing is written outside ``out`` unless asked); ``use_cache=False`` neither reads nor writes it.
+    ``address`` joins a running Ray cluster (``executor="ray"`` only).
 
     Interrupted (SIGINT/SIGTERM), the matrix stops its workers, writes the files for the groups
     that finished (the others' cells ``error``: "interrupted") and re-raises."""
@@ -413,6 +455,8 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
         raise UsageError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if address and executor != "ray":
+        raise UsageError("--address names a Ray cluster: use it with --executor ray")
     config = load_config(config_path)
     manager = _manager()
     _expand_targets(manager, config.targets)  # unknown target names fail before any work
@@ -423,11 +467,14 @@ def run_matrix(config_path: Path, out: Path, *, jobs: int = 1, executor: str = "
             raise UsageError(f"{config_path}: unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from edgex.core.cache import MATRIX_CACHE_DIR
+
+    execution = Execution(out, jobs, (Path(cache_dir) if cache_dir else out / MATRIX_CACHE_DIR) if use_cache else None, address)
     groups = [(m, p) for m in range(len(config.models)) for p in range(len(config.presets))]
     done: dict[Group, list[dict[str, Any]]] = {}
     since = time.time() - 1.0  # file times are coarser than the clock on some file systems
     try:
-        EXECUTORS[executor](config, groups, out, jobs, done)
+        EXECUTORS[executor](config, groups, execution, done)
     except KeyboardInterrupt as exc:
         message = f"interrupted by {interruption(exc).signal_name}"
         cells = [c for g in groups for c in (done[g] if g in done else _unfinished_group(manager, config, g, "interrupted", out, since))]

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgex.core import layout, parity
+from edgex.core.cache import CachedResult, ResultCache, cache_key, restore, row_from_json, run_identity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
@@ -429,11 +430,22 @@ def compress(manager: PluginManager, model: ReferenceModel, settings: ConvertSet
         return compress_reference(manager, model, settings.compression, inputs, settings.seed)
 
 
-def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSettings, out: Path, *, command: str = "convert", overwrite: bool = False) -> Report:
+def convert(
+    manager: PluginManager,
+    model: ReferenceModel,
+    settings: ConvertSettings,
+    out: Path,
+    *,
+    command: str = "convert",
+    overwrite: bool = False,
+    cache: ResultCache | None = None,
+) -> Report:
     """Compress (if asked), convert to every planned target, validate each, write report.json.
 
     The run owns ``out`` (``runner.owned_out``: locked, refused when it holds another model's
-    results unless ``overwrite``); on SIGINT/SIGTERM the finished targets are still reported."""
+    results unless ``overwrite``); on SIGINT/SIGTERM the finished targets are still reported.
+    With a ``cache``, a target whose key (``edgex.core.cache.cache_key``) has an intact entry is
+    served from it (artifacts copied, row marked ``cached``), and fresh results are stored."""
     plans = plan_targets(manager, settings.targets, settings.precision, model)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = resolve_inputs(model, settings, needs_calibration)
@@ -473,13 +485,59 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
 
         try:
-            _convert_each(manager, original, model, plans, start, inputs, report, out)
+            _convert_each(manager, original, model, plans, start, inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
         except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
             _interrupted(report, plans, exc)
             _write_report(manager, claim, report)
             raise
         _write_report(manager, claim, report)
         return report
+
+
+class _CacheLookup:
+    """A run's view of the result cache: each planned target's key and intact entry, if any."""
+
+    def __init__(self, cache: ResultCache | None, manager: PluginManager, model: ReferenceModel, settings: ConvertSettings, inputs: RunInputs, report: Report) -> None:
+        self.cache, self.manager = cache, manager
+        self.run: dict[str, Any] | None = None
+        if cache is not None:
+            try:
+                self.run = run_identity(model, settings, inputs)
+            except TypeError as exc:  # data edgex cannot hash by content: run without the cache
+                report.messages.append(f"results not cached: {exc}")
+        self.keys: dict[str, str] = {}
+        self.hits: dict[str, CachedResult] = {}
+
+    def look_up(self, plans: Sequence[TargetPlan]) -> None:
+        if self.cache is None or self.run is None:
+            return
+        for plan in plans:
+            key = self.keys[plan.target] = cache_key(self.manager, self.run, plan.target, plan.precision)
+            hit = self.cache.load(key)
+            if hit is not None:
+                self.hits[plan.target] = hit
+
+    def serve(self, plan: TargetPlan, out: Path) -> TargetReport:
+        """The cached row, its artifacts copied into ``out/<target>``."""
+        hit = self.hits[plan.target]
+        workdir = out / f".edgex-tmp-{plan.target}-{uuid.uuid4().hex[:8]}"
+        restore(hit, workdir)
+        _install(workdir, out / plan.target)
+        row = row_from_json(plan.target, hit.row)
+        row.requested = plan.requested
+        row.details["cached"] = True
+        row.messages.append(f"from cache {hit.key[:12]}")
+        return row
+
+    def store(self, plan: TargetPlan, row: TargetReport, out: Path, macs: int | None) -> None:
+        """Keep a fresh verdict; errors are not kept (a timeout or a crash may not happen again)."""
+        key = self.keys.get(plan.target)
+        if self.cache is not None and key is not None and row.status != "error":
+            self.cache.store(key, row.to_json(), out / plan.target if row.artifacts else None, macs)
+
+    def cached_macs(self) -> int | None:
+        """The model's MAC count as a cached run counted it (counting imports torch's compiler: seconds)."""
+        return next((hit.macs for hit in self.hits.values() if hit.macs is not None), None)
 
 
 def _convert_each(
@@ -491,16 +549,21 @@ def _convert_each(
     inputs: RunInputs,
     report: Report,
     out: Path,
+    cached: _CacheLookup,
 ) -> None:
     """convert's targets one after another, each row added to ``report`` when it finishes
     (an interrupted run keeps the rows added so far)."""
     runnable = [p for p in plans if not p.skip]
+    cached.look_up(runnable)
+    to_convert = [p for p in runnable if p.target not in cached.hits]
     compression_summary = report.compression
     # the first target converts in its child while the parent computes the reference outputs
-    started = start(runnable[0]) if runnable else None
+    started = start(to_convert[0]) if to_convert else None
+    reference = None
     try:
-        reference = Reference(manager, model, inputs)
-        if any(p.precision == "int8" for p in runnable):
+        if to_convert:  # served from the cache, the targets need no reference outputs
+            reference = Reference(manager, model, inputs)
+        if any(p.precision == "int8" for p in to_convert):
             reference.simulated("int8")  # while the first target converts
     except BaseException:
         if started is not None:
@@ -510,11 +573,14 @@ def _convert_each(
     if compression_summary is not None and original is not model:
         compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
     if model.macs is None and model.module is not None:
-        report.model["macs"] = count_macs(model.module, model.example_inputs)
+        report.model["macs"] = cached.cached_macs() if not to_convert and cached.cached_macs() is not None else count_macs(model.module, model.example_inputs)
 
     for plan in plans:
         if plan.skip:
             report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
+            continue
+        if plan.target in cached.hits:
+            report.targets[plan.target] = cached.serve(plan, out)
             continue
         run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
         started = None
@@ -532,6 +598,7 @@ def _convert_each(
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         row.precision = row.precision or plan.precision
+        cached.store(plan, row, out, report.model.get("macs"))
         report.targets[plan.target] = row
 
 

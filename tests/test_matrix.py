@@ -83,9 +83,78 @@ def test_parallel_local_jobs(tmp_path):
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 2
 
 
-def test_ray_executor(tmp_path):
-    pytest.importorskip("ray")
-    config = write(tmp_path, 'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\n')
-    assert main(["matrix", str(config), "--executor", "ray", "--out", str(tmp_path / "out")]) == 0
+@pytest.fixture
+def ray_cluster(tmp_path, monkeypatch):
+    """A real local Ray cluster (``ray start --head``) for the test, stopped afterwards: its
+    address is what ``--address`` takes for a cluster that is already running. It has a token of
+    its own (Ray's token authentication), so no token file in the home folder decides the test."""
+    import importlib.util
+    import os
+    import secrets
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'edgex[ray]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # read by the head, its workers and the edgex driver
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    temp = tempfile.mkdtemp(prefix="/tmp/ray-")  # short: Ray's socket paths must stay under 108 bytes
+    log = open(tmp_path / "ray-head.log", "wb")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group: stopped as one
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` drains and ends the processes it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        try:  # anything of its process group still running
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_executor_on_a_running_cluster(tmp_path, ray_cluster):
+    import subprocess
+    import sys
+
+    config = write(tmp_path, f'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\n[[models]]\nspec = "{MODELS}:lstm_tiny"\n')
+    # as a user runs it: a driver process of its own joins the cluster
+    argv = [sys.executable, "-m", "edgex.core.cli", "matrix", str(config), "--executor", "ray", "--address", ray_cluster, "--out", str(tmp_path / "out")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     cells = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert cells[0]["targets"]["onnx"]["status"] == "passed"
+    assert [c["targets"]["onnx"]["status"] for c in cells] == ["passed", "passed"]
+    assert all((tmp_path / "out" / c["targets"]["onnx"]["artifacts"][0]).exists() for c in cells)
+
+
+def test_address_needs_the_ray_executor(tmp_path, capsys):
+    config = write(tmp_path, '[[models]]\nspec = "examples:digits"\n')
+    assert main(["matrix", str(config), "--address", "127.0.0.1:6379", "--out", str(tmp_path / "out")]) == 2
+    assert "--address names a Ray cluster: use it with --executor ray" in capsys.readouterr().err
