@@ -377,6 +377,21 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
+def artifact_files(conversion: ConversionResult, kinds: Sequence[str]) -> list[Path]:
+    """The files of the artifact parity ran, which its size counts: ``io.path`` and the files of
+    the conversion beside it that it loads with it (OpenVINO's ``model.bin``, ONNX external
+    data): the same name up to the first dot, in the same folder, and no artifact kind the target
+    declares of its own -- a C rendering, an Edge TPU compile or a log is not the model twice."""
+    main = Path(conversion.io.path)
+    companions = [
+        Path(a.path) for a in conversion.artifacts
+        if Path(a.path) != main and Path(a.path).parent == main.parent
+        and Path(a.path).name.split(".")[0] == main.name.split(".")[0]
+        and not any(Path(a.path).name.endswith(kind) for kind in kinds)
+    ]
+    return [main, *companions]
+
+
 def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
     """report.json, after removing the target folders an earlier run left that it does not describe
     (``remove_stale``: convert; validate keeps the same model's other artifacts it was not asked about)."""
@@ -437,6 +452,8 @@ def convert(manager: PluginManager, model: ReferenceModel, settings: ConvertSett
                 calibration=rewritten.cast(calibration_batches) if plan.precision == "int8" else None,
                 options=dict(settings.options),
                 seed=settings.seed,
+                calibration_labels=inputs.calibration_label_batches if plan.precision == "int8" else None,
+                max_accuracy_drop=settings.max_accuracy_drop,
             )
 
             def make_io() -> tuple[ConversionResult, ArtifactIO]:
@@ -501,7 +518,7 @@ def _convert_each(
             conversion = _relocate(outcome.conversion, workdir, out / plan.target)
             _install(workdir, out / plan.target)
             row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-            row.size_bytes = _size([conversion.io.path])
+            row.size_bytes = _size(artifact_files(conversion, manager.resolve_target(plan.target).spec.artifact_kinds))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         row.precision = row.precision or plan.precision
