@@ -3,6 +3,7 @@ distribution: found through the ``edgex`` entry-point group, never registered by
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,30 @@ def test_conformance_int8(tmp_path):
     assert len(result.defects) == 3 and result.defect_caught  # perturbed weight, channel, output scale
 
 
+@pytest.mark.slow
+def test_int8_with_labelled_calibration_is_accuracy_controlled(tmp_path):
+    """Calibration data with labels (an .npz with x and y) makes int8 nncf.quantize_with_accuracy_control
+    within --max-accuracy-drop, validated on those labels; the report scores the shipped test split,
+    which the quantizer never saw. The size counts the IR's .bin as well as its .xml."""
+    from edgex.core.api import convert
+    from edgex.core.settings import make_settings
+    from edgex.examples.digits import data
+
+    x_train, y_train, x_test, _ = data()
+    np.savez(tmp_path / "train.npz", x=x_train, y=y_train)
+    report = convert("examples:digits", ["openvino"], out=tmp_path / "out", precision="int8", calibration=tmp_path / "train.npz", settings=make_settings(max_accuracy_drop=0.3))
+    row = report.targets["openvino"]
+    nncf = row.details["openvino"]["nncf"]
+    assert row.status == "passed", row.messages
+    assert "nncf.quantize_with_accuracy_control" in row.converter and nncf["path"] == "nncf.quantize_with_accuracy_control"
+    assert nncf["max_drop_points"] == 0.3 and nncf["validated_on"] == f"{len(x_train) - 32} labelled calibration samples"  # 32 parity rows held out
+    assert (nncf["accuracy_float"] - nncf["accuracy_int8"]) * 100 <= 0.3
+    assert nncf["layers_reverted_to_float"] == []  # digits loses nothing on its training images: all int8
+    assert row.accuracy["samples"] == len(x_test)
+    ir = tmp_path / "out" / "openvino"
+    assert row.size_bytes == (ir / "model.xml").stat().st_size + (ir / "model.bin").stat().st_size
+
+
 def test_ir_reads_back_and_garbage_is_a_usage_error(tmp_path):
     from edgex.core.api import load_model
     from edgex_openvino.plugin import describe_ir
@@ -67,6 +92,8 @@ def test_cli_converts_explains_and_leaves_home_alone(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     xml = tmp_path / "out" / "openvino" / "model.xml"
     assert xml.exists() and xml.with_suffix(".bin").exists()
+    nncf = json.loads((tmp_path / "out" / "report.json").read_text())["targets"]["openvino"]["openvino"]["nncf"]
+    assert nncf["path"] == "nncf.quantize" and "no labels" in nncf["why"]  # digits ships unlabelled calibration images
     run = subprocess.run([*edgex, "explain", str(xml), "--reference", "examples:digits", "--target", "openvino", "--out", str(tmp_path / "explain")], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "features.1" in run.stdout and "outputs: passed" in run.stdout.lower()
