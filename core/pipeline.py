@@ -377,19 +377,18 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
-def artifact_files(conversion: ConversionResult, kinds: Sequence[str]) -> list[Path]:
-    """The files of the artifact parity ran, which its size counts: ``io.path`` and the files of
-    the conversion beside it that it loads with it (OpenVINO's ``model.bin``, ONNX external
-    data): the same name up to the first dot, in the same folder, and no artifact kind the target
+def artifact_files(main: Path, candidates: Sequence[Path], kinds: Sequence[str]) -> list[Path]:
+    """The files of the artifact parity runs (``main``), which its size counts: ``main`` and the
+    ``candidates`` beside it that it loads with it (OpenVINO's ``model.bin``, ONNX external data):
+    the same name up to the first dot, in the same folder, and no artifact kind the target
     declares of its own -- a C rendering, an Edge TPU compile or a log is not the model twice."""
-    main = Path(conversion.io.path)
+    main = Path(main)
     companions = [
-        Path(a.path) for a in conversion.artifacts
-        if Path(a.path) != main and Path(a.path).parent == main.parent
-        and Path(a.path).name.split(".")[0] == main.name.split(".")[0]
-        and not any(Path(a.path).name.endswith(kind) for kind in kinds)
+        path for path in map(Path, candidates)
+        if path != main and path.parent == main.parent and path.name.split(".")[0] == main.name.split(".")[0]
+        and not any(path.name.endswith(kind) for kind in kinds)
     ]
-    return [main, *companions]
+    return [main, *sorted(companions)]
 
 
 def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
@@ -518,7 +517,8 @@ def _convert_each(
             conversion = _relocate(outcome.conversion, workdir, out / plan.target)
             _install(workdir, out / plan.target)
             row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-            row.size_bytes = _size(artifact_files(conversion, manager.resolve_target(plan.target).spec.artifact_kinds))
+            files = artifact_files(conversion.io.path, [a.path for a in conversion.artifacts], manager.resolve_target(plan.target).spec.artifact_kinds)
+            row.size_bytes = _size(files)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         row.precision = row.precision or plan.precision
@@ -565,6 +565,8 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
             _write_report(manager, claim, report, remove_stale=False)
             raise
         row.artifacts = [str(artifact)]
+        # the artifact file alone: the files beside it may be anything (model.py, model.pt), so an
+        # IR's .bin is not counted here as convert counts it
         row.size_bytes = _size([artifact])
         report.targets[name] = row
         _write_report(manager, claim, report, remove_stale=False)
