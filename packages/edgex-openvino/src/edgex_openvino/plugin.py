@@ -265,6 +265,12 @@ def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any) 
     except Exception as exc:
         raise TargetError(f"nncf.quantize_with_accuracy_control failed: {one_line(exc)}", stage="convert") from exc
     after, _ = _top1(core.compile_model(quantized, "CPU", _CPU_CONFIG), items)
+    if not fake_quantizes(quantized) and precision_of(quantized) != "int8":
+        raise TargetError(
+            f"int8 cannot stay within --max-accuracy-drop {request.max_accuracy_drop:g} on the labelled calibration data: "
+            "nncf.quantize_with_accuracy_control reverted every layer to float (allow a larger drop, or pass unlabelled calibration data)",
+            stage="convert",
+        )
     return quantized, {
         "path": "nncf.quantize_with_accuracy_control",
         "validated_on": f"{sum(len(labels) for _, labels in items)} labelled calibration samples",
@@ -289,6 +295,12 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     if request.precision == "int8":
         model, how, quantization_path = _quantize(model, request)
         converter += f"; {how}"
+        if quantization_path.get("layers_reverted_to_float"):
+            reverted = quantization_path["layers_reverted_to_float"]
+            messages.append(
+                f"NNCF kept {len(reverted)} weighted layer(s) in float to stay within {request.max_accuracy_drop:g} points on the labelled "
+                f"calibration data ({quantization_path['accuracy_float']:.4f} -> {quantization_path['accuracy_int8']:.4f}): {', '.join(reverted)}"
+            )
     elif request.precision == "fp16":
         converter += "; fp16 weights (save_model compress_to_fp16)"
     xml = request.workdir / "model.xml"
