@@ -349,7 +349,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     p.add_argument("model", metavar="MODEL", help="file.py:factory, package.module:factory, model.pt2, model.pt, model.onnx or examples:NAME")
     p.add_argument("--target", "-t", action="append", metavar="T", help="target name or alias (repeatable), or 'all'")
     p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="precision (default: each target's own)")
-    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="calibration samples for int8 (.npy, .npz or a folder of images)")
+    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="calibration samples for int8 (.npy, .npz or a folder of images); an .npz with labels y also lets a target control accuracy while quantizing")
     p.add_argument(
         "--rewrite", choices=REWRITE_MODES, default=None,
         help="auto (default): before converting, rewrite what a target lacks (GELU for mcu/coral, int64 ids as int32, ...), "

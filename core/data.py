@@ -125,6 +125,14 @@ def load_labelled(path: Path, inputs: Sequence[TensorSpec], what: str) -> tuple[
     return samples, labels
 
 
+def label_batches(labels: np.ndarray, samples: SampleSet, inputs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """``labels`` (one per sample of ``samples``) cut as :func:`batches` cuts the samples."""
+    batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    if all(tuple(a.shape) == s.shape for a, s in zip(samples, inputs)):
+        return [labels]
+    return [labels[i * batch : (i + 1) * batch] for i in range(count(samples) // batch)]
+
+
 def count(samples: SampleSet) -> int:
     return int(len(samples[0]))
 
@@ -231,10 +239,20 @@ class RunInputs:
     #: data for recovery methods (distillation): ``--distill-data``, else the calibration data
     recovery: LabelledSet | None
     warnings: tuple[str, ...] = ()
+    #: labels of the calibration samples, where ``--calibration`` is an .npz holding ``y``: a
+    #: converter may tune on them (accuracy-controlled int8); never the evaluation labels
+    calibration_labels: np.ndarray | None = None
 
     @property
     def calibration_batches(self) -> tuple[Batch, ...] | None:
         return None if self.calibration is None else tuple(batches(self.calibration, self.specs))
+
+    @property
+    def calibration_label_batches(self) -> tuple[np.ndarray, ...] | None:
+        """The calibration labels, one array per batch of :attr:`calibration_batches`."""
+        if self.calibration is None or self.calibration_labels is None:
+            return None
+        return tuple(label_batches(self.calibration_labels, self.calibration, self.specs))
 
     @property
     def eval_batches(self) -> list[Batch]:
@@ -302,7 +320,11 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
     """Parity inputs, calibration, evaluation and recovery data, each validated against the
     model's inputs, once. ``needs_calibration``: an int8 target runs, so calibration is drawn
     at random (with a warning) when the user and the model give none."""
-    calibration = as_samples(settings.calibration, model, "--calibration")
+    calibration_labels = None
+    if isinstance(settings.calibration, (str, Path)):
+        calibration, calibration_labels = load_labelled(Path(settings.calibration), model.inputs, "--calibration")
+    else:
+        calibration = as_samples(settings.calibration, model, "--calibration")
     calibration_given = calibration is not None
     calibration_source = f"--calibration {settings.calibration}" if isinstance(settings.calibration, (str, Path)) else "the calibration data given"
     if calibration is None and model.calibration is not None:
@@ -314,8 +336,13 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
     if provided is not None and count(provided) > 1:
         samples, source = take(provided, settings.samples, settings.seed), f"--example-inputs ({min(settings.samples, count(provided))} samples)"
     elif calibration is not None:
-        # parity rows are held out: an artifact calibrated on its own test inputs proves less
-        samples, kept = hold_out(calibration, settings.samples, settings.seed)
+        # parity rows are held out: an artifact calibrated on its own test inputs proves less;
+        # the calibration labels, if any, ride along as one more column and stay with the kept rows
+        columns = calibration if calibration_labels is None else (*calibration, calibration_labels)
+        samples, kept = hold_out(columns, settings.samples, settings.seed)
+        samples = samples[: len(calibration)]
+        if kept is not None and calibration_labels is not None:
+            kept, calibration_labels = kept[:-1], kept[-1]
         if kept is None:
             source = f"{count(samples)} samples of {calibration_source} (seed {settings.seed}; too few to hold out from calibration)"
         else:
@@ -325,6 +352,11 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
         samples, synthetic = synthetic_samples(model.inputs, settings.samples, settings.seed), True
         source = f"{settings.samples} seeded standard-normal samples (seed {settings.seed})"
     warnings: list[str] = []
+    if calibration_labels is not None and isinstance(settings.eval_data, (str, Path)) and Path(settings.calibration).resolve() == Path(settings.eval_data).resolve():
+        warnings.append(
+            "--calibration and --eval-data are the same file: an int8 converter that tunes on the calibration labels "
+            "is then scored on the data it tuned on; pass a disjoint --eval-data for an honest accuracy"
+        )
     if needs_calibration:
         if calibration is None:
             calibration = synthetic_samples(model.inputs, SYNTHETIC_CALIBRATION, settings.seed + 1)
@@ -342,4 +374,5 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
         evaluation=as_labelled(settings.eval_data, model),
         recovery=recovery,
         warnings=tuple(warnings),
+        calibration_labels=calibration_labels,
     )

@@ -402,6 +402,20 @@ def _size(paths: Sequence[Path]) -> int:
     return total
 
 
+def artifact_files(main: Path, candidates: Sequence[Path], kinds: Sequence[str]) -> list[Path]:
+    """The files of the artifact parity runs (``main``), which its size counts: ``main`` and the
+    ``candidates`` beside it that it loads with it (OpenVINO's ``model.bin``, ONNX external data):
+    the same name up to the first dot, in the same folder, and no artifact kind the target
+    declares of its own -- a C rendering, an Edge TPU compile or a log is not the model twice."""
+    main = Path(main)
+    companions = [
+        path for path in map(Path, candidates)
+        if path != main and path.parent == main.parent and path.name.split(".")[0] == main.name.split(".")[0]
+        and not any(path.name.endswith(kind) for kind in kinds)
+    ]
+    return [main, *sorted(companions)]
+
+
 def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
     """report.json and report.html, after removing the target folders an earlier run left that it
     does not describe (``remove_stale``: convert; validate keeps the same model's other artifacts
@@ -476,6 +490,8 @@ def convert(
                 calibration=rewritten.cast(calibration_batches) if plan.precision == "int8" else None,
                 options=dict(settings.options),
                 seed=settings.seed,
+                calibration_labels=inputs.calibration_label_batches if plan.precision == "int8" else None,
+                max_accuracy_drop=settings.max_accuracy_drop,
             )
 
             def make_io() -> tuple[ConversionResult, ArtifactIO]:
@@ -594,7 +610,8 @@ def _convert_each(
             conversion = _relocate(outcome.conversion, workdir, out / plan.target)
             _install(workdir, out / plan.target)
             row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-            row.size_bytes = _size([conversion.io.path])
+            files = artifact_files(conversion.io.path, [a.path for a in conversion.artifacts], manager.resolve_target(plan.target).spec.artifact_kinds)
+            row.size_bytes = _size(files)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         row.precision = row.precision or plan.precision
@@ -642,6 +659,8 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
             _write_report(manager, claim, report, remove_stale=False)
             raise
         row.artifacts = [str(artifact)]
+        # the artifact file alone: the files beside it may be anything (model.py, model.pt), so an
+        # IR's .bin is not counted here as convert counts it
         row.size_bytes = _size([artifact])
         report.targets[name] = row
         _write_report(manager, claim, report, remove_stale=False)

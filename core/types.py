@@ -213,6 +213,14 @@ class ConversionRequest:
     calibration: tuple[tuple["np.ndarray", ...], ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
+    #: the labels of each ``calibration`` batch (one array per batch), when the user's calibration
+    #: data carries them (``--calibration data.npz`` with ``y``), for accuracy-controlled
+    #: quantization; None otherwise. Never the evaluation labels the report's accuracy is measured
+    #: on: a converter that tunes on labels is scored on data it did not see.
+    calibration_labels: tuple["np.ndarray", ...] | None = None
+    #: ``--max-accuracy-drop``: the accuracy drop, in points (percentage points of top-1 accuracy),
+    #: the report's verdict allows; an accuracy-controlled quantizer aims within it
+    max_accuracy_drop: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,21 @@ def test_a_calibration_file_is_named_in_the_source(tmp_path):
     assert inputs.calibration_source == f"--calibration {path}"
 
 
+def test_calibration_labels_stay_with_their_rows_and_never_come_from_eval_data(tmp_path):
+    """Labels in a calibration .npz reach the converter with the kept rows (each row's label is
+    its row number here); the parity rows held out take theirs away, and eval labels are never used."""
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=rows(10)[0], y=np.arange(10))
+    inputs = resolve_inputs(model(), make_settings(samples=3, seed=1, calibration=path))
+    assert inputs.calibration_labels.tolist() == row_ids(inputs.calibration) and len(row_ids(inputs.calibration)) == 7
+    assert [b.tolist() for b in inputs.calibration_label_batches] == [[r] for r in row_ids(inputs.calibration)]
+    unlabelled = tmp_path / "calib.npy"
+    np.save(unlabelled, rows(10)[0])
+    assert resolve_inputs(model(eval_data=(rows(4)[0], np.arange(4))), make_settings(calibration=unlabelled)).calibration_label_batches is None
+    same = resolve_inputs(model(), make_settings(samples=3, calibration=path, eval_data=path))
+    assert any("--calibration and --eval-data are the same file" in w for w in same.warnings)
+
+
 def test_one_calibration_row_cannot_be_held_out():
     inputs = resolve_inputs(model(calibration=rows(1)), make_settings(samples=4))
     assert inputs.parity_source == "1 samples of the example's shipped data (seed 0; too few to hold out from calibration)"

@@ -143,6 +143,21 @@ def test_convert_installs_artifacts_and_writes_the_report(mlp, tmp_path):
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report.to_json()))
 
 
+def test_size_counts_the_files_an_artifact_loads_with_it_and_nothing_else(tmp_path):
+    """OpenVINO's .bin and ONNX external data count with the file parity runs; a target's other
+    artifacts (C sources, an Edge TPU compile, the ONNX a TensorRT engine was built from, a log) do not."""
+    ir, weights, other = tmp_path / "model.xml", tmp_path / "model.bin", tmp_path / "sub" / "model.bin"
+    assert pipeline.artifact_files(ir, [ir, weights, other], (".xml",)) == [ir, weights]
+    onnx, data = tmp_path / "model.onnx", tmp_path / "model.onnx.data"
+    assert pipeline.artifact_files(onnx, [onnx, data], (".onnx",)) == [onnx, data]
+    tflite, sources = tmp_path / "model.tflite", [tmp_path / n for n in ("model_data.cc", "model_data.h", "model_ops.h")]
+    assert pipeline.artifact_files(tflite, [tflite, *sources], (".tflite", "model_data.cc", "model_data.h", "model_ops.h")) == [tflite]
+    engine, built_from = tmp_path / "model.engine", tmp_path / "model.trt.onnx"
+    assert pipeline.artifact_files(engine, [built_from, engine], (".engine", ".trt.onnx")) == [engine]
+    compiled, log = tmp_path / "model_edgetpu.tflite", tmp_path / "model_edgetpu.log"
+    assert pipeline.artifact_files(tflite, [tflite, compiled, log], (".tflite", "_edgetpu.tflite")) == [tflite]
+
+
 def test_a_second_convert_replaces_the_target_folder(mlp, tmp_path):
     out = tmp_path / "out"
     pipeline.convert(npz_manager(), mlp, settings("npz"), out)

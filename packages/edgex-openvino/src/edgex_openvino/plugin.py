@@ -3,8 +3,10 @@
 Converted from torch by ``openvino.convert_model`` (or from an ONNX export when that fails, the
 fallback recorded; an ONNX reference is read directly). fp16 stores compressed fp16 weights
 (``save_model(compress_to_fp16=True)``); int8 is NNCF's post-training quantization
-(``nncf.quantize``) on the calibration data. Validated on the OpenVINO CPU runtime, through
-edgex's one parity implementation: this module only loads and runs the IR.
+(``nncf.quantize``) on the calibration data, accuracy-controlled
+(``nncf.quantize_with_accuracy_control`` within ``--max-accuracy-drop``) when that data carries
+labels. Validated on the OpenVINO CPU runtime, through edgex's one parity implementation: this
+module only loads and runs the IR.
 
 Imports only ``edgex.plugins``; openvino, nncf and torch are imported inside the hooks, always
 through :func:`_telemetry_off` (OpenVINO's telemetry is on by default; see there).
@@ -170,8 +172,10 @@ def _named(model: Any, reference: ReferenceModel) -> Any:
 _OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
 
 
-def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str]:
-    """int8 by NNCF post-training quantization on the calibration data.
+def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str, dict[str, Any]]:
+    """int8 by NNCF post-training quantization on the calibration data; with labelled calibration
+    data (``request.calibration_labels``) accuracy-controlled (:func:`_accuracy_controlled`).
+    Returns the model, the converter's words and the report's account of the path taken.
 
     Three of NNCF's defaults are changed, each measured (SQNR against torch, OpenVINO's CPU plugin
     on an AVX2 CPU without VNNI; edgex's simulated int8 reference in brackets):
@@ -194,19 +198,89 @@ def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str]:
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        dataset = nncf.Dataset([list(sample) for sample in request.calibration])
         advanced = AdvancedQuantizationParameters(
             overflow_fix=OverflowFix(_OVERFLOW_FIX[overflow_fix]),
             activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
         )
+        settings = f"overflow fix {overflow_fix}, min/max ranges, full bias correction; {len(request.calibration)} calibration samples"
+        if request.calibration_labels is not None:
+            quantized, control = _accuracy_controlled(model, request, advanced)
+            return quantized, f"int8 by nncf.quantize_with_accuracy_control {nncf.__version__} (max drop {request.max_accuracy_drop:g} points on the labelled calibration data; {settings})", control
+        dataset = nncf.Dataset([list(sample) for sample in request.calibration])
         try:
             quantized = nncf.quantize(model, dataset, subset_size=len(request.calibration), fast_bias_correction=False, advanced_parameters=advanced)
         except Exception as exc:
             raise TargetError(f"nncf.quantize failed: {one_line(exc)}", stage="convert") from exc
-    return quantized, (
-        f"int8 by nncf.quantize {nncf.__version__} (overflow fix {overflow_fix}, min/max ranges, full bias correction; "
-        f"{len(request.calibration)} calibration samples)"
-    )
+    why = "the calibration data carries no labels (pass --calibration DATA.npz with arrays x and y for accuracy control)"
+    return quantized, f"int8 by nncf.quantize {nncf.__version__} ({settings})", {"path": "nncf.quantize", "why": why}
+
+
+def _top1(compiled: Any, items: Any) -> tuple[float, list[float]]:
+    """Top-1 accuracy of a compiled model on (inputs, labels) items, and each item's."""
+    import numpy as np
+
+    per_item = [float(np.mean(np.asarray(compiled(inputs)[compiled.output(0)]).argmax(axis=1) == labels)) for inputs, labels in items]
+    return float(np.mean(per_item)), per_item
+
+
+#: ops whose second input is a layer's weights
+_WEIGHTED = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"})
+
+
+def _float_layers(model: Any) -> list[str]:
+    """The layers whose weights are float constants: NNCF stores a quantized layer's weights as
+    int8 constants (converted and scaled on load), so these compute in float."""
+    ov = _openvino()
+    floating = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in _WEIGHTED:
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in ("Multiply", "Subtract", "Convert", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant" and node.get_output_element_type(0) not in (ov.Type.i8, ov.Type.u8):
+            floating.append(op.get_friendly_name())
+    return floating
+
+
+def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any) -> tuple[Any, dict[str, Any]]:
+    """``nncf.quantize_with_accuracy_control``: quantize, then revert the layers that cost most
+    top-1 accuracy to float until the drop on the labelled calibration data is within
+    ``--max-accuracy-drop``. It validates on the calibration data, never on the evaluation data
+    the report's accuracy is measured on (edgex hands a target no evaluation labels)."""
+    import nncf
+    from nncf.parameters import DropType
+
+    ov = _openvino()
+    items = [(list(sample), labels) for sample, labels in zip(request.calibration, request.calibration_labels)]
+    dataset = nncf.Dataset(items, lambda item: item[0])
+    # measured here too, on the CPU plugin as validation runs it (NNCF only logs its figures);
+    # the float model first, before NNCF touches it
+    core = ov.Core()
+    before, _ = _top1(core.compile_model(model, "CPU", _CPU_CONFIG), items)
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, dataset, dataset, _top1,
+            max_drop=request.max_accuracy_drop / 100, drop_type=DropType.ABSOLUTE,  # points -> a fraction, as validate returns
+            subset_size=len(items), fast_bias_correction=False, advanced_quantization_parameters=advanced,
+        )
+    except Exception as exc:
+        raise TargetError(f"nncf.quantize_with_accuracy_control failed: {one_line(exc)}", stage="convert") from exc
+    after, _ = _top1(core.compile_model(quantized, "CPU", _CPU_CONFIG), items)
+    if precision_of(quantized) != "int8":  # no FakeQuantize and no int8 weight left
+        raise TargetError(
+            f"int8 cannot stay within --max-accuracy-drop {request.max_accuracy_drop:g} on the labelled calibration data: "
+            "nncf.quantize_with_accuracy_control reverted every layer to float (allow a larger drop, or pass unlabelled calibration data)",
+            stage="convert",
+        )
+    return quantized, {
+        "path": "nncf.quantize_with_accuracy_control",
+        "validated_on": f"{sum(len(labels) for _, labels in items)} labelled calibration samples",
+        "max_drop_points": request.max_accuracy_drop,
+        "accuracy_float": before,
+        "accuracy_int8": after,
+        "layers_reverted_to_float": _float_layers(quantized),
+    }
 
 
 @hookimpl
@@ -219,16 +293,27 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     else:
         model, converter, messages = _from_torch(request, request.options.get("openvino_route") or "auto")
     model = _named(model, request.model)
+    quantization_path: dict[str, Any] = {}
     if request.precision == "int8":
-        model, how = _quantize(model, request)
+        model, how, quantization_path = _quantize(model, request)
         converter += f"; {how}"
+        if quantization_path.get("layers_reverted_to_float"):
+            reverted = quantization_path["layers_reverted_to_float"]
+            messages.append(
+                f"NNCF kept {len(reverted)} weighted layer(s) in float to stay within {request.max_accuracy_drop:g} points on the labelled "
+                f"calibration data ({quantization_path['accuracy_float']:.4f} -> {quantization_path['accuracy_int8']:.4f}): {', '.join(reverted)}"
+            )
     elif request.precision == "fp16":
         converter += "; fp16 weights (save_model compress_to_fp16)"
     xml = request.workdir / "model.xml"
     ov.save_model(model, str(xml), compress_to_fp16=request.precision == "fp16")
     io = describe_ir(xml, request.model, request.precision)
     artifacts = (Artifact(xml, "openvino-ir"), Artifact(xml.with_suffix(".bin"), "openvino-weights"))
-    details = {"openvino": {"version": ov.__version__, "quantization": dict(io.quantization)}} if io.quantization else {"openvino": {"version": ov.__version__}}
+    details: dict[str, Any] = {"openvino": {"version": ov.__version__}}
+    if io.quantization:
+        details["openvino"]["quantization"] = dict(io.quantization)
+    if quantization_path:
+        details["openvino"]["nncf"] = quantization_path
     return ConversionResult(artifacts, io, converter, tuple(messages), details)
 
 
