@@ -269,6 +269,7 @@ def row_from_json(name: str, data: Mapping[str, Any]) -> TargetReport:
         parity = ParityReport(
             p["samples"], number(p["max_abs"]), number(p["mean_abs"]), number(p["max_rel"]), number(p["cosine"]), number(p["sqnr_db"]),
             number(p["top1_agreement"]), tolerance(p["tolerance"]), p["passed"], p.get("inputs", ""), outputs,
+            error_histogram=p.get("error_histogram"),
         )
     known = ("status", "plugin", "precision", "artifacts", "size_bytes", "backend", "converter", "convert_seconds", "parity", "latency_ms", "io", "accuracy", "messages")
     return TargetReport(
