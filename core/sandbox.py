@@ -19,7 +19,7 @@ from typing import Any, Iterator
 #: environment variables that tell libraries where to keep caches and temporary files
 #: (torch's inductor writes its cache folder into the environment on first use: without it
 #: here, the next run in the same process would write into this run's removed scratch)
-_REDIRECTED = ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME", "TORCHINDUCTOR_CACHE_DIR")
+_REDIRECTED = ("TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR")
 
 
 @contextlib.contextmanager
@@ -53,6 +53,7 @@ def contained(scratch: Path, *, chdir: bool = False) -> Iterator[None]:
     os.environ["TORCH_HOME"] = str(scratch / "torch")
     os.environ["HF_HOME"] = str(scratch / "huggingface")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "torchinductor")
+    os.environ["MPLCONFIGDIR"] = str(scratch / "matplotlib")  # the report page's plots: its font cache
     if chdir:
         os.chdir(scratch)
     try:
