@@ -501,15 +501,15 @@ class ExecuTorchTracer:
                     # OPERATOR_CALL repeats a kernel call's event as a profiling event; framework events have no op
                     if event.name == "OPERATOR_CALL" or not event.op_types or not event.debug_data:
                         continue
-                    tensors.extend(self._tensors(event))
+                    tensors.extend(self._tensors(event, len(tensors)))
         return ArtifactTrace(tuple(tensors), tuple(outputs))
 
     @staticmethod
-    def _tensors(event: Any) -> list[TracedTensor]:
+    def _tensors(event: Any, step: int) -> list[TracedTensor]:
+        """The tensors one event logged (named by their position in the trace and their kernel)."""
         import torch
 
         modules = _event_modules(event)
-        step = event._instruction_id
         if event.name == "DELEGATE_CALL":
             # its inputs are logged first, then its num_outputs outputs
             values = [v for v in event.debug_data if isinstance(v, torch.Tensor)][-event.num_outputs :]
