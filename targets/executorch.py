@@ -432,6 +432,20 @@ def _debug_buffer_bytes(path: Path) -> int:
     return 2 * total + (1 << 20)
 
 
+def _record_fits(etrecord: Any, path: Path) -> bool:
+    """Whether the ETRecord's debug handles name this program's instructions: its delegate calls
+    are the program's, and every instruction it maps is a kernel or delegate call. (The Inspector
+    maps events by instruction index; weights do not enter the mapping.)"""
+    plan = _forward_plan(path)
+    kinds = [type(i.instr_args).__name__ for chain in plan.chains for i in chain.instructions]
+    # the maps the Inspector itself reads, keyed by method, then by instruction index
+    handles = (etrecord._debug_handle_map or {}).get("forward") or {}
+    delegated = (etrecord._delegate_map or {}).get("forward") or {}
+    calls = {str(i) for i, kind in enumerate(kinds) if kind == "DelegateCall"}
+    mapped = all(str(i).isdigit() and int(i) < len(kinds) and kinds[int(i)] in ("KernelCall", "DelegateCall") for i in handles)
+    return bool(handles) and mapped and set(delegated) == calls
+
+
 def _event_modules(event: Any) -> tuple[str, ...]:
     """The innermost torch module of each graph node an Inspector event covers, in graph order."""
     modules = []
@@ -465,6 +479,11 @@ class ExecuTorchTracer:
             self.etrecord = parse_etrecord(str(record))
         except Exception as exc:
             raise UsageError(f"{record.name} is not a readable ETRecord ({one_line(exc)}): convert the model again") from exc
+        if not _record_fits(self.etrecord, self.path):
+            raise UsageError(
+                f"{record.name} does not describe {self.path.name}'s instructions (an ETRecord from another conversion?): "
+                "convert the model again, or copy the ETRecord from the same conversion beside it"
+            )
         self.buffer_bytes = _debug_buffer_bytes(self.path)
         delegates = program_layout(self.path)["delegate_calls"]
         where = ", ".join(sorted(delegates)) or "no delegate"

@@ -239,6 +239,15 @@ def test_explain_of_a_pte_without_its_etrecord_is_one_line(digits_fp32, tmp_path
     assert code == 2 and one_line_error(err) and "model.pte has no ETRecord beside it (model.etrecord" in err, err
 
 
+def test_explain_refuses_an_etrecord_from_another_program(digits_fp32, digits_portable, tmp_path, capsys):
+    """The XNNPACK program with the portable program's ETRecord: its instructions are not these."""
+    artifact = tmp_path / "model.pte"
+    shutil.copy(digits_fp32[0], artifact)
+    shutil.copy(digits_portable[0].with_suffix(".etrecord"), artifact.with_suffix(".etrecord"))
+    code, _, err = run(capsys, "explain", artifact, "--reference", "examples:digits", "--samples", "2", "--out", tmp_path / "out")
+    assert code == 2 and one_line_error(err) and "model.etrecord does not describe model.pte's instructions" in err, err
+
+
 def test_a_pte_without_edgex_stamp_is_read_by_position(tmp_path):
     """Someone else's .pte: no edgex_metadata method, so names come from the reference in order
     and the precision from the input dtype."""
