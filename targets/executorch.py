@@ -255,7 +255,6 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         raise TargetError(f"ExecuTorch lowering ({backend}) failed: {one_line(exc)}", stage="convert") from exc
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
     path.write_bytes(program.buffer)
-    record.save(str(etrecord_path(path)))
 
     plan = next(p for p in program.executorch_program.execution_plan if p.name == "forward")
     planned = [int(s) for s in plan.non_const_buffer_sizes]  # entry 0 is reserved by ExecuTorch (always 0)
@@ -265,7 +264,14 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         converter = "PT2E (XNNPACKQuantizer, min/max calibration) -> " + converter
     messages = [delegation_summary(delegation, backend), f"planned memory (activations): {sum(planned)} bytes"]
     details = {"executorch": {"backend": backend, "delegation": delegation, "planned_memory_bytes": sum(planned), "planned_buffers": planned[1:]}}
-    return ConversionResult((Artifact(path, "pte"), Artifact(etrecord_path(path), "etrecord")), io, converter, tuple(messages), details)
+    artifacts = [Artifact(path, "pte")]
+    try:
+        record.save(str(etrecord_path(path)))
+        artifacts.append(Artifact(etrecord_path(path), "etrecord"))
+    except Exception as exc:  # the .pte is sound without it: only explain needs it
+        etrecord_path(path).unlink(missing_ok=True)
+        messages.append(f"no ETRecord written ({one_line(exc)}): edgex explain cannot map this program's ops to torch modules")
+    return ConversionResult(tuple(artifacts), io, converter, tuple(messages), details)
 
 
 # --------------------------------------------------------------------------- reading a .pte
