@@ -474,6 +474,12 @@ class ExecuTorchTracer:
         from executorch.devtools.etrecord import parse_etrecord
 
         self.path = Path(io.path)
+        if any(b.dtype == "float16" for b in io.inputs) or io.precision == "fp16":
+            # measured on executorch 1.5.1: flatc rejects the ETDump ("string contains non-utf8 bytes")
+            raise UsageError(
+                f"{self.path.name} is float16: ExecuTorch {package_version('executorch')}'s Inspector cannot read the ETDump of a "
+                "float16 program with its intermediate tensors; explain the fp32 .pte of the same model"
+            )
         record = etrecord_path(self.path)
         if not record.is_file():
             raise UsageError(
@@ -516,9 +522,7 @@ class ExecuTorchTracer:
                 inspector = Inspector(etdump_path=str(etdump), etrecord=self.etrecord, debug_buffer_path=str(debug))
             except Exception as exc:
                 raise TargetError(
-                    f"ExecuTorch's Inspector cannot read this run's ETDump with {etrecord_path(self.path).name} ({one_line(exc)}): "
-                    "is the ETRecord from this .pte's conversion?",
-                    stage="validate",
+                    f"ExecuTorch's Inspector cannot read this run's ETDump with {etrecord_path(self.path).name}: {one_line(exc)}", stage="validate"
                 ) from exc
             tensors = []
             for block in inspector.event_blocks:
