@@ -503,9 +503,13 @@ class ExecuTorchTracer:
         self.notes: tuple[str, ...] = ()
         if delegates:
             calls = sum(delegates.values())
+            portable = (
+                "int8 needs XNNPACK, so no int8 program shows every layer" if io.precision == "int8"
+                else "convert with --executorch-backend portable to see every layer"
+            )
             self.notes = (
                 f"{calls} delegate call(s) ({where}) record only their outputs: the layers inside a delegate are not exposed, "
-                "so they are compared where the delegate's output is; convert with --executorch-backend portable to see every layer",
+                f"so they are compared where the delegate's output is; {portable}",
             )
 
     def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
