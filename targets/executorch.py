@@ -16,6 +16,11 @@ delegated and which fell back to portable kernels, and the program's planned mem
 A ``.pte`` holds no tensor names: edgex stamps a constant method ``edgex_metadata`` (a JSON
 string: precision, names, quantization) into the program so that ``edgex validate`` reads an
 artifact back as it was converted. ExecuTorch ignores methods it is not asked to run.
+
+``edgex explain`` runs the .pte on the same runtime with ETDump recording each instruction's
+output; the ETRecord convert writes beside it (``model.etrecord``: the edge program and its debug
+handles) lets ExecuTorch's Inspector map every event back to torch modules. Portable kernels show
+every op's output; an XNNPACK delegate call shows only its own outputs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +41,7 @@ from edgex.plugins import (
     package_version,
     Artifact,
     ArtifactIO,
+    ArtifactTrace,
     BackendStatus,
     ConversionRequest,
     ConversionResult,
@@ -44,6 +51,7 @@ from edgex.plugins import (
     TargetOption,
     TargetSpec,
     TensorBinding,
+    TracedTensor,
     UsageError,
     hookimpl,
 )
@@ -235,9 +243,14 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     stamp = {"edgex": __version__, "precision": request.precision, "backend": backend, **names,
              "output_grids": [g.to_json() if g else None for g in grids], "quantization": quantization}
     try:
-        edge = to_edge_transform_and_lower(exported, partitioner=partitioners, constant_methods={METADATA_METHOD: json.dumps(stamp)})
+        edge = to_edge_transform_and_lower(
+            exported, partitioner=partitioners, constant_methods={METADATA_METHOD: json.dumps(stamp)}, generate_etrecord=True
+        )
         delegation = _delegation(edge.exported_program().graph_module)
         program = edge.to_executorch()
+        record = program.get_etrecord()
+        # explain maps events through the edge program; the aten program would only double the file
+        record.exported_program = None
     except Exception as exc:
         raise TargetError(f"ExecuTorch lowering ({backend}) failed: {one_line(exc)}", stage="convert") from exc
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
@@ -251,7 +264,14 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         converter = "PT2E (XNNPACKQuantizer, min/max calibration) -> " + converter
     messages = [delegation_summary(delegation, backend), f"planned memory (activations): {sum(planned)} bytes"]
     details = {"executorch": {"backend": backend, "delegation": delegation, "planned_memory_bytes": sum(planned), "planned_buffers": planned[1:]}}
-    return ConversionResult((Artifact(path, "pte"),), io, converter, tuple(messages), details)
+    artifacts = [Artifact(path, "pte")]
+    try:
+        record.save(str(etrecord_path(path)))
+        artifacts.append(Artifact(etrecord_path(path), "etrecord"))
+    except Exception as exc:  # the .pte is sound without it: only explain needs it
+        etrecord_path(path).unlink(missing_ok=True)
+        messages.append(f"no ETRecord written ({one_line(exc)}): edgex explain cannot map this program's ops to torch modules")
+    return ConversionResult(tuple(artifacts), io, converter, tuple(messages), details)
 
 
 # --------------------------------------------------------------------------- reading a .pte
@@ -326,13 +346,18 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
     return describe_pte(Path(path), reference)
 
 
-def program_layout(path: Path) -> dict[str, Any]:
-    """What the file itself says runs where: delegate calls by backend, kernel calls by operator
-    (the portable kernels), and the memory planned for activations."""
+def _forward_plan(path: Path) -> Any:
+    """The forward method's execution plan, as the file holds it."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     pte = deserialize_pte_binary(Path(path).read_bytes())
-    plan = next(p for p in pte.program.execution_plan if p.name == "forward")
+    return next(p for p in pte.program.execution_plan if p.name == "forward")
+
+
+def program_layout(path: Path) -> dict[str, Any]:
+    """What the file itself says runs where: delegate calls by backend, kernel calls by operator
+    (the portable kernels), and the memory planned for activations."""
+    plan = _forward_plan(path)
     delegates: Counter[str] = Counter()
     kernels: Counter[str] = Counter()
     for chain in plan.chains:
@@ -348,6 +373,18 @@ def program_layout(path: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- running
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return value.detach().numpy().copy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _execute(method: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    try:
+        outputs = method.execute(list(_torch_inputs(inputs)))
+    except Exception as exc:
+        raise TargetError(f"the ExecuTorch runtime failed to run forward: {one_line(exc)}", stage="validate") from exc
+    return [_to_numpy(o) for o in outputs]
 
 
 class ExecuTorchRuntime:
@@ -366,11 +403,7 @@ class ExecuTorchRuntime:
         self.backend = f"ExecuTorch {package_version('executorch')} runtime (Python bindings): {delegates} + portable kernels, CPU"
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        try:
-            outputs = self.method.execute(list(_torch_inputs(inputs)))
-        except Exception as exc:
-            raise TargetError(f"the ExecuTorch runtime failed to run forward: {one_line(exc)}", stage="validate") from exc
-        return [o.detach().numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outputs]
+        return _execute(self.method, inputs)
 
     def details(self) -> dict[str, Any]:
         return {"executorch_program": self.layout}
@@ -379,3 +412,158 @@ class ExecuTorchRuntime:
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> ExecuTorchRuntime:
     return ExecuTorchRuntime(io.path)
+
+
+# --------------------------------------------------------------------------- explaining
+
+
+def etrecord_path(pte: Path) -> Path:
+    """The ETRecord convert writes beside a .pte (``model.pte`` -> ``model.etrecord``)."""
+    return Path(pte).with_suffix(".etrecord")
+
+
+#: bytes per element of the c10 ScalarType codes (_DTYPES), to size the ETDump debug buffer
+_ELEMENT_BYTES = {0: 1, 1: 1, 2: 2, 3: 4, 4: 8, 5: 2, 6: 4, 7: 8, 11: 1, 15: 2}
+
+
+def _debug_buffer_bytes(path: Path) -> int:
+    """Room for every intermediate tensor ETDump copies out of one run: the program's non-constant
+    tensors, each padded, twice over (a delegate call logs its inputs as well as its outputs)."""
+    total = 0
+    for value in _forward_plan(path).values:
+        tensor = value.val
+        if type(tensor).__name__ == "Tensor" and tensor.data_buffer_idx == 0:
+            count = int(np.prod([int(d) for d in tensor.sizes])) if tensor.sizes else 1
+            total += count * _ELEMENT_BYTES.get(int(getattr(tensor.scalar_type, "value", tensor.scalar_type)), 8) + 64
+    return 2 * total + (1 << 20)
+
+
+def _record_fits(etrecord: Any, path: Path) -> bool:
+    """Whether the ETRecord's debug handles name this program's instructions: its delegate calls
+    are the program's, and every instruction it maps is a kernel or delegate call. (The Inspector
+    maps events by instruction index; weights do not enter the mapping.)"""
+    plan = _forward_plan(path)
+    kinds = [type(i.instr_args).__name__ for chain in plan.chains for i in chain.instructions]
+    # the maps the Inspector itself reads, keyed by method, then by instruction index
+    handles = (etrecord._debug_handle_map or {}).get("forward") or {}
+    delegated = (etrecord._delegate_map or {}).get("forward") or {}
+    calls = {str(i) for i, kind in enumerate(kinds) if kind == "DelegateCall"}
+    mapped = all(str(i).isdigit() and int(i) < len(kinds) and kinds[int(i)] in ("KernelCall", "DelegateCall") for i in handles)
+    return bool(handles) and mapped and set(delegated) == calls
+
+
+def _event_modules(event: Any) -> tuple[str, ...]:
+    """The innermost torch module of each graph node an Inspector event covers, in graph order."""
+    modules = []
+    for stack in event.module_hierarchy.values():
+        if stack:
+            modules.append(list(stack.values())[-1][0])
+    return tuple(dict.fromkeys(modules))
+
+
+class ExecuTorchTracer:
+    """A .pte on the ExecuTorch runtime with ETDump recording every instruction's output, mapped to
+    torch modules by ExecuTorch's Inspector through the ETRecord written beside it at conversion.
+
+    A portable kernel call logs its op's output; a delegate call logs only its own inputs and
+    outputs (XNNPACK keeps the ops inside it to itself), so the modules a delegate computes share
+    its output tensor, which holds the last of them (core reports the others as fused into it).
+    """
+
+    def __init__(self, io: ArtifactIO):
+        from executorch.devtools.etrecord import parse_etrecord
+
+        self.path = Path(io.path)
+        if any(b.dtype == "float16" for b in io.inputs) or io.precision == "fp16":
+            # measured on executorch 1.5.1: flatc rejects the ETDump ("string contains non-utf8 bytes")
+            raise UsageError(
+                f"{self.path.name} is float16: ExecuTorch {package_version('executorch')}'s Inspector cannot read the ETDump of a "
+                "float16 program with its intermediate tensors; explain the fp32 .pte of the same model"
+            )
+        record = etrecord_path(self.path)
+        if not record.is_file():
+            raise UsageError(
+                f"{self.path.name} has no ETRecord beside it ({record.name}, which edgex convert writes): "
+                "without it ExecuTorch cannot map the program's ops to torch modules; convert the model again"
+            )
+        _load_program(self.path)  # a corrupt or foreign .pte: one line
+        try:
+            self.etrecord = parse_etrecord(str(record))
+        except Exception as exc:
+            raise UsageError(f"{record.name} is not a readable ETRecord ({one_line(exc)}): convert the model again") from exc
+        if not _record_fits(self.etrecord, self.path):
+            raise UsageError(
+                f"{record.name} does not describe {self.path.name}'s instructions (an ETRecord from another conversion?): "
+                "convert the model again, or copy the ETRecord from the same conversion beside it"
+            )
+        self.buffer_bytes = _debug_buffer_bytes(self.path)
+        delegates = program_layout(self.path)["delegate_calls"]
+        where = ", ".join(sorted(delegates)) or "no delegate"
+        self.backend = f"ExecuTorch {package_version('executorch')} runtime (Python bindings): {where} + portable kernels, CPU, ETDump of every instruction's output"
+        self.notes: tuple[str, ...] = ()
+        if delegates:
+            calls = sum(delegates.values())
+            portable = (
+                "int8 needs XNNPACK, so no int8 program shows every layer" if io.precision == "int8"
+                else "convert with --executorch-backend portable to see every layer"
+            )
+            self.notes = (
+                f"{calls} delegate call(s) ({where}) record only their outputs: the layers inside a delegate are not exposed, "
+                f"so they are compared where the delegate's output is; {portable}",
+            )
+
+    def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
+        from executorch.devtools import Inspector
+        from executorch.runtime import Runtime
+
+        # a fresh load per sample: one ETDump per run, which the Inspector reads as one block
+        program = Runtime.get().load_program(str(self.path), enable_etdump=True, debug_buffer_size=self.buffer_bytes)
+        outputs = _execute(program.load_method("forward"), inputs)
+        with tempfile.TemporaryDirectory(prefix="etdump-") as folder:
+            etdump, debug = Path(folder) / "run.etdp", Path(folder) / "run.bin"
+            program.write_etdump_result_to_file(str(etdump), str(debug))
+            try:
+                inspector = Inspector(etdump_path=str(etdump), etrecord=self.etrecord, debug_buffer_path=str(debug))
+            except Exception as exc:
+                raise TargetError(
+                    f"ExecuTorch's Inspector cannot read this run's ETDump with {etrecord_path(self.path).name}: {one_line(exc)}", stage="validate"
+                ) from exc
+            tensors = []
+            for block in inspector.event_blocks:
+                for event in block.events:
+                    # OPERATOR_CALL repeats a kernel call's event as a profiling event; framework events have no op
+                    if event.name == "OPERATOR_CALL" or not event.op_types or not event.debug_data:
+                        continue
+                    tensors.extend(self._tensors(event, len(tensors)))
+        return ArtifactTrace(tuple(tensors), tuple(outputs))
+
+    @staticmethod
+    def _tensors(event: Any, step: int) -> list[TracedTensor]:
+        """The tensors one event logged (named by their position in the trace and their kernel)."""
+        import torch
+
+        modules = _event_modules(event)
+        if event.name == "DELEGATE_CALL":
+            # its inputs are logged first, then its num_outputs outputs
+            values = [v for v in event.debug_data if isinstance(v, torch.Tensor)][-event.num_outputs :]
+            op = f"{event.delegate_backend_name} delegate call ({len(event.op_types)} ops)"
+            count = len(values)
+            return [
+                TracedTensor(
+                    f"{step}:{event.delegate_backend_name}" + (f":{i}" if count > 1 else ""), _to_numpy(v), modules, tuple(range(v.dim())), None, op,
+                    f"output {i + 1} of {count} of a delegate call: the ETRecord does not say which of its ops computes it" if count > 1 else "",
+                )
+                for i, v in enumerate(values)
+            ]
+        value = next((v for v in event.debug_data if isinstance(v, torch.Tensor)), None)
+        if value is None:
+            return []
+        op = event.name.removeprefix("native_call_")  # the kernel, e.g. "convolution.out"
+        # int8 values between a quantize and a dequantize outside a delegate: their grid is in the op's arguments, not the trace
+        unreadable = "int8 values whose quantization grid the trace does not carry" if value.dtype in (torch.int8, torch.uint8) else ""
+        return [TracedTensor(f"{step}:{op}", _to_numpy(value), modules, tuple(range(value.dim())), None, op, unreadable)]
+
+
+@hookimpl
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> ExecuTorchTracer:
+    return ExecuTorchTracer(io)

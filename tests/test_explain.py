@@ -265,7 +265,10 @@ def test_a_layout_the_artifact_does_not_state_is_never_guessed():
 
 
 def test_edgex_load_tracer_is_optional_and_declared_by_every_builtin_target(edgex_manager):
-    for target in ("onnx", "jetson", "tflite", "coral", "coreml", "mcu"):
+    builtin = {p.name for p in edgex_manager.plugins() if p.builtin}
+    targets = [name for name, registered in edgex_manager.targets().items() if registered.plugin in builtin]
+    assert {"onnx", "jetson", "tflite", "coral", "coreml", "mcu", "executorch"} <= set(targets)
+    for target in targets:
         assert edgex_manager.can_trace(target), target
     hooks = {p.name: p.hooks for p in edgex_manager.plugins()}
     assert "edgex_load_tracer" in hooks["edgex.targets.onnx"]
