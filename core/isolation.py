@@ -19,6 +19,7 @@ targets in-process instead (the default where ``fork`` is unsafe, i.e. not on Li
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -190,7 +191,14 @@ class Isolated:
             # and cancel() still end the child whatever happens
             self.own_group = not _IN_CHILD
             self.process = context.Process(target=_child, args=(child_conn, work, log_path, os.getpid(), self.own_group), daemon=False)
-            self.process.start()
+            # the child must never garbage-collect the parent's objects: destroying a runtime
+            # session made here (onnxruntime joins its worker threads, which a forked child does
+            # not have) hangs the child forever. Frozen objects are never collected.
+            gc.freeze()
+            try:
+                self.process.start()
+            finally:
+                gc.unfreeze()
             child_conn.close()
             if self.own_group:
                 try:  # also here: the group exists before the parent may need to kill it
