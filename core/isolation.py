@@ -119,7 +119,8 @@ class RemoteError(TargetError):
         self.unsupported_model = unsupported_model
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
+    """How a child process ended, in words (``exitcode`` of a multiprocessing process)."""
     if code is None:
         return "did not finish"
     if code < 0:
@@ -228,7 +229,7 @@ class Isolated:
                 except EOFError:
                     self.process.join(5)
                     log = f" (log: {self.log_path})" if self.log_path else ""
-                    raise TargetError(f"{self.what} {_describe_exit(self.process.exitcode)}{log}") from None
+                    raise TargetError(f"{self.what} {describe_exit(self.process.exitcode)}{log}") from None
                 if message[0] == "event":
                     on_event(message[1], message[2])
                 elif message[0] == "result":

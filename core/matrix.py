@@ -291,6 +291,8 @@ class Execution:
     jobs: int = 1
     cache_dir: Path | None = None
     address: str | None = None
+    #: when the run started (a group's report.json older than this is an earlier run's)
+    started: float = 0.0
 
 
 #: an executor runs the groups and files each finished group's cells under its key in ``done``
@@ -308,12 +310,12 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
             done[group] = run_group(config, *group, str(out), cache_dir)
         return
     import multiprocessing
-    import time
     from multiprocessing.connection import wait
+
+    from edgex.core.isolation import describe_exit
 
     # spawn, not fork: each worker forks its own per-target children and needs its own torch pool
     context = multiprocessing.get_context("spawn")
-    since = time.time() - 1.0
     pending, running = list(groups), {}
     try:
         while pending or running:
@@ -330,10 +332,11 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
                 try:
                     kind, payload = receive.recv()
                 except EOFError:
-                    kind, payload = "error", f"its worker process {_exit_words(worker)}"
+                    worker.join()
+                    kind, payload = "error", f"its worker process {describe_exit(worker.exitcode)}"
                 receive.close()
                 worker.join()
-                done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, since)
+                done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, execution.started)
     except KeyboardInterrupt:  # SIGINT/SIGTERM to the matrix: each worker ends its own run cleanly
         _stop_workers([worker for _, worker in running.values()])
         raise
@@ -356,16 +359,6 @@ def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str, cache
         send.send(("error", f"its worker failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
     finally:
         send.close()
-
-
-def _exit_words(worker: Any) -> str:
-    worker.join(5)
-    code = worker.exitcode
-    if code is not None and code < 0:
-        import signal
-
-        return f"crashed with signal {signal.Signals(-code).name}"
-    return f"exited with status {code}"
 
 
 def _stop_workers(workers: list[Any]) -> None:
@@ -469,15 +462,15 @@ def run_matrix(
     out.mkdir(parents=True, exist_ok=True)
     from edgex.core.cache import MATRIX_CACHE_DIR
 
-    execution = Execution(out, jobs, (Path(cache_dir) if cache_dir else out / MATRIX_CACHE_DIR) if use_cache else None, address)
     groups = [(m, p) for m in range(len(config.models)) for p in range(len(config.presets))]
     done: dict[Group, list[dict[str, Any]]] = {}
-    since = time.time() - 1.0  # file times are coarser than the clock on some file systems
+    execution = Execution(out, jobs, (Path(cache_dir) if cache_dir else out / MATRIX_CACHE_DIR) if use_cache else None, address,
+                          started=time.time() - 1.0)  # file times are coarser than the clock on some file systems
     try:
         EXECUTORS[executor](config, groups, execution, done)
     except KeyboardInterrupt as exc:
         message = f"interrupted by {interruption(exc).signal_name}"
-        cells = [c for g in groups for c in (done[g] if g in done else _unfinished_group(manager, config, g, "interrupted", out, since))]
+        cells = [c for g in groups for c in (done[g] if g in done else _unfinished_group(manager, config, g, "interrupted", out, execution.started))]
         _write_results(out, cells, message)
         raise
     cells = [c for g in groups for c in done[g]]
