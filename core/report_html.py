@@ -18,6 +18,8 @@ from edgex.core.tables import number, size
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATUS_COLOURS = {"passed": "#c8efc8", "failed": "#ffc9c9", "inconclusive": "#fff0a8", "error": "#ff9e9e", "skipped": "#e4e4e4"}
+#: the width of one character of a 9-point label (matplotlib's DejaVu Sans: about 0.62 em), in inches
+CHAR_INCHES = 0.08
 PLOT_COLOURS = {"passed": "#3a8f3a", "failed": "#c43c3c", "inconclusive": "#c9a400", "error": "#8b1a1a", "skipped": "#999999"}
 
 
@@ -46,9 +48,11 @@ class Plots:
         else:
             self.missing = ""
 
-    def svg(self, draw: Callable[[Any], None], width: float, height: float) -> str:
+    def svg(self, draw: Callable[[Any], None], width: float, height: float, margins: tuple[float, float, float, float]) -> str:
         """``draw(figure)`` then the figure as an ``<svg>`` element ('' without matplotlib), marked
-        as markup for the templates (not text to escape)."""
+        as markup for the templates (not text to escape). ``margins`` (left, bottom, right, top,
+        in inches) are set from the text the plot holds: a layout engine measures every label
+        and took half of a report's plotting time."""
         if self.missing:
             return ""
         from markupsafe import Markup
@@ -57,7 +61,9 @@ class Plots:
 
         # text stays text (smaller than glyph outlines); the page's own font renders it
         with rc_context({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}):
-            figure = Figure(figsize=(width, height), layout="constrained")
+            figure = Figure(figsize=(width, height))
+            left, bottom, right, top = margins
+            figure.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height, wspace=0.2)
             draw(figure)
             buffer = io.StringIO()
             figure.savefig(buffer, format="svg", metadata={"Date": None})
@@ -81,7 +87,8 @@ class Plots:
             axes.set_xlabel("|error| / tolerance, per element")
             axes.set_ylabel("elements")
 
-        return self.svg(draw, 5.2, 2.6)
+        longest = max(len(label) for label in labels)
+        return self.svg(draw, 5.2, 2.2 + 0.058 * longest, (0.75, 0.3 + 0.058 * longest, 0.1, 0.1))
 
     def comparison(self, names: Sequence[str], statuses: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]]) -> str:
         """One horizontal bar panel per measure (size, latency, accuracy), a bar per target."""
@@ -100,7 +107,8 @@ class Plots:
                 axes.set_yticks(range(len(names)), names)
                 axes.invert_yaxis()
 
-        return self.svg(draw, min(3.0 * len(shown), 10.0), 0.6 + 0.35 * len(names))
+        left = 0.2 + CHAR_INCHES * max(len(name) for name in names)
+        return self.svg(draw, left + min(2.6 * len(shown), 9.0), 0.75 + 0.3 * len(names), (left, 0.35, 0.15, 0.3))
 
     def sweep(self, model: str, curves: Mapping[str, Sequence[tuple[str, float, float]]], measure: str) -> str:
         """``measure`` against artifact size, a line per target[precision] across compression presets."""
@@ -117,7 +125,7 @@ class Plots:
             axes.set_title(f"{model}: {measure} vs size")
             axes.legend(fontsize=7)
 
-        return self.svg(draw, 5.5, 3.2)
+        return self.svg(draw, 5.5, 3.2, (0.75, 0.5, 0.15, 0.3))
 
 
 def _edge(value: float) -> str:

@@ -18,9 +18,11 @@ string: precision, names, quantization) into the program so that ``edgex validat
 artifact back as it was converted. ExecuTorch ignores methods it is not asked to run.
 
 ``edgex explain`` runs the .pte on the same runtime with ETDump recording each instruction's
-output; the ETRecord convert writes beside it (``model.etrecord``: the edge program and its debug
-handles) lets ExecuTorch's Inspector map every event back to torch modules. Portable kernels show
-every op's output; an XNNPACK delegate call shows only its own outputs.
+output; an ETRecord (the edge program and its debug handles) lets ExecuTorch's Inspector map
+every event back to torch modules. Convert writes one beside the .pte only with
+``--executorch-etrecord`` (it costs a copy of the edge program, and a device needs none);
+without it, explain rebuilds one by lowering the reference again. Portable kernels show every
+op's output; an XNNPACK delegate call shows only its own outputs.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ TARGETS = (
                 "executorch: xnnpack (lower every op XNNPACK takes to its delegate) or portable (portable kernels only, for devices without XNNPACK)",
                 str, "xnnpack", BACKENDS,
             ),
+            TargetOption(
+                "executorch_etrecord",
+                "executorch: also write the ETRecord beside the .pte (model.etrecord), for ExecuTorch's Inspector on ETDumps "
+                "recorded on a device; edgex explain rebuilds one from the reference when none is there",
+                bool, False,
+            ),
         ),
         accepts=("torch",),
     ),
@@ -117,12 +125,12 @@ def _export(module: Any, args: tuple[Any, ...], what: str) -> Any:
         raise TargetError(f"torch.export failed on the {what} model: {one_line(exc)}", stage="convert") from exc
 
 
-def _calibration_batches(request: ConversionRequest) -> list[tuple[np.ndarray, ...]]:
+def _calibration_batches(model: ReferenceModel, calibration: Sequence[tuple[np.ndarray, ...]] | None) -> list[tuple[np.ndarray, ...]]:
     """The calibration data cut into batches of the example input's batch size (the exported
     graph's shapes are static)."""
-    size = int(request.model.example_inputs[0].shape[0]) if request.model.example_inputs[0].ndim else 1
+    size = int(model.example_inputs[0].shape[0]) if model.example_inputs[0].ndim else 1
     batches = []
-    for batch in request.calibration or ():
+    for batch in calibration or ():
         count = len(batch[0])
         batches.extend(tuple(a[start : start + size] for a in batch) for start in range(0, count - size + 1, size))
     if not batches:
@@ -144,16 +152,16 @@ def xnnpack_quantizer() -> Any:
     return XNNPACKQuantizer().set_global(replace(config, input_activation=activation, output_activation=activation))
 
 
-def _quantized_program(request: ConversionRequest, exported: Any) -> tuple[Any, list[QuantParams | None]]:
+def _quantized_program(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]], exported: Any) -> tuple[Any, list[QuantParams | None]]:
     """The PT2E int8 program, and the grid each output's float value lies on (its last dequantize)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    args = _torch_inputs(request.model.example_inputs)
+    args = _torch_inputs(model.example_inputs)
     try:
         prepared = prepare_pt2e(exported.module(), xnnpack_quantizer())
         with torch.no_grad():
-            for batch in _calibration_batches(request):
+            for batch in batches:
                 prepared(*_torch_inputs(batch))
         converted = convert_pt2e(prepared)
     except UsageError:
@@ -208,51 +216,74 @@ def delegation_summary(delegation: Mapping[str, Any], backend: str) -> str:
     return head + f"; {sum(portable.values())} fell back to portable kernels: {fallback}"
 
 
-@hookimpl
-def edgex_convert(request: ConversionRequest) -> ConversionResult:
+class Lowered:
+    """One lowering of a torch model to an ExecuTorch program, and what it says about itself."""
+
+    def __init__(self, program: Any, delegation: dict[str, Any], grids: list[QuantParams | None], record: Any):
+        self.program = program
+        self.delegation = delegation
+        self.grids = grids
+        self.record = record  # the ETRecord, when asked for
+
+
+def _backend(name: str | None, precision: str) -> str:
+    backend = name or "xnnpack"
+    if backend not in BACKENDS:
+        raise UsageError(f"--executorch-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if precision == "int8" and backend != "xnnpack":
+        raise UsageError("executorch int8 runs on the XNNPACK delegate: use --executorch-backend xnnpack (without a delegate the quantized program computes its convolutions in float between quantize/dequantize ops)")
+    return backend
+
+
+def lower(model: ReferenceModel, precision: str, backend: str, calibration: Sequence[tuple[np.ndarray, ...]] | None,
+          stamp: Mapping[str, Any], etrecord: bool) -> Lowered:
+    """torch.export (PT2E-quantized at int8) -> to_edge_transform_and_lower -> to_executorch, with
+    edgex's stamp as a constant method. The ETRecord costs a copy of the edge program (about a
+    tenth of ResNet-18's lowering), so it is made only when asked for."""
     import torch
     from executorch.exir import to_edge_transform_and_lower
 
-    model = request.model
-    if model.module is None:
-        raise UsageError("executorch converts from a torch model (torch.export); an ONNX reference has none")
-    backend = request.options.get("executorch_backend") or "xnnpack"
-    if backend not in BACKENDS:
-        raise UsageError(f"--executorch-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if request.precision == "int8" and backend != "xnnpack":
-        raise UsageError("executorch int8 runs on the XNNPACK delegate: use --executorch-backend xnnpack (without a delegate the quantized program computes its convolutions in float between quantize/dequantize ops)")
-
     grids: list[QuantParams | None] = [None] * len(model.output_names)
-    quantization: dict[str, Any] = {}
-    if request.precision == "fp16":
+    if precision == "fp16":
         module = copy.deepcopy(model.module).half()
         exported = _export(module, _torch_inputs(model.example_inputs, torch.float16), "fp16")
     else:
         exported = _export(model.module, _torch_inputs(model.example_inputs), "float")
-    if request.precision == "int8":
-        exported, grids = _quantized_program(request, exported)
-        # edgex's plain int8 scheme, said explicitly: 8-bit weights ([-127, 127]), affine activations
-        quantization = {"weight_bits": 8, "symmetric_activations": False}
-
+    if precision == "int8":
+        exported, grids = _quantized_program(model, _calibration_batches(model, calibration), exported)
     partitioners = []
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners.append(XnnpackPartitioner())
-    names = {"inputs": [s.name for s in model.inputs], "outputs": list(model.output_names)}
-    stamp = {"edgex": __version__, "precision": request.precision, "backend": backend, **names,
-             "output_grids": [g.to_json() if g else None for g in grids], "quantization": quantization}
+    stamp = {**stamp, "output_grids": [g.to_json() if g else None for g in grids]}
     try:
         edge = to_edge_transform_and_lower(
-            exported, partitioner=partitioners, constant_methods={METADATA_METHOD: json.dumps(stamp)}, generate_etrecord=True
+            exported, partitioner=partitioners, constant_methods={METADATA_METHOD: json.dumps(stamp)}, generate_etrecord=etrecord
         )
         delegation = _delegation(edge.exported_program().graph_module)
         program = edge.to_executorch()
-        record = program.get_etrecord()
-        # explain maps events through the edge program; the aten program would only double the file
-        record.exported_program = None
+        record = program.get_etrecord() if etrecord else None
     except Exception as exc:
         raise TargetError(f"ExecuTorch lowering ({backend}) failed: {one_line(exc)}", stage="convert") from exc
+    if record is not None:
+        # explain maps events through the edge program; the aten program would only double the file
+        record.exported_program = None
+    return Lowered(program, delegation, grids, record)
+
+
+@hookimpl
+def edgex_convert(request: ConversionRequest) -> ConversionResult:
+    model = request.model
+    if model.module is None:
+        raise UsageError("executorch converts from a torch model (torch.export); an ONNX reference has none")
+    backend = _backend(request.options.get("executorch_backend"), request.precision)
+    # edgex's plain int8 scheme, said explicitly: 8-bit weights ([-127, 127]), affine activations
+    quantization = {"weight_bits": 8, "symmetric_activations": False} if request.precision == "int8" else {}
+    stamp = {"edgex": __version__, "precision": request.precision, "backend": backend,
+             "inputs": [s.name for s in model.inputs], "outputs": list(model.output_names), "quantization": quantization}
+    lowered = lower(model, request.precision, backend, request.calibration, stamp, bool(request.options.get("executorch_etrecord")))
+    program = lowered.program
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
     path.write_bytes(program.buffer)
 
@@ -262,15 +293,16 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     converter = f"torch.export -> executorch {package_version('executorch')} to_edge_transform_and_lower ({'XnnpackPartitioner' if backend == 'xnnpack' else 'no partitioner'}) -> to_executorch"
     if request.precision == "int8":
         converter = "PT2E (XNNPACKQuantizer, min/max calibration) -> " + converter
-    messages = [delegation_summary(delegation, backend), f"planned memory (activations): {sum(planned)} bytes"]
-    details = {"executorch": {"backend": backend, "delegation": delegation, "planned_memory_bytes": sum(planned), "planned_buffers": planned[1:]}}
+    messages = [delegation_summary(lowered.delegation, backend), f"planned memory (activations): {sum(planned)} bytes"]
+    details = {"executorch": {"backend": backend, "delegation": lowered.delegation, "planned_memory_bytes": sum(planned), "planned_buffers": planned[1:]}}
     artifacts = [Artifact(path, "pte")]
-    try:
-        record.save(str(etrecord_path(path)))
-        artifacts.append(Artifact(etrecord_path(path), "etrecord"))
-    except Exception as exc:  # the .pte is sound without it: only explain needs it
-        etrecord_path(path).unlink(missing_ok=True)
-        messages.append(f"no ETRecord written ({one_line(exc)}): edgex explain cannot map this program's ops to torch modules")
+    if lowered.record is not None:
+        try:
+            lowered.record.save(str(etrecord_path(path)))
+            artifacts.append(Artifact(etrecord_path(path), "etrecord"))
+        except Exception as exc:  # the .pte is sound without it
+            etrecord_path(path).unlink(missing_ok=True)
+            messages.append(f"no ETRecord written ({one_line(exc)}): edgex explain rebuilds one from the reference; ExecuTorch's Inspector needs it for a device's ETDump")
     return ConversionResult(tuple(artifacts), io, converter, tuple(messages), details)
 
 
@@ -354,20 +386,34 @@ def _forward_plan(path: Path) -> Any:
     return next(p for p in pte.program.execution_plan if p.name == "forward")
 
 
+def _instructions(plan: Any) -> list[str]:
+    """Each instruction of an execution plan, as its kind and what it calls."""
+    named = []
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            kind = type(args).__name__
+            if kind == "DelegateCall":
+                kind += ":" + plan.delegates[args.delegate_index].id
+            elif kind == "KernelCall":
+                op = plan.operators[args.op_index]
+                kind += f":{op.name}.{op.overload}" if op.overload else f":{op.name}"
+            named.append(kind)
+    return named
+
+
 def program_layout(path: Path) -> dict[str, Any]:
     """What the file itself says runs where: delegate calls by backend, kernel calls by operator
     (the portable kernels), and the memory planned for activations."""
     plan = _forward_plan(path)
     delegates: Counter[str] = Counter()
     kernels: Counter[str] = Counter()
-    for chain in plan.chains:
-        for instruction in chain.instructions:
-            kind = type(instruction.instr_args).__name__
-            if kind == "DelegateCall":
-                delegates[plan.delegates[instruction.instr_args.delegate_index].id] += 1
-            elif kind == "KernelCall":
-                op = plan.operators[instruction.instr_args.op_index]
-                kernels[f"{op.name}.{op.overload}" if op.overload else op.name] += 1
+    for instruction in _instructions(plan):
+        kind, _, called = instruction.partition(":")
+        if kind == "DelegateCall":
+            delegates[called] += 1
+        elif kind == "KernelCall":
+            kernels[called] += 1
     planned = [int(s) for s in plan.non_const_buffer_sizes]
     return {"delegate_calls": dict(delegates), "portable_kernel_calls": dict(sorted(kernels.items())), "planned_memory_bytes": sum(planned)}
 
@@ -463,14 +509,15 @@ def _event_modules(event: Any) -> tuple[str, ...]:
 
 class ExecuTorchTracer:
     """A .pte on the ExecuTorch runtime with ETDump recording every instruction's output, mapped to
-    torch modules by ExecuTorch's Inspector through the ETRecord written beside it at conversion.
+    torch modules by ExecuTorch's Inspector through an ETRecord: the one beside the .pte, else one
+    rebuilt from the reference.
 
     A portable kernel call logs its op's output; a delegate call logs only its own inputs and
     outputs (XNNPACK keeps the ops inside it to itself), so the modules a delegate computes share
     its output tensor, which holds the last of them (core reports the others as fused into it).
     """
 
-    def __init__(self, io: ArtifactIO):
+    def __init__(self, io: ArtifactIO, reference: ReferenceModel):
         from executorch.devtools.etrecord import parse_etrecord
 
         self.path = Path(io.path)
@@ -480,37 +527,61 @@ class ExecuTorchTracer:
                 f"{self.path.name} is float16: ExecuTorch {package_version('executorch')}'s Inspector cannot read the ETDump of a "
                 "float16 program with its intermediate tensors; explain the fp32 .pte of the same model"
             )
+        program = _load_program(self.path)  # a corrupt or foreign .pte: one line
         record = etrecord_path(self.path)
-        if not record.is_file():
-            raise UsageError(
-                f"{self.path.name} has no ETRecord beside it ({record.name}, which edgex convert writes): "
-                "without it ExecuTorch cannot map the program's ops to torch modules; convert the model again"
-            )
-        _load_program(self.path)  # a corrupt or foreign .pte: one line
-        try:
-            self.etrecord = parse_etrecord(str(record))
-        except Exception as exc:
-            raise UsageError(f"{record.name} is not a readable ETRecord ({one_line(exc)}): convert the model again") from exc
-        if not _record_fits(self.etrecord, self.path):
-            raise UsageError(
-                f"{record.name} does not describe {self.path.name}'s instructions (an ETRecord from another conversion?): "
-                "convert the model again, or copy the ETRecord from the same conversion beside it"
-            )
+        self.notes: tuple[str, ...] = ()
+        if record.is_file():
+            try:
+                self.etrecord = parse_etrecord(str(record))
+            except Exception as exc:
+                raise UsageError(f"{record.name} is not a readable ETRecord ({one_line(exc)}): convert the model again") from exc
+            if not _record_fits(self.etrecord, self.path):
+                raise UsageError(
+                    f"{record.name} does not describe {self.path.name}'s instructions (an ETRecord from another conversion?): "
+                    "remove it (explain then rebuilds one from the reference), or copy the ETRecord from the same conversion beside it"
+                )
+        else:
+            self.etrecord = self._rebuilt_record(io, reference, _metadata(program, self.path))
+            self.notes = (f"no {record.name} beside {self.path.name}: its ETRecord was rebuilt by lowering the reference again (the op-to-module map, not the weights)",)
         self.buffer_bytes = _debug_buffer_bytes(self.path)
         delegates = program_layout(self.path)["delegate_calls"]
         where = ", ".join(sorted(delegates)) or "no delegate"
         self.backend = f"ExecuTorch {package_version('executorch')} runtime (Python bindings): {where} + portable kernels, CPU, ETDump of every instruction's output"
-        self.notes: tuple[str, ...] = ()
         if delegates:
             calls = sum(delegates.values())
             portable = (
                 "int8 needs XNNPACK, so no int8 program shows every layer" if io.precision == "int8"
                 else "convert with --executorch-backend portable to see every layer"
             )
-            self.notes = (
+            self.notes += (
                 f"{calls} delegate call(s) ({where}) record only their outputs: the layers inside a delegate are not exposed, "
                 f"so they are compared where the delegate's output is; {portable}",
             )
+
+    def _rebuilt_record(self, io: ArtifactIO, reference: ReferenceModel, stamp: Mapping[str, Any]) -> Any:
+        """The ETRecord of lowering ``reference`` as the .pte's stamp says it was lowered. The
+        Inspector maps events by instruction index and debug handle, which the graph's structure
+        decides, not its weights or calibration: a program with weights planted in it keeps them."""
+        from executorch.devtools.etrecord import parse_etrecord
+
+        if reference.module is None:
+            raise UsageError(f"{self.path.name} has no ETRecord beside it, and an ONNX reference cannot be lowered to rebuild one: pass the torch model as --reference")
+        backend = stamp.get("backend") or ("xnnpack" if program_layout(self.path)["delegate_calls"] else "portable")
+        refused = f"{self.path.name} has no ETRecord beside it ({etrecord_path(self.path).name})"
+        try:
+            lowered = lower(reference, io.precision, _backend(backend, io.precision), [tuple(reference.example_inputs)], dict(stamp), etrecord=True)
+        except (TargetError, UsageError) as exc:
+            raise UsageError(f"{refused}, and lowering the reference to rebuild one failed ({exc.message}): convert with --executorch-etrecord") from exc
+        rebuilt = next(p for p in lowered.program.executorch_program.execution_plan if p.name == "forward")
+        if _instructions(rebuilt) != _instructions(_forward_plan(self.path)):
+            raise UsageError(
+                f"{refused}, and the reference lowered again does not give its instructions (another model, or another "
+                f"edgex or ExecuTorch version?): convert with --executorch-etrecord and keep the ETRecord beside the .pte"
+            )
+        with tempfile.TemporaryDirectory(prefix="etrecord-") as folder:
+            saved = Path(folder) / "rebuilt.etrecord"
+            lowered.record.save(str(saved))
+            return parse_etrecord(str(saved))
 
     def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
         from executorch.devtools import Inspector
@@ -566,4 +637,4 @@ class ExecuTorchTracer:
 
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> ExecuTorchTracer:
-    return ExecuTorchTracer(io)
+    return ExecuTorchTracer(io, reference)

@@ -1,6 +1,6 @@
 """Target ``executorch``: real torch.export + XNNPACK lowering, parity on the ExecuTorch runtime's
 Python bindings, defects planted in the .pte's bytes (tests/defects.py), bad input, ``edgex explain``
-from ETDump and the ETRecord written beside the .pte.
+from ETDump and an ETRecord (written beside the .pte with --executorch-etrecord, else rebuilt).
 
 The digits CNN is converted once per precision (module fixtures); its classifier (no BatchNorm
 folded into it) is the known weight the planters find in the file.
@@ -57,7 +57,8 @@ def digits_fp32(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_portable(tmp_path_factory):
-    return _convert(tmp_path_factory.mktemp("pte-portable"), "fp32", options={"executorch_backend": "portable"})
+    """With its ETRecord written beside it (the XNNPACK fixtures have none: explain rebuilds theirs)."""
+    return _convert(tmp_path_factory.mktemp("pte-portable"), "fp32", options={"executorch_backend": "portable", "executorch_etrecord": True})
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +204,12 @@ def test_explain_compares_every_layer_of_a_portable_pte(digits_portable, tmp_pat
 
 
 def test_explain_of_an_xnnpack_pte_says_the_layers_sit_inside_the_delegate(digits_fp32, tmp_path):
-    """The digits CNN is one XNNPACK delegate call: only its output is exposed, and it is compared."""
-    report = api.explain(digits_fp32[0], "examples:digits", out=tmp_path, samples=4)
+    """The digits CNN is one XNNPACK delegate call: only its output is exposed, and it is compared.
+    Convert wrote no ETRecord: explain rebuilt it from the reference and says so."""
+    path, row = digits_fp32
+    assert not path.with_suffix(".etrecord").exists() and row.artifacts == ["executorch/model.pte"]
+    report = api.explain(path, "examples:digits", out=tmp_path, samples=4)
+    assert any(note.startswith("no model.etrecord beside model.pte: its ETRecord was rebuilt") for note in report.notes)
     assert [layer.module for layer in report.matched] == ["classifier"] and report.matched[0].passed
     assert any("delegate" in note and "--executorch-backend portable" in note for note in report.notes)
     inside = [layer for layer in report.layers if not layer.matched]
@@ -229,17 +234,29 @@ def test_explain_locates_a_weight_defect_in_an_xnnpack_pte_at_the_delegate_outpu
     path, _ = digits_fp32
     bad = tmp_path / "bad.pte"
     defects.pte_scale_weight(path, bad, classifier, channel=3, factor=1.5)
-    shutil.copy(path.with_suffix(".etrecord"), bad.with_suffix(".etrecord"))
     report = api.explain(bad, "examples:digits", out=tmp_path / "out", samples=4)
     assert report.first_flagged.module == "classifier"
     assert report.verdict().startswith("parity is lost at classifier (Linear)")
 
 
-def test_explain_of_a_pte_without_its_etrecord_is_one_line(digits_fp32, tmp_path, capsys):
+def test_explain_of_an_int8_pte_rebuilds_its_etrecord(digits_int8, tmp_path):
+    """The rebuilt int8 program calibrates on other data: its op-to-module map is still the .pte's."""
+    report = api.explain(digits_int8[0], "examples:digits", out=tmp_path, samples=4)
+    assert any("ETRecord was rebuilt" for note in report.notes) and report.matched and report.outputs.passed
+
+
+def test_explain_cannot_rebuild_the_etrecord_of_another_models_pte(digits_portable, tmp_path, capsys):
+    """A portable digits .pte without its ETRecord, explained against another model of the same
+    inputs and outputs: the reference lowered again has other instructions, so one line."""
     artifact = tmp_path / "model.pte"
-    shutil.copy(digits_fp32[0], artifact)
-    code, _, err = run(capsys, "explain", artifact, "--reference", "examples:digits", "--samples", "2", "--out", tmp_path / "out")
-    assert code == 2 and one_line_error(err) and "model.pte has no ETRecord beside it (model.etrecord" in err, err
+    shutil.copy(digits_portable[0], artifact)
+    other = tmp_path / "other.py"
+    other.write_text(
+        "import torch\n\n\ndef linear():\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval(), (torch.randn(1, 1, 8, 8),)\n"
+    )
+    code, _, err = run(capsys, "explain", artifact, "--reference", f"{other}:linear", "--samples", "2", "--out", tmp_path / "out")
+    assert code == 2 and one_line_error(err) and "model.pte has no ETRecord beside it (model.etrecord)" in err, err
 
 
 def test_explain_refuses_an_etrecord_from_another_program(digits_fp32, digits_portable, tmp_path, capsys):
