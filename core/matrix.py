@@ -314,51 +314,71 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
 
     from edgex.core.isolation import describe_exit
 
-    # spawn, not fork: each worker forks its own per-target children and needs its own torch pool
+    # spawn, not fork: each worker forks its own per-target children and needs its own torch pool.
+    # A worker runs group after group, so that the imports it pays (torch, TensorFlow: seconds
+    # each) are paid once per worker, not once per group.
     context = multiprocessing.get_context("spawn")
-    pending, running = list(groups), {}
+    pending, idle, busy = list(groups), [], {}
+    workers: list[Any] = []
+
+    def start_worker() -> Any:
+        connection, theirs = context.Pipe()
+        # not daemonic: a worker forks its targets' children
+        worker = context.Process(target=_group_worker, args=(theirs, config, str(out), cache_dir))
+        worker.start()
+        theirs.close()
+        workers.append(worker)
+        return connection, worker
+
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
+        while pending or busy:
+            while pending and len(busy) < jobs:
+                connection, worker = idle.pop() if idle else start_worker()
                 group = pending.pop(0)
-                receive, send = context.Pipe(duplex=False)
-                # not daemonic: a worker forks its targets' children
-                worker = context.Process(target=_group_worker, args=(send, config, group, str(out), cache_dir))
-                worker.start()
-                send.close()
-                running[receive] = (group, worker)
-            for receive in wait(list(running)):
-                group, worker = running.pop(receive)
+                connection.send(group)
+                busy[connection] = (group, worker)
+            for connection in wait(list(busy)):
+                group, worker = busy.pop(connection)
                 try:
-                    kind, payload = receive.recv()
-                except EOFError:
+                    kind, payload = connection.recv()
+                except EOFError:  # the worker died with this group: a fresh one takes the next
                     worker.join()
-                    kind, payload = "error", f"its worker process {describe_exit(worker.exitcode)}"
-                receive.close()
-                worker.join()
+                    connection.close()
+                    done[group] = _unfinished_group(_manager(), config, group, f"its worker process {describe_exit(worker.exitcode)}", out, execution.started)
+                    continue
                 done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, execution.started)
+                idle.append((connection, worker))
+        for connection, worker in idle:
+            connection.send(None)  # no more groups: the worker returns
+            worker.join()
     except KeyboardInterrupt:  # SIGINT/SIGTERM to the matrix: each worker ends its own run cleanly
-        _stop_workers([worker for _, worker in running.values()])
+        _stop_workers(workers)
         raise
 
 
-def _group_worker(send: Any, config: MatrixConfig, group: Group, out: str, cache_dir: str | None) -> None:
-    """A spawned worker: one group, its cells sent back. It leads its own process group, so that
-    a Ctrl-C in the terminal reaches only the matrix, which stops the workers with SIGTERM; they
-    then end their targets' children and write their reports as ``edgex convert`` does."""
+def _group_worker(connection: Any, config: MatrixConfig, out: str, cache_dir: str | None) -> None:
+    """A spawned worker: groups received one at a time until ``None``, each one's cells sent back.
+    It leads its own process group, so that a Ctrl-C in the terminal reaches only the matrix,
+    which stops the workers with SIGTERM; they then end their targets' children and write their
+    reports as ``edgex convert`` does."""
     from edgex.core.isolation import die_with_parent, end_run_on_signals, interruption
 
     os.setpgid(0, 0)
     die_with_parent()
     end_run_on_signals()
     try:
-        send.send(("cells", run_group(config, *group, out, cache_dir)))
-    except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
-        send.send(("error", f"interrupted by {interruption(exc).signal_name}"))
-    except BaseException as exc:  # noqa: BLE001 -- any failure is this group's, not the matrix's
-        send.send(("error", f"its worker failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
+        while (group := connection.recv()) is not None:
+            try:
+                connection.send(("cells", run_group(config, *group, out, cache_dir)))
+            except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
+                connection.send(("error", f"interrupted by {interruption(exc).signal_name}"))
+                return
+            except BaseException as exc:  # noqa: BLE001 -- any failure is this group's, not the matrix's
+                connection.send(("error", f"its worker failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
+    except (EOFError, KeyboardInterrupt):  # the matrix is gone, or stopped this worker between groups
+        pass
     finally:
-        send.close()
+        connection.close()
 
 
 def _stop_workers(workers: list[Any]) -> None:

@@ -83,6 +83,22 @@ def test_parallel_local_jobs(tmp_path):
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 2
 
 
+def test_a_worker_that_dies_costs_its_group_only_and_is_replaced(tmp_path):
+    """Three groups on two workers; loading the middle model kills its worker outright. Its cells
+    are errors saying so; a fresh worker runs the group after it, and the first worker's group
+    stands."""
+    (tmp_path / "killer.py").write_text("import os\nimport signal\n\n\ndef model():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    config = write(
+        tmp_path,
+        f'targets = ["onnx"]\nsamples = 2\n[[models]]\nspec = "examples:digits"\nname = "first"\n'
+        f'[[models]]\nspec = "killer.py:model"\nname = "killer"\n[[models]]\nspec = "{MODELS}:lstm_tiny"\nname = "after"\n',
+    )
+    assert main(["matrix", str(config), "--jobs", "2", "--out", str(tmp_path / "out")]) == 3
+    rows = {c["cell"]["model"]: c["targets"]["onnx"] for c in json.loads((tmp_path / "out" / "results.json").read_text())}
+    assert rows["first"]["status"] == "passed" and rows["after"]["status"] == "passed"
+    assert rows["killer"]["status"] == "error" and "its worker process crashed with signal SIGKILL" in rows["killer"]["messages"][0], rows["killer"]
+
+
 @pytest.fixture
 def ray_cluster(tmp_path, monkeypatch):
     """A real local Ray cluster (``ray start --head``) for the test, stopped afterwards: its
