@@ -10,6 +10,7 @@ result is a report.json object with one target, plus a ``cell`` key naming its c
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from dataclasses import dataclass, field
@@ -202,9 +203,10 @@ def _report_cell(model_cfg: MatrixModel, preset: Preset, precision: str, target:
     return _cell(model_cfg, preset, target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"})
 
 
-def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
+def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str, cache_dir: str | None = None, slots: Any = None) -> list[dict[str, Any]]:
     """One (model, preset): load and compress once, then every precision's targets. Returns cells.
-    With ``cache_dir``, each target's result is served from / stored in that result cache."""
+    With ``cache_dir``, each target's result is served from / stored in that result cache; with
+    ``slots`` (:class:`WorkerSlots`), its targets convert several at once while slots are free."""
     from edgex.core import pipeline
     from edgex.core.cache import ResultCache
     from edgex.core.compression.options import steps_from_options
@@ -249,7 +251,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             parity_inputs=model_cfg.example_inputs,
         )
         try:
-            report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix", cache=cache).to_json()
+            report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix", cache=cache, slots=slots).to_json()
         except UsageError as exc:
             cells += [bad_input(t, precision, exc) for t in targets]
             continue
@@ -303,6 +305,49 @@ Runner = Callable[[MatrixConfig, list[Group], Execution, dict[Group, list[dict[s
 WORKER_GRACE_S = 30.0
 
 
+class WorkerSlots:
+    """``--jobs`` slots, one per target child converting at once, shared by the local workers.
+
+    A group is the unit of work a worker takes, but groups are uneven (one model's targets can
+    be a third of a matrix): a worker whose group has targets waiting starts another child
+    whenever a slot is free, so that the last group running still uses every core. Each worker
+    counts its own slots in shared memory, so that the matrix frees the slots of a worker that
+    died holding them."""
+
+    POLL_S = 0.05
+
+    def __init__(self, context: Any, limit: int) -> None:
+        self.limit, self.lock, self.held, self.index = limit, context.Lock(), context.Array("i", limit, lock=False), 0
+
+    def for_worker(self, index: int) -> "WorkerSlots":
+        """The same slots, counted for worker ``index``."""
+        mine = copy.copy(self)
+        mine.index = index
+        return mine
+
+    def try_take(self) -> bool:
+        with self.lock:
+            if sum(self.held) >= self.limit:
+                return False
+            self.held[self.index] += 1
+            return True
+
+    def take(self) -> None:
+        import time
+
+        while not self.try_take():
+            time.sleep(self.POLL_S)
+
+    def give(self) -> None:
+        with self.lock:
+            self.held[self.index] = max(0, self.held[self.index] - 1)
+
+    def forget(self, index: int) -> None:
+        """Worker ``index`` died: whatever it held is free."""
+        with self.lock:
+            self.held[index] = 0
+
+
 def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done: dict[Group, list[dict[str, Any]]]) -> None:
     out, jobs, cache_dir = execution.out, execution.jobs, _str_or_none(execution.cache_dir)
     if jobs <= 1:
@@ -320,13 +365,17 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
     context = multiprocessing.get_context("spawn")
     pending, idle, busy = list(groups), [], {}
     workers: list[Any] = []
+    slots = WorkerSlots(context, jobs)
+    free_indices = list(range(jobs))
 
     def start_worker() -> Any:
         connection, theirs = context.Pipe()
+        index = free_indices.pop(0)
         # not daemonic: a worker forks its targets' children
-        worker = context.Process(target=_group_worker, args=(theirs, config, str(out), cache_dir))
+        worker = context.Process(target=_group_worker, args=(theirs, config, str(out), cache_dir, slots.for_worker(index)))
         worker.start()
         theirs.close()
+        worker.slot_index = index
         workers.append(worker)
         return connection, worker
 
@@ -344,6 +393,8 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
                 except EOFError:  # the worker died with this group: a fresh one takes the next
                     worker.join()
                     connection.close()
+                    slots.forget(worker.slot_index)
+                    free_indices.append(worker.slot_index)
                     done[group] = _unfinished_group(_manager(), config, group, f"its worker process {describe_exit(worker.exitcode)}", out, execution.started)
                     continue
                 done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, execution.started)
@@ -356,7 +407,7 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
         raise
 
 
-def _group_worker(connection: Any, config: MatrixConfig, out: str, cache_dir: str | None) -> None:
+def _group_worker(connection: Any, config: MatrixConfig, out: str, cache_dir: str | None, slots: WorkerSlots) -> None:
     """A spawned worker: groups received one at a time until ``None``, each one's cells sent back.
     It leads its own process group, so that a Ctrl-C in the terminal reaches only the matrix,
     which stops the workers with SIGTERM; they then end their targets' children and write their
@@ -369,7 +420,7 @@ def _group_worker(connection: Any, config: MatrixConfig, out: str, cache_dir: st
     try:
         while (group := connection.recv()) is not None:
             try:
-                connection.send(("cells", run_group(config, *group, out, cache_dir)))
+                connection.send(("cells", run_group(config, *group, out, cache_dir, slots)))
             except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
                 connection.send(("error", f"interrupted by {interruption(exc).signal_name}"))
                 return

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -453,13 +453,16 @@ def convert(
     command: str = "convert",
     overwrite: bool = False,
     cache: ResultCache | None = None,
+    slots: JobSlots | None = None,
 ) -> Report:
     """Compress (if asked), convert to every planned target, validate each, write report.json.
 
     The run owns ``out`` (``runner.owned_out``: locked, refused when it holds another model's
     results unless ``overwrite``); on SIGINT/SIGTERM the finished targets are still reported.
     With a ``cache``, a target whose key (``edgex.core.cache.cache_key``) has an intact entry is
-    served from it (artifacts copied, row marked ``cached``), and fresh results are stored."""
+    served from it (artifacts copied, row marked ``cached``), and fresh results are stored.
+    Targets convert one at a time, or, given ``slots`` (a matrix's), several at once while
+    slots are free."""
     plans = plan_targets(manager, settings.targets, settings.precision, model)
     needs_calibration = any(p.precision == "int8" and not p.skip for p in plans)
     inputs = resolve_inputs(model, settings, needs_calibration)
@@ -501,7 +504,7 @@ def convert(
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
 
         try:
-            _convert_each(manager, original, model, plans, start, inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
+            _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
         except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
             _interrupted(report, plans, exc)
             _write_report(manager, claim, report)
@@ -556,67 +559,122 @@ class _CacheLookup:
         return next((hit.macs for hit in self.hits.values() if hit.macs is not None), None)
 
 
+class JobSlots(Protocol):
+    """How many target children may convert at once, shared by a matrix's workers: ``take``
+    waits for a slot, ``try_take`` takes one only if it is free, ``give`` returns one."""
+
+    def take(self) -> None: ...
+
+    def try_take(self) -> bool: ...
+
+    def give(self) -> None: ...
+
+
+class _Starter:
+    """Starts convert's targets in plan order and hands them out in that order: one at a time,
+    or with ``slots``, as many at once as there are free slots (always at least one)."""
+
+    def __init__(self, start: Callable[[TargetPlan], tuple[TargetRun, Path]], slots: JobSlots | None) -> None:
+        self.start, self.slots = start, slots
+        self.waiting: list[TargetPlan] = []
+        self.running: dict[str, tuple[TargetRun, Path]] = {}
+
+    def top_up(self) -> None:
+        while self.waiting:
+            if self.running and (self.slots is None or not self.slots.try_take()):
+                return
+            if not self.running and self.slots is not None:
+                self.slots.take()
+            plan = self.waiting.pop(0)
+            try:
+                self.running[plan.target] = self.start(plan)
+            except BaseException:
+                self.release()
+                raise
+
+    def take(self, plan: TargetPlan) -> tuple[TargetRun, Path]:
+        if plan.target not in self.running:
+            self.top_up()
+        return self.running.pop(plan.target)
+
+    def finished(self) -> None:
+        """One handed-out target is done: its slot is free, and the next targets start."""
+        self.release()
+        self.top_up()
+
+    def cancel(self) -> None:
+        """End every started target (an interrupted or failed run), its work folder removed."""
+        for run, workdir in self.running.values():
+            run.job.cancel()
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.release()
+        self.running.clear()
+
+    def release(self) -> None:
+        if self.slots is not None:
+            self.slots.give()
+
+
 def _convert_each(
     manager: PluginManager,
     original: ReferenceModel,
     model: ReferenceModel,
     plans: Sequence[TargetPlan],
-    start: Callable[[TargetPlan], tuple[TargetRun, Path]],
+    starter: _Starter,
     inputs: RunInputs,
     report: Report,
     out: Path,
     cached: _CacheLookup,
 ) -> None:
-    """convert's targets one after another, each row added to ``report`` when it finishes
-    (an interrupted run keeps the rows added so far)."""
+    """convert's targets, each row added to ``report`` in plan order as it finishes (an
+    interrupted run keeps the rows added so far)."""
     runnable = [p for p in plans if not p.skip]
     cached.look_up(runnable)
-    to_convert = [p for p in runnable if p.target not in cached.hits]
+    starter.waiting = [p for p in runnable if p.target not in cached.hits]
     compression_summary = report.compression
-    # the first target converts in its child while the parent computes the reference outputs
-    started = start(to_convert[0]) if to_convert else None
-    reference = None
     try:
-        if to_convert:  # served from the cache, the targets need no reference outputs
+        # the first targets convert in their children while the parent computes the reference outputs
+        starter.top_up()
+        reference = None
+        if starter.running:  # served from the cache, the targets need no reference outputs
             reference = Reference(manager, model, inputs)
-        if any(p.precision == "int8" for p in to_convert):
+        if any(p.precision == "int8" for p in runnable if p.target not in cached.hits):
             reference.simulated("int8")  # while the first target converts
-    except BaseException:
-        if started is not None:
-            started[0].job.cancel()
-            shutil.rmtree(started[1], ignore_errors=True)
-        raise
-    if compression_summary is not None and original is not model:
-        compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
-    if model.macs is None and model.module is not None:
-        report.model["macs"] = cached.cached_macs() if not to_convert and cached.cached_macs() is not None else count_macs(model.module, model.example_inputs)
+        if compression_summary is not None and original is not model:
+            compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
+        if model.macs is None and model.module is not None:
+            report.model["macs"] = cached.cached_macs() if not starter.running and cached.cached_macs() is not None else count_macs(model.module, model.example_inputs)
 
-    for plan in plans:
-        if plan.skip:
-            report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
-            continue
-        if plan.target in cached.hits:
-            report.targets[plan.target] = cached.serve(plan, out)
-            continue
-        run, workdir = started if started is not None and started[0].target == plan.target else start(plan)
-        started = None
-        try:
-            row, outcome = run.finish(reference)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        row.requested = plan.requested
-        if outcome is not None and outcome.conversion is not None and row.status != "error":
-            conversion = _relocate(outcome.conversion, workdir, out / plan.target)
-            _install(workdir, out / plan.target)
-            row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
-            files = artifact_files(conversion.io.path, [a.path for a in conversion.artifacts], manager.resolve_target(plan.target).spec.artifact_kinds)
-            row.size_bytes = _size(files)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        row.precision = row.precision or plan.precision
-        cached.store(plan, row, out, report.model.get("macs"))
-        report.targets[plan.target] = row
+        for plan in plans:
+            if plan.skip:
+                report.targets[plan.target] = TargetReport(plan.target, "skipped", plan.plugin, plan.precision, messages=[plan.skip], requested=plan.requested)
+                continue
+            if plan.target in cached.hits:
+                report.targets[plan.target] = cached.serve(plan, out)
+                continue
+            run, workdir = starter.take(plan)
+            try:
+                row, outcome = run.finish(reference)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                starter.release()
+                raise
+            starter.finished()
+            row.requested = plan.requested
+            if outcome is not None and outcome.conversion is not None and row.status != "error":
+                conversion = _relocate(outcome.conversion, workdir, out / plan.target)
+                _install(workdir, out / plan.target)
+                row.artifacts = [str(Path(a.path).relative_to(out)) for a in conversion.artifacts]
+                files = artifact_files(conversion.io.path, [a.path for a in conversion.artifacts], manager.resolve_target(plan.target).spec.artifact_kinds)
+                row.size_bytes = _size(files)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+            row.precision = row.precision or plan.precision
+            cached.store(plan, row, out, report.model.get("macs"))
+            report.targets[plan.target] = row
+    except BaseException:
+        starter.cancel()
+        raise
 
 
 def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, settings: ConvertSettings, out: Path, *, target: str | None = None, overwrite: bool = False) -> Report:

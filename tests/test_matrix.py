@@ -174,3 +174,52 @@ def test_address_needs_the_ray_executor(tmp_path, capsys):
     config = write(tmp_path, '[[models]]\nspec = "examples:digits"\n')
     assert main(["matrix", str(config), "--address", "127.0.0.1:6379", "--out", str(tmp_path / "out")]) == 2
     assert "--address names a Ray cluster: use it with --executor ray" in capsys.readouterr().err
+
+
+class _Run:
+    """What the starter keeps of a started target: its job, which it cancels on failure."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+        self.job = self
+
+    def cancel(self) -> None:
+        self.log.append(f"cancel {self.name}")
+
+
+def test_targets_start_as_slots_free_up_and_are_handed_out_in_order(tmp_path):
+    """Two slots shared by two workers: while the other worker holds one, a group runs one
+    target at a time; alone, it runs two; a dead worker's slots are freed by the matrix."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from edgex.core.matrix import WorkerSlots
+    from edgex.core.pipeline import _Starter
+
+    slots = WorkerSlots(multiprocessing.get_context("spawn"), 2)
+    mine, other = slots.for_worker(0), slots.for_worker(1)
+    log: list[str] = []
+
+    def start(plan):
+        log.append(f"start {plan.target}")
+        (tmp_path / plan.target).mkdir()
+        return _Run(log, plan.target), tmp_path / plan.target
+
+    plans = [SimpleNamespace(target=name) for name in ("a", "b", "c", "d")]
+    starter = _Starter(start, mine)
+    starter.waiting = list(plans)
+    assert other.try_take()  # the other worker converts one target
+    starter.top_up()
+    assert log == ["start a"] and not mine.try_take()
+    other.give()
+    starter.take(plans[0])
+    starter.finished()  # a done: b and c start, both slots are this worker's
+    assert log == ["start a", "start b", "start c"] and list(slots.held) == [2, 0]
+    starter.take(plans[1])
+    starter.finished()
+    assert log[-1] == "start d"
+    starter.cancel()  # an interrupted run: c and d end, their slots are free
+    assert log[-2:] == ["cancel c", "cancel d"] and list(slots.held) == [0, 0]
+    assert other.try_take() and other.try_take() and not mine.try_take()
+    slots.forget(1)  # the other worker died holding both
+    assert mine.try_take()
