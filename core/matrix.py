@@ -363,12 +363,12 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
     # A worker runs group after group, so that the imports it pays (torch, TensorFlow: seconds
     # each) are paid once per worker, not once per group.
     context = multiprocessing.get_context("spawn")
-    pending, idle, busy = list(groups), [], {}
+    idle: list[tuple[Any, Any]] = []
     workers: list[Any] = []
     slots = WorkerSlots(context, jobs)
     free_indices = list(range(jobs))
 
-    def start_worker() -> Any:
+    def start_worker() -> tuple[Any, Any]:
         connection, theirs = context.Pipe()
         index = free_indices.pop(0)
         # not daemonic: a worker forks its targets' children
@@ -379,26 +379,50 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
         workers.append(worker)
         return connection, worker
 
-    try:
+    def run(tasks: list[tuple[str, Any]], on_result: Callable[[Any, str, Any], None], on_death: Callable[[Any, str], None]) -> None:
+        """Each task to the next free worker; a worker that dies is replaced for the next task."""
+        pending, busy = list(tasks), {}
         while pending or busy:
             while pending and len(busy) < jobs:
                 connection, worker = idle.pop() if idle else start_worker()
-                group = pending.pop(0)
-                connection.send(group)
-                busy[connection] = (group, worker)
+                task = pending.pop(0)
+                connection.send(task)
+                busy[connection] = (task, worker)
             for connection in wait(list(busy)):
-                group, worker = busy.pop(connection)
+                (_, what), worker = busy.pop(connection)
                 try:
                     kind, payload = connection.recv()
-                except EOFError:  # the worker died with this group: a fresh one takes the next
+                except EOFError:
                     worker.join()
                     connection.close()
                     slots.forget(worker.slot_index)
                     free_indices.append(worker.slot_index)
-                    done[group] = _unfinished_group(_manager(), config, group, f"its worker process {describe_exit(worker.exitcode)}", out, execution.started)
+                    on_death(what, f"its worker process {describe_exit(worker.exitcode)}")
                     continue
-                done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, execution.started)
+                on_result(what, kind, payload)
                 idle.append((connection, worker))
+
+    try:
+        order = list(groups)
+        if len(groups) > jobs:
+            # the biggest models first, so that the last group running is a small one; a model
+            # is weighed in a worker (its factory is the user's code) and one that cannot be
+            # weighed keeps its place, its groups reporting why
+            sizes: dict[int, int] = {}
+
+            def weighed(model_index: int, kind: str, size: Any) -> None:
+                sizes[model_index] = size if kind == "size" else 0
+
+            run([("size", m) for m in sorted({g[0] for g in groups})], weighed, lambda model_index, why: None)
+            order.sort(key=lambda g: -sizes.get(g[0], 0))
+
+        def finished(group: Group, kind: str, payload: Any) -> None:
+            done[group] = payload if kind == "cells" else _unfinished_group(_manager(), config, group, payload, out, execution.started)
+
+        def died(group: Group, why: str) -> None:
+            done[group] = _unfinished_group(_manager(), config, group, why, out, execution.started)
+
+        run([("group", g) for g in order], finished, died)
         for connection, worker in idle:
             connection.send(None)  # no more groups: the worker returns
             worker.join()
@@ -407,20 +431,42 @@ def _local(config: MatrixConfig, groups: list[Group], execution: Execution, done
         raise
 
 
+def model_size(config: MatrixConfig, model_index: int) -> int:
+    """How much graph a model has to convert (modules of a torch model, nodes of an ONNX one):
+    what orders the groups of a parallel matrix. 0 when it cannot be loaded."""
+    from edgex.core.loading import load_model
+
+    model_cfg = config.models[model_index]
+    try:
+        model = load_model(model_cfg.spec, input_shapes=model_cfg.input_shapes, example_inputs=model_cfg.example_inputs, weights=model_cfg.weights)
+    except UsageError:
+        return 0
+    if model.module is not None:
+        return sum(1 for _ in model.module.modules())
+    import onnx
+
+    return len(onnx.load(str(model.onnx_path), load_external_data=False).graph.node)
+
+
 def _group_worker(connection: Any, config: MatrixConfig, out: str, cache_dir: str | None, slots: WorkerSlots) -> None:
-    """A spawned worker: groups received one at a time until ``None``, each one's cells sent back.
-    It leads its own process group, so that a Ctrl-C in the terminal reaches only the matrix,
-    which stops the workers with SIGTERM; they then end their targets' children and write their
-    reports as ``edgex convert`` does."""
+    """A spawned worker: tasks received one at a time until ``None`` -- a model to weigh
+    (:func:`model_size`) or a group to run -- each one's result sent back. It leads its own
+    process group, so that a Ctrl-C in the terminal reaches only the matrix, which stops the
+    workers with SIGTERM; they then end their targets' children and write their reports as
+    ``edgex convert`` does."""
     from edgex.core.isolation import die_with_parent, end_run_on_signals, interruption
 
     os.setpgid(0, 0)
     die_with_parent()
     end_run_on_signals()
     try:
-        while (group := connection.recv()) is not None:
+        while (task := connection.recv()) is not None:
+            kind, what = task
             try:
-                connection.send(("cells", run_group(config, *group, out, cache_dir, slots)))
+                if kind == "size":
+                    connection.send(("size", model_size(config, what)))
+                else:
+                    connection.send(("cells", run_group(config, *what, out, cache_dir, slots)))
             except KeyboardInterrupt as exc:  # stopped (the matrix, interrupted too, reports the group itself)
                 connection.send(("error", f"interrupted by {interruption(exc).signal_name}"))
                 return

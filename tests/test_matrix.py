@@ -83,6 +83,20 @@ def test_parallel_local_jobs(tmp_path):
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 2
 
 
+def test_models_are_weighed_by_their_graph(tmp_path):
+    """What orders a parallel matrix's groups (biggest first): a torch model's modules, an ONNX
+    model's nodes, 0 for a model that cannot be loaded."""
+    from edgex.core.matrix import model_size
+
+    onnx_path = tmp_path / "tiny.onnx"
+    assert main(["convert", f"{MODELS}:lstm_tiny", "--target", "onnx", "--samples", "2", "--out", str(tmp_path / "c")]) == 0
+    onnx_path.write_bytes((tmp_path / "c" / "onnx" / "model.onnx").read_bytes())
+    config = load_config(write(tmp_path, f'[[models]]\nspec = "{MODELS}:mobilenet_tiny"\n[[models]]\nspec = "{MODELS}:resnet_tiny"\n'
+                                         f'[[models]]\nspec = "{onnx_path}"\n[[models]]\nspec = "missing.py:nothing"\n'))
+    sizes = [model_size(config, i) for i in range(4)]
+    assert sizes[0] > sizes[1] > 0 and sizes[2] > 0 and sizes[3] == 0, sizes
+
+
 def test_a_worker_that_dies_costs_its_group_only_and_is_replaced(tmp_path):
     """Three groups on two workers; loading the middle model kills its worker outright. Its cells
     are errors saying so; a fresh worker runs the group after it, and the first worker's group
