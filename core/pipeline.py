@@ -33,7 +33,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import CannotSimulate, SimulatedReference, simulate, vacuous_reference
+from edgex.core.quant_reference import CannotSimulate, SimulatedReference, describe_flags, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -172,7 +172,7 @@ def simulated_details(sim: SimulatedReference, how: str, reference: Outputs, nam
     for index, name in enumerate(names):
         e_sim, sqnr_sim = parity.output_error(reference, sim.outputs, index)
         outputs.append({"name": name, "e_sim": e_sim, "sqnr_sim_db": round(sqnr_sim, 3), "step": sim.output_step(index)})
-    return {"scheme": sim.scheme, "description": sim.describe(), "calibration": how, "seconds": round(sim.seconds, 4), "outputs": outputs}
+    return {"scheme": sim.scheme, "description": sim.describe(), "calibration": how, "seconds": round(sim.seconds, 4), "outputs": outputs, "ranges": list(sim.ranges)}
 
 
 # --------------------------------------------------------------------------- running one target
@@ -315,6 +315,8 @@ class TargetRun:
                     row.messages.append(how)
                 else:
                     row.details["int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
+                    if flags := describe_flags(simulated.ranges):
+                        row.messages.append(flags)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
         except UsageError:
             self._end_stage("error")

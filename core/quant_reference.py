@@ -76,6 +76,11 @@ class SimulatedReference:
     weight_bits: int = 8
     symmetric_activations: bool = False
     palettize_bits: int | None = None
+    #: every calibrated activation range (:func:`range_diagnostics`), with what is wrong with it
+    ranges: tuple[dict[str, Any], ...] = ()
+
+    def flagged_ranges(self) -> list[dict[str, Any]]:
+        return [r for r in self.ranges if r["flags"]]
 
     def output_step(self, index: int) -> float | None:
         """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
@@ -252,6 +257,9 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
         def __init__(self) -> None:
             super().__init__(graph_module)
             self.ranges: dict[Any, tuple[float, float]] | None = {}
+            #: the 0.1th and 99.9th percentiles seen in calibration, and values outside the range at evaluation
+            self.bulk: dict[Any, tuple[float, float]] = {}
+            self.outside: dict[Any, list[int]] = {}
             self.calibrating = True
             self.weights: dict[Any, tuple[Any, Any]] = {}
 
@@ -304,8 +312,17 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 low, high = float(value.min()), float(value.max())
                 seen = self.ranges.get(node)
                 self.ranges[node] = (min(low, seen[0]), max(high, seen[1])) if seen else (low, high)
+                flat = value.detach().flatten().float()
+                flat = flat[:: flat.numel() // _BULK_SAMPLE + 1]  # a strided sample: quantiles sort
+                p_low, p_high = (float(q) for q in torch.quantile(flat, torch.tensor([0.001, 0.999])))
+                seen = self.bulk.get(node)
+                self.bulk[node] = (min(p_low, seen[0]), max(p_high, seen[1])) if seen else (p_low, p_high)
                 return value
             low, high = self.ranges.get(node, (0.0, 0.0))
+            half_step = (max(high, 0.0) - min(low, 0.0)) / 510.0
+            counts = self.outside.setdefault(node, [0, 0])
+            counts[0] += int(((value < low - half_step) | (value > high + half_step)).sum())
+            counts[1] += value.numel()
             return fake_quant_activation(value, low, high, symmetric_activations)
 
     return Simulator()
@@ -388,6 +405,70 @@ def simulate(
         weight_bits=weight_bits,
         symmetric_activations=symmetric_activations,
         palettize_bits=palettize_bits,
+        ranges=range_diagnostics(simulator) if scheme == "int8" else (),
+    )
+
+
+# --------------------------------------------------------------------------- calibration diagnostics
+
+#: values per tensor and calibration batch the percentiles are taken from
+_BULK_SAMPLE = 65536
+#: a range this many times wider than its middle 99.8% gives the bulk of the values too few steps
+OUTLIER_RATIO = 8.0
+#: more than this fraction of the parity inputs' values outside the calibrated range: saturated
+SATURATED_FRACTION = 0.01
+
+_ADVICE = {
+    "degenerate": "the tensor is constant on the calibration data (a dead layer, or data that never exercises it): calibrate on representative inputs",
+    "outlier-dominated": "a few outliers set the range, leaving the bulk of the values a few int8 steps: clip the range (percentile calibration), or keep this tensor at 16 bits (16x8), or calibrate on more data",
+    "saturated": "inputs exceed what calibration saw, and int8 clips them: calibrate on more, or more representative, data",
+}
+
+
+def _module_of(node: Any) -> str:
+    """The innermost torch module a graph node belongs to ('input' for a model input)."""
+    if node.op == "placeholder":
+        return "input"
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def range_diagnostics(simulator: Any) -> tuple[dict[str, Any], ...]:
+    """Each activation range the calibration set, and its flags: ``degenerate`` (no width),
+    ``outlier-dominated`` (wider than OUTLIER_RATIO x its middle 99.8%), ``saturated`` (more
+    than SATURATED_FRACTION of the parity inputs' values outside it), each with advice."""
+    entries = []
+    for node, (low, high) in simulator.ranges.items():
+        p_low, p_high = simulator.bulk.get(node, (low, high))
+        span, bulk = max(high, 0.0) - min(low, 0.0), max(p_high, 0.0) - min(p_low, 0.0)
+        outside, total = simulator.outside.get(node, (0, 0))
+        flags = []
+        if span <= max(abs(low), abs(high), 1.0) * EPS32:
+            flags.append("degenerate")
+        elif bulk > 0 and span / bulk > OUTLIER_RATIO:
+            flags.append("outlier-dominated")
+        if total and outside / total > SATURATED_FRACTION:
+            flags.append("saturated")
+        entries.append({
+            "tensor": node.name, "module": _module_of(node), "low": low, "high": high, "p0.1": p_low, "p99.9": p_high,
+            "steps_for_bulk": round(255.0 * bulk / span, 1) if span > 0 else 0.0,
+            "outside_on_parity": round(outside / total, 6) if total else 0.0,
+            "flags": flags, "advice": [_ADVICE[f] for f in flags],
+        })
+    return tuple(entries)
+
+
+def describe_flags(ranges: Sequence[dict[str, Any]]) -> str | None:
+    """One sentence for a report: how many ranges are flagged, and the first of them."""
+    flagged = [r for r in ranges if r["flags"]]
+    if not flagged:
+        return None
+    first = flagged[0]
+    where = f"{first['tensor']} ({first['module']})" if first["module"] else first["tensor"]
+    return (
+        f"calibration: {len(flagged)} of {len(ranges)} activation ranges flagged, first {where}: {', '.join(first['flags'])} "
+        f"[{first['low']:.4g}, {first['high']:.4g}], middle 99.8% [{first['p0.1']:.4g}, {first['p99.9']:.4g}]; {first['advice'][0]} "
+        "(every range: int8_reference.ranges in report.json)"
     )
 
 

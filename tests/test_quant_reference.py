@@ -148,3 +148,48 @@ def test_vacuous_reference_never_flags_the_trained_digits_model():
     images = model.calibration[0][:16]
     inputs = [(images[i : i + 1],) for i in range(len(images))]
     assert vacuous_reference(_float(model.module, inputs), inputs, list(model.output_names)) is None
+
+
+# --------------------------------------------------------------------------- calibration diagnostics
+
+
+def _ranges(model, calibration, batches):
+    sim = simulate(model, calibration[0], calibration, batches)
+    return {r["module"]: r for r in sim.ranges}
+
+
+def test_honest_calibration_flags_nothing():
+    model = _conv_bn_model()
+    ranges = _ranges(model, _samples((1, 3, 8, 8), 16, 0), _samples((1, 3, 8, 8), 4, 1))
+    assert ranges and not any(r["flags"] for r in ranges.values())
+    assert ranges["input"]["low"] < 0 < ranges["input"]["high"] and ranges["2"]["module"] == "2"  # the first ReLU, named
+
+
+def test_an_outlier_in_the_calibration_data_is_flagged_with_the_tensor_it_widens():
+    """One input value 200x the rest sets the input's range: its bulk gets ~2 of 256 steps."""
+    model = _conv_bn_model()
+    calibration = _samples((1, 3, 8, 8), 16, 0)
+    calibration[3][0][0, 0, 0, 0] = 400.0
+    ranges = _ranges(model, calibration, _samples((1, 3, 8, 8), 4, 1))
+    flagged = ranges["input"]
+    assert flagged["flags"] == ["outlier-dominated"] and flagged["high"] == 400.0 and flagged["steps_for_bulk"] < 32
+    assert "percentile" in flagged["advice"][0]
+
+
+def test_a_dead_layer_is_degenerate_and_inputs_beyond_calibration_are_saturated():
+    """A ReLU after a conv whose bias drives it below zero is constant 0; parity inputs 4x the
+    calibration data's scale fall outside its ranges."""
+    model = _conv_bn_model()
+    with torch.no_grad():
+        model[3].weight.zero_()
+        model[3].bias.fill_(-1.0)
+        model[4].bias.fill_(-5.0)
+    calibration = _samples((1, 3, 8, 8), 16, 0)
+    loud = [(4 * b[0],) for b in _samples((1, 3, 8, 8), 4, 1)]
+    ranges = _ranges(model, calibration, loud)
+    assert ranges["5"]["flags"] == ["degenerate"] and ranges["5"]["high"] == 0.0
+    assert "saturated" in ranges["input"]["flags"] and ranges["input"]["outside_on_parity"] > 0.1
+    from edgex.core.quant_reference import describe_flags
+
+    sentence = describe_flags(tuple(ranges.values()))
+    assert sentence.startswith("calibration: ") and "activation ranges flagged" in sentence
