@@ -23,7 +23,7 @@ from edgex.core.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from edgex.core.plugin_manager import PluginManager
 
-TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "models", "compression"}
+TOP_KEYS = {"targets", "precisions", "samples", "timeout_s", "seed", "rewrite", "models", "compression"}
 MODEL_KEYS = {"spec", "name", "input_shape", "example_inputs", "calibration", "eval_data", "weights"}
 COMPRESSION_KEYS = {"name", *OPTION_NAMES}  # the compress stage's own option names
 PATH_KEYS = {"example_inputs", "calibration", "eval_data", "weights", "distill_data"}
@@ -55,6 +55,8 @@ class MatrixConfig:
     seed: int
     models: tuple[MatrixModel, ...]
     presets: tuple[Preset, ...]
+    #: ``--rewrite`` for every cell (:data:`edgex.core.settings.REWRITE_MODES`)
+    rewrite: str = "auto"
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -133,6 +135,11 @@ def load_config(path: Path) -> MatrixConfig:
     if not isinstance(samples, int) or samples < 1:
         raise UsageError(f"{path}: samples must be a positive integer")
     timeout = raw.get("timeout_s", 900)
+    from edgex.core.settings import REWRITE_MODES
+
+    rewrite = raw.get("rewrite", "auto")
+    if rewrite not in REWRITE_MODES:
+        raise UsageError(f"{path}: rewrite must be one of {', '.join(repr(m) for m in REWRITE_MODES)}, got {rewrite!r}")
     return MatrixConfig(
         targets=tuple(targets),
         precisions=tuple(precisions) if precisions else None,
@@ -141,6 +148,7 @@ def load_config(path: Path) -> MatrixConfig:
         seed=int(raw.get("seed", 0)),
         models=tuple(models),
         presets=(Preset("none"), *presets),
+        rewrite=rewrite,
     )
 
 
@@ -249,6 +257,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
             compression=compression,
             distill_data=preset.options.get("distill_data"),
             parity_inputs=model_cfg.example_inputs,
+            rewrite=config.rewrite,
         )
         try:
             report = pipeline.convert(manager, reference, settings, group_out / precision, command="matrix", cache=cache, slots=slots).to_json()

@@ -29,6 +29,7 @@ def write(tmp_path, text):
         ('[[models]]\nname = "x"\n', "has no spec"),
         ('[[models]]\nspec = "examples:digits"\ninput_shape = "1,3"\n', "input_shape must be a list"),
         ("targets = [\n", "not valid TOML"),
+        ('rewrite = "sometimes"\n[[models]]\nspec = "examples:digits"\n', "rewrite must be one of 'auto', 'none'"),
     ],
 )
 def test_config_errors_name_the_problem(tmp_path, text, message):
@@ -75,6 +76,15 @@ def test_failed_cell_is_a_junit_failure_and_exit_1(tmp_path, monkeypatch):
     assert main(["matrix", str(config), "--out", str(tmp_path / "out")]) == 1
     suite = ET.parse(tmp_path / "out" / "junit.xml").getroot()
     assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+
+
+def test_rewrite_none_reaches_every_cell(tmp_path):
+    """``rewrite = "none"``: the int64 token ids tflite lacks are listed, not rewritten."""
+    config = write(tmp_path, f'targets = ["tflite"]\nsamples = 2\nrewrite = "none"\n[[models]]\nspec = "{MODELS}:token_classifier"\n')
+    main(["matrix", str(config), "--out", str(tmp_path / "out")])
+    (cell,) = json.loads((tmp_path / "out" / "results.json").read_text())
+    rewrites = cell["targets"]["tflite"]["rewrites"]
+    assert [(e["name"], e["status"], e["reason"]) for e in rewrites] == [("int32-inputs", "skipped", "--rewrite none")], rewrites
 
 
 def test_parallel_local_jobs(tmp_path):
