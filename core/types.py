@@ -306,6 +306,14 @@ class Tracer(Protocol):
 
 
 @dataclass(frozen=True)
+class CompressionStep:
+    """One method with its options, e.g. ``CompressionStep("l1-structured", {"amount": 0.5})``."""
+
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CompressionRequest:
     """Everything a compression method needs."""
 

@@ -23,6 +23,14 @@ def test_wheel_contents(tmp_path):
     assert "edgex = edgex.core.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+def test_top_level_help_imports_not_even_numpy():
+    """``edgex --help`` lists the commands from the command line's own modules: the compress
+    stage's package imports its numpy half on first use (core/compression/__init__.py)."""
+    code = "import sys\nfrom edgex.core.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('NUMPY', 'numpy' in sys.modules)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "NUMPY False" in done.stdout and "convert" in done.stdout, done.stdout[-500:]
+
+
 def test_help_and_targets_import_no_framework():
     code = (
         "import sys\n"
