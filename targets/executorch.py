@@ -32,6 +32,7 @@ import importlib.util
 import json
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -216,14 +217,14 @@ def delegation_summary(delegation: Mapping[str, Any], backend: str) -> str:
     return head + f"; {sum(portable.values())} fell back to portable kernels: {fallback}"
 
 
+@dataclass(frozen=True)
 class Lowered:
     """One lowering of a torch model to an ExecuTorch program, and what it says about itself."""
 
-    def __init__(self, program: Any, delegation: dict[str, Any], grids: list[QuantParams | None], record: Any):
-        self.program = program
-        self.delegation = delegation
-        self.grids = grids
-        self.record = record  # the ETRecord, when asked for
+    program: Any
+    delegation: dict[str, Any]
+    grids: list[QuantParams | None]
+    record: Any  # the ETRecord, when asked for
 
 
 def _backend(name: str | None, precision: str) -> str:
@@ -287,8 +288,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
     path.write_bytes(program.buffer)
 
-    plan = next(p for p in program.executorch_program.execution_plan if p.name == "forward")
-    planned = [int(s) for s in plan.non_const_buffer_sizes]  # entry 0 is reserved by ExecuTorch (always 0)
+    planned = [int(s) for s in _forward(program.executorch_program).non_const_buffer_sizes]  # entry 0 is reserved by ExecuTorch (always 0)
     io = describe_pte(path, model)
     converter = f"torch.export -> executorch {package_version('executorch')} to_edge_transform_and_lower ({'XnnpackPartitioner' if backend == 'xnnpack' else 'no partitioner'}) -> to_executorch"
     if request.precision == "int8":
@@ -378,12 +378,16 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
     return describe_pte(Path(path), reference)
 
 
+def _forward(program: Any) -> Any:
+    """The forward method's execution plan in an ExecuTorch program (its flatbuffer schema)."""
+    return next(p for p in program.execution_plan if p.name == "forward")
+
+
 def _forward_plan(path: Path) -> Any:
     """The forward method's execution plan, as the file holds it."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    pte = deserialize_pte_binary(Path(path).read_bytes())
-    return next(p for p in pte.program.execution_plan if p.name == "forward")
+    return _forward(deserialize_pte_binary(Path(path).read_bytes()).program)
 
 
 def _instructions(plan: Any) -> list[str]:
@@ -405,7 +409,10 @@ def _instructions(plan: Any) -> list[str]:
 def program_layout(path: Path) -> dict[str, Any]:
     """What the file itself says runs where: delegate calls by backend, kernel calls by operator
     (the portable kernels), and the memory planned for activations."""
-    plan = _forward_plan(path)
+    return _layout(_forward_plan(path))
+
+
+def _layout(plan: Any) -> dict[str, Any]:
     delegates: Counter[str] = Counter()
     kernels: Counter[str] = Counter()
     for instruction in _instructions(plan):
@@ -472,11 +479,11 @@ def etrecord_path(pte: Path) -> Path:
 _ELEMENT_BYTES = {0: 1, 1: 1, 2: 2, 3: 4, 4: 8, 5: 2, 6: 4, 7: 8, 11: 1, 15: 2}
 
 
-def _debug_buffer_bytes(path: Path) -> int:
+def _debug_buffer_bytes(plan: Any) -> int:
     """Room for every intermediate tensor ETDump copies out of one run: the program's non-constant
     tensors, each padded, twice over (a delegate call logs its inputs as well as its outputs)."""
     total = 0
-    for value in _forward_plan(path).values:
+    for value in plan.values:
         tensor = value.val
         if type(tensor).__name__ == "Tensor" and tensor.data_buffer_idx == 0:
             count = int(np.prod([int(d) for d in tensor.sizes])) if tensor.sizes else 1
@@ -484,12 +491,11 @@ def _debug_buffer_bytes(path: Path) -> int:
     return 2 * total + (1 << 20)
 
 
-def _record_fits(etrecord: Any, path: Path) -> bool:
+def _record_fits(etrecord: Any, plan: Any) -> bool:
     """Whether the ETRecord's debug handles name this program's instructions: its delegate calls
     are the program's, and every instruction it maps is a kernel or delegate call. (The Inspector
     maps events by instruction index; weights do not enter the mapping.)"""
-    plan = _forward_plan(path)
-    kinds = [type(i.instr_args).__name__ for chain in plan.chains for i in chain.instructions]
+    kinds = [instruction.partition(":")[0] for instruction in _instructions(plan)]
     # the maps the Inspector itself reads, keyed by method, then by instruction index
     handles = (etrecord._debug_handle_map or {}).get("forward") or {}
     delegated = (etrecord._delegate_map or {}).get("forward") or {}
@@ -528,6 +534,8 @@ class ExecuTorchTracer:
                 "float16 program with its intermediate tensors; explain the fp32 .pte of the same model"
             )
         program = _load_program(self.path)  # a corrupt or foreign .pte: one line
+        plan = _forward_plan(self.path)
+        layout = _layout(plan)
         record = etrecord_path(self.path)
         self.notes: tuple[str, ...] = ()
         if record.is_file():
@@ -535,16 +543,16 @@ class ExecuTorchTracer:
                 self.etrecord = parse_etrecord(str(record))
             except Exception as exc:
                 raise UsageError(f"{record.name} is not a readable ETRecord ({one_line(exc)}): convert the model again") from exc
-            if not _record_fits(self.etrecord, self.path):
+            if not _record_fits(self.etrecord, plan):
                 raise UsageError(
                     f"{record.name} does not describe {self.path.name}'s instructions (an ETRecord from another conversion?): "
                     "remove it (explain then rebuilds one from the reference), or copy the ETRecord from the same conversion beside it"
                 )
         else:
-            self.etrecord = self._rebuilt_record(io, reference, _metadata(program, self.path))
+            self.etrecord = self._rebuilt_record(io, reference, _metadata(program, self.path), plan, layout)
             self.notes = (f"no {record.name} beside {self.path.name}: its ETRecord was rebuilt by lowering the reference again (the op-to-module map, not the weights)",)
-        self.buffer_bytes = _debug_buffer_bytes(self.path)
-        delegates = program_layout(self.path)["delegate_calls"]
+        self.buffer_bytes = _debug_buffer_bytes(plan)
+        delegates = layout["delegate_calls"]
         where = ", ".join(sorted(delegates)) or "no delegate"
         self.backend = f"ExecuTorch {package_version('executorch')} runtime (Python bindings): {where} + portable kernels, CPU, ETDump of every instruction's output"
         if delegates:
@@ -558,7 +566,7 @@ class ExecuTorchTracer:
                 f"so they are compared where the delegate's output is; {portable}",
             )
 
-    def _rebuilt_record(self, io: ArtifactIO, reference: ReferenceModel, stamp: Mapping[str, Any]) -> Any:
+    def _rebuilt_record(self, io: ArtifactIO, reference: ReferenceModel, stamp: Mapping[str, Any], plan: Any, layout: Mapping[str, Any]) -> Any:
         """The ETRecord of lowering ``reference`` as the .pte's stamp says it was lowered. The
         Inspector maps events by instruction index and debug handle, which the graph's structure
         decides, not its weights or calibration: a program with weights planted in it keeps them."""
@@ -566,14 +574,13 @@ class ExecuTorchTracer:
 
         if reference.module is None:
             raise UsageError(f"{self.path.name} has no ETRecord beside it, and an ONNX reference cannot be lowered to rebuild one: pass the torch model as --reference")
-        backend = stamp.get("backend") or ("xnnpack" if program_layout(self.path)["delegate_calls"] else "portable")
+        backend = stamp.get("backend") or ("xnnpack" if layout["delegate_calls"] else "portable")
         refused = f"{self.path.name} has no ETRecord beside it ({etrecord_path(self.path).name})"
         try:
             lowered = lower(reference, io.precision, _backend(backend, io.precision), [tuple(reference.example_inputs)], dict(stamp), etrecord=True)
         except (TargetError, UsageError) as exc:
             raise UsageError(f"{refused}, and lowering the reference to rebuild one failed ({exc.message}): convert with --executorch-etrecord") from exc
-        rebuilt = next(p for p in lowered.program.executorch_program.execution_plan if p.name == "forward")
-        if _instructions(rebuilt) != _instructions(_forward_plan(self.path)):
+        if _instructions(_forward(lowered.program.executorch_program)) != _instructions(plan):
             raise UsageError(
                 f"{refused}, and the reference lowered again does not give its instructions (another model, or another "
                 f"edgex or ExecuTorch version?): convert with --executorch-etrecord and keep the ETRecord beside the .pte"
