@@ -13,7 +13,7 @@ whose ``to_json()`` is exactly report.json. Errors are :class:`edgex.core.errors
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from edgex.core import pipeline
 from edgex.core.cache import ResultCache
@@ -27,7 +27,10 @@ from edgex.core.settings import ConvertSettings, make_settings
 from edgex.core.report import Report, TargetReport
 from edgex.core.types import ReferenceModel
 
-__all__ = ["convert", "validate", "explain", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport", "ExplainReport"]
+if TYPE_CHECKING:
+    from edgex.core.check import CheckReport
+
+__all__ = ["convert", "check", "validate", "explain", "compress", "load_model", "plugin_manager", "ConvertSettings", "CompressionStep", "Report", "TargetReport", "ParityReport", "ExplainReport"]
 
 
 def plugin_manager(observers: Iterable[Any] = ()) -> PluginManager:
@@ -111,6 +114,28 @@ def convert(
     )
     result_cache = ResultCache(Path(cache)) if cache is not None else None
     return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite, cache=result_cache)
+
+
+def check(
+    model: Any,
+    targets: Sequence[str] = ("all",),
+    *,
+    example_inputs: Any = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    precision: str | None = None,
+    samples: int = 4,
+    seed: int | None = None,
+    rewrite: str | None = None,
+    plugins: PluginManager | None = None,
+) -> "CheckReport":
+    """Predict, without converting, what :func:`convert` would report per target: the model's
+    operators, what each target lacks or restricts, the rewrites it would apply (each proven on
+    ``samples`` inputs) and the outcome -- ``passed``, ``error`` or ``unknown`` (docs/check.md)."""
+    from edgex.core.check import check as _check
+
+    reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
+    settings = make_settings(targets=tuple(targets), precision=precision, samples=samples, seed=seed, rewrite=rewrite)
+    return _check(plugins or plugin_manager(), reference, settings)
 
 
 def validate(

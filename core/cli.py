@@ -293,6 +293,21 @@ def cmd_explain(args: argparse.Namespace, manager: PluginManager) -> int:
     return report.exit_code
 
 
+def cmd_check(args: argparse.Namespace, manager: PluginManager) -> int:
+    from edgex.core.check import check, render
+    from edgex.core.report import dumps
+    from edgex.core.settings import make_settings
+
+    model = _load(args, args.model)
+    settings = make_settings(
+        targets=tuple(args.target or ()), precision=_quantize(args.quantize), samples=args.samples, seed=args.seed,
+        parity_inputs=args.example_inputs, rewrite=args.rewrite,
+    )
+    report = check(manager, model, settings)
+    print(dumps(report.to_json()) if args.json else render(report))
+    return report.exit_code
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     from edgex.core.matrix import exit_code, run_matrix
     from edgex.core.report import matrix_markdown
@@ -392,6 +407,17 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     p.add_argument("--json", action="store_true", help="print explain.json instead of the table")
     p.set_defaults(handler=cmd_explain, needs_manager=True)
 
+    p = sub.add_parser("check", help="before converting, in seconds: the operators each target lacks, the predicted outcome and the fix", epilog=EPILOG)
+    p.add_argument("model", metavar="MODEL", help="file.py:factory, package.module:factory, model.pt2, model.pt, model.onnx or examples:NAME")
+    p.add_argument("--target", "-t", action="append", metavar="T", help="target name or alias (repeatable), or 'all'")
+    p.add_argument("--quantize", choices=["none", "fp16", "int8", "dynamic-int8"], help="precision (default: each target's own)")
+    p.add_argument("--rewrite", choices=REWRITE_MODES, default=None, help="auto (default): predict with the rewrites convert would apply, each proven first; none: the model as it is")
+    p.add_argument("--samples", type=int, default=4, metavar="N", help="inputs each rewrite is proven on (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampled inputs (default 0)")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.set_defaults(handler=cmd_check, needs_manager=True)
+
     p = sub.add_parser("matrix", help="run every model x compression x precision x target of a TOML config", epilog=EPILOG)
     p.add_argument("config", type=Path, metavar="CONFIG.toml")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="(model, compression) groups run in parallel (default 1)")
@@ -420,7 +446,7 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
 def _wants_manager(argv: Sequence[str]) -> bool:
     """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
     words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo")
+    return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo", "check")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

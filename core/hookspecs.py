@@ -28,6 +28,8 @@ from edgex.core.types import (
     CompressorSpec,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
     ReferenceModel,
     Runtime,
     StageEvent,
@@ -128,6 +130,20 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
     values of the torch graph rather than modules. Runs in a child process.
     """
 
+
+
+@hookspec(firstresult=True)
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    """Judge, without converting, whether ``target`` can take a model with these operators.
+
+    Optional (``edgex check``; a target without it is predicted "unknown"). Dispatched to the
+    plugin that declared ``target``. ``operators`` is read from the model's exported graph
+    *after* the target's rewrites (``TargetSpec.lacks``), ``precision`` is the one the target
+    would convert at. Return an :class:`OperatorCheck`: a finding per operator the target lacks
+    (``blocks=True``: the conversion is expected to fail) or restricts (converts, at a cost),
+    each with the reason and the fix, the data judged by (with versions), and the operators
+    that data does not cover. Must be fast and import no converter that takes seconds to load.
+    """
 
 # --------------------------------------------------------------------------- compress
 

@@ -37,6 +37,8 @@ from edgex.core.types import (
     CompressorSpec,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
     ReferenceModel,
     Runtime,
     StageEvent,
@@ -330,6 +332,14 @@ class PluginManager:
         if tracer is None:  # the plugin traces some of its targets' artifacts, not this one
             raise UsageError(f"target {registered.name!r} cannot explain {io.path.name}: its plugin {registered.plugin} returned no tracer for it")
         return tracer
+
+    def check_operators(self, target: str, operators: ModelOperators, precision: str) -> OperatorCheck | None:
+        """The plugin's judgement of ``operators`` for ``target`` (``edgex check``); None when the
+        plugin does not implement the optional ``edgex_check_operators``."""
+        registered = self.resolve_target(target)
+        owner = self._owner(registered.plugin)
+        others = [p for p in self.pm.get_plugins() if p is not owner]
+        return self.pm.subset_hook_caller("edgex_check_operators", remove_plugins=others)(target=registered.name, operators=operators, precision=precision)
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
         registered = self.resolve_compressor(request.method)

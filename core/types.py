@@ -343,6 +343,67 @@ class CompressionResult:
     messages: tuple[str, ...] = ()
 
 
+# --------------------------------------------------------------------------- checking before converting (edgex check)
+
+
+@dataclass(frozen=True)
+class OperatorUse:
+    """One operator a model uses, as its exported graph records it."""
+
+    #: ``aten.conv2d`` (a torch model's ``torch.export`` graph, overload dropped) or ``onnx.Conv``
+    name: str
+    count: int
+    #: the module paths it occurs in (first few), for the user to find it
+    modules: tuple[str, ...] = ()
+    #: the shapes of its tensor arguments, per use (first few uses), for rules that depend on them
+    shapes: tuple[tuple[tuple[int, ...], ...], ...] = ()
+    #: its other arguments (numbers, flags, lists of numbers), per use (first few uses)
+    scalars: tuple[tuple[Any, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelOperators:
+    """Every operator a model needs, read from its exported graph (no conversion)."""
+
+    #: "torch" (from ``torch.export``) or "onnx" (an ONNX reference's nodes)
+    kind: str
+    operators: tuple[OperatorUse, ...]
+    inputs: tuple[TensorSpec, ...] = ()
+
+    def get(self, name: str) -> OperatorUse | None:
+        return next((op for op in self.operators if op.name == name), None)
+
+
+@dataclass(frozen=True)
+class OperatorFinding:
+    """Something a target lacks or restricts that the model uses.
+
+    ``blocks``: the conversion (or loading the artifact) is expected to fail on it; otherwise
+    it converts with a cost the user should know of (ops falling back to a CPU, a float island)."""
+
+    operator: str
+    reason: str
+    blocks: bool = True
+    #: what the user can do about it (a rewrite, a recipe, another target)
+    fix: str = ""
+    modules: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"operator": self.operator, "reason": self.reason, "blocks": self.blocks, "fix": self.fix, "modules": list(self.modules)}
+
+
+@dataclass(frozen=True)
+class OperatorCheck:
+    """A target's answer to ``edgex check``: what it finds in the model's operators, and the data
+    it judged by (with versions, e.g. "TFLM kernel list at tflite-micro commit 90b983c")."""
+
+    findings: tuple[OperatorFinding, ...] = ()
+    source: str = ""
+    #: operators the target's data does not cover: the prediction cannot vouch for them
+    unknown: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------- observers
 
 

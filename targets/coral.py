@@ -22,6 +22,8 @@ from edgex.plugins import (
     ReferenceModel,
     TargetSpec,
     hookimpl,
+    ModelOperators,
+    OperatorCheck,
 )
 from edgex.targets import edgetpu, litert
 
@@ -114,3 +116,10 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) 
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> litert.LiteRTTracer:
     notes = [litert.XNNPACK_TRACE_NOTE, "nothing ran on an Edge TPU: the int8 model was traced on LiteRT"]
     return litert.LiteRTTracer(io, notes=notes)
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    from edgex.targets.tflite_ops import check_tflite
+
+    return check_tflite(operators, precision, "edgetpu", TARGETS[0].lacks)

@@ -22,6 +22,7 @@ where the program computes in fp16; an op it lacks is an ``error`` naming the op
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io as _io
 import re
@@ -43,6 +44,9 @@ from edgex.plugins import (
     BackendStatus,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
+    OperatorFinding,
     ReferenceModel,
     TargetError,
     TargetOption,
@@ -578,3 +582,56 @@ class MILTracer:
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
     return MILTracer(io, reference)
+
+
+# --------------------------------------------------------------------------- edgex check
+
+
+@functools.lru_cache(maxsize=1)
+def coremltools_torch_ops() -> frozenset[str]:
+    """The op names coremltools' torch frontend registers (``@register_torch_op`` and its
+    ``torch_alias``), read from its source: importing coremltools takes many seconds (it imports
+    TensorFlow's frontend too), and the registry is all ``edgex check`` needs of it."""
+    import ast
+
+    spec = importlib.util.find_spec("coremltools")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    frontend = Path(spec.origin).parent / "converters" / "mil" / "frontend" / "torch"
+    names: set[str] = set()
+    for source in sorted(frontend.glob("*.py")):
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                call = decorator if isinstance(decorator, ast.Call) else None
+                target = call.func if call else decorator
+                if getattr(target, "id", getattr(target, "attr", None)) != "register_torch_op":
+                    continue
+                names.add(node.name)
+                for keyword in call.keywords if call else ():
+                    if keyword.arg == "torch_alias" and isinstance(keyword.value, (ast.List, ast.Tuple)):
+                        names.update(e.value for e in keyword.value.elts if isinstance(e, ast.Constant))
+    return frozenset(names)
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    """Every ATen operator needs a converter in coremltools' torch frontend registry (the one
+    ``ct.convert`` looks each graph node up in, for the TorchScript trace and torch.export alike;
+    looked up as coremltools does: lower case, no namespace, no in-place underscore)."""
+    if operators.kind != "torch":
+        return OperatorCheck(source="coreml converts torch models only")
+    registered = coremltools_torch_ops()
+    version = package_version("coremltools") or "?"
+    findings = []
+    for op in operators.operators:
+        name = op.name.split(".", 1)[1].lower().rstrip("_")
+        if name not in registered:
+            findings.append(OperatorFinding(
+                op.name, f"coremltools {version} has no converter for it",
+                fix="rewrite it from operators coremltools converts, or register a composite operator (coremltools' register_torch_op)",
+                modules=op.modules,
+            ))
+    return OperatorCheck(tuple(findings), f"coremltools {version}'s torch op registry ({len(registered)} ops, read from its source)")

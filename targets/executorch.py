@@ -48,6 +48,8 @@ from edgex.plugins import (
     BackendStatus,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
     QuantParams,
     ReferenceModel,
     TargetError,
@@ -645,3 +647,19 @@ class ExecuTorchTracer:
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> ExecuTorchTracer:
     return ExecuTorchTracer(io, reference)
+
+
+# --------------------------------------------------------------------------- edgex check
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    """ExecuTorch starts from the same torch.export graph ``edgex check`` read, and its portable
+    kernels cover the core ATen operator set that graph is decomposed to: whatever XNNPACK does
+    not delegate runs on them."""
+    if operators.kind != "torch":
+        return OperatorCheck(source="executorch converts torch models only")
+    return OperatorCheck(
+        source=f"torch.export took the model; ExecuTorch {package_version('executorch') or '?'}'s portable kernels cover core ATen",
+        notes=("which operators XNNPACK delegates is decided when lowering; the report of edgex convert lists them",),
+    )

@@ -42,6 +42,8 @@ from edgex.plugins import (
     TargetSpec,
     UsageError,
     hookimpl,
+    ModelOperators,
+    OperatorCheck,
 )
 from edgex.targets import litert, mcu_memory, mcu_model, mcu_vela
 
@@ -307,3 +309,10 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
         "reference kernels (the ones TFLM's are ported from), not on TFLM; edgex validate's litert_comparison says how far the two differ"
     )
     return litert.LiteRTTracer(io, reference_kernels=True, notes=(note,))
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    from edgex.targets.tflite_ops import check_tflite
+
+    return check_tflite(operators, precision, "tflm", TARGETS[0].lacks)

@@ -38,6 +38,8 @@ from edgex.plugins import (
     BackendStatus,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
     QuantParams,
     ReferenceModel,
     TargetError,
@@ -908,3 +910,31 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
         tracer.notes = ("TensorRT does not expose intermediate tensors: the ONNX was traced on onnxruntime in the precision TensorRT would use",)
         return tracer
     return OnnxTracer(io)
+
+
+# --------------------------------------------------------------------------- edgex check
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    """Every ATen operator needs an ONNX implementation in torchlib (the dynamo exporter's), or
+    a decomposition into ones that have; the TorchScript exporter, tried second, is not tabulated,
+    so an operator neither covers is unknown, not blocking. An ONNX reference is taken as it is."""
+    if operators.kind == "onnx":
+        custom = tuple(op.name for op in operators.operators if not op.name.startswith("onnx."))
+        return OperatorCheck(source="the ONNX reference's own nodes (copied as they are)", unknown=custom)
+    import torch
+    from torch._decomp import decomposition_table
+    from torch.onnx._internal.exporter import _registration
+
+    registry = _registration.ONNXRegistry.from_torchlib()
+    unknown = []
+    for op in operators.operators:
+        packet = getattr(torch.ops.aten, op.name.split(".", 1)[1], None) if op.name.startswith("aten.") else None
+        overloads = [getattr(packet, o) for o in packet.overloads()] if packet is not None else []
+        if not any(registry.is_registered(o) or o in decomposition_table or o.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd) for o in overloads):
+            unknown.append(op.name)
+    notes = ()
+    if target == "jetson":
+        notes = ("TensorRT's own parser is checked when the engine is built: edgex has no TensorRT here to ask",)
+    return OperatorCheck(source=f"torch.onnx's torchlib registry and ATen decompositions (torch {package_version('torch') or '?'})", unknown=tuple(unknown), notes=notes)

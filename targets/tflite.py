@@ -20,6 +20,8 @@ from edgex.plugins import (
     ReferenceModel,
     TargetSpec,
     hookimpl,
+    ModelOperators,
+    OperatorCheck,
 )
 from edgex.targets import litert
 
@@ -72,3 +74,10 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) 
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> litert.LiteRTTracer:
     return litert.LiteRTTracer(io, notes=[litert.XNNPACK_TRACE_NOTE])
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    from edgex.targets.tflite_ops import check_tflite
+
+    return check_tflite(operators, precision, "litert", TARGETS[0].lacks)

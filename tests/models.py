@@ -96,3 +96,41 @@ def constant_classifier():
     with torch.no_grad():
         net[4].bias.copy_(torch.linspace(-1.0, 1.0, 5))
     return net, example
+
+
+def lstm_long():
+    """The tiny LSTM over 20 steps: the unrolled graph concatenates 20 step outputs, more than
+    TFLM's concatenation takes (10)."""
+    torch.manual_seed(0)
+    return zoo.LSTMClassifier(features=8, hidden=16, classes=3).eval(), (torch.randn(1, 20, 8),)
+
+
+class Magnitude(torch.nn.Module):
+    """Two projections combined as a magnitude, sqrt(a^2 + b^2) by torch.hypot: an operator
+    coremltools has no converter for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real = torch.nn.Linear(8, 4)
+        self.imag = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return torch.hypot(self.real(x), self.imag(x))
+
+
+def magnitude():
+    torch.manual_seed(0)
+    return Magnitude().eval(), (torch.randn(1, 8),)
+
+
+class Unexportable(torch.nn.Module):
+    """Branches on its input's values: torch.export cannot capture data-dependent control flow."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def unexportable():
+    return Unexportable(), (torch.randn(1, 4),)
