@@ -376,3 +376,33 @@ def test_hard_activations_map_to_the_edge_tpu_only_after_rewriting(tmp_path):
         mapped[mode] = (row.details["edgetpu"]["ops_mapped"], row.details["edgetpu"]["ops_total"])
     assert mapped["none"][0] < mapped["none"][1]  # HARD_SWISH is not in the Edge TPU's table
     assert mapped["auto"][0] == mapped["auto"][1]
+
+
+@pytest.mark.slow
+def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(tmp_path):
+    pytest.importorskip("tflite_micro")
+    module, example = lstm_long()
+    model = load_model("lstm", module=module, example_inputs=list(example))
+    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8), tmp_path / "out")
+    for name in ("mcu", "coral"):
+        row = report.targets[name]
+        assert row.status == "passed", (name, row.messages)
+        applied = [e for e in row.details["rewrites"] if e["status"] == "applied"]
+        assert [(e["name"], e["replaced"]) for e in applied] == [("lstm-steps", ["lstm"])] and applied[0]["drift"] <= 1e-6
+    operators = {op["op"]: op["count"] for op in report.targets["mcu"].details["operators"]}
+    assert operators["CONCATENATION"] >= 2  # the 20 steps joined in chunks of at most 8, not in one
+    edgetpu = report.targets["coral"].details["edgetpu"]
+    assert edgetpu["ops_mapped"] == edgetpu["ops_total"] and edgetpu["mac_fraction"] == 1.0
+
+
+@pytest.mark.slow
+def test_rewrite_none_reproduces_the_long_lstm_errors(tmp_path):
+    pytest.importorskip("tflite_micro")
+    module, example = lstm_long()
+    model = load_model("lstm", module=module, example_inputs=list(example))
+    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8, rewrite="none"), tmp_path / "out")
+    row = report.targets["mcu"]
+    assert row.status == "error" and any("CONCATENATION" in m and "kMaxInputNum" in m for m in row.messages), row.messages
+    assert {e["name"]: e["reason"] for e in row.details["rewrites"]}["lstm-steps"] == "--rewrite none"
+    edgetpu = report.targets["coral"].details["edgetpu"]
+    assert edgetpu["first_unmapped"]["op"] == "FULLY_CONNECTED" and "not one-dimensional" in edgetpu["first_unmapped"]["reason"]
