@@ -37,12 +37,16 @@ GAPS = {
     "hardswish": "no kernel for hardswish / hardsigmoid",
     "fused-transformer": "its converter cannot read PyTorch's fused transformer fast path",
     "int64-inputs": "takes int32, not int64, integer inputs (token ids)",
+    "lstm": "its converter's unrolled nn.LSTM has ops the runtime cannot take: a concatenation of more "
+    "inputs than TFLM allows (10), fully-connected layers over the whole sequence (the Edge TPU's are one-dimensional)",
 }
 
 #: relative output drift an exact rewrite may cause (fp32 reordering only)
 EXACT_BOUND = 1e-4
 #: relative output drift a bounded-error rewrite may cause: a quarter of an int8 output step
 APPROXIMATE_BOUND = 1e-3
+#: the most tensors one concatenation of an unrolled LSTM joins (TFLM's kMaxInputNum is 10)
+LSTM_CHUNK = 8
 #: max |gelu_tanh(x) - gelu_erf(x)| over all x (measured in float64 on a 1e-5 grid over [-12, 12])
 GELU_TANH_MAX_ABS = 4.73e-4
 
@@ -201,6 +205,127 @@ def _rewrite_fused_transformer(draft: Draft) -> list[str]:
     return replaced
 
 
+def cat_in_chunks(tensors: Sequence[Any], dim: int, chunk: int = LSTM_CHUNK) -> Any:
+    """``torch.cat(tensors, dim)`` as concatenations of at most ``chunk`` tensors each: groups of
+    ``chunk``, then the groups' results the same way (recursively), so that no CONCATENATION of
+    the converted graph has more inputs than TFLM takes. Between one level's concatenations and
+    the next a reshape (a trailing unit axis added, then removed) keeps the TFLite converter from
+    folding a concatenation of concatenations along one axis back into one."""
+    import torch
+
+    tensors = list(tensors)
+    if len(tensors) == 1:
+        return tensors[0]
+    dim = dim % tensors[0].dim()
+    unit_axis = False
+    while len(tensors) > chunk:
+        groups = [tensors[i : i + chunk] for i in range(0, len(tensors), chunk)]
+        joined = [torch.cat(group, dim) if len(group) > 1 else group[0] for group in groups]
+        tensors = [x.squeeze(-1) if unit_axis else x.unsqueeze(-1) for x in joined]
+        unit_axis = not unit_axis
+    joined = torch.cat(tensors, dim)
+    return joined.squeeze(-1) if unit_axis else joined
+
+
+def _lstm_supported(module: Any) -> bool:
+    """An nn.LSTM the step-by-step module computes exactly: no projection (proj_size 0), and
+    nn.LSTM's own forward (a subclass that overrides it is left alone)."""
+    from torch import nn
+
+    return isinstance(module, nn.LSTM) and type(module).forward is nn.LSTM.forward and module.proj_size == 0 and module.mode == "LSTM"
+
+
+@cache
+def _lstm_steps_class() -> type:
+    """The step-by-step LSTM (built on first use: torch is imported only here)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class LSTMSteps(nn.Module):
+        """nn.LSTM (any num_layers, bidirectional, bias, batch_first, given (h0, c0) or none;
+        proj_size 0) written out one time step at a time: the gate matmuls on 2-D [batch,
+        features] tensors (FULLY_CONNECTED with one-dimensional outputs at batch 1), sigmoid and
+        tanh, and the output sequence joined by :func:`cat_in_chunks` (no concatenation of more
+        than ``LSTM_CHUNK`` tensors). It holds the LSTM's own parameters under their names, so
+        its state_dict is the LSTM's. Returns ``(output, (h_n, c_n))`` in nn.LSTM's shapes."""
+
+        def __init__(self, lstm: nn.LSTM) -> None:
+            super().__init__()
+            self.input_size, self.hidden_size, self.num_layers = lstm.input_size, lstm.hidden_size, lstm.num_layers
+            self.bias, self.batch_first, self.bidirectional = lstm.bias, lstm.batch_first, lstm.bidirectional
+            self.dropout = float(lstm.dropout)
+            self.directions = 2 if lstm.bidirectional else 1
+            for name in lstm._flat_weights_names:
+                setattr(self, name, getattr(lstm, name))
+            self.train(lstm.training)
+
+        def extra_repr(self) -> str:
+            return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+                    f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, chunk={LSTM_CHUNK}")
+
+        def forward(self, input: Any, hx: Any = None) -> Any:
+            if isinstance(input, nn.utils.rnn.PackedSequence):
+                raise TypeError("LSTMSteps takes tensors, not a PackedSequence")
+            batched = input.dim() == 3
+            time_axis = 1 if batched and self.batch_first else 0
+            steps_total = input.shape[time_axis]
+            if batched:
+                steps = [input.select(time_axis, t) for t in range(steps_total)]
+            else:  # (L, H_in): a batch of one
+                steps = [input[t : t + 1] for t in range(steps_total)]
+            h0 = c0 = None
+            if hx is not None:
+                h0, c0 = hx
+                if not batched:
+                    h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            h_n, c_n = [], []
+            for layer in range(self.num_layers):
+                outputs = []
+                for direction in range(self.directions):
+                    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                    w_ih, w_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
+                    b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
+                    b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
+                    index = layer * self.directions + direction
+                    h = h0[index] if h0 is not None else None
+                    c = c0[index] if c0 is not None else None
+                    out: list[Any] = [None] * steps_total
+                    order = range(steps_total - 1, -1, -1) if direction else range(steps_total)
+                    for t in order:
+                        gates = F.linear(steps[t], w_ih, b_ih)
+                        if h is not None:
+                            gates = gates + F.linear(h, w_hh, b_hh)
+                        elif b_hh is not None:  # h = 0: h @ W_hh^T + b_hh is b_hh exactly
+                            gates = gates + b_hh
+                        i, f, g, o = gates.chunk(4, 1)
+                        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                        c = i * g if c is None else f * c + i * g  # c = 0: f * c is 0 exactly
+                        h = o * torch.tanh(c)
+                        out[t] = h
+                    h_n.append(h)
+                    c_n.append(c)
+                    outputs.append(out)
+                steps = outputs[0] if self.directions == 1 else [torch.cat(pair, 1) for pair in zip(*outputs)]
+                if self.dropout and self.training and layer < self.num_layers - 1:
+                    steps = [F.dropout(x, self.dropout, True) for x in steps]
+            output = cat_in_chunks([x.unsqueeze(time_axis) for x in steps], time_axis)
+            h_n = cat_in_chunks([x.unsqueeze(0) for x in h_n], 0)
+            c_n = cat_in_chunks([x.unsqueeze(0) for x in c_n], 0)
+            if not batched:
+                output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+            return output, (h_n, c_n)
+
+    return LSTMSteps
+
+
+def _rewrite_lstm(draft: Draft) -> list[str]:
+    """Every nn.LSTM the step-by-step module computes exactly, replaced by it (one with
+    proj_size > 0, or a subclass with its own forward, is left as it is and not listed)."""
+    steps = _lstm_steps_class()
+    return _replace_children(draft.module, _lstm_supported, steps)
+
+
 def _rewrite_int64_inputs(draft: Draft) -> list[str]:
     """int64 inputs fed as int32 (embedding lookups take either); the proof shows the model agrees."""
     replaced = []
@@ -216,6 +341,11 @@ def _rewrite_int64_inputs(draft: Draft) -> list[str]:
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("int32-inputs", "int64-inputs", "int64 inputs (token ids) fed as int32", _rewrite_int64_inputs),
     Rewrite("transformer-composite", "fused-transformer", "transformer layers and attention without PyTorch's fused fast path", _rewrite_fused_transformer),
+    Rewrite(
+        "lstm-steps", "lstm",
+        f"nn.LSTM written out per time step: gate matmuls on [batch, features], sigmoid/tanh, the sequence joined {LSTM_CHUNK} steps at a time",
+        _rewrite_lstm,
+    ),
     Rewrite("hard-activations-relu6", "hardswish", "hardswish as (x/6)*relu6(x+3) and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
     Rewrite(
         "gelu-tanh", "gelu",

@@ -50,6 +50,25 @@ def lstm_tiny():
     return zoo.LSTMClassifier(features=8, hidden=16, classes=3).eval(), (torch.randn(1, 10, 8),)
 
 
+class SequenceLSTM(torch.nn.Module):
+    """An LSTM whose every step's output is used (their mean over time), then a linear head."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(features, hidden, batch_first=True)
+        self.head = torch.nn.Linear(hidden, classes)
+
+    def forward(self, sequence):
+        out, _ = self.lstm(sequence)
+        return self.head(out.mean(dim=1))
+
+
+def lstm_long():
+    """20 steps: litert-torch's unrolled LSTM then joins more tensors than TFLM's CONCATENATION takes (10)."""
+    torch.manual_seed(0)
+    return SequenceLSTM().eval(), (torch.randn(1, 20, 8),)
+
+
 def nan_model():
     class Nan(torch.nn.Module):
         def forward(self, x):

@@ -1,7 +1,7 @@
 """core/rewrites.py: each built-in rewrite on small torch.nn models, the proof that keeps a wrong
 rewrite out (planted in the registry through an in-process target), and -- slow -- the real
-targets: a ViT-style model passing on mcu and coral only with rewrites, int64 token ids on
-tflite, coral and mcu, and ``--rewrite none`` reproducing the error users see today."""
+targets: a ViT-style model and a 20-step LSTM passing on mcu and coral only with rewrites, int64
+token ids on tflite, coral and mcu, and ``--rewrite none`` reproducing the errors users see today."""
 
 import json
 import sys
@@ -22,7 +22,7 @@ from edgex.core.types import Artifact, ArtifactIO, BackendStatus, ConversionResu
 from edgex.plugins import hookimpl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import token_classifier, vit_tiny  # noqa: E402  (tests/models.py: the shared test models)
+from models import lstm_long, token_classifier, vit_tiny  # noqa: E402  (tests/models.py: the shared test models)
 
 
 def hard_activations_net():
@@ -127,6 +127,72 @@ def test_ids_beyond_int32_fail_the_proof():
     huge = [(np.full((1, 8), 2**40, dtype=np.int64),)]
     (entry,) = rewrites.Rewriter(model, huge).for_target(("int64-inputs",)).entries
     assert entry["status"] == "skipped" and "outside int32" in entry["reason"]
+
+
+def run_both(lstm, steps_module, x, hx):
+    with torch.no_grad():
+        return (lstm(x, hx) if hx is not None else lstm(x)), (steps_module(x, hx) if hx is not None else steps_module(x))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("initial_state", [False, True])
+def test_the_step_by_step_lstm_is_nn_lstm(batch_first, layers, bidirectional, bias, initial_state):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first).eval()
+    steps_module = rewrites._lstm_steps_class()(lstm)
+    x = torch.randn(2, 20, 6) if batch_first else torch.randn(20, 2, 6)
+    hx = tuple(torch.randn(layers * (2 if bidirectional else 1), 2, 10) for _ in range(2)) if initial_state else None
+    (out, (h, c)), (got, (got_h, got_c)) = run_both(lstm, steps_module, x, hx)
+    for want, have in ((out, got), (h, got_h), (c, got_c)):
+        assert have.shape == want.shape
+        assert float((have - want).abs().max()) <= 1e-6 * float(want.abs().max())
+    assert steps_module.state_dict().keys() == lstm.state_dict().keys()
+
+
+def test_the_step_by_step_lstm_takes_an_unbatched_sequence():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, num_layers=2, bidirectional=True).eval()
+    x, hx = torch.randn(20, 6), (torch.randn(4, 10), torch.randn(4, 10))
+    (out, (h, c)), (got, (got_h, got_c)) = run_both(lstm, rewrites._lstm_steps_class()(lstm), x, hx)
+    assert got.shape == out.shape == (20, 20) and got_h.shape == h.shape == (4, 10)
+    assert torch.allclose(got, out, atol=1e-6) and torch.allclose(got_h, h, atol=1e-6) and torch.allclose(got_c, c, atol=1e-6)
+
+
+def test_no_concatenation_of_the_step_by_step_lstm_joins_more_than_eight(monkeypatch):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 5, num_layers=6, bidirectional=True, batch_first=True).eval()  # h_n joins 12
+    steps_module = rewrites._lstm_steps_class()(lstm)
+    joined, cat = [], torch.cat
+
+    def counting_cat(tensors, dim=0):
+        joined.append(len(tensors))
+        return cat(tensors, dim)
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    x = torch.randn(1, 100, 4)
+    (out, (h, c)), (got, (got_h, got_c)) = run_both(lstm, steps_module, x, None)
+    assert max(joined) == rewrites.LSTM_CHUNK and got.shape == out.shape and got_h.shape == h.shape == (12, 1, 5)
+    assert torch.allclose(got, out, atol=1e-6) and torch.allclose(got_c, c, atol=1e-6)
+    for n in (1, 8, 9, 64, 65, 513):
+        joined.clear()
+        pieces = [torch.full((1, 1), float(i)) for i in range(n)]
+        assert torch.equal(rewrites.cat_in_chunks(pieces, 1), torch.arange(n, dtype=torch.float32)[None])
+        assert max(joined, default=1) <= rewrites.LSTM_CHUNK
+
+
+def test_lstms_are_rewritten_exactly_and_a_projected_one_is_left_alone():
+    model, result = rewritten(lstm_long, ("lstm",))
+    (entry,) = result.entries
+    assert (entry["name"], entry["gap"], entry["replaced"], entry["status"]) == ("lstm-steps", "lstm", ["lstm"], "applied")
+    assert entry["drift"] <= 1e-6 and entry["bound"] == rewrites.EXACT_BOUND
+    assert not any(isinstance(m, nn.LSTM) for m in result.model.module.modules())
+    assert isinstance(model.module.lstm, nn.LSTM)  # the reference keeps its own
+    net = nn.ModuleDict({"plain": nn.LSTM(4, 6), "projected": nn.LSTM(4, 6, proj_size=3)})
+    lstm = next(r for r in rewrites.REWRITES if r.gap == "lstm")
+    assert lstm.apply(rewrites.Draft(net, ["float32"], ["x"])) == ["plain"]
+    assert isinstance(net["projected"], nn.LSTM) and not isinstance(net["plain"], nn.LSTM)
 
 
 def test_a_rewrite_that_raises_is_skipped_and_the_model_kept():
@@ -310,3 +376,33 @@ def test_hard_activations_map_to_the_edge_tpu_only_after_rewriting(tmp_path):
         mapped[mode] = (row.details["edgetpu"]["ops_mapped"], row.details["edgetpu"]["ops_total"])
     assert mapped["none"][0] < mapped["none"][1]  # HARD_SWISH is not in the Edge TPU's table
     assert mapped["auto"][0] == mapped["auto"][1]
+
+
+@pytest.mark.slow
+def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(tmp_path):
+    pytest.importorskip("tflite_micro")
+    module, example = lstm_long()
+    model = load_model("lstm", module=module, example_inputs=list(example))
+    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8), tmp_path / "out")
+    for name in ("mcu", "coral"):
+        row = report.targets[name]
+        assert row.status == "passed", (name, row.messages)
+        applied = [e for e in row.details["rewrites"] if e["status"] == "applied"]
+        assert [(e["name"], e["replaced"]) for e in applied] == [("lstm-steps", ["lstm"])] and applied[0]["drift"] <= 1e-6
+    operators = {op["op"]: op["count"] for op in report.targets["mcu"].details["operators"]}
+    assert operators["CONCATENATION"] >= 2  # the 20 steps joined in chunks of at most 8, not in one
+    edgetpu = report.targets["coral"].details["edgetpu"]
+    assert edgetpu["ops_mapped"] == edgetpu["ops_total"] and edgetpu["mac_fraction"] == 1.0
+
+
+@pytest.mark.slow
+def test_rewrite_none_reproduces_the_long_lstm_errors(tmp_path):
+    pytest.importorskip("tflite_micro")
+    module, example = lstm_long()
+    model = load_model("lstm", module=module, example_inputs=list(example))
+    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8, rewrite="none"), tmp_path / "out")
+    row = report.targets["mcu"]
+    assert row.status == "error" and any("CONCATENATION" in m and "kMaxInputNum" in m for m in row.messages), row.messages
+    assert {e["name"]: e["reason"] for e in row.details["rewrites"]}["lstm-steps"] == "--rewrite none"
+    edgetpu = report.targets["coral"].details["edgetpu"]
+    assert edgetpu["first_unmapped"]["op"] == "FULLY_CONNECTED" and "not one-dimensional" in edgetpu["first_unmapped"]["reason"]
