@@ -117,13 +117,6 @@ def constant_classifier():
     return net, example
 
 
-def lstm_long():
-    """The tiny LSTM over 20 steps: the unrolled graph concatenates 20 step outputs, more than
-    TFLM's concatenation takes (10)."""
-    torch.manual_seed(0)
-    return zoo.LSTMClassifier(features=8, hidden=16, classes=3).eval(), (torch.randn(1, 20, 8),)
-
-
 class Magnitude(torch.nn.Module):
     """Two projections combined as a magnitude, sqrt(a^2 + b^2) by torch.hypot: an operator
     coremltools has no converter for."""
