@@ -15,6 +15,7 @@ operator data, or its data does not cover an operator the model uses). docs/chec
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -163,6 +164,37 @@ def model_operators(model: ReferenceModel) -> ModelOperators:
         ) from exc
     finally:
         logging.disable(logging.NOTSET)
+
+
+def aten_reach(name: str) -> str:
+    """How an ATen operator (``aten.hypot``) reaches the core ATen opset every torch.export-based
+    converter lowers from: "core" (it is in it), "decomposes" (torch.export's default
+    decompositions or its composite kernel take it there), "outside" (neither: only a converter
+    with a lowering of its own can take it) or "unknown" (not an ATen operator torch knows)."""
+    import torch
+
+    packet = getattr(torch.ops.aten, name.split(".", 1)[1], None) if name.startswith("aten.") else None
+    if packet is None:
+        return "unknown"
+    overloads = [getattr(packet, o) for o in packet.overloads()]
+    if any(torch.Tag.core in o.tags for o in overloads):
+        return "core"
+    table = _default_decompositions()
+
+    def composite(o: Any) -> bool:
+        try:
+            return o.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
+        except RuntimeError:
+            return False
+
+    return "decomposes" if any(o in table or composite(o) for o in overloads) else "outside"
+
+
+@functools.lru_cache(maxsize=1)
+def _default_decompositions() -> Any:
+    import torch
+
+    return torch.export.default_decompositions()
 
 
 # --------------------------------------------------------------------------- predicting

@@ -49,6 +49,7 @@ from edgex.core.types import (
 )
 
 if TYPE_CHECKING:
+    from edgex.core.check import aten_reach
     from edgex.core.layout import infer_permutation, layout_name, match_names, match_outputs
     from edgex.core.parity import reference_outputs
 
@@ -56,6 +57,7 @@ hookimpl = pluggy.HookimplMarker("edgex")
 
 #: helpers loaded on first use, by the module that holds them (both import numpy)
 _LAZY = {
+    "aten_reach": "edgex.core.check",
     "infer_permutation": "edgex.core.layout",
     "layout_name": "edgex.core.layout",
     "match_names": "edgex.core.layout",
@@ -91,6 +93,7 @@ def target_status(name: str) -> BackendStatus:
 __all__ = [
     "__version__",
     "hookimpl",
+    "aten_reach",
     "contained",
     "infer_permutation",
     "layout_name",

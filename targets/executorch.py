@@ -50,6 +50,7 @@ from edgex.plugins import (
     ConversionResult,
     ModelOperators,
     OperatorCheck,
+    OperatorFinding,
     QuantParams,
     ReferenceModel,
     TargetError,
@@ -654,12 +655,26 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
 
 @hookimpl
 def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
-    """ExecuTorch starts from the same torch.export graph ``edgex check`` read, and its portable
-    kernels cover the core ATen operator set that graph is decomposed to: whatever XNNPACK does
-    not delegate runs on them."""
+    """ExecuTorch lowers the same torch.export graph to core ATen (its edge dialect) and refuses
+    an operator outside it that no decomposition takes there; its portable kernels cover core
+    ATen, so whatever XNNPACK does not delegate still runs."""
     if operators.kind != "torch":
         return OperatorCheck(source="executorch converts torch models only")
+    from edgex.plugins import aten_reach
+
+    findings, unknown = [], []
+    for op in operators.operators:
+        reach = aten_reach(op.name)
+        if reach == "unknown":
+            unknown.append(op.name)
+        elif reach == "outside":
+            findings.append(OperatorFinding(
+                op.name, "not in the core ATen opset and no decomposition takes it there: the edge dialect refuses it",
+                fix="write it from core ATen operators in the model", modules=op.modules,
+            ))
     return OperatorCheck(
-        source=f"torch.export took the model; ExecuTorch {package_version('executorch') or '?'}'s portable kernels cover core ATen",
-        notes=("which operators XNNPACK delegates is decided when lowering; the report of edgex convert lists them",),
+        tuple(findings),
+        f"core ATen and torch.export's decompositions (torch {package_version('torch') or '?'}); ExecuTorch {package_version('executorch') or '?'}'s portable kernels cover core ATen",
+        tuple(unknown),
+        ("which operators XNNPACK delegates is decided when lowering; the report of edgex convert lists them",),
     )

@@ -40,6 +40,7 @@ from edgex.plugins import (
     ConversionResult,
     ModelOperators,
     OperatorCheck,
+    OperatorFinding,
     QuantParams,
     ReferenceModel,
     TargetError,
@@ -917,24 +918,31 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
 
 @hookimpl
 def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
-    """Every ATen operator needs an ONNX implementation in torchlib (the dynamo exporter's), or
-    a decomposition into ones that have; the TorchScript exporter, tried second, is not tabulated,
-    so an operator neither covers is unknown, not blocking. An ONNX reference is taken as it is."""
+    """An ATen operator exports when the dynamo exporter can take it to core ATen (which
+    torchlib implements) or the TorchScript exporter, tried second, has a symbolic for it at the
+    target's opset; one that neither covers fails both, as edgex convert then reports. An ONNX
+    reference is taken as it is (operators outside the standard domains are not vouched for)."""
     if operators.kind == "onnx":
         custom = tuple(op.name for op in operators.operators if not op.name.startswith("onnx."))
         return OperatorCheck(source="the ONNX reference's own nodes (copied as they are)", unknown=custom)
-    import torch
-    from torch._decomp import decomposition_table
-    from torch.onnx._internal.exporter import _registration
+    from edgex.plugins import aten_reach
 
-    registry = _registration.ONNXRegistry.from_torchlib()
-    unknown = []
+    with contextlib.redirect_stderr(_io.StringIO()):
+        from torch.onnx._internal.torchscript_exporter import registration, utils  # noqa: F401  (utils registers the symbolics)
+    opset = TENSORRT_OPSET if target == "jetson" else DEFAULT_OPSET
+    findings, unknown = [], []
     for op in operators.operators:
-        packet = getattr(torch.ops.aten, op.name.split(".", 1)[1], None) if op.name.startswith("aten.") else None
-        overloads = [getattr(packet, o) for o in packet.overloads()] if packet is not None else []
-        if not any(registry.is_registered(o) or o in decomposition_table or o.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd) for o in overloads):
+        reach = aten_reach(op.name)
+        if reach in ("core", "decomposes") or registration.registry.is_registered_op(op.name.replace(".", "::", 1), opset):
+            continue
+        if reach == "unknown":
             unknown.append(op.name)
-    notes = ()
-    if target == "jetson":
-        notes = ("TensorRT's own parser is checked when the engine is built: edgex has no TensorRT here to ask",)
-    return OperatorCheck(source=f"torch.onnx's torchlib registry and ATen decompositions (torch {package_version('torch') or '?'})", unknown=tuple(unknown), notes=notes)
+            continue
+        findings.append(OperatorFinding(
+            op.name, f"neither ONNX exporter has it: it is outside core ATen with no decomposition (dynamo), and the TorchScript exporter has no symbolic for it at opset {opset}",
+            fix="write it from core ATen operators in the model, or register a custom ONNX symbolic (torch.onnx.register_custom_op_symbolic)",
+            modules=op.modules,
+        ))
+    notes = ("TensorRT's own parser is checked when the engine is built: edgex has no TensorRT here to ask",) if target == "jetson" else ()
+    torch_version = package_version("torch") or "?"
+    return OperatorCheck(tuple(findings), f"core ATen and its decompositions, and the TorchScript exporter's symbolics at opset {opset} (torch {torch_version})", tuple(unknown), notes)

@@ -141,8 +141,21 @@ def check_tflite(
     if operators.kind != "torch":
         # onnx2tf converts ONNX references; its operator coverage is not tabulated here
         return OperatorCheck(source="none for ONNX references", unknown=tuple(op.name for op in operators.operators))
+    from edgex.plugins import aten_reach
+
     findings: list[OperatorFinding] = []
-    unknown = tuple(op.name for op in operators.operators if op.name not in ATEN_TO_TFLITE)
+    unknown = []
+    for op in operators.operators:
+        if op.name in ATEN_TO_TFLITE:
+            continue
+        if aten_reach(op.name) == "outside":
+            # litert-torch lowers core ATen (onnx2tf, the other path, starts from the same export)
+            findings.append(OperatorFinding(
+                op.name, "outside core ATen with no decomposition: litert-torch has no lowering for it, and its ONNX export fails too",
+                fix="write it from core ATen operators in the model", modules=op.modules,
+            ))
+        else:
+            unknown.append(op.name)
     for spec in operators.inputs:
         if spec.dtype == "int64":
             findings.append(OperatorFinding(
@@ -190,5 +203,5 @@ def check_tflite(
                     op.name, f"the Edge TPU has no {', '.join(missing)}: the compiler maps ops up to the first it cannot map, the rest run on the CPU",
                     blocks=False, fix=_fix(_GAP_OF.get(op.name), lacks), modules=op.modules,
                 ))
-    return OperatorCheck(tuple(findings), "; ".join(sources), unknown)
+    return OperatorCheck(tuple(findings), "; ".join(sources), tuple(unknown))
 

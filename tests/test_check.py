@@ -62,13 +62,25 @@ def test_token_ids_at_full_int8_are_predicted_to_fail_and_int64_needs_the_rewrit
     assert unrewritten.outcome == "error" and "INT64" in unrewritten.reason
 
 
-def test_an_operator_coremltools_lacks_blocks_coreml_only():
-    found = predictions(models.magnitude, ["coreml", "onnx", "executorch"])
-    assert found["coreml"].outcome == "error" and "aten.hypot" in found["coreml"].reason
-    assert "coremltools" in found["coreml"].source
-    assert found["onnx"].outcome == found["executorch"].outcome == "passed"
-    # operators the TFLite table does not cover are not vouched for
-    assert predictions(models.magnitude, ["tflite"])["tflite"].outcome == "unknown"
+def test_an_operator_outside_core_aten_is_refused_by_each_target_from_its_own_data():
+    found = predictions(models.magnitude, ["onnx", "tflite", "coreml", "executorch"])
+    assert all(t.outcome == "error" and "aten.hypot" in t.reason for t in found.values())
+    assert "TorchScript exporter has no symbolic" in found["onnx"].reason
+    assert "litert-torch has no lowering" in found["tflite"].reason
+    assert "coremltools" in found["coreml"].reason and "registry" in found["coreml"].source
+    assert "edge dialect" in found["executorch"].reason
+
+
+def test_an_operator_the_tables_do_not_cover_is_unknown_not_passed():
+    class Trunc(torch.nn.Module):
+        def forward(self, x):
+            return torch.trunc(x * 4.0)
+
+    report = api.check(Trunc(), ["onnx", "tflite"], example_inputs=(torch.randn(1, 8),))
+    found = {t.target: t for t in report.targets}
+    assert found["onnx"].outcome == "passed"  # core ATen: the dynamo exporter has it
+    assert found["tflite"].outcome == "unknown" and found["tflite"].unknown == ["aten.trunc"]
+    assert report.exit_code == 1
 
 
 class NoData:
@@ -92,12 +104,12 @@ def test_a_target_without_operator_data_is_unknown_not_passed():
 
 
 def test_cli_prints_json_and_exits_by_the_worst_prediction(capsys):
-    assert main(["check", f"{MODELS}:magnitude", "-t", "onnx", "--json"]) == 0
+    assert main(["check", f"{MODELS}:token_classifier", "-t", "onnx", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["targets"][0]["outcome"] == "passed" and "aten.hypot" in data["targets"][0]["operators"]
-    assert main(["check", f"{MODELS}:magnitude", "-t", "onnx", "-t", "coreml"]) == 3
+    assert data["targets"][0]["outcome"] == "passed" and "aten.embedding" in data["targets"][0]["operators"]
+    assert main(["check", f"{MODELS}:token_classifier", "-t", "onnx", "-t", "mcu"]) == 3
     out = capsys.readouterr().out
-    assert "coreml" in out and "aten.hypot" in out and "nothing was converted" in out
+    assert "mcu" in out and "EMBEDDING_LOOKUP" in out and "nothing was converted" in out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -118,7 +130,8 @@ CELLS = [
     ("token_classifier", ("tflite",), "none"),
     ("vit_tiny", ("mcu", "coral"), "none"),
     ("lstm_long", ("mcu",), "none"),
-    ("magnitude", ("coreml", "onnx", "executorch"), "auto"),
+    ("magnitude", ("onnx", "tflite", "coreml", "executorch"), "auto"),
+    ("lstm_long", ("mcu", "coral"), "auto"),
 ]
 
 
