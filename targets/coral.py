@@ -36,7 +36,7 @@ TARGETS = (
         default_precision="int8",
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer", "gelu", "hardswish"),
+        lacks=("int64-inputs", "fused-transformer", "gelu", "hardswish", "oversized-pool"),
     ),
 )
 

@@ -33,7 +33,7 @@ TARGETS = (
         default_precision="fp32",
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer"),
+        lacks=("int64-inputs", "fused-transformer", "oversized-pool"),
     ),
 )
 
