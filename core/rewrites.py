@@ -39,6 +39,8 @@ GAPS = {
     "int64-inputs": "takes int32, not int64, integer inputs (token ids)",
     "lstm": "its converter's unrolled nn.LSTM has ops the runtime cannot take: a concatenation of more "
     "inputs than TFLM allows (10), fully-connected layers over the whole sequence (the Edge TPU's are one-dimensional)",
+    "oversized-pool": "pads a pooling window larger than its input up to the window (int8: the sum divided by the "
+    "window's area rounds to zero)",
 }
 
 #: relative output drift an exact rewrite may cause (fp32 reordering only)
@@ -59,6 +61,8 @@ class Draft:
     module: Any
     dtypes: list[str]
     input_names: list[str]
+    #: the reference's example inputs (a rewrite that depends on shapes runs the model on them)
+    example_inputs: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,77 @@ def _rewrite_hard_activations(draft: Draft) -> list[str]:
     _, hardsigmoid, hardswish = _make_modules()
     replaced = _replace_children(draft.module, lambda m: isinstance(m, torch.nn.Hardswish), lambda m: hardswish())
     return replaced + _replace_children(draft.module, lambda m: isinstance(m, torch.nn.Hardsigmoid), lambda m: hardsigmoid())
+
+
+def _covers_input(pool: Any, height: int, width: int) -> bool:
+    """Whether ``pool`` (nn.AvgPool2d / nn.MaxPool2d) makes one window over the whole input: no
+    padding, a window at least the input's size (larger only with ceil_mode, as torch requires)."""
+
+    def pair(v: Any) -> tuple[int, int]:
+        return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+    kh, kw = pair(pool.kernel_size)
+    if pair(pool.padding) != (0, 0) or getattr(pool, "divisor_override", None) is not None:
+        return False
+    if getattr(pool, "dilation", 1) not in (1, (1, 1)):
+        return False
+    exact = (kh, kw) == (height, width)
+    return exact or (bool(pool.ceil_mode) and kh >= height and kw >= width)
+
+
+@cache
+def _global_pool_module() -> type:
+    import torch
+    from torch import nn
+
+    class GlobalPool(nn.Module):
+        """A pooling layer whose window covers its input, as a mean (max) over H and W; any other
+        input shape runs the original layer."""
+
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x: Any) -> Any:
+            if x.dim() == 4 and _covers_input(self.pool, int(x.shape[-2]), int(x.shape[-1])):
+                if isinstance(self.pool, nn.MaxPool2d):
+                    return torch.amax(x, dim=(-2, -1), keepdim=True)
+                return torch.mean(x, dim=(-2, -1), keepdim=True)
+            return self.pool(x)
+
+    return GlobalPool
+
+
+def _rewrite_oversized_pools(draft: Draft) -> list[str]:
+    """``nn.AvgPool2d(k, ceil_mode=True)`` with k larger than the feature map (transformers'
+    EfficientNet pools with ``kernel_size=hidden_dim``, e.g. 1280 on a 7x7 map): litert-torch pads
+    the input to k x k and averages over k^2, then scales back up; in int8 the average of a
+    window that is almost all padding rounds to zero. Replaced by the global mean it computes.
+    Only layers whose window covers their input in a run on the example inputs are replaced."""
+    import torch
+    from torch import nn
+
+    pools = [(path, m) for path, m in draft.module.named_modules() if type(m) in (nn.AvgPool2d, nn.MaxPool2d)]
+    if not pools:
+        return []
+    covering: set[int] = set()
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and _covers_input(module, int(x.shape[-2]), int(x.shape[-1])):
+            kh, kw = (module.kernel_size, module.kernel_size) if isinstance(module.kernel_size, int) else module.kernel_size
+            if (kh, kw) != (int(x.shape[-2]), int(x.shape[-1])):  # a window the size of the input pads nothing
+                covering.add(id(module))
+
+    handles = [m.register_forward_hook(hook) for _, m in pools]
+    try:
+        with torch.no_grad():
+            draft.module(*[torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, d)) for x, d in zip(draft.example_inputs, draft.dtypes)])
+    finally:
+        for handle in handles:
+            handle.remove()
+    make = _global_pool_module()
+    return _replace_children(draft.module, lambda m: id(m) in covering, make)
 
 
 def _forward_without_fast_path(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -346,6 +421,7 @@ REWRITES: tuple[Rewrite, ...] = (
         f"nn.LSTM written out per time step: gate matmuls on [batch, features], sigmoid/tanh, the sequence joined {LSTM_CHUNK} steps at a time",
         _rewrite_lstm,
     ),
+    Rewrite("global-pool", "oversized-pool", "a pooling window larger than its input (ceil_mode) as the global mean / max it computes", _rewrite_oversized_pools),
     Rewrite("hard-activations-relu6", "hardswish", "hardswish as (x/6)*relu6(x+3) and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
     Rewrite(
         "gelu-tanh", "gelu",
@@ -418,8 +494,8 @@ class Rewriter:
 
     def _draft(self, start: Draft | None = None) -> Draft:
         if start is not None:
-            return Draft(copy.deepcopy(start.module), list(start.dtypes), list(start.input_names))
-        return Draft(copy.deepcopy(self.model.module), [s.dtype for s in self.model.inputs], [s.name for s in self.model.inputs])
+            return Draft(copy.deepcopy(start.module), list(start.dtypes), list(start.input_names), start.example_inputs)
+        return Draft(copy.deepcopy(self.model.module), [s.dtype for s in self.model.inputs], [s.name for s in self.model.inputs], tuple(self.model.example_inputs))
 
     def _prove(self, draft: Draft, rewrite: Rewrite) -> tuple[float | None, str]:
         """The drift of ``draft`` from the un-rewritten model, and why it fails its proof ("" if not)."""

@@ -38,7 +38,7 @@ TARGETS = (
         default_precision="int8",
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer", "gelu", "hardswish", "lstm"),
+        lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "hardswish", "lstm"),
     ),
 )
 

@@ -58,6 +58,12 @@ MAX_SANE_SCALE = 1e6
 #: below this an activation's range collapsed in calibration: XNNPACK refuses such models
 MIN_SANE_SCALE = 1e-7
 
+#: a full-int8 artifact measuring below this SQNR against the torch model (on calibration samples)
+#: makes the conversion try every other recipe and keep the best (docs/int8_recipes.md)
+RECIPE_SEARCH_BELOW_DB = 30.0
+#: calibration samples each full-int8 recipe is measured on
+RECIPE_CHECK_SAMPLES = 8
+
 #: the options of every target converting with :func:`convert_tflite` (tflite, coral)
 CONVERTER_OPTIONS = (
     TargetOption(
@@ -410,28 +416,35 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
     scratch = request.workdir / ".converting"
     attempts: list[_Attempt] = []
     chosen = None
+    recipe: dict[str, Any] | None = None
+
+    def convert(name: str, recipe_name: str | None = None) -> tuple[Any, _Attempt]:
+        folder = scratch / (name if recipe_name is None else f"{name}.{recipe_name}")
+        folder.mkdir(parents=True)
+        try:
+            # each path in its own process: converters segfault, and a crash must fall back, not end the target
+            result = start_isolated(
+                lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks, recipe_name),
+                what=f"the {name} converter",
+            ).wait()
+        except Exception as exc:
+            return None, _Attempt(name, "failed", one_line(exc))
+        try:
+            accepted = _accept(request, precision, result, output_shapes)
+        except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
+            return None, _Attempt(name, "rejected", one_line(exc))
+        return accepted, _Attempt(name, "used")
+
     try:
         for name in order:
-            folder = scratch / name
-            folder.mkdir(parents=True)
-            try:
-                # each path in its own process: converters segfault, and a crash must fall back, not end the target
-                result = start_isolated(
-                    lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks),
-                    what=f"the {name} converter",
-                ).wait()
-            except Exception as exc:
-                attempts.append(_Attempt(name, "failed", one_line(exc)))
-                continue
-            try:
-                chosen = _accept(request, precision, result, output_shapes)
-            except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
-                attempts.append(_Attempt(name, "rejected", one_line(exc)))
-                continue
-            attempts.append(_Attempt(name, "used"))
-            break
+            chosen, attempt = convert(name)
+            attempts.append(attempt)
+            if chosen is not None:
+                break
         if chosen is None:
             raise _no_path_error(model, attempts)
+        if precision == "int8" and model.module is not None and calibration:
+            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
@@ -446,10 +459,89 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
     messages += list(result.messages) + warnings
     used = next(a.path for a in attempts if a.outcome == "used")
     details: dict[str, Any] = {"conversion": {"path": used, "order": why, "tried": [a.to_json() for a in attempts]}}
+    if recipe is not None:
+        details["conversion"]["path"] = recipe["chosen"]["path"]
+        details["int8_recipe"] = recipe
+        messages.append(recipe["message"])
     if checks:
         details["int8_checks"] = checks
     io = ArtifactIO(final, precision, inputs, outputs)
     return ConversionResult((Artifact(final, "tflite"),), io, result.converter, tuple(messages), details)
+
+
+def measure_sqnr(model: ReferenceModel, path: Path, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], batches: Sequence[tuple[np.ndarray, ...]], reference: Any) -> float:
+    """The artifact's SQNR against the torch model's ``reference`` outputs on ``batches`` (LiteRT):
+    the worst output's."""
+    from edgex.core.layout import from_artifact, to_artifact
+    from edgex.core.parity import output_error
+
+    runtime = LiteRTRuntime(path, [b.name for b in inputs], [b.name for b in outputs])
+    got = []
+    for batch in batches:
+        raw = runtime.run([to_artifact(np.asarray(x), b) for x, b in zip(batch, inputs)])
+        got.append([from_artifact(y, b) for y, b in zip(raw, outputs)])
+    return min(output_error(reference, got, index)[1] for index in range(len(outputs)))
+
+
+def _search_recipes(model: ReferenceModel, calibration: Sequence[tuple[np.ndarray, ...]], first_path: str, first: tuple[Any, ...], order: Sequence[str], convert: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Measure the first full-int8 artifact; below RECIPE_SEARCH_BELOW_DB, convert with every
+    other recipe of the allowed paths (``order``) and keep the best by measured SQNR. Every
+    candidate is full int8 (``_accept`` rejected any other), so the choice never leaves integers."""
+    from edgex.core.parity import torch_outputs
+    from edgex.targets.tflite_converters import RECIPES
+
+    check = list(calibration[-RECIPE_CHECK_SAMPLES:])
+    reference = torch_outputs(model.module, check)
+
+    def measured(path_name: str, recipe_name: str, accepted: tuple[Any, ...]) -> dict[str, Any]:
+        result, _, inputs, outputs, _, _ = accepted
+        try:
+            sqnr = measure_sqnr(model, Path(result.path), inputs, outputs, check, reference)
+        except Exception as exc:  # a candidate LiteRT cannot run is not one to choose
+            return {"path": path_name, "recipe": recipe_name, "outcome": "failed", "reason": f"LiteRT could not run it: {one_line(exc)}"}
+        return {"path": path_name, "recipe": recipe_name, "outcome": "measured", "sqnr_db": round(float(sqnr), 2) if math.isfinite(sqnr) else float(sqnr)}
+
+    rows = [measured(first_path, RECIPES[first_path][0], first)]
+    artifacts = {0: first}
+    best = 0
+    searched = rows[0].get("sqnr_db", -math.inf) < RECIPE_SEARCH_BELOW_DB
+    if searched:
+        for path_name in order:
+            for recipe_name in RECIPES.get(path_name, ()):
+                if (path_name, recipe_name) == (first_path, RECIPES[first_path][0]):
+                    continue
+                accepted, attempt = convert(path_name, recipe_name)
+                if accepted is None:
+                    rows.append({"path": path_name, "recipe": recipe_name, "outcome": attempt.outcome, "reason": attempt.reason})
+                    continue
+                rows.append(measured(path_name, recipe_name, accepted))
+                artifacts[len(rows) - 1] = accepted
+                if rows[-1].get("sqnr_db", -math.inf) > rows[best].get("sqnr_db", -math.inf):
+                    best = len(rows) - 1
+    chosen = rows[best]
+    label = f"{chosen['path']} {chosen['recipe']}"
+    where = f"{len(check)} calibration samples, against the torch model"
+    if searched:
+        others = ", ".join(
+            f"{r['path']} {r['recipe']} " + (f"{r['sqnr_db']:.1f} dB" if "sqnr_db" in r else r["outcome"])
+            for i, r in enumerate(rows) if i != best
+        )
+        message = (
+            f"int8 recipe: {label}, SQNR {chosen['sqnr_db']:.1f} dB ({where}); the default measured below "
+            f"{RECIPE_SEARCH_BELOW_DB:g} dB, so every recipe was tried: {others or 'no other recipe converted'}"
+        )
+    else:
+        message = f"int8 recipe: {label}, SQNR {chosen['sqnr_db']:.1f} dB ({where}); at or above {RECIPE_SEARCH_BELOW_DB:g} dB, no other recipe tried"
+    details = {
+        "chosen": {"path": chosen["path"], "recipe": chosen["recipe"], "sqnr_db": chosen.get("sqnr_db")},
+        "rule": f"the first path's default recipe, unless it measures below {RECIPE_SEARCH_BELOW_DB:g} dB: then the "
+        "candidate with the highest SQNR (every candidate full int8)",
+        "measured_on": where,
+        "searched": searched,
+        "candidates": rows,
+        "message": message,
+    }
+    return artifacts[best], details
 
 
 def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]]) -> tuple[Any, ...]:

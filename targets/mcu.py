@@ -68,7 +68,7 @@ TARGETS = (
             TargetOption("array_name", "name of the C array holding the model (default g_model)", str, DEFAULT_ARRAY_NAME),
         ),
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer", "gelu", "lstm"),
+        lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "lstm"),
     ),
 )
 

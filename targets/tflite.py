@@ -35,7 +35,7 @@ TARGETS = (
         default_precision="fp32",
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer"),
+        lacks=("int64-inputs", "fused-transformer", "oversized-pool"),
     ),
 )
 

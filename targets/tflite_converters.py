@@ -70,12 +70,20 @@ def quiet() -> Iterator[None]:
 # --------------------------------------------------------------------------- litert-torch
 
 
+#: the full-int8 calibration recipes each path offers (docs/int8_recipes.md); the first is its default
+RECIPES = {
+    "litert-torch": ("min-max", "moving-average"),
+    "onnx2tf": ("tflite-converter",),
+}
+
+
 def _quantize_with_ai_edge_quantizer(
     float_path: Path,
     dest: Path,
     precision: str,
     calibration: Sequence[tuple[np.ndarray, ...]] | None,
     input_perms: Sequence[tuple[int, ...] | None],
+    recipe_name: str = "min-max",
 ) -> str:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe, recipe_manager
@@ -105,13 +113,17 @@ def _quantize_with_ai_edge_quantizer(
         ]
         # Quantizer.calibrate keeps an exponential moving average of per-sample ranges, which
         # clips the largest activations (the top logit of every sample on the digits CNN); the
-        # absolute min/max over the set is what the TFLite converter's calibrator uses
+        # absolute min/max over the set is what the TFLite converter's calibrator uses, and the
+        # default recipe. The moving average is the clipped-range recipe, tried when min/max
+        # measures badly (targets/litert.py: _search_recipes)
         recipes = recipe_manager.RecipeManager()
         recipes.load_quantization_recipe(static)
-        ranges = calibrator.Calibrator(str(float_path), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+        update = qsv_utils.moving_average_update if recipe_name == "moving-average" else qsv_utils.min_max_update
+        ranges = calibrator.Calibrator(str(float_path), num_threads=1, qsv_update_func=update)
         with quiet():
             ranges.calibrate({key: samples}, recipes)
-        how = f"full int8, per-channel weights, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, min/max ranges)"
+        estimator = "moving average of per-sample ranges" if recipe_name == "moving-average" else "min/max ranges"
+        how = f"full int8, per-channel weights, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, {estimator})"
         result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
     return how
@@ -123,6 +135,7 @@ def convert_litert_torch(
     calibration: Sequence[tuple[np.ndarray, ...]] | None,
     work: Path,
     output_ranks: Sequence[int],
+    recipe_name: str = "min-max",
 ) -> PathResult:
     """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
     if model.module is None:
@@ -151,7 +164,7 @@ def convert_litert_torch(
     if precision == "fp32":
         float_path.replace(dest)
         return PathResult(str(dest), converter, (), input_perms, output_perms)
-    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms)
+    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms, recipe_name)
     float_path.unlink(missing_ok=True)
     return PathResult(str(dest), f"{converter} + ai-edge-quantizer {version('ai-edge-quantizer')}: {how}", (), input_perms, output_perms)
 
@@ -175,6 +188,7 @@ def convert_onnx2tf(
     calibration: Sequence[tuple[np.ndarray, ...]] | None,
     work: Path,
     output_ranks: Sequence[int],
+    recipe_name: str = "tflite-converter",
 ) -> PathResult:
     """torch -> ONNX -> onnx2tf -> the TensorFlow Lite converter."""
     messages: list[str] = []
@@ -260,7 +274,9 @@ def convert_with(
     calibration: Sequence[tuple[np.ndarray, ...]] | None,
     work: Path,
     output_ranks: Sequence[int],
+    recipe_name: str | None = None,
 ) -> PathResult:
-    """Run converter path ``name`` offline, with every file it writes kept inside ``work``."""
+    """Run converter path ``name`` offline, with every file it writes kept inside ``work``
+    (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first)."""
     with offline(), contained(work, chdir=True):  # onnx2tf writes to the current directory
-        return PATHS[name](model, precision, calibration, work, output_ranks)
+        return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0])
