@@ -204,6 +204,14 @@ def check_target_conformance(
             result.not_checked.append(f"{precision}: a coarsened output scale (no 'scale_output' planter supplied for {spec.name}'s artifacts)")
     result.checks.extend(f"parity fails on {defect}" for defect in result.defects)
 
+    # edgex check: the plugin's prediction for the model it just converted must be what happened
+    prediction = api.check(model, [spec.name], example_inputs=example_inputs, plugins=manager).targets[0]
+    if prediction.outcome == "unknown" and "edgex_check_operators" in prediction.reason:
+        result.not_checked.append(f"edgex check: {prediction.reason}")
+    else:
+        assert prediction.outcome == "passed", f"{target}: edgex check predicted {prediction.outcome} ({prediction.reason}) for a model it converts and passes"
+        result.checks.append(f"edgex check predicts passed for it, by {prediction.source or 'its plugin'}")
+
     garbage = _empty(out / "bad-input") / f"not-a-model{spec.artifact_kinds[0]}"
     garbage.write_bytes(b"this is not a model\n")
     try:

@@ -2,7 +2,7 @@
 ``.npz`` of its weights and run by plain numpy -- the smallest real target, to copy.
 
 Every hook of a target is here: declare, report the backend, convert, describe an existing
-artifact, run it. Only ``edgex.plugins`` is imported from edgex; torch only inside ``edgex_convert``.
+artifact, run it, and judge a model's operators before converting (``edgex check``). Only ``edgex.plugins`` is imported from edgex; torch only inside ``edgex_convert``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from edgex.plugins import (
     BackendStatus,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
+    OperatorFinding,
     ReferenceModel,
     TargetSpec,
     TensorBinding,
@@ -118,3 +121,18 @@ class NumpyRuntime:
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]):
     return NumpyRuntime(io.path)
+
+
+#: the ATen operators (torch.export) an nn.Sequential of Linear, ReLU and Tanh layers is made of
+_OPERATORS = {"aten.linear", "aten.relu", "aten.tanh"}
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    # fast and without converting: every operator the model uses must be one numpy-mlp runs
+    findings = tuple(
+        OperatorFinding(op.name, "numpy-mlp runs Linear, ReLU and Tanh layers only", fix="convert this model for another target", modules=op.modules)
+        for op in operators.operators
+        if op.name not in _OPERATORS
+    )
+    return OperatorCheck(findings, "numpy-mlp's three layer kinds")
