@@ -90,6 +90,14 @@ def target_status(name: str) -> BackendStatus:
     return get_manager().backend_status(name)
 
 
+def target_check(name: str, operators: ModelOperators, precision: str) -> OperatorCheck | None:
+    """How another target judges these operators (``edgex check``), as its own plugin answers: a
+    target whose conversion goes through another one's (an ONNX route) asks this."""
+    from edgex.core.plugin_manager import get_manager
+
+    return get_manager().check_operators(name, operators, precision)
+
+
 __all__ = [
     "__version__",
     "hookimpl",
@@ -104,6 +112,7 @@ __all__ = [
     "package_version",
     "reference_outputs",
     "start_isolated",
+    "target_check",
     "target_status",
     "Artifact",
     "ArtifactIO",

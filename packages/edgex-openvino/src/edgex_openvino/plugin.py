@@ -27,6 +27,8 @@ from edgex.plugins import (
     BackendStatus,
     ConversionRequest,
     ConversionResult,
+    ModelOperators,
+    OperatorCheck,
     QuantParams,
     ReferenceModel,
     TargetError,
@@ -40,6 +42,7 @@ from edgex.plugins import (
     layout_name,
     one_line,
     package_version,
+    target_check,
 )
 
 TARGET = TargetSpec(
@@ -526,3 +529,21 @@ class OpenVINOTracer:
 @hookimpl
 def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]):
     return OpenVINOTracer(io)
+
+
+@hookimpl
+def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
+    """OpenVINO's PyTorch frontend keeps its operator table in C++; what edgex can vouch for is the
+    ONNX route it falls back to (auto), whose export the onnx target judges. An operator that
+    route cannot take may still convert directly: that is said, not predicted."""
+    answer = target_check("onnx", operators, precision)
+    if answer is None:
+        return OperatorCheck(source="no ONNX target installed to judge the ONNX route", unknown=tuple(op.name for op in operators.operators))
+    # what the ONNX route cannot take, the direct route may: unknown, neither passed nor error
+    unknown = tuple(answer.unknown) + tuple(f.operator for f in answer.findings if f.blocks)
+    return OperatorCheck(
+        tuple(f for f in answer.findings if not f.blocks),
+        f"its ONNX route, as the onnx target judges it ({answer.source}); OpenVINO's ONNX frontend reads standard ONNX",
+        unknown,
+        ("openvino.convert_model is tried first; it may take operators the ONNX route cannot",) + tuple(answer.notes),
+    )
