@@ -6,9 +6,9 @@ entry-point group (``[project.entry-points.edgex] mytarget = "edgex_mytarget.plu
 See ``docs/writing_targets.md``. The built-in targets (``edgex.targets``) import only from here,
 so this module is the whole plugin-facing surface of edgex.
 
-Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy
-(``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``,
-``reference_outputs``) load on first use.
+Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy or
+torch (``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
+``from_artifact``, ``reference_outputs``, ``output_error``, ``aten_reach``) load on first use.
 """
 
 from __future__ import annotations
@@ -50,18 +50,21 @@ from edgex.core.types import (
 
 if TYPE_CHECKING:
     from edgex.core.check import aten_reach
-    from edgex.core.layout import infer_permutation, layout_name, match_names, match_outputs
-    from edgex.core.parity import reference_outputs
+    from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
+    from edgex.core.parity import output_error, reference_outputs
 
 hookimpl = pluggy.HookimplMarker("edgex")
 
-#: helpers loaded on first use, by the module that holds them (both import numpy)
+#: helpers loaded on first use, by the module that holds them (they import numpy or torch)
 _LAZY = {
     "aten_reach": "edgex.core.check",
+    "from_artifact": "edgex.core.layout",
     "infer_permutation": "edgex.core.layout",
     "layout_name": "edgex.core.layout",
     "match_names": "edgex.core.layout",
     "match_outputs": "edgex.core.layout",
+    "to_artifact": "edgex.core.layout",
+    "output_error": "edgex.core.parity",
     "reference_outputs": "edgex.core.parity",
 }
 
@@ -103,16 +106,19 @@ __all__ = [
     "hookimpl",
     "aten_reach",
     "contained",
+    "from_artifact",
     "infer_permutation",
     "layout_name",
     "match_names",
     "match_outputs",
     "offline",
+    "output_error",
     "one_line",
     "package_version",
     "reference_outputs",
     "start_isolated",
     "target_check",
+    "to_artifact",
     "target_status",
     "Artifact",
     "ArtifactIO",

@@ -472,8 +472,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
 def measure_sqnr(model: ReferenceModel, path: Path, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], batches: Sequence[tuple[np.ndarray, ...]], reference: Any) -> float:
     """The artifact's SQNR against the torch model's ``reference`` outputs on ``batches`` (LiteRT):
     the worst output's."""
-    from edgex.core.layout import from_artifact, to_artifact
-    from edgex.core.parity import output_error
+    from edgex.plugins import from_artifact, output_error, to_artifact
 
     runtime = LiteRTRuntime(path, [b.name for b in inputs], [b.name for b in outputs])
     got = []
@@ -487,11 +486,11 @@ def _search_recipes(model: ReferenceModel, calibration: Sequence[tuple[np.ndarra
     """Measure the first full-int8 artifact; below RECIPE_SEARCH_BELOW_DB, convert with every
     other recipe of the allowed paths (``order``) and keep the best by measured SQNR. Every
     candidate is full int8 (``_accept`` rejected any other), so the choice never leaves integers."""
-    from edgex.core.parity import torch_outputs
+    from edgex.plugins import reference_outputs
     from edgex.targets.tflite_converters import RECIPES
 
     check = list(calibration[-RECIPE_CHECK_SAMPLES:])
-    reference = torch_outputs(model.module, check)
+    reference = reference_outputs(model, check)
 
     def measured(path_name: str, recipe_name: str, accepted: tuple[Any, ...]) -> dict[str, Any]:
         result, _, inputs, outputs, _, _ = accepted
