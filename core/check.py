@@ -232,7 +232,7 @@ def check(manager: PluginManager, model: ReferenceModel, settings: ConvertSettin
     plans = plan_targets(manager, settings.targets, settings.precision, model)
     inputs = resolve_inputs(model, settings)
     rewriter = Rewriter(model, inputs.parity, settings.rewrite)
-    inventories: dict[int, ModelOperators] = {}
+    inventories: dict[tuple[Any, ...], ModelOperators] = {}
     predictions = []
     for plan in plans:
         prediction = TargetPrediction(plan.target, plan.precision, "passed")
@@ -244,7 +244,8 @@ def check(manager: PluginManager, model: ReferenceModel, settings: ConvertSettin
         prediction.rewrites = [
             {k: e.get(k) for k in ("name", "gap", "count", "replaced", "drift", "bound", "status", "reason") if k in e} for e in rewritten.entries
         ]
-        key = id(rewritten.model)
+        # targets whose rewrites replaced the same things convert the same graph: exported once
+        key = tuple(sorted((e["name"], tuple(e["replaced"])) for e in rewritten.entries if e["status"] == "applied"))
         if key not in inventories:
             inventories[key] = model_operators(rewritten.model)
         operators = inventories[key]
