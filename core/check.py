@@ -275,6 +275,8 @@ def render(report: CheckReport) -> str:
                 lines.append(f"{'':<{width}}  {'fix' if f['blocks'] else 'note'}: {f['operator']}: {f['fix']}")
             elif not f["blocks"]:
                 lines.append(f"{'':<{width}}  note: {f['operator']}: {f['reason']}")
+        for note in t.notes:
+            lines.append(f"{'':<{width}}  note: {note}")
         for r in t.rewrites:
             if r.get("status") == "skipped":
                 lines.append(f"{'':<{width}}  rewrite {r['name']} not applied: {r.get('reason', '')}")

@@ -203,5 +203,6 @@ def check_tflite(
                     op.name, f"the Edge TPU has no {', '.join(missing)}: the compiler maps ops up to the first it cannot map, the rest run on the CPU",
                     blocks=False, fix=_fix(_GAP_OF.get(op.name), lacks), modules=op.modules,
                 ))
-    return OperatorCheck(tuple(findings), "; ".join(sources), tuple(unknown))
+    notes = ("full int8: the converter path and calibration recipe are chosen by measured SQNR while converting (docs/int8_recipes.md)",) if precision == "int8" else ()
+    return OperatorCheck(tuple(findings), "; ".join(sources), tuple(unknown), notes)
 
