@@ -139,22 +139,42 @@ class Reference:
             "--example-inputs; standard-normal samples fall outside the ranges it was calibrated to"
         )
 
-    def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None) -> tuple[SimulatedReference | None, str]:
+    def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None, rewritten: Rewritten | None = None) -> tuple[SimulatedReference | None, str]:
         """edgex's own ``scheme`` reference, quantizing as the artifact says it does
-        (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one."""
+        (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one.
+
+        ``rewritten``: what the target converted (``Rewriter.for_target``). With a rewrite applied,
+        the simulation quantizes that model, the one the artifact is a quantization of: its ops
+        are the artifact's (an nn.LSTM written out per step into linear, sigmoid, tanh, mul, add,
+        cat has a quantization point after each, which the recurrent op -- which edgex cannot
+        simulate -- has not; a hardswish written as add, relu6 and mul has two more than the one
+        op). Only the tolerance comes from it: e_sim and sqnr_sim still measure the simulation
+        against the un-rewritten model's outputs, which every artifact is compared with. So the
+        rewrite's own fp32 drift counts in e_sim, and it is proven small before it is used:
+        exact rewrites <= 1e-4 of the outputs' peak (fp32 reordering), the bounded gelu-tanh <=
+        1e-3, a quarter of one int8 output step (1/255 of the range) -- it can widen the tolerance
+        by at most that, far below the 3 x e_sim / 2-step bound. Without an applied rewrite it is
+        the reference itself, as before.
+        """
         scheme_options = {
             "weight_bits": int((quantization or {}).get("weight_bits", 8)),
             "symmetric_activations": bool((quantization or {}).get("symmetric_activations", False)),
             "palettize_bits": (quantization or {}).get("palettize_bits"),
         }
-        key = (scheme, *scheme_options.values())
+        applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
+        model = rewritten.model if applied else self.model
+        key = (scheme, *scheme_options.values(), applied)
         if key not in self._simulated:
-            if self.model.module is None:
+            if model.module is None:
                 self._simulated[key] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
             else:
                 calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
+                parity_inputs = list(self.inputs.parity)
+                if applied:  # the rewritten model's input dtypes (int64 ids as int32)
+                    calibration, parity_inputs = list(rewritten.cast(calibration) or ()), list(rewritten.cast(parity_inputs) or ())
+                    how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
                 try:
-                    sim = simulate(self.model.module, self.model.example_inputs, calibration, self.inputs.parity, scheme, **scheme_options)
+                    sim = simulate(model.module, model.example_inputs, calibration, parity_inputs, scheme, **scheme_options)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
@@ -242,10 +262,14 @@ class TargetRun:
         log_path: Path | None,
         rewritten: Rewritten | None = None,
         requested: bool = True,
+        simulated_from: Callable[[], Rewritten | None] | None = None,
     ) -> None:
         # ``model`` is the reference the outputs are judged against: never the rewritten model
         self.manager, self.target, self.plugin, self.model = manager, target, plugin, model
         self.inputs, self.settings, self.rewritten = inputs, settings, rewritten
+        #: the model the simulated int8 reference quantizes (Reference.simulated), asked for only
+        #: when the artifact is int8: what was converted, else (validate) what this target converts
+        self.simulated_from = simulated_from or (lambda: rewritten)
         #: named by the user, rather than by ``all`` (a model the target does not take is then an error)
         self.requested = requested
 
@@ -310,7 +334,7 @@ class TargetRun:
         simulated = None
         try:
             if io.precision in ("int8", "dynamic-int8"):
-                simulated, how = reference.simulated(io.precision, io.quantization)
+                simulated, how = reference.simulated(io.precision, io.quantization, self.simulated_from())
                 if simulated is None:
                     row.messages.append(how)
                 else:
@@ -640,8 +664,10 @@ def _convert_each(
         reference = None
         if starter.running:  # served from the cache, the targets need no reference outputs
             reference = Reference(manager, model, inputs)
-        if any(p.precision == "int8" for p in runnable if p.target not in cached.hits):
-            reference.simulated("int8")  # while the first target converts
+        first_int8 = next((p for p in runnable if p.precision == "int8" and p.target not in cached.hits), None)
+        if first_int8 is not None:  # while the first target converts; of the model it converts, if it is running
+            started = starter.running.get(first_int8.target)
+            reference.simulated("int8", rewritten=started[0].rewritten if started else None)
         if compression_summary is not None and original is not model:
             compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
         if model.macs is None and model.module is not None:
@@ -703,7 +729,11 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
         (out / "logs").mkdir(exist_ok=True)
         (out / "logs" / f"{name}.log").unlink(missing_ok=True)  # this run's log, not appended to an old one
         try:
-            run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log")
+            # an int8 artifact's tolerance is simulated on the model as this target converts it
+            # (its rewrites proven first), as convert's is; the row lists no rewrites: none was made here
+            lacks = manager.resolve_target(name).spec.lacks
+            run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log",
+                            simulated_from=lambda: Rewriter(model, inputs.parity, settings.rewrite).for_target(lacks))
             try:
                 reference = Reference(manager, model, inputs)
             except BaseException:

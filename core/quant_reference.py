@@ -17,7 +17,9 @@ torch model alone, with the scheme the target uses:
 The simulation runs an ``torch.fx`` interpreter over the ``torch.export`` graph, so programs
 loaded from ``.pt2`` work as nn.Modules do. Models with recurrent ops (LSTM, GRU) raise
 :class:`CannotSimulate`: their weights sit inside one op whose int8 form the converters each
-choose differently, and a made-up reference would judge nothing.
+choose differently, and a made-up reference would judge nothing. (A target that converts an LSTM
+written out per step, ``lstm-steps``, gets the simulation of that rewritten model:
+``pipeline.Reference.simulated``.)
 
 :func:`vacuous_reference` says when a reference's outputs cannot judge any artifact at all.
 """

@@ -3,7 +3,8 @@
 The tensor arena is measured by TFLM's own interpreter (``tflite-micro``), twice over:
 
 - **binary search**: the smallest ``arena_size`` with which the interpreter allocates every
-  tensor and runs one inference (too small an arena raises ``RuntimeError``);
+  tensor and runs one inference (too small an arena raises ``RuntimeError``, or for some models
+  crashes TFLM: the probes run in a child process, see :func:`measure_arena`);
 - **allocation record**: the interpreter's ``RecordingMicroAllocator`` total (head + tail), which
   ``print_allocations()`` prints to C's stderr; it is read by capturing file descriptor 2.
 
@@ -20,6 +21,7 @@ compiler and on reference vs CMSIS-NN kernels; the report says so.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -32,7 +34,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from edgex.plugins import TargetError, UsageError
+from edgex.core.isolation import RemoteError
+from edgex.plugins import TargetError, UsageError, start_isolated
 
 #: TFLM framework code (interpreter, allocator, planner; no kernels) on an Arm Cortex-M3, bytes
 TFLM_FRAMEWORK_CODE_BYTES = 9732
@@ -90,6 +93,9 @@ class ArenaMeasurement:
     recorded_items: dict[str, dict[str, Any]]
     search_seconds: float
     probes: int
+    #: arena sizes at which TFLM crashed (a signal) instead of reporting the arena too small;
+    #: each is below ``minimum_bytes``. A board whose arena is that short may crash the same way
+    crashed_at: tuple[int, ...] = ()
 
     @property
     def agreement(self) -> float:
@@ -99,6 +105,7 @@ class ArenaMeasurement:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["agreement"] = round(self.agreement, 6)
+        data["crashed_at"] = list(self.crashed_at)
         data["note"] = (
             "measured by the tflite-micro Python interpreter (reference kernels, 64-bit host); 32-bit "
             "targets need less for TFLM's structs, CMSIS-NN kernels may need extra scratch"
@@ -126,26 +133,61 @@ def _zero_inputs(interpreter: Any, count: int) -> list[np.ndarray]:
 
 
 _CACHE: dict[str, ArenaMeasurement] = {}
+#: a search that crashes TFLM this often gives up (each crash marks one more size as too small)
+_MAX_CRASHES = 32
 
 
-def measure_arena(data: bytes, input_count: int, *, key: str | None = None) -> ArenaMeasurement:
-    """Measure the smallest tensor arena ``data`` (a .tflite) runs in under TFLM.
+class _ArenaSearch:
+    """Which arena size to try next, from the sizes tried so far (lo fails, hi works).
 
-    ``key`` (the model's sha256) caches the result for this process: convert and the runtime
-    that validates the same file run in one child and measure once. A model TFLM cannot
-    allocate at any size is a :class:`TargetError` carrying TFLM's own message.
+    The parent keeps one in step with the child that probes (every outcome is sent back as it
+    is known), so that when a probe crashes the child, a new child resumes where it stopped.
     """
-    if key is not None and key in _CACHE:
-        return _CACHE[key]
+
+    def __init__(self) -> None:
+        self.lo, self.hi = 0, 0  # hi 0: no size has worked yet
+        self.tried: dict[int, bool] = {}
+        self.crashed: list[int] = []
+        self.recorded: int | None = None  # print_allocations' total, once read
+        self.totals: dict[str, int] = {}
+        self.items: dict[str, dict[str, Any]] = {}
+        self.last_message = ""
+        self.probes = 0
+
+    def next_size(self) -> int | None:
+        if not self.hi:
+            for size in (_FIRST_ARENA, _LARGEST_ARENA):
+                if size not in self.tried:
+                    return size
+            return None  # no size works
+        if self.recorded and self.recorded not in self.tried and self.lo < self.recorded < self.hi:
+            return self.recorded
+        return (self.lo + self.hi) // 2 if self.hi - self.lo > 1 else None
+
+    def outcome(self, size: int, ok: bool, message: str = "", crashed: bool = False) -> None:
+        self.probes += 1
+        self.tried[size] = ok
+        if crashed:
+            self.crashed.append(size)
+        if ok:
+            self.hi = min(self.hi, size) if self.hi else size
+        else:
+            self.lo = max(self.lo, size)
+            self.last_message = message or self.last_message
+
+    def read_record(self, log: str) -> None:
+        self.totals, self.items = parse_allocations(log)
+        self.recorded = self.totals.get("total", 0)
+
+
+def _probe(data: bytes, input_count: int, search: _ArenaSearch, send: Callable[[str, Any], None]) -> None:
+    """Try the sizes ``search`` asks for, reporting each before (``probe``) and after (``outcome``)."""
     from tflite_micro.python.tflite_micro import runtime
 
-    start = time.perf_counter()
+    search = copy.deepcopy(search)  # the parent's follows the events (the same object when not forked)
     inputs: list[np.ndarray] | None = None
-    probes = 0
-
-    def attempt(size: int) -> tuple[Any | None, str]:
-        nonlocal inputs, probes
-        probes += 1
+    while (size := search.next_size()) is not None:
+        send("probe", size)
         with captured_stderr() as log:
             try:
                 interpreter = runtime.Interpreter.from_bytes(data, arena_size=size)
@@ -156,40 +198,73 @@ def measure_arena(data: bytes, input_count: int, *, key: str | None = None) -> A
                 interpreter.invoke()
             except (RuntimeError, ValueError):
                 interpreter = None
-        return interpreter, tflm_log_line(log[0]) if log else ""
+        message = tflm_log_line(log[0]) if log else ""
+        ok = interpreter is not None
+        if ok and search.recorded is None:  # the first size that works is the generous one
+            with captured_stderr() as record:
+                interpreter.print_allocations()
+            send("record", record[0])
+            search.read_record(record[0])
+        del interpreter
+        send("outcome", (size, ok, message))
+        search.outcome(size, ok, message)
 
-    generous, message = attempt(_FIRST_ARENA)
-    if generous is None:
-        generous_size = _LARGEST_ARENA
-        generous, message = attempt(_LARGEST_ARENA)
-        if generous is None:
-            raise TargetError(f"TFLM cannot run this model with any arena size: {message or 'no message from TFLM'}", stage="convert")
-    else:
-        generous_size = _FIRST_ARENA
-    with captured_stderr() as log:
-        generous.print_allocations()
-    totals, items = parse_allocations(log[0])
-    del generous
-    recorded = totals.get("total", 0)
 
-    # binary search for the smallest arena that works: lo fails, hi works
-    lo, hi = 0, generous_size
-    if recorded and attempt(recorded)[0] is not None:
-        hi = recorded
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid)[0] is not None:
-            hi = mid
-        else:
-            lo = mid
+def measure_arena(data: bytes, input_count: int, *, key: str | None = None) -> ArenaMeasurement:
+    """Measure the smallest tensor arena ``data`` (a .tflite) runs in under TFLM.
+
+    ``key`` (the model's sha256) caches the result for this process: convert and the runtime
+    that validates the same file run in one child and measure once. A model TFLM cannot
+    allocate at any size is a :class:`TargetError` carrying TFLM's own message.
+
+    The sizes are probed in a child process (:func:`edgex.plugins.start_isolated`). Too small an
+    arena does not always make TFLM raise: for some models it segfaults instead (a 20-step LSTM
+    written out per step, 400 tensors, crashes in ``GreedyMemoryPlanner::CalculateOffsetsIfNeeded``
+    at 91,280 bytes -- its own allocation record's total -- and at 50,000, while it raises at
+    70,000 and runs from 119,680). No size below the minimum is known to be safe in advance, and a
+    margin cannot be derived from TFLM's record (here 24% short), so every probe runs where a crash
+    costs only that child: the parent follows the search outcome by outcome, counts the size a
+    child died on as too small (which it is: TFLM crashed instead of allocating), and starts a new
+    child where the last one stopped. One child when nothing crashes; the size reported has run.
+    """
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    start = time.perf_counter()
+    search = _ArenaSearch()
+    pending: list[int] = []  # the size the child is trying, until its outcome arrives
+    what = "TFLM's arena probe"
+
+    def on_event(kind: str, payload: Any) -> None:
+        if kind == "probe":
+            pending[:] = [payload]
+        elif kind == "record":
+            search.read_record(payload)
+        elif kind == "outcome":
+            search.outcome(*payload)
+            pending.clear()
+
+    while search.next_size() is not None:
+        pending.clear()
+        try:
+            start_isolated(lambda send: _probe(data, input_count, search, send), what=what).wait(on_event)
+        except RemoteError:
+            raise
+        except TargetError as exc:  # the child died (a signal): the size it was trying is too small
+            if not pending or len(search.crashed) >= _MAX_CRASHES:
+                raise TargetError(f"TFLM's arena measurement failed: {exc}", stage="convert") from None
+            how = str(exc).removeprefix(f"{what} ")
+            search.outcome(pending[0], False, f"TFLM {how} with a {pending[0]}-byte arena", crashed=True)
+    if not search.hi:
+        raise TargetError(f"TFLM cannot run this model with any arena size: {search.last_message or 'no message from TFLM'}", stage="convert")
     result = ArenaMeasurement(
-        minimum_bytes=hi,
-        recorded_bytes=recorded,
-        recorded_head_bytes=totals.get("head", 0),
-        recorded_tail_bytes=totals.get("tail", 0),
-        recorded_items=items,
+        minimum_bytes=search.hi,
+        recorded_bytes=search.recorded or 0,
+        recorded_head_bytes=search.totals.get("head", 0),
+        recorded_tail_bytes=search.totals.get("tail", 0),
+        recorded_items=search.items,
         search_seconds=round(time.perf_counter() - start, 4),
-        probes=probes,
+        probes=search.probes,
+        crashed_at=tuple(sorted(search.crashed)),
     )
     if key is not None:
         _CACHE[key] = result

@@ -280,3 +280,39 @@ def test_parity_verdict(converted, tmp_path, model, target, defect):
     report = api.validate(artifact, reference, target=target, out=tmp_path / "validate", precision=precision, samples=SAMPLES, calibration=calibration)
     row = report.targets[target]
     assert row.status == ("passed" if defect == "honest" else "failed"), row.messages
+
+
+# --------------------------------------------------------------------------- an LSTM, rewritten for mcu and coral
+
+
+@pytest.fixture(scope="module")
+def lstm_int8(tmp_path_factory):
+    """tests/models.py:lstm_long (nn.LSTM 8 -> 16 over 20 steps) converted for mcu, where
+    ``lstm-steps`` writes it out per step: (reference, the full-int8 .tflite, calibration)."""
+    pytest.importorskip("tflite_micro")
+    reference = api.load_model(f"{Path(__file__).with_name('models.py')}:lstm_long")
+    calibration = _calibration(reference)
+    out = tmp_path_factory.mktemp("lstm")
+    report = api.convert(reference, ["mcu"], out=out, samples=SAMPLES, calibration=calibration)
+    row = report.targets["mcu"]
+    assert row.status == "passed" and [e["name"] for e in row.details["rewrites"] if e["status"] == "applied"] == ["lstm-steps"], row.messages
+    return reference, out / row.artifacts[0], calibration
+
+
+@pytest.mark.parametrize("target", ["mcu", "coral"])
+@pytest.mark.parametrize("defect", ["honest", "swap-middle"])
+def test_a_defect_inside_a_rewritten_lstm_is_caught(lstm_int8, tmp_path, target, defect):
+    """The LSTM itself cannot be simulated (one recurrent op), the model the target converts can:
+    the tolerance comes from that, and it still fails a planted defect in the recurrent part (two
+    rows of the input-to-hidden gate weights, which every step shares, swapped: about 6 dB below
+    what honest int8 reaches, while its max error stays inside the max bound, so the SQNR rule of
+    the simulated reference is what catches it)."""
+    reference, artifact, calibration = lstm_int8
+    if defect != "honest":
+        artifact = defects.swap_channels(artifact, tmp_path / "swapped.tflite", layer="middle", a=0, b=5).path
+    report = api.validate(artifact, reference, target=target, out=tmp_path / "validate", samples=SAMPLES, calibration=calibration)
+    row = report.targets[target]
+    simulated = row.details.get("int8_reference")
+    assert simulated is not None and "as rewritten for this target (lstm-steps)" in simulated["calibration"], row.messages
+    assert "rewrites" not in row.details  # validate converted nothing
+    assert row.status == ("passed" if defect == "honest" else "failed"), row.messages

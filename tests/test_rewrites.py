@@ -389,6 +389,8 @@ def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(tmp_path):
         assert row.status == "passed", (name, row.messages)
         applied = [e for e in row.details["rewrites"] if e["status"] == "applied"]
         assert [(e["name"], e["replaced"]) for e in applied] == [("lstm-steps", ["lstm"])] and applied[0]["drift"] <= 1e-6
+        # judged against edgex's own int8 reference, simulated on the model the target converted
+        assert "as rewritten for this target (lstm-steps)" in row.details["int8_reference"]["calibration"], row.messages
     operators = {op["op"]: op["count"] for op in report.targets["mcu"].details["operators"]}
     assert operators["CONCATENATION"] >= 2  # the 20 steps joined in chunks of at most 8, not in one
     edgetpu = report.targets["coral"].details["edgetpu"]

@@ -48,6 +48,47 @@ def test_arena_follows_the_activations(int8_tflite):
         assert measured.minimum_bytes > 0 and measured.recorded_bytes > 0
 
 
+def test_an_arena_that_crashes_tflm_costs_a_probe_not_the_process(int8_tflite, monkeypatch):
+    """Too small an arena can segfault TFLM instead of raising (a 20-step LSTM written out per
+    step crashes in GreedyMemoryPlanner at its own record's total, 24% short of the minimum).
+    Here from_bytes kills its process at every size from half the minimum up to the minimum (so a
+    crash ends several probing children in a row): the search must still find the same minimum,
+    say where TFLM crashed, and this process must live (the probes run in children)."""
+    import os
+    import signal
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    monkeypatch.setenv("EDGEX_ISOLATION", "fork")
+    data = int8_tflite["kws"].read_bytes()
+    honest = mcu_memory.measure_arena(data, 1)
+    band = range(honest.minimum_bytes // 2, honest.minimum_bytes)
+    real = runtime.Interpreter.from_bytes.__func__
+
+    def from_bytes(cls, model, arena_size=0, **kwargs):
+        if arena_size in band:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(cls, model, arena_size=arena_size, **kwargs)
+
+    monkeypatch.setattr(runtime.Interpreter, "from_bytes", classmethod(from_bytes))
+    measured = mcu_memory.measure_arena(data, 1)
+    assert measured.minimum_bytes == honest.minimum_bytes and measured.recorded_bytes == honest.recorded_bytes
+    assert len(measured.crashed_at) >= 3 and all(size in band for size in measured.crashed_at)
+    assert measured.to_json()["crashed_at"] == list(measured.crashed_at)
+
+
+def test_a_model_that_crashes_tflm_at_every_size_is_a_target_error(int8_tflite, monkeypatch):
+    import os
+    import signal
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    monkeypatch.setenv("EDGEX_ISOLATION", "fork")
+    monkeypatch.setattr(runtime.Interpreter, "from_bytes", classmethod(lambda cls, *a, **k: os.kill(os.getpid(), signal.SIGSEGV)))
+    with pytest.raises(TargetError, match="any arena size: TFLM crashed with signal SIGSEGV with a 1073741824-byte arena"):
+        mcu_memory.measure_arena(int8_tflite["kws"].read_bytes(), 1)
+
+
 def test_parse_allocations_reads_tflms_lines():
     text = (
         "[RecordingMicroAllocator] Arena allocation total 6352 bytes\r\n"
