@@ -403,6 +403,24 @@ def test_token_ids_at_full_int8_on_tflite(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_tiny_distilbert_with_int64_ids_passes_on_onnx_jetson_and_tflite(tmp_path):
+    """tests/models.py:distilbert_tiny (transformers' DistilBertForSequenceClassification, input_ids
+    only). Full int8 (coral, mcu) is not here: the all-true attention mask stays a bool tensor."""
+    pytest.importorskip("transformers")
+    from models import distilbert_tiny
+
+    module, _ = distilbert_tiny()
+    ids = token_ids(tmp_path, 100)
+    model = load_model("distilbert", module=module, example_inputs=ids)
+    settings = make_settings(targets=("onnx", "jetson", "tflite"), samples=16, calibration=ids)
+    report = pipeline.convert(PluginManager(), model, settings, tmp_path / "out")
+    for name, row in report.targets.items():
+        assert row.status == "passed", (name, row.messages)
+    assert report.targets["tflite"].io["inputs"][0]["dtype"] == "int32"
+    assert report.targets["jetson"].details["tensorrt"]["opset"] == 17
+
+
+@pytest.mark.slow
 def test_hard_activations_map_to_the_edge_tpu_only_after_rewriting(tmp_path):
     module, example = hard_activations_net()
     model = load_model("hard", module=module, example_inputs=list(example))
