@@ -247,17 +247,42 @@ def _tensor_label(graph: Any, tensor: Any) -> str:
     return f"{producer.name} #{producer.index} -> {tensor.name!r}" if producer is not None else repr(tensor.name)
 
 
+#: operand positions that read integers as indices: (op, operand) -> the op's table is what is int8
+_INDEX_OPERANDS = frozenset({("EMBEDDING_LOOKUP", 0), ("GATHER", 1), ("GATHER_ND", 1)})
+#: ops that move integers without computing on them (shape only)
+_SHAPE_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
+
+
+def _only_indices(graph: Any, index: int) -> bool:
+    """Whether tensor ``index`` is read only as lookup indices (token ids), through reshapes."""
+    uses = [(op, position) for op in graph.operators for position, i in enumerate(op.inputs) if i == index]
+    if not uses:
+        return False
+    for op, position in uses:
+        if (op.name, position) in _INDEX_OPERANDS:
+            continue
+        if op.name in _SHAPE_OPS and position == 0 and all(_only_indices(graph, out) for out in op.outputs):
+            continue
+        return False
+    return True
+
+
 def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
-    """Every tensor int8 (int32 only for biases and shape parameters), int8 inputs and outputs,
-    sane activation scales; returns (summary, warnings) or raises :class:`RejectedArtifact`."""
+    """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
+    read as lookup indices: token ids), int8 inputs and outputs, sane activation scales; returns
+    (summary, warnings) or raises :class:`RejectedArtifact`."""
     not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in ("int8", "int32")]
     if not_int:
         shown = ", ".join(f"{t.dtype} {_tensor_label(graph, t) if sub == 0 else repr(t.name)}" for sub, t in not_int[:3])
         more = f" and {len(not_int) - 3} more" if len(not_int) > 3 else ""
         raise RejectedArtifact(f"not full int8: {len(not_int)} tensors are not int8/int32 ({shown}{more})")
+    index_inputs = []
     for kind, indices in (("input", graph.inputs), ("output", graph.outputs)):
         for index in indices:
             tensor = graph.tensor(index)
+            if kind == "input" and tensor.dtype == "int32" and _only_indices(graph, index):
+                index_inputs.append(tensor.name)
+                continue
             if tensor.dtype != "int8" or not tensor.quantized:
                 raise RejectedArtifact(f"model {kind} {tensor.name!r} is {tensor.dtype}, not quantized int8")
     warnings, collapsed = [], []
@@ -291,6 +316,8 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
     }
     if per_tensor:
         summary["per_tensor_weights"] = per_tensor
+    if index_inputs:
+        summary["int32_index_inputs"] = index_inputs
     return summary, warnings
 
 

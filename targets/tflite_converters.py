@@ -22,7 +22,7 @@ import io as _io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +77,66 @@ RECIPES = {
 }
 
 
+def _with_int8_embedding_lookups(static: list) -> list:
+    """``static_wi8_ai8`` plus EMBEDDING_LOOKUP (an ``nn.Embedding``) in int8: a per-tensor
+    symmetric int8 table, ids left int32.
+
+    The static recipe leaves the lookup float: ai-edge-quantizer's config policy lists it for
+    weight-only and dynamic recipes only, which the config's ``skip_checks`` passes by. The
+    quantizer's own materialization then gives the lookup's output the scale calibrated on it,
+    while LiteRT's and TFLM's int8 kernels copy table rows as they are (no requantization): every
+    value comes out on the wrong scale (2.4 dB on tests/models.py:token_classifier). Hence the
+    table is per-tensor and :func:`_embedding_lookup_on_its_table_scale` gives the output the
+    table's scale and zero point, so each row read is exactly the quantized table's row.
+    """
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    recipes = recipe_manager.RecipeManager()
+    recipes.load_quantization_recipe(static)
+    recipes.add_quantization_config(".*", qtyping.TFLOperationName.EMBEDDING_LOOKUP, qtyping.OpQuantizationConfig(
+        activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=False),
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True, granularity=qtyping.QuantGranularity.TENSORWISE),
+        compute_precision=qtyping.ComputePrecision.INTEGER,
+        skip_checks=True,
+    ))
+    return recipes.get_quantization_recipe()
+
+
+@contextlib.contextmanager
+def _embedding_lookup_on_its_table_scale() -> Iterator[None]:
+    """While quantizing: EMBEDDING_LOOKUP materialized with its output on its table's scale
+    (ai-edge-quantizer's SAME_AS_INPUT_SCALE constraint, the one its GATHER uses; the ids,
+    operand 0, are not quantized). The stock registration is put back afterwards."""
+    import functools
+
+    from ai_edge_quantizer import algorithm_manager, qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import common_quantize, naive_min_max_quantize
+    from ai_edge_quantizer.algorithms.utils import common_utils
+
+    def same_as_table(get_tensor_quant_params_fn, op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache):
+        return common_utils.materialize_standard_op(
+            op_info, graph_info, tensor_name_to_qsv, get_tensor_quant_params_fn,
+            tensor_quant_params_cache=tensor_quant_params_cache,
+            constraint=common_utils.OpQuantConstraint.SAME_AS_INPUT_SCALE,
+            inputs_to_ignore=[0],
+        )
+
+    def register(materialize: Any) -> None:
+        algorithm_manager.register_quantized_op(
+            algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
+            qtyping.TFLOperationName.EMBEDDING_LOOKUP,
+            naive_min_max_quantize.init_qsvs,
+            calibration_func=naive_min_max_quantize.min_max_calibrate,
+            materialize_func=functools.partial(materialize, naive_min_max_quantize.get_tensor_quant_params),
+        )
+
+    register(same_as_table)
+    try:
+        yield
+    finally:
+        register(common_quantize.materialize_embedding_lookup)
+
+
 def _quantize_with_ai_edge_quantizer(
     float_path: Path,
     dest: Path,
@@ -102,7 +162,7 @@ def _quantize_with_ai_edge_quantizer(
         how = "int8 weights, float activations (ai-edge-quantizer dynamic_wi8_afp32)"
         result = engine.quantize(enable_progress_report=False)
     else:
-        static = recipe.static_wi8_ai8()
+        static = _with_int8_embedding_lookups(recipe.static_wi8_ai8())
         engine = quantizer.Quantizer(str(float_path), static)
         signatures = Interpreter(model_path=str(float_path)).get_signature_list()
         key = next(iter(signatures))
@@ -124,7 +184,8 @@ def _quantize_with_ai_edge_quantizer(
             ranges.calibrate({key: samples}, recipes)
         estimator = "moving average of per-sample ranges" if recipe_name == "moving-average" else "min/max ranges"
         how = f"full int8, per-channel weights, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, {estimator})"
-        result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
+        with _embedding_lookup_on_its_table_scale():
+            result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
     return how
 

@@ -34,7 +34,7 @@ ATEN_TO_TFLITE: dict[str, tuple[str, ...]] = {
     "aten.batch_norm": (),  # folded into the convolution before it (eval mode)
     "aten.layer_norm": ("MEAN", "SQUARED_DIFFERENCE", "ADD", "RSQRT", "MUL", "SUB"),
     "aten.scaled_dot_product_attention": ("BATCH_MATMUL", "MUL", "SOFTMAX", "TRANSPOSE"),
-    "aten.embedding": ("GATHER",),
+    "aten.embedding": ("RESHAPE", "EMBEDDING_LOOKUP"),
     "aten.lstm": ("FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SPLIT", "CONCATENATION", "RESHAPE"),
     # activations
     "aten.relu": ("RELU",),
@@ -162,15 +162,8 @@ def check_tflite(
                 f"input {spec.name}", "int64 input: every full-int8 TFLite path takes int32 (LiteRT: \"Got value of type INT64 but expected type INT32\")",
                 fix=_fix("int64-inputs", lacks) or "feed int32 ids",
             ))
-    if precision == "int8":
-        for op in operators.operators:
-            if op.name == "aten.embedding":
-                findings.append(OperatorFinding(
-                    op.name,
-                    "no all-integer form: ai-edge-quantizer's static int8 recipe leaves EMBEDDING_LOOKUP in float, and onnx2tf's GATHER keeps a float table",
-                    fix="convert this target at fp32 or dynamic-int8 where it offers them (tflite), or keep the embedding outside the int8 model",
-                    modules=op.modules,
-                ))
+    # at full int8 aten.embedding is an EMBEDDING_LOOKUP of an int8 table, its output on the table's scale
+    # (targets/tflite_converters.py: _with_int8_embedding_lookups), its int32 ids the one non-int8 input
     if runtime == "tflm":
         from edgex.targets.mcu_model import ops_table
 

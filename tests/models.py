@@ -146,3 +146,24 @@ class Unexportable(torch.nn.Module):
 
 def unexportable():
     return Unexportable(), (torch.randn(1, 4),)
+
+
+class SequenceLogits(torch.nn.Module):
+    """A transformers sequence classifier taking ``input_ids`` only, returning its logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids).logits
+
+
+def distilbert_tiny():
+    """transformers' DistilBertForSequenceClassification from a tiny config (vocab 100, 1 layer of
+    width 32, 2 heads): int64 token ids of length 8 -> 2 logits. Needs transformers."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=16, num_labels=2)
+    return SequenceLogits(DistilBertForSequenceClassification(config).eval()).eval(), (torch.randint(0, 100, (1, 8)),)

@@ -247,3 +247,15 @@ def test_calibration_of_the_wrong_shape_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "calibration" in err and "(3, 8, 8)" in err
     assert not (tmp_path / "out" / "tflite").exists()
+
+
+def test_an_int32_input_passes_the_full_int8_check_only_when_read_as_lookup_indices():
+    from types import SimpleNamespace as Op
+
+    ids_graph = Op(operators=[Op(name="RESHAPE", inputs=[0, 1], outputs=[2]), Op(name="EMBEDDING_LOOKUP", inputs=[2, 3], outputs=[4])])
+    assert litert._only_indices(ids_graph, 0)
+    added = Op(operators=[*ids_graph.operators, Op(name="ADD", inputs=[0, 5], outputs=[6])])  # also computed on
+    assert not litert._only_indices(added, 0)
+    table = Op(operators=[Op(name="GATHER", inputs=[0, 2], outputs=[4])])  # the gathered values, not the indices
+    assert not litert._only_indices(table, 0)
+    assert not litert._only_indices(Op(operators=[]), 0)
