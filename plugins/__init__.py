@@ -20,7 +20,7 @@ import pluggy
 
 from edgex.core.version import __version__
 from edgex.core.errors import BackendMissingError, EdgexError, TargetError, UnsupportedModel, UsageError, one_line
-from edgex.core.isolation import start_isolated
+from edgex.core.isolation import RemoteError, start_isolated
 from edgex.core.sandbox import contained, offline
 from edgex.core.types import (
     Artifact,
@@ -137,6 +137,7 @@ __all__ = [
     "OperatorUse",
     "QuantParams",
     "ReferenceModel",
+    "RemoteError",
     "Runtime",
     "StageEvent",
     "TargetError",

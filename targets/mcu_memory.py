@@ -34,8 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from edgex.core.isolation import RemoteError
-from edgex.plugins import TargetError, UsageError, start_isolated
+from edgex.plugins import RemoteError, TargetError, UsageError, start_isolated
 
 #: TFLM framework code (interpreter, allocator, planner; no kernels) on an Arm Cortex-M3, bytes
 TFLM_FRAMEWORK_CODE_BYTES = 9732
