@@ -119,3 +119,96 @@ def test_per_channel_weights_the_kernels_take_pass(tmp_path):
     litert.LiteRTRuntime(path)  # loads and runs
     assert litert.per_channel_misuse(read_graph(path)) == []
     litert.check_per_channel(read_graph(path))
+
+
+# --------------------------------------------------------------------------- whole conversions
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block as transformers writes it: depthwise 7x7, LayerNorm over channels (NHWC
+    by permute), Linear 4x expansion, GELU, Linear, layer scale, residual."""
+
+    def __init__(self, channels: int, layer_scale: float = 0.5) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.pwconv1 = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(torch.full((channels,), layer_scale))
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike(nn.Module):
+    def __init__(self, channels: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 4, 4)
+        self.block = ConvNeXtBlock(channels)
+        self.norm = nn.LayerNorm(channels)
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = self.block(self.stem(x))
+        return self.classifier(self.norm(x.mean((2, 3))))
+
+
+def _assert_row(report, target: str) -> None:
+    row = report.targets[target]
+    assert row.status == "passed", row.messages
+    assert row.parity.sqnr_db >= TARGET_SQNR_DB, (row.parity.sqnr_db, row.messages)
+    assert "per_tensor_weights_for" not in row.details.get("int8_checks", {}), row.messages
+
+
+@pytest.mark.slow
+def test_convnext_block_full_int8_on_coral_and_mcu(tmp_path):
+    torch.manual_seed(0)
+    model = ConvNeXtLike().eval()
+    report = api.convert(model, ["coral", "mcu"], out=tmp_path, example_inputs=(torch.randn(1, 3, 32, 32),), samples=16)
+    for target in ("coral", "mcu"):
+        _assert_row(report, target)
+
+
+@pytest.mark.slow
+def test_per_channel_refusal_is_routed_around(tmp_path, monkeypatch):
+    """With FULLY_CONNECTED's weights declared per-tensor-only, the first litert-torch artifact
+    (per-channel rows) is refused and the path converts again with per-tensor weights for
+    FULLY_CONNECTED: the row says so, and the artifact has one scale per fully-connected weight."""
+    monkeypatch.delitem(litert.PER_CHANNEL_INPUTS, ("FULLY_CONNECTED", 1))
+    torch.manual_seed(0)
+    model = ConvNeXtLike().eval()
+    report = api.convert(model, ["coral"], out=tmp_path, example_inputs=(torch.randn(1, 3, 32, 32),), samples=16)
+    row = report.targets["coral"]
+    assert row.status == "passed", row.messages
+    assert row.details["int8_checks"]["per_tensor_weights_for"] == ["FULLY_CONNECTED"]
+    assert row.details["int8_checks"]["per_channel_refused"][0]["op"] == "FULLY_CONNECTED"
+    assert any(m.startswith("litert-torch converted with per-tensor weights for FULLY_CONNECTED") for m in row.messages)
+    graph = read_graph(next(tmp_path.rglob("coral/*.tflite")))
+    fcs = [op for op in graph.operators if op.name == "FULLY_CONNECTED"]
+    assert fcs and all(not graph.tensor(op.inputs[1]).per_channel for op in fcs)
+    assert litert.per_channel_misuse(graph) == []
+
+
+@pytest.mark.slow
+def test_transformers_convnext_full_int8(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ConvNextConfig(
+        num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=5, image_size=32,
+    )
+
+    class Logits(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return self.inner(pixel_values).logits
+
+    model = Logits(transformers.ConvNextForImageClassification(config)).eval()
+    report = api.convert(model, ["coral", "mcu"], out=tmp_path, example_inputs=(torch.randn(1, 3, 32, 32),), samples=16)
+    for target in ("coral", "mcu"):
+        _assert_row(report, target)
