@@ -321,6 +321,80 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
     return summary, warnings
 
 
+#: (operator, input position) -> the axis on which that input's int8 kernel takes one scale per
+#: channel, in LiteRT and TFLite Micro alike: convolution filters per output channel (axis 0,
+#: depthwise axis 3, the kernels' ``kConvQuantizedDimension`` / ``kDepthwiseConvQuantizedDimension``),
+#: fully-connected weights per row, and the int32 biases that go with them. Every other input of
+#: every operator (BATCH_MATMUL's operands, MUL/ADD constants, ...) is read with one scale
+#: (``tensor->params.scale``, which LiteRT leaves 0 for a per-channel tensor). docs/int8_recipes.md
+PER_CHANNEL_INPUTS = {
+    ("CONV_2D", 1): 0, ("CONV_2D", 2): 0,
+    ("DEPTHWISE_CONV_2D", 1): 3, ("DEPTHWISE_CONV_2D", 2): 0,
+    ("FULLY_CONNECTED", 1): 0, ("FULLY_CONNECTED", 2): 0,
+    ("TRANSPOSE_CONV", 1): 0, ("TRANSPOSE_CONV", 3): 0,
+}
+
+
+class PerChannelRejected(RejectedArtifact):
+    """A tensor carries per-channel scales that a kernel (or LiteRT's loader) takes as one:
+    ``ops`` names the operators to quantize with per-tensor weights instead."""
+
+    def __init__(self, message: str, ops: Sequence[str], findings: Sequence[dict[str, Any]]):
+        super().__init__(message)
+        self.ops = tuple(dict.fromkeys(ops))
+        self.findings = list(findings)
+
+
+def per_channel_misuse(graph: Any) -> list[dict[str, Any]]:
+    """Tensors with more than one scale where no kernel takes more than one.
+
+    Two kinds: scales that fit neither one scale nor the quantized dimension (LiteRT's
+    InterpreterBuilder refuses the file: "num_scales must be 1 for per-layer quantization, or N
+    for per-axis quantization, but got M"); and per-channel scales on an input that
+    :data:`PER_CHANNEL_INPUTS` does not list (or on another axis), which the kernel reads as one
+    scale. Each finding names the operator (``op``, ``op_index``, ``input``) and the tensor."""
+    consumers: dict[int, list[tuple[Any, int]]] = {}
+    for op in graph.operators:
+        for position, index in enumerate(op.inputs):
+            if index >= 0:
+                consumers.setdefault(index, []).append((op, position))
+    findings = []
+    for tensor in graph.tensors:
+        if not tensor.per_channel:
+            continue
+        n, axis, shape = len(tensor.scales), tensor.quantized_dimension, tensor.shape
+        base = {"tensor": tensor.name, "scales": n, "axis": axis, "shape": list(shape)}
+        if shape and not (0 <= axis < len(shape) and shape[axis] == n):
+            size = shape[axis] if 0 <= axis < len(shape) else "out of range"
+            why = (f"{n} scales on axis {axis} of shape {list(shape)} (size {size}): LiteRT refuses to load the file "
+                   "(num_scales must be 1 for per-layer quantization or the axis' size for per-axis)")
+            for op, position in consumers.get(tensor.index, []) or [(graph.producer(tensor.index), -1)]:
+                findings.append({**base, "op": op.name if op else None, "op_index": op.index if op else None, "input": position, "why": why})
+            continue
+        for op, position in consumers.get(tensor.index, []):
+            wanted = PER_CHANNEL_INPUTS.get((op.name, position))
+            if wanted == axis:
+                continue
+            why = (f"the {op.name} int8 kernel takes one scale for input {position}" if wanted is None
+                   else f"the {op.name} int8 kernel takes per-channel scales for input {position} on axis {wanted}, not {axis}")
+            findings.append({**base, "op": op.name, "op_index": op.index, "input": position, "why": why})
+    return findings
+
+
+def check_per_channel(graph: Any) -> None:
+    """Raise :class:`PerChannelRejected` when :func:`per_channel_misuse` finds anything."""
+    findings = per_channel_misuse(graph)
+    if not findings:
+        return
+    first = findings[0]
+    more = f" and {len(findings) - 1} more" if len(findings) > 1 else ""
+    raise PerChannelRejected(
+        f"per-channel scales where the kernel takes one: {first['op']} #{first['op_index']} input {first['input']} "
+        f"{first['tensor']!r} has {first['scales']} scales ({first['why']}){more}",
+        [f["op"] for f in findings if f["op"]], findings,
+    )
+
+
 # --------------------------------------------------------------------------- converting
 
 
@@ -444,22 +518,45 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
     attempts: list[_Attempt] = []
     chosen = None
     recipe: dict[str, Any] | None = None
+    #: per path, the ops an artifact of it needed per-tensor weights for: later recipes start there
+    learned: dict[str, tuple[str, ...]] = {}
+    refused: dict[str, tuple[str, list[dict[str, Any]]]] = {}
 
-    def convert(name: str, recipe_name: str | None = None) -> tuple[Any, _Attempt]:
-        folder = scratch / (name if recipe_name is None else f"{name}.{recipe_name}")
+    def convert(name: str, recipe_name: str | None = None, per_tensor: tuple[str, ...] | None = None) -> tuple[Any, _Attempt]:
+        if per_tensor is None:
+            per_tensor = learned.get(name, ())
+        folder = scratch / ((name if recipe_name is None else f"{name}.{recipe_name}") + (".per-tensor" if per_tensor else ""))
         folder.mkdir(parents=True)
         try:
             # each path in its own process: converters segfault, and a crash must fall back, not end the target
             result = start_isolated(
-                lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks, recipe_name),
+                lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks, recipe_name, per_tensor),
                 what=f"the {name} converter",
             ).wait()
         except Exception as exc:
             return None, _Attempt(name, "failed", one_line(exc))
         try:
             accepted = _accept(request, precision, result, output_shapes)
+        except PerChannelRejected as exc:
+            # per-channel scales on an op whose kernel takes one: the same path again, with per-tensor
+            # weights for those ops (a converter setting, not a lossy rewrite of the file's int8 weights)
+            ops = tuple(dict.fromkeys(per_tensor + exc.ops))
+            if per_tensor and set(ops) == set(per_tensor):
+                return None, _Attempt(name, "rejected", one_line(exc))
+            refused[name] = (one_line(exc), exc.findings[:8])
+            again, attempt = convert(name, recipe_name, ops)
+            if again is None:
+                return None, _Attempt(name, "rejected", f"{one_line(exc)}; converted again with per-tensor weights for {', '.join(ops)}: {attempt.reason}")
+            learned[name] = ops
+            return again, attempt
         except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
             return None, _Attempt(name, "rejected", one_line(exc))
+        if per_tensor:  # what was done, in the row: the artifact that was refused, and the setting that fixed it
+            reason, findings = refused.get(name, ("", []))
+            _, _, _, _, checks, warnings = accepted
+            checks["per_tensor_weights_for"] = list(per_tensor)
+            checks["per_channel_refused"] = findings
+            warnings.insert(0, f"{name} converted with per-tensor weights for {', '.join(per_tensor)}: its first artifact was refused ({reason})")
         return accepted, _Attempt(name, "used")
 
     try:
@@ -581,6 +678,7 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     warnings: list[str] = []
     if precision == "int8":
         checks, warnings = check_full_int8(graph)
+        check_per_channel(graph)
         if narrowed:
             checks["int64_constants_narrowed_to_int32"] = narrowed
     return result, graph, inputs, outputs, checks, warnings

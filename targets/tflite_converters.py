@@ -144,6 +144,7 @@ def _quantize_with_ai_edge_quantizer(
     calibration: Sequence[tuple[np.ndarray, ...]] | None,
     input_perms: Sequence[tuple[int, ...] | None],
     recipe_name: str = "min-max",
+    per_tensor_ops: Sequence[str] = (),
 ) -> str:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe, recipe_manager
@@ -163,6 +164,18 @@ def _quantize_with_ai_edge_quantizer(
         result = engine.quantize(enable_progress_report=False)
     else:
         static = _with_int8_embedding_lookups(recipe.static_wi8_ai8())
+        per_tensor = _quantizer_op_names(per_tensor_ops)
+        if per_tensor:
+            # the ops whose kernel takes one weight scale (targets/litert.py: per_channel_misuse):
+            # the same static config with TENSORWISE weights, the latest config for an op winning
+            manager = recipe_manager.RecipeManager()
+            manager.load_quantization_recipe(static)
+            for op_name in per_tensor:
+                manager.add_static_config(
+                    regex=".*", operation_name=op_name, activation_num_bits=8, weight_num_bits=8,
+                    weight_granularity=qtyping.QuantGranularity.TENSORWISE,
+                )
+            static = manager.get_quantization_recipe()
         engine = quantizer.Quantizer(str(float_path), static)
         signatures = Interpreter(model_path=str(float_path)).get_signature_list()
         key = next(iter(signatures))
@@ -183,11 +196,27 @@ def _quantize_with_ai_edge_quantizer(
         with quiet():
             ranges.calibrate({key: samples}, recipes)
         estimator = "moving average of per-sample ranges" if recipe_name == "moving-average" else "min/max ranges"
-        how = f"full int8, per-channel weights, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, {estimator})"
+        weights = f"per-channel weights except {', '.join(str(getattr(o, 'value', o)) for o in per_tensor)} (per-tensor)" if per_tensor else "per-channel weights"
+        how = f"full int8, {weights}, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, {estimator})"
         with _embedding_lookup_on_its_table_scale():
             result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
     return how
+
+
+def _quantizer_op_names(ops: Sequence[str]) -> list[object]:
+    """TFLite builtin names (``BATCH_MATMUL``) as ai-edge-quantizer's ``TFLOperationName``s; names
+    it has no config for are left out (the artifact is then rejected again, and the next path tried)."""
+    from ai_edge_quantizer import qtyping
+
+    renamed = {"TRANSPOSE_CONV": "CONV_2D_TRANSPOSE"}
+    found = []
+    for op in dict.fromkeys(ops):
+        try:
+            found.append(qtyping.TFLOperationName(renamed.get(op, op)))
+        except ValueError:
+            continue
+    return found
 
 
 def convert_litert_torch(
@@ -197,6 +226,7 @@ def convert_litert_torch(
     work: Path,
     output_ranks: Sequence[int],
     recipe_name: str = "min-max",
+    per_tensor_ops: Sequence[str] = (),
 ) -> PathResult:
     """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
     if model.module is None:
@@ -225,7 +255,7 @@ def convert_litert_torch(
     if precision == "fp32":
         float_path.replace(dest)
         return PathResult(str(dest), converter, (), input_perms, output_perms)
-    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms, recipe_name)
+    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms, recipe_name, per_tensor_ops)
     float_path.unlink(missing_ok=True)
     return PathResult(str(dest), f"{converter} + ai-edge-quantizer {version('ai-edge-quantizer')}: {how}", (), input_perms, output_perms)
 
@@ -250,6 +280,7 @@ def convert_onnx2tf(
     work: Path,
     output_ranks: Sequence[int],
     recipe_name: str = "tflite-converter",
+    per_tensor_ops: Sequence[str] = (),
 ) -> PathResult:
     """torch -> ONNX -> onnx2tf -> the TensorFlow Lite converter."""
     messages: list[str] = []
@@ -309,7 +340,16 @@ def convert_onnx2tf(
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-            how = f"full int8, per-channel weights, calibrated on {len(batches)} samples (TFLite converter)"
+            weights = "per-channel weights"
+            if per_tensor_ops:
+                # the TFLite converter has no per-op granularity: dense layers only where that suffices
+                if set(per_tensor_ops) <= {"FULLY_CONNECTED", "BATCH_MATMUL"}:
+                    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+                    weights = "per-channel weights except dense layers (per-tensor)"
+                else:
+                    converter._experimental_disable_per_channel = True
+                    weights = "per-tensor weights"
+            how = f"full int8, {weights}, calibrated on {len(batches)} samples (TFLite converter)"
         flatbuffer = converter.convert()
     dest = work / "onnx2tf.tflite"
     dest.write_bytes(flatbuffer)
@@ -336,8 +376,10 @@ def convert_with(
     work: Path,
     output_ranks: Sequence[int],
     recipe_name: str | None = None,
+    per_tensor_ops: Sequence[str] = (),
 ) -> PathResult:
     """Run converter path ``name`` offline, with every file it writes kept inside ``work``
-    (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first)."""
+    (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first;
+    ``per_tensor_ops``: TFLite operators to give per-tensor weights, full int8 only)."""
     with offline(), contained(work, chdir=True):  # onnx2tf writes to the current directory
-        return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0])
+        return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0], tuple(per_tensor_ops))
