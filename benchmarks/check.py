@@ -3,7 +3,9 @@
     python benchmarks/check.py [--models a,b,...] [--json]
 
 For every test model (tests/models.py) and every built-in target: what `edgex check` predicts,
-what `edgex convert` then reports, whether they agree, and the time check took as a share of the
+what `edgex convert` then reports, whether they agree (a prediction "converts" agrees with a row
+that wrote an artifact -- passed, failed or inconclusive: parity is convert's to judge, and the
+verdict is printed beside it -- and "error" with an error row), and the time check took as a share of the
 time the conversions took (each model's check of all targets, then its conversion for all
 targets, in this one process, one after the other). Nothing is asserted; every number comes
 from edgex's own runs here.
@@ -49,9 +51,10 @@ def measure(names: list[str], out: Path) -> dict[str, object]:
         check_s, convert_s = check_s + checked, convert_s + converted
         for p in predicted.targets:
             real = report.targets[p.target]
+            outcome = "error" if real.status in ("error", "skipped") else "converts"
             rows.append({
                 "model": name, "target": p.target, "predicted": p.outcome, "real": real.status,
-                "agree": p.outcome == real.status, "reason": p.reason, "real_message": "; ".join(real.messages)[-200:] if p.outcome != real.status else "",
+                "agree": p.outcome == outcome, "reason": p.reason, "real_message": "; ".join(real.messages)[-200:] if p.outcome != real.status else "",
             })
         print(f"  {name}: check {checked:.1f} s, convert {converted:.1f} s", file=sys.stderr, flush=True)
     return {"rows": rows, "check_s": round(check_s, 1), "convert_s": round(convert_s, 1), "share": round(check_s / convert_s, 4) if convert_s else None}

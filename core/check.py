@@ -7,10 +7,11 @@ rewritten model's operators are put to the target's plugin (``edgex_check_operat
 judges them by its own data -- TFLM's kernel list, the Edge TPU's op table, coremltools' op
 registry, the int8 quantizer's limits -- and says what blocks the conversion and what it costs.
 
-The prediction per target is a status ``edgex convert`` would report: ``passed`` (it converts;
-parity is what convert then proves), ``error`` (a conversion that is expected to fail, or a
-backend missing here) with the reason and the fix, or ``unknown`` (the target's plugin has no
-operator data, or its data does not cover an operator the model uses). docs/check.md.
+The prediction per target: ``converts`` (an artifact will be written; whether it passes parity
+is what convert then proves -- a static check cannot), ``error`` (the conversion is expected to
+fail, or the backend is missing here: convert's ``error`` row) with the reason and the fix, or
+``unknown`` (the target's plugin has no operator data, or its data does not cover an operator the
+model uses). docs/check.md.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _FIRST = 3
 class TargetPrediction:
     target: str
     precision: str
-    #: "passed", "error" or "unknown"
+    #: "converts", "error" or "unknown"
     outcome: str
     reason: str = ""
     rewrites: list[dict[str, Any]] = field(default_factory=list)
@@ -218,7 +219,7 @@ def _predict(prediction: TargetPrediction, answer: OperatorCheck | None, operato
         prediction.outcome = "unknown"
         prediction.reason = f"not in its operator data: {', '.join(answer.unknown)}"
     else:
-        prediction.outcome = "passed"
+        prediction.outcome = "converts"
 
 
 def check(manager: PluginManager, model: ReferenceModel, settings: ConvertSettings) -> CheckReport:
@@ -235,7 +236,7 @@ def check(manager: PluginManager, model: ReferenceModel, settings: ConvertSettin
     inventories: dict[tuple[Any, ...], ModelOperators] = {}
     predictions = []
     for plan in plans:
-        prediction = TargetPrediction(plan.target, plan.precision, "passed")
+        prediction = TargetPrediction(plan.target, plan.precision, "converts")
         predictions.append(prediction)
         if plan.skip:
             prediction.outcome, prediction.reason = "error", plan.skip

@@ -45,21 +45,21 @@ def test_gelu_blocks_mcu_unless_rewritten_and_the_rewrite_is_listed():
     finding = next(f for f in plain["mcu"].findings if f["operator"] == "aten.gelu")
     assert "no kernel for GELU" in finding["reason"] and "--rewrite auto" in finding["fix"]
     # the Edge TPU runs what it cannot map on the CPU: a cost, not a failure
-    assert plain["coral"].outcome == "passed"
+    assert plain["coral"].outcome == "converts"
     assert any(f["operator"] == "aten.gelu" and not f["blocks"] for f in plain["coral"].findings)
     rewritten = predictions(models.vit_tiny, ["mcu"])["mcu"]
-    assert rewritten.outcome == "passed"
+    assert rewritten.outcome == "converts"
     assert "aten.gelu" not in rewritten.operators
     assert {r["name"]: r["status"] for r in rewritten.rewrites}["gelu-tanh"] == "applied"
 
 
 def test_token_ids_at_full_int8_are_predicted_to_pass_and_int64_needs_the_rewrite():
     found = predictions(models.token_classifier, ["tflite", "coral", "mcu"])
-    assert all(t.outcome == "passed" for t in found.values()), {n: t.reason for n, t in found.items()}
+    assert all(t.outcome == "converts" for t in found.values()), {n: t.reason for n, t in found.items()}
     # the int8 embedding (EMBEDDING_LOOKUP, with TFLM kernels) runs on the CPU next to an Edge TPU
     assert any(f["operator"] == "aten.embedding" and "EMBEDDING_LOOKUP" in f["reason"] and not f["blocks"] for f in found["coral"].findings)
     # a float model takes int64 ids; the full-int8 paths want int32
-    assert predictions(models.token_classifier, ["tflite"], rewrite="none")["tflite"].outcome == "passed"
+    assert predictions(models.token_classifier, ["tflite"], rewrite="none")["tflite"].outcome == "converts"
     unrewritten = predictions(models.token_classifier, ["tflite"], rewrite="none", precision="int8")["tflite"]
     assert unrewritten.outcome == "error" and "INT64" in unrewritten.reason
 
@@ -80,7 +80,7 @@ def test_an_operator_the_tables_do_not_cover_is_unknown_not_passed():
 
     report = api.check(Trunc(), ["onnx", "tflite"], example_inputs=(torch.randn(1, 8),))
     found = {t.target: t for t in report.targets}
-    assert found["onnx"].outcome == "passed"  # core ATen: the dynamo exporter has it
+    assert found["onnx"].outcome == "converts"  # core ATen: the dynamo exporter has it
     assert found["tflite"].outcome == "unknown" and found["tflite"].unknown == ["aten.trunc"]
     assert report.exit_code == 1
 
@@ -108,7 +108,7 @@ def test_a_target_without_operator_data_is_unknown_not_passed():
 def test_cli_prints_json_and_exits_by_the_worst_prediction(capsys):
     assert main(["check", f"{MODELS}:token_classifier", "-t", "onnx", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["targets"][0]["outcome"] == "passed" and "aten.embedding" in data["targets"][0]["operators"]
+    assert data["targets"][0]["outcome"] == "converts" and "aten.embedding" in data["targets"][0]["operators"]
     assert main(["check", f"{MODELS}:magnitude", "-t", "onnx", "-t", "mcu"]) == 3
     out = capsys.readouterr().out
     assert "mcu" in out and "aten.hypot" in out and "nothing was converted" in out
@@ -137,6 +137,12 @@ CELLS = [
 ]
 
 
+def real_outcome(status):
+    """What a prediction is held against: an artifact was written (parity passed, failed or was
+    inconclusive: check does not claim a verdict), or the target errored."""
+    return "error" if status in ("error", "skipped") else "converts"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, targets, rewrite", CELLS, ids=[f"{c[0]}-{c[2]}" for c in CELLS])
 def test_predictions_agree_with_real_conversions(name, targets, rewrite, tmp_path):
@@ -147,6 +153,6 @@ def test_predictions_agree_with_real_conversions(name, targets, rewrite, tmp_pat
     disagree = {
         t.target: (t.outcome, t.reason, report.targets[t.target].status, report.targets[t.target].messages)
         for t in predicted.targets
-        if t.outcome != report.targets[t.target].status
+        if t.outcome != real_outcome(report.targets[t.target].status)
     }
     assert not disagree
