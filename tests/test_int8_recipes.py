@@ -125,14 +125,16 @@ def test_efficientnet_like_full_int8_on_mcu_and_coral(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficientnet_like_without_the_rewrite_loses_the_signal(tmp_path):
-    """The failure the rewrite fixes: litert-torch pads the 4x4 map to 64x64 and averages over
-    4096 values; int8 rounds that average to zero (no recipe brings it back)."""
+def test_efficientnet_like_without_the_rewrite_fails_parity(tmp_path):
+    """The failure the rewrite fixes: litert-torch pads the 4x4 map to 64x64 and divides by 4096,
+    so int8 keeps a sliver of each average (about 23 dB here, 0 dB on transformers' wider head).
+    Below 30 dB the search tries every recipe; none reaches what int8 does honestly: parity fails."""
     model, example = efficientnet_like()
     report = api.convert(model, ["mcu"], out=tmp_path, example_inputs=example, calibration=_calibration(), samples=8, rewrite="none")
     row = report.targets["mcu"]
-    assert row.status == "failed" and row.parity.sqnr_db < 10
-    assert row.details["int8_recipe"]["searched"]
+    recipe = row.details["int8_recipe"]
+    assert recipe["searched"] and recipe["candidates"][0]["sqnr_db"] < 30
+    assert row.status == "failed"
 
 
 def _hf_logits(model: nn.Module) -> nn.Module:
