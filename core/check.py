@@ -272,10 +272,10 @@ def render(report: CheckReport) -> str:
         if t.reason:
             lines.append(f"{'':<{width}}  why: {t.reason}")
         for f in t.findings:
-            if f.get("fix"):
-                lines.append(f"{'':<{width}}  {'fix' if f['blocks'] else 'note'}: {f['operator']}: {f['fix']}")
+            if f["blocks"] and f.get("fix"):  # its reason is in "why"
+                lines.append(f"{'':<{width}}  fix: {f['operator']}: {f['fix']}")
             elif not f["blocks"]:
-                lines.append(f"{'':<{width}}  note: {f['operator']}: {f['reason']}")
+                lines.append(f"{'':<{width}}  note: {f['operator']}: {f['reason']}" + (f" ({f['fix']})" if f.get("fix") else ""))
         for note in t.notes:
             lines.append(f"{'':<{width}}  note: {note}")
         for r in t.rewrites:

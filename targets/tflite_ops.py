@@ -11,7 +11,7 @@ the full-int8 quantizers are written here, each with the error the conversion gi
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from edgex.plugins import ModelOperators, OperatorCheck, OperatorFinding, OperatorUse, package_version
 
@@ -129,6 +129,16 @@ def _fix(gap: str | None, lacks: Sequence[str]) -> str:
     return ""
 
 
+def _missing(operators: ModelOperators, table: Mapping[str, object], reason: str, blocks: bool, lacks: Sequence[str]) -> list[OperatorFinding]:
+    """A finding per operator that becomes a builtin ``table`` lacks (``reason`` names them)."""
+    findings = []
+    for op in operators.operators:
+        missing = [b for b in _builtins(op) if b not in table]
+        if missing:
+            findings.append(OperatorFinding(op.name, reason.format(", ".join(missing)), blocks=blocks, fix=_fix(_GAP_OF.get(op.name), lacks), modules=op.modules))
+    return findings
+
+
 def check_tflite(
     operators: ModelOperators,
     precision: str,
@@ -167,15 +177,9 @@ def check_tflite(
     if runtime == "tflm":
         from edgex.targets.mcu_model import ops_table
 
-        kernels = ops_table()["builtin"]
         sources.append("TFLM's kernel list (data/tflm_ops.json)")
+        findings += _missing(operators, ops_table()["builtin"], "TensorFlow Lite Micro has no kernel for {}", True, lacks)
         for op in operators.operators:
-            missing = [b for b in _builtins(op) if b not in kernels]
-            if missing:
-                findings.append(OperatorFinding(
-                    op.name, f"TensorFlow Lite Micro has no kernel for {', '.join(missing)}",
-                    fix=_fix(_GAP_OF.get(op.name), lacks), modules=op.modules,
-                ))
             if op.name == "aten.lstm" and _lstm_steps(op) > TFLM_MAX_CONCAT_INPUTS:
                 findings.append(OperatorFinding(
                     op.name,
@@ -187,15 +191,9 @@ def check_tflite(
     if runtime == "edgetpu":
         from edgex.targets.edgetpu import op_table
 
-        table = op_table()["ops"]
         sources.append("the Edge TPU op table (data/edgetpu_ops.json, compiler 16)")
-        for op in operators.operators:
-            missing = [b for b in _builtins(op) if b not in table]
-            if missing:
-                findings.append(OperatorFinding(
-                    op.name, f"the Edge TPU has no {', '.join(missing)}: the compiler maps ops up to the first it cannot map, the rest run on the CPU",
-                    blocks=False, fix=_fix(_GAP_OF.get(op.name), lacks), modules=op.modules,
-                ))
+        reason = "the Edge TPU has no {}: the compiler maps ops up to the first it cannot map, the rest run on the CPU"
+        findings += _missing(operators, op_table()["ops"], reason, False, lacks)
     notes = ("full int8: the converter path and calibration recipe are chosen by measured SQNR while converting (docs/int8_recipes.md)",) if precision == "int8" else ()
     return OperatorCheck(tuple(findings), "; ".join(sources), tuple(unknown), notes)
 

@@ -159,6 +159,17 @@ class SequenceLogits(torch.nn.Module):
         return self.model(input_ids=input_ids).logits
 
 
+class ImageLogits(torch.nn.Module):
+    """A transformers image classifier taking ``pixel_values``, returning its logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
 def distilbert_tiny():
     """transformers' DistilBertForSequenceClassification from a tiny config (vocab 100, 1 layer of
     width 32, 2 heads): int64 token ids of length 8 -> 2 logits. Needs transformers."""

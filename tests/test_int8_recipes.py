@@ -8,6 +8,9 @@ transformers is installed (tiny configs, random weights, no download)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +19,9 @@ from torch import nn
 from edgex.core import api
 from edgex.core.loading import load_model
 from edgex.core.rewrites import Rewriter
+
+sys.path.insert(0, str(Path(__file__).parent))
+import models  # noqa: E402  (tests/models.py: the shared test models)
 
 TARGET_SQNR_DB = 25.0
 
@@ -138,20 +144,12 @@ def test_efficientnet_like_without_the_rewrite_fails_parity(tmp_path):
 
 
 def _hf_logits(model: nn.Module) -> nn.Module:
-    class Logits(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values):
-            return self.inner(pixel_values).logits
-
     # transformers' _init_weights draws BatchNorm gammas from N(0, 0.02): the untrained model's
     # logits are ~1e-19 (below float resolution, an inconclusive verdict); torch's default init
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    return _batch_statistics(Logits(model))
+    return _batch_statistics(models.ImageLogits(model))
 
 
 @pytest.mark.slow

@@ -6,6 +6,9 @@ for that op) and ConvNeXt on coral and mcu (slow: whole conversions)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,9 @@ from torch import nn
 from edgex.core import api
 from edgex.targets import litert
 from edgex.targets.tflite_graph import read_graph, schema
+
+sys.path.insert(0, str(Path(__file__).parent))
+import models  # noqa: E402  (tests/models.py: the shared test models)
 
 TARGET_SQNR_DB = 25.0
 
@@ -200,15 +206,7 @@ def test_transformers_convnext_full_int8(tmp_path):
         num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=5, image_size=32,
     )
 
-    class Logits(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values):
-            return self.inner(pixel_values).logits
-
-    model = Logits(transformers.ConvNextForImageClassification(config)).eval()
+    model = models.ImageLogits(transformers.ConvNextForImageClassification(config)).eval()
     report = api.convert(model, ["coral", "mcu"], out=tmp_path, example_inputs=(torch.randn(1, 3, 32, 32),), samples=16)
     for target in ("coral", "mcu"):
         _assert_row(report, target)
