@@ -130,7 +130,7 @@ def check(
 ) -> "CheckReport":
     """Predict, without converting, what :func:`convert` would report per target: the model's
     operators, what each target lacks or restricts, the rewrites it would apply (each proven on
-    ``samples`` inputs) and the outcome -- ``passed``, ``error`` or ``unknown`` (docs/check.md)."""
+    ``samples`` inputs) and the outcome -- ``converts``, ``error`` or ``unknown`` (docs/check.md)."""
     from edgex.core.check import check as _check
 
     reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)

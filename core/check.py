@@ -104,9 +104,8 @@ def _module_path(node: Any) -> str:
 def torch_operators(model: ReferenceModel) -> ModelOperators:
     """The aten operators of the model's ``torch.export`` graph (before decomposition: the level
     the converters and their op tables speak), counted, with where they occur."""
-    import torch
-
     import numpy as np
+    import torch
 
     module = model.module
     args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in model.example_inputs)

@@ -181,15 +181,16 @@ def _rewrite_hard_activations(draft: Draft) -> list[str]:
     return replaced + _replace_children(draft.module, lambda m: isinstance(m, torch.nn.Hardsigmoid), lambda m: hardsigmoid())
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    """A pooling size given as one int or as (h, w)."""
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
 def _covers_input(pool: Any, height: int, width: int) -> bool:
     """Whether ``pool`` (nn.AvgPool2d / nn.MaxPool2d) makes one window over the whole input: no
     padding, a window at least the input's size (larger only with ceil_mode, as torch requires)."""
-
-    def pair(v: Any) -> tuple[int, int]:
-        return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-    kh, kw = pair(pool.kernel_size)
-    if pair(pool.padding) != (0, 0) or getattr(pool, "divisor_override", None) is not None:
+    kh, kw = _pair(pool.kernel_size)
+    if _pair(pool.padding) != (0, 0) or getattr(pool, "divisor_override", None) is not None:
         return False
     if getattr(pool, "dilation", 1) not in (1, (1, 1)):
         return False
@@ -237,8 +238,7 @@ def _rewrite_oversized_pools(draft: Draft) -> list[str]:
     def hook(module: Any, args: Any, output: Any) -> None:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.dim() == 4 and _covers_input(module, int(x.shape[-2]), int(x.shape[-1])):
-            kh, kw = (module.kernel_size, module.kernel_size) if isinstance(module.kernel_size, int) else module.kernel_size
-            if (kh, kw) != (int(x.shape[-2]), int(x.shape[-1])):  # a window the size of the input pads nothing
+            if _pair(module.kernel_size) != (int(x.shape[-2]), int(x.shape[-1])):  # a window the size of the input pads nothing
                 covering.add(id(module))
 
     handles = [m.register_forward_hook(hook) for _, m in pools]

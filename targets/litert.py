@@ -642,19 +642,19 @@ def _search_recipes(model: ReferenceModel, calibration: Sequence[tuple[np.ndarra
                 if rows[-1].get("sqnr_db", -math.inf) > rows[best].get("sqnr_db", -math.inf):
                     best = len(rows) - 1
     chosen = rows[best]
-    label = f"{chosen['path']} {chosen['recipe']}"
+
+    def described(row: dict[str, Any]) -> str:  # a candidate LiteRT could not run has no SQNR
+        return f"{row['path']} {row['recipe']} " + (f"{row['sqnr_db']:.1f} dB" if "sqnr_db" in row else row["outcome"])
+
     where = f"{len(check)} calibration samples, against the torch model"
     if searched:
-        others = ", ".join(
-            f"{r['path']} {r['recipe']} " + (f"{r['sqnr_db']:.1f} dB" if "sqnr_db" in r else r["outcome"])
-            for i, r in enumerate(rows) if i != best
-        )
+        others = ", ".join(described(r) for i, r in enumerate(rows) if i != best)
         message = (
-            f"int8 recipe: {label}, SQNR {chosen['sqnr_db']:.1f} dB ({where}); the default measured below "
+            f"int8 recipe: {described(chosen)} ({where}); the default measured below "
             f"{RECIPE_SEARCH_BELOW_DB:g} dB, so every recipe was tried: {others or 'no other recipe converted'}"
         )
     else:
-        message = f"int8 recipe: {label}, SQNR {chosen['sqnr_db']:.1f} dB ({where}); at or above {RECIPE_SEARCH_BELOW_DB:g} dB, no other recipe tried"
+        message = f"int8 recipe: {described(chosen)} ({where}); at or above {RECIPE_SEARCH_BELOW_DB:g} dB, no other recipe tried"
     details = {
         "chosen": {"path": chosen["path"], "recipe": chosen["recipe"], "sqnr_db": chosen.get("sqnr_db")},
         "rule": f"the first path's default recipe, unless it measures below {RECIPE_SEARCH_BELOW_DB:g} dB: then the "

@@ -77,9 +77,9 @@ RECIPES = {
 }
 
 
-def _with_int8_embedding_lookups(static: list) -> list:
-    """``static_wi8_ai8`` plus EMBEDDING_LOOKUP (an ``nn.Embedding``) in int8: a per-tensor
-    symmetric int8 table, ids left int32.
+def _add_int8_embedding_lookups(recipes: Any) -> None:
+    """EMBEDDING_LOOKUP (an ``nn.Embedding``) in int8 on top of ``static_wi8_ai8`` (in the
+    RecipeManager ``recipes``): a per-tensor symmetric int8 table, ids left int32.
 
     The static recipe leaves the lookup float: ai-edge-quantizer's config policy lists it for
     weight-only and dynamic recipes only, which the config's ``skip_checks`` passes by. The
@@ -89,17 +89,14 @@ def _with_int8_embedding_lookups(static: list) -> list:
     table is per-tensor and :func:`_embedding_lookup_on_its_table_scale` gives the output the
     table's scale and zero point, so each row read is exactly the quantized table's row.
     """
-    from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer import qtyping
 
-    recipes = recipe_manager.RecipeManager()
-    recipes.load_quantization_recipe(static)
     recipes.add_quantization_config(".*", qtyping.TFLOperationName.EMBEDDING_LOOKUP, qtyping.OpQuantizationConfig(
         activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=False),
         weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True, granularity=qtyping.QuantGranularity.TENSORWISE),
         compute_precision=qtyping.ComputePrecision.INTEGER,
         skip_checks=True,
     ))
-    return recipes.get_quantization_recipe()
 
 
 @contextlib.contextmanager
@@ -163,20 +160,19 @@ def _quantize_with_ai_edge_quantizer(
         how = "int8 weights, float activations (ai-edge-quantizer dynamic_wi8_afp32)"
         result = engine.quantize(enable_progress_report=False)
     else:
-        static = _with_int8_embedding_lookups(recipe.static_wi8_ai8())
+        # one recipe, for the quantizer and the calibrator alike
+        recipes = recipe_manager.RecipeManager()
+        recipes.load_quantization_recipe(recipe.static_wi8_ai8())
+        _add_int8_embedding_lookups(recipes)
         per_tensor = _quantizer_op_names(per_tensor_ops)
-        if per_tensor:
+        for op_name in per_tensor:
             # the ops whose kernel takes one weight scale (targets/litert.py: per_channel_misuse):
             # the same static config with TENSORWISE weights, the latest config for an op winning
-            manager = recipe_manager.RecipeManager()
-            manager.load_quantization_recipe(static)
-            for op_name in per_tensor:
-                manager.add_static_config(
-                    regex=".*", operation_name=op_name, activation_num_bits=8, weight_num_bits=8,
-                    weight_granularity=qtyping.QuantGranularity.TENSORWISE,
-                )
-            static = manager.get_quantization_recipe()
-        engine = quantizer.Quantizer(str(float_path), static)
+            recipes.add_static_config(
+                regex=".*", operation_name=op_name, activation_num_bits=8, weight_num_bits=8,
+                weight_granularity=qtyping.QuantGranularity.TENSORWISE,
+            )
+        engine = quantizer.Quantizer(str(float_path), recipes.get_quantization_recipe())
         signatures = Interpreter(model_path=str(float_path)).get_signature_list()
         key = next(iter(signatures))
         names = signatures[key]["inputs"]
@@ -189,8 +185,6 @@ def _quantize_with_ai_edge_quantizer(
         # absolute min/max over the set is what the TFLite converter's calibrator uses, and the
         # default recipe. The moving average is the clipped-range recipe, tried when min/max
         # measures badly (targets/litert.py: _search_recipes)
-        recipes = recipe_manager.RecipeManager()
-        recipes.load_quantization_recipe(static)
         update = qsv_utils.moving_average_update if recipe_name == "moving-average" else qsv_utils.min_max_update
         ranges = calibrator.Calibrator(str(float_path), num_threads=1, qsv_update_func=update)
         with quiet():
