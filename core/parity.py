@@ -263,6 +263,13 @@ def output_error(reference: Outputs, other: Outputs, index: int) -> tuple[float,
     return float(np.max(np.abs(diff), initial=0.0)), _sqnr(float(np.sum(r**2)), float(np.sum(diff**2)))
 
 
+def simulated_sqnr_floor(precision: str, sqnr_sim: float) -> float:
+    """The SQNR an artifact at ``precision`` must reach, given its simulated reference's
+    ``sqnr_sim`` (both against the torch model): what its verdict asks, and what a converter's
+    int8 recipe search aims at (targets/litert.py)."""
+    return max(sqnr_sim - SIM_SQNR_MARGIN_DB[precision], MIN_SQNR_DB)
+
+
 def _simulated_tolerance(precision: str, index: int, reference: Outputs, simulated: Any, output_quant: QuantParams | None) -> Tolerance:
     e_sim, sqnr_sim = output_error(reference, simulated.outputs, index)
     step = range_step(reference, index)
@@ -278,7 +285,7 @@ def _simulated_tolerance(precision: str, index: int, reference: Outputs, simulat
             step, step_source = output_quant.scale, f"the artifact's output scale {output_quant.scale:.4g}"
     atol = max(SIM_ERROR_FACTOR * e_sim, SIM_MIN_STEPS * step)
     margin = SIM_SQNR_MARGIN_DB[precision]
-    min_sqnr = max(sqnr_sim - margin, MIN_SQNR_DB)
+    min_sqnr = simulated_sqnr_floor(precision, sqnr_sim)
     source = (
         f"{precision} against edgex's simulated {simulated.scheme} reference: e_sim {e_sim:.4g}, sqnr_sim {sqnr_sim:.1f} dB; "
         f"max |error| <= max({SIM_ERROR_FACTOR:g} x e_sim, {SIM_MIN_STEPS:g} steps of {step_source}) and "

@@ -160,6 +160,7 @@ class Reference:
             "weight_bits": int((quantization or {}).get("weight_bits", 8)),
             "symmetric_activations": bool((quantization or {}).get("symmetric_activations", False)),
             "palettize_bits": (quantization or {}).get("palettize_bits"),
+            "activation_bits": int((quantization or {}).get("activation_bits", 8)),
         }
         applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
         model = rewritten.model if applied else self.model

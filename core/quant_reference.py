@@ -78,6 +78,8 @@ class SimulatedReference:
     weight_bits: int = 8
     symmetric_activations: bool = False
     palettize_bits: int | None = None
+    #: 16: TFLite's 16x8 mode (int16 activations, symmetric, zero point 0; int8 weights)
+    activation_bits: int = 8
     #: every calibrated activation range (:func:`range_diagnostics`), with what is wrong with it
     ranges: tuple[dict[str, Any], ...] = ()
 
@@ -85,11 +87,13 @@ class SimulatedReference:
         return [r for r in self.ranges if r["flags"]]
 
     def output_step(self, index: int) -> float | None:
-        """One int8 step of output ``index`` as calibrated here (range / 255); None without one."""
+        """One output step of output ``index`` as calibrated here (range / 255; int16: max|x| / 32767); None without one."""
         bounds = self.output_ranges[index]
         if bounds is None:
             return None
         low, high = min(bounds[0], 0.0), max(bounds[1], 0.0)
+        if self.activation_bits == 16:
+            return max(abs(low), abs(high), 1e-12) / 32767.0
         return max(high - low, 1e-12) / 255.0
 
     def describe(self) -> str:
@@ -99,9 +103,11 @@ class SimulatedReference:
         if self.scheme == "dynamic-int8":
             how = f"{weights}, activations float"
         else:
+            kind = "symmetric int16" if self.activation_bits == 16 else f"{'symmetric ' if self.symmetric_activations else ''}int8"
+            io = "int16" if self.activation_bits == 16 else "int8"
             how = (
                 f"{self.folded_batch_norms} BatchNorms folded, {weights}, "
-                f"{self.activation_points} activations per-tensor {'symmetric ' if self.symmetric_activations else ''}int8 (min/max of {self.calibration_samples} calibration samples), int8 I/O"
+                f"{self.activation_points} activations per-tensor {kind} (min/max of {self.calibration_samples} calibration samples), {io} I/O"
             )
         return f"edgex's own simulated {self.scheme} reference: {how}"
 
@@ -143,11 +149,15 @@ def affine_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, zero
 
 
-def fake_quant_activation(x: Any, low: float, high: float, symmetric: bool = False) -> Any:
+def fake_quant_activation(x: Any, low: float, high: float, symmetric: bool = False, bits: int = 8) -> Any:
     """Per-tensor int8 over the calibrated [low, high]: affine, or with ``symmetric`` zero point 0
-    and scale max(|low|, |high|) / 127 (TensorRT's scheme)."""
+    and scale max(|low|, |high|) / 127 (TensorRT's scheme); ``bits=16`` is TFLite's 16x8
+    activations: symmetric int16, scale max(|low|, |high|) / 32767."""
     import torch
 
+    if bits == 16:
+        scale = max(abs(low), abs(high), 1e-12) / 32767.0
+        return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, 0, -32767, 32767).to(x.dtype)
     if symmetric:
         scale, zero = max(abs(low), abs(high), 1e-12) / 127.0, 0
         return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, zero, -127, 127).to(x.dtype)
@@ -250,7 +260,7 @@ def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8) -> Any:
     import torch
 
     class Simulator(torch.fx.Interpreter):
@@ -321,11 +331,11 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 self.bulk[node] = (min(p_low, seen[0]), max(p_high, seen[1])) if seen else (p_low, p_high)
                 return value
             low, high = self.ranges.get(node, (0.0, 0.0))
-            half_step = (max(high, 0.0) - min(low, 0.0)) / 510.0
+            half_step = (max(high, 0.0) - min(low, 0.0)) / (65534.0 if activation_bits == 16 else 510.0)
             counts = self.outside.setdefault(node, [0, 0])
             counts[0] += int(((value < low - half_step) | (value > high + half_step)).sum())
             counts[1] += value.numel()
-            return fake_quant_activation(value, low, high, symmetric_activations)
+            return fake_quant_activation(value, low, high, symmetric_activations, activation_bits)
 
     return Simulator()
 
@@ -366,13 +376,15 @@ def simulate(
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     palettize_bits: int | None = None,
+    activation_bits: int = 8,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
     ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
     unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range;
     ``symmetric_activations`` is TensorRT's zero-point-0 scheme; ``palettize_bits`` replaces int8
-    weights by a k-means palette of 2**bits values per tensor (Core ML). Raises :class:`CannotSimulate` for what it cannot simulate.
+    weights by a k-means palette of 2**bits values per tensor (Core ML); ``activation_bits`` 16 is
+    TFLite's 16x8 mode (int16 activations, int8 weights). Raises :class:`CannotSimulate` for what it cannot simulate.
     """
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
@@ -383,7 +395,7 @@ def simulate(
     start = time.perf_counter()
     graph_module = _export(module, example_inputs)
     plan = _plan(graph_module)
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits)
     if scheme == "int8":
         _run(simulator, calibration)
     simulator.calibrating = False
@@ -407,8 +419,32 @@ def simulate(
         weight_bits=weight_bits,
         symmetric_activations=symmetric_activations,
         palettize_bits=palettize_bits,
+        activation_bits=activation_bits,
         ranges=range_diagnostics(simulator) if scheme == "int8" else (),
     )
+
+
+def simulated_floor(
+    module: Any,
+    example_inputs: tuple[np.ndarray, ...],
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    batches: Sequence[tuple[np.ndarray, ...]],
+    reference: Outputs,
+    activation_bits: int = 8,
+) -> tuple[float, float] | None:
+    """What a full-integer artifact of ``module`` must reach on ``batches``: (the SQNR floor its
+    verdict will ask, the simulated reference's own SQNR), both the worst output's against
+    ``reference`` (the torch outputs on ``batches``); None where the model cannot be simulated.
+    A converter's recipe search aims at it (targets/litert.py), so the recipe it keeps is judged
+    by the same independent reference as the artifact's verdict."""
+    from edgex.core.parity import output_error, simulated_sqnr_floor
+
+    try:
+        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits)
+    except CannotSimulate:
+        return None
+    sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))
+    return simulated_sqnr_floor("int8", sqnr_sim), sqnr_sim
 
 
 # --------------------------------------------------------------------------- calibration diagnostics

@@ -8,7 +8,8 @@ so this module is the whole plugin-facing surface of edgex.
 
 Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy or
 torch (``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
-``from_artifact``, ``reference_outputs``, ``output_error``, ``aten_reach``) load on first use.
+``from_artifact``, ``reference_outputs``, ``output_error``, ``simulated_floor``, ``aten_reach``) load on
+first use.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from edgex.core.check import aten_reach
     from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
     from edgex.core.parity import output_error, reference_outputs
+    from edgex.core.quant_reference import simulated_floor
 
 hookimpl = pluggy.HookimplMarker("edgex")
 
@@ -66,6 +68,7 @@ _LAZY = {
     "to_artifact": "edgex.core.layout",
     "output_error": "edgex.core.parity",
     "reference_outputs": "edgex.core.parity",
+    "simulated_floor": "edgex.core.quant_reference",
 }
 
 
@@ -116,6 +119,7 @@ __all__ = [
     "one_line",
     "package_version",
     "reference_outputs",
+    "simulated_floor",
     "start_isolated",
     "target_check",
     "to_artifact",

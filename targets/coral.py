@@ -21,6 +21,7 @@ from edgex.plugins import (
     ConversionResult,
     ReferenceModel,
     TargetSpec,
+    UsageError,
     hookimpl,
     ModelOperators,
     OperatorCheck,
@@ -96,7 +97,10 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
 
 @hookimpl
 def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
-    return litert.describe_artifact(path, reference)
+    io = litert.describe_artifact(path, reference)
+    if io.quantization.get("activation_bits") == 16:
+        raise UsageError(f"{Path(path).name} has int16 activations (TFLite's 16x8 mode), which the Edge TPU has no kernels for: validate it with --target mcu, or convert for coral")
+    return io
 
 
 class EdgeTpuReferenceRuntime(litert.LiteRTRuntime):

@@ -63,6 +63,9 @@ MIN_SANE_SCALE = 1e-7
 RECIPE_SEARCH_BELOW_DB = 30.0
 #: calibration samples each full-int8 recipe is measured on
 RECIPE_CHECK_SAMPLES = 8
+#: 16x8 doubles activation memory and runs TFLM's slower int16 kernels: kept over the best int8
+#: recipe only for at least this gain (one bit of signal) or where int8 cannot meet its floor
+INT16_MIN_GAIN_DB = 6.0
 
 #: the options of every target converting with :func:`convert_tflite` (tflite, coral)
 CONVERTER_OPTIONS = (
@@ -232,7 +235,7 @@ def describe_tflite(path: Path, reference: ReferenceModel) -> ArtifactIO:
     except TargetError as exc:
         raise UsageError(exc.message) from exc
     precision = (stamp or {}).get("precision") or _infer_precision(graph, inputs)
-    return ArtifactIO(path, precision, inputs, outputs)
+    return ArtifactIO(path, precision, inputs, outputs, _quantization(graph))
 
 
 # --------------------------------------------------------------------------- int8 checks
@@ -267,15 +270,27 @@ def _only_indices(graph: Any, index: int) -> bool:
     return True
 
 
-def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
+def activation_bits_of(graph: Any) -> int:
+    """16 for a 16x8 model (int16 inputs or outputs: TFLite's int16-activation mode), else 8."""
+    edges = [graph.tensor(i) for i in (*graph.inputs, *graph.outputs)]
+    return 16 if any(t.dtype == "int16" and t.quantized for t in edges) else 8
+
+
+def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any], list[str]]:
     """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
     read as lookup indices: token ids), int8 inputs and outputs, sane activation scales; returns
-    (summary, warnings) or raises :class:`RejectedArtifact`."""
-    not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in ("int8", "int32")]
+    (summary, warnings) or raises :class:`RejectedArtifact`.
+
+    ``activation_bits=16``: TFLite's 16x8 mode, all-integer too: int16 activations, inputs and
+    outputs, int8 weights, int64 biases."""
+    act = "int16" if activation_bits == 16 else "int8"
+    allowed = ("int8", "int16", "int32", "int64") if activation_bits == 16 else ("int8", "int32")
+    mode = "16x8" if activation_bits == 16 else "full int8"
+    not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in allowed]
     if not_int:
         shown = ", ".join(f"{t.dtype} {_tensor_label(graph, t) if sub == 0 else repr(t.name)}" for sub, t in not_int[:3])
         more = f" and {len(not_int) - 3} more" if len(not_int) > 3 else ""
-        raise RejectedArtifact(f"not full int8: {len(not_int)} tensors are not int8/int32 ({shown}{more})")
+        raise RejectedArtifact(f"not {mode}: {len(not_int)} tensors are not {'/'.join(allowed)} ({shown}{more})")
     index_inputs = []
     for kind, indices in (("input", graph.inputs), ("output", graph.outputs)):
         for index in indices:
@@ -283,14 +298,14 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
             if kind == "input" and tensor.dtype == "int32" and _only_indices(graph, index):
                 index_inputs.append(tensor.name)
                 continue
-            if tensor.dtype != "int8" or not tensor.quantized:
-                raise RejectedArtifact(f"model {kind} {tensor.name!r} is {tensor.dtype}, not quantized int8")
+            if tensor.dtype != act or not tensor.quantized:
+                raise RejectedArtifact(f"model {kind} {tensor.name!r} is {tensor.dtype}, not quantized {act}")
     warnings, collapsed = [], []
     for tensor in graph.tensors:
-        if tensor.constant or tensor.dtype != "int8":
+        if tensor.constant or tensor.dtype != act:
             continue
         if not tensor.quantized:
-            raise RejectedArtifact(f"int8 tensor {_tensor_label(graph, tensor)} carries no scale")
+            raise RejectedArtifact(f"{act} tensor {_tensor_label(graph, tensor)} carries no scale")
         scale = tensor.scales[0]
         if not math.isfinite(scale) or scale <= 0 or scale > MAX_SANE_SCALE:
             raise RejectedArtifact(
@@ -301,7 +316,7 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
             collapsed.append(f"{_tensor_label(graph, tensor)} (scale {scale:.3g})")
     if collapsed:
         warnings.append(
-            f"{len(collapsed)} int8 tensors have a near-zero calibration range, e.g. {collapsed[0]}: fine where the "
+            f"{len(collapsed)} {act} tensors have a near-zero calibration range, e.g. {collapsed[0]}: fine where the "
             "tensor is zero by construction, noise otherwise (unrepresentative calibration data?); XNNPACK may refuse such models"
         )
     weighted = [
@@ -310,7 +325,7 @@ def check_full_int8(graph: Any) -> tuple[dict[str, Any], list[str]]:
     ]
     per_tensor = [f"{op.name} #{op.index}" for op in weighted if not graph.tensor(op.inputs[1]).per_channel]
     summary: dict[str, Any] = {
-        "all_tensors_int8_or_int32": True,
+        **({"all_tensors_integer": True, "activation_bits": 16} if activation_bits == 16 else {"all_tensors_int8_or_int32": True}),
         "weight_tensors": len(weighted),
         "per_channel_weight_tensors": len(weighted) - len(per_tensor),
     }
@@ -502,9 +517,12 @@ def _precision_tag(precision: str) -> str:
     return precision.replace("-", "_")
 
 
-def convert_tflite(request: ConversionRequest, precision: str | None = None) -> ConversionResult:
-    """The ``tflite`` conversion: try each converter path, check, stamp and keep the first good one."""
-    from edgex.targets.tflite_converters import convert_with
+def convert_tflite(request: ConversionRequest, precision: str | None = None, int16_activations: bool = False) -> ConversionResult:
+    """The ``tflite`` conversion: try each converter path, check, stamp and keep the first good one.
+
+    ``int16_activations``: the target runs TFLite's 16x8 mode, which the int8 recipe search may
+    then choose (``_search_recipes``)."""
+    from edgex.targets.tflite_converters import activation_bits, convert_with
     from edgex.targets.tflite_graph import rewrite
 
     precision = precision or request.precision
@@ -536,7 +554,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
         except Exception as exc:
             return None, _Attempt(name, "failed", one_line(exc))
         try:
-            accepted = _accept(request, precision, result, output_shapes)
+            accepted = _accept(request, precision, result, output_shapes, activation_bits(recipe_name))
         except PerChannelRejected as exc:
             # per-channel scales on an op whose kernel takes one: the same path again, with per-tensor
             # weights for those ops (a converter setting, not a lossy rewrite of the file's int8 weights)
@@ -568,7 +586,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
         if chosen is None:
             raise _no_path_error(model, attempts)
         if precision == "int8" and model.module is not None and calibration:
-            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert)
+            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, int16_activations)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
@@ -589,7 +607,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None) -> 
         messages.append(recipe["message"])
     if checks:
         details["int8_checks"] = checks
-    io = ArtifactIO(final, precision, inputs, outputs)
+    io = ArtifactIO(final, precision, inputs, outputs, _quantization(graph))
     return ConversionResult((Artifact(final, "tflite"),), io, result.converter, tuple(messages), details)
 
 
@@ -606,68 +624,129 @@ def measure_sqnr(model: ReferenceModel, path: Path, inputs: Sequence[TensorBindi
     return min(output_error(reference, got, index)[1] for index in range(len(outputs)))
 
 
-def _search_recipes(model: ReferenceModel, calibration: Sequence[tuple[np.ndarray, ...]], first_path: str, first: tuple[Any, ...], order: Sequence[str], convert: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Measure the first full-int8 artifact; below RECIPE_SEARCH_BELOW_DB, convert with every
-    other recipe of the allowed paths (``order``) and keep the best by measured SQNR. Every
-    candidate is full int8 (``_accept`` rejected any other), so the choice never leaves integers."""
-    from edgex.plugins import reference_outputs
-    from edgex.targets.tflite_converters import RECIPES
+def _search_recipes(
+    model: ReferenceModel,
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    first_path: str,
+    first: tuple[Any, ...],
+    order: Sequence[str],
+    convert: Any,
+    int16_activations: bool = False,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Measure the first full-int8 artifact on LiteRT against the torch model, and aim it at what
+    edgex's independent simulated reference says an honest int8 conversion reaches on the same
+    samples (its parity floor, ``simulated_floor``) and at RECIPE_SEARCH_BELOW_DB. Short of
+    either: convert with every other int8 recipe of the allowed paths (``order``) and keep the
+    best by measured SQNR. Still short, where the target runs int16 activations
+    (``int16_activations``): the 16x8 recipe too, kept when it beats the best int8 recipe by
+    INT16_MIN_GAIN_DB or alone reaches its own simulated floor. Every candidate is all-integer
+    (``_accept`` rejected any other), so the choice never leaves integers."""
+    from edgex.plugins import reference_outputs, simulated_floor
+    from edgex.targets.tflite_converters import INT16_RECIPES, RECIPES, activation_bits
 
     check = list(calibration[-RECIPE_CHECK_SAMPLES:])
     reference = reference_outputs(model, check)
+    floors: dict[int, tuple[float, float] | None] = {}
+
+    def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
+        if bits not in floors:
+            try:
+                floors[bits] = simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits) if model.module is not None else None
+            except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
+                floors[bits] = None
+        return floors[bits]
 
     def measured(path_name: str, recipe_name: str, accepted: tuple[Any, ...]) -> dict[str, Any]:
         result, _, inputs, outputs, _, _ = accepted
+        row: dict[str, Any] = {"path": path_name, "recipe": recipe_name}
         try:
             sqnr = measure_sqnr(model, Path(result.path), inputs, outputs, check, reference)
         except Exception as exc:  # a candidate LiteRT cannot run is not one to choose
-            return {"path": path_name, "recipe": recipe_name, "outcome": "failed", "reason": f"LiteRT could not run it: {one_line(exc)}"}
-        return {"path": path_name, "recipe": recipe_name, "outcome": "measured", "sqnr_db": round(float(sqnr), 2) if math.isfinite(sqnr) else float(sqnr)}
+            return {**row, "outcome": "failed", "reason": f"LiteRT could not run it: {one_line(exc)}"}
+        row.update(outcome="measured", sqnr_db=round(float(sqnr), 2) if math.isfinite(sqnr) else float(sqnr))
+        if (bound := floor(activation_bits(recipe_name))) is not None:
+            row.update(reference_sqnr_db=round(bound[1], 2), reference_floor_db=round(bound[0], 2), meets_reference=bool(sqnr >= bound[0]))
+        return row
 
-    rows = [measured(first_path, RECIPES[first_path][0], first)]
+    def sqnr(index: int) -> float:
+        return rows[index].get("sqnr_db", -math.inf)
+
+    def short(index: int) -> bool:  # below the aim: 30 dB, and the independent reference's floor
+        return sqnr(index) < aim or not rows[index].get("meets_reference", True)
+
+    def tried(path_name: str, recipe_name: str) -> None:
+        accepted, attempt = convert(path_name, recipe_name)
+        if accepted is None:
+            rows.append({"path": path_name, "recipe": recipe_name, "outcome": attempt.outcome, "reason": attempt.reason})
+            return
+        rows.append(measured(path_name, recipe_name, accepted))
+        artifacts[len(rows) - 1] = accepted
+
+    first_recipe = RECIPES[first_path][0]
+    rows = [measured(first_path, first_recipe, first)]
     artifacts = {0: first}
+    aim = RECIPE_SEARCH_BELOW_DB
     best = 0
-    searched = rows[0].get("sqnr_db", -math.inf) < RECIPE_SEARCH_BELOW_DB
+    searched = short(0)
     if searched:
         for path_name in order:
             for recipe_name in RECIPES.get(path_name, ()):
-                if (path_name, recipe_name) == (first_path, RECIPES[first_path][0]):
-                    continue
-                accepted, attempt = convert(path_name, recipe_name)
-                if accepted is None:
-                    rows.append({"path": path_name, "recipe": recipe_name, "outcome": attempt.outcome, "reason": attempt.reason})
-                    continue
-                rows.append(measured(path_name, recipe_name, accepted))
-                artifacts[len(rows) - 1] = accepted
-                if rows[-1].get("sqnr_db", -math.inf) > rows[best].get("sqnr_db", -math.inf):
-                    best = len(rows) - 1
+                if (path_name, recipe_name) != (first_path, first_recipe):
+                    tried(path_name, recipe_name)
+        best = max(artifacts, key=sqnr)
+    if searched and int16_activations and short(best):
+        for path_name in order:
+            for recipe_name in INT16_RECIPES.get(path_name, ()):
+                tried(path_name, recipe_name)
+        int16 = [i for i in artifacts if activation_bits(rows[i]["recipe"]) == 16 and "sqnr_db" in rows[i]]
+        if int16:
+            top = max(int16, key=sqnr)
+            if sqnr(top) >= sqnr(best) + INT16_MIN_GAIN_DB or (rows[top].get("meets_reference") and not rows[best].get("meets_reference", True)):
+                best = top
     chosen = rows[best]
 
     def described(row: dict[str, Any]) -> str:  # a candidate LiteRT could not run has no SQNR
         return f"{row['path']} {row['recipe']} " + (f"{row['sqnr_db']:.1f} dB" if "sqnr_db" in row else row["outcome"])
 
     where = f"{len(check)} calibration samples, against the torch model"
+    bound = floor(activation_bits(chosen["recipe"]))
+    against = (
+        f"; edgex's simulated {'16x8' if activation_bits(chosen['recipe']) == 16 else 'int8'} reference reaches {bound[1]:.1f} dB there, its parity floor {bound[0]:.1f} dB"
+        if bound is not None else "; no simulated int8 reference for this model: aimed at 30 dB alone"
+    )
     if searched:
         others = ", ".join(described(r) for i, r in enumerate(rows) if i != best)
         message = (
-            f"int8 recipe: {described(chosen)} ({where}); the default measured below "
-            f"{RECIPE_SEARCH_BELOW_DB:g} dB, so every recipe was tried: {others or 'no other recipe converted'}"
+            f"int8 recipe: {described(chosen)} ({where}{against}); the default measured below "
+            f"{'its floor' if not rows[0].get('meets_reference', True) else f'{aim:g} dB'}, so every recipe was tried: {others or 'no other recipe converted'}"
         )
     else:
-        message = f"int8 recipe: {described(chosen)} ({where}); at or above {RECIPE_SEARCH_BELOW_DB:g} dB, no other recipe tried"
+        message = f"int8 recipe: {described(chosen)} ({where}{against}); at or above {aim:g} dB and the floor, no other recipe tried"
     details = {
-        "chosen": {"path": chosen["path"], "recipe": chosen["recipe"], "sqnr_db": chosen.get("sqnr_db")},
-        "rule": f"the first path's default recipe, unless it measures below {RECIPE_SEARCH_BELOW_DB:g} dB: then the "
-        "candidate with the highest SQNR (every candidate full int8)",
+        "chosen": {"path": chosen["path"], "recipe": chosen["recipe"], "sqnr_db": chosen.get("sqnr_db"), "activation_bits": activation_bits(chosen["recipe"])},
+        "rule": (
+            f"the first path's default recipe, unless it measures below {aim:g} dB or below the parity floor of edgex's simulated "
+            "int8 reference on the same samples: then the int8 candidate with the highest SQNR"
+            + (f"; where that one is still short, 16x8 when it gains {INT16_MIN_GAIN_DB:g} dB or alone meets its own simulated floor" if int16_activations else "")
+            + " (every candidate all-integer)"
+        ),
         "measured_on": where,
         "searched": searched,
         "candidates": rows,
         "message": message,
     }
+    if (ref8 := floors.get(8)) is not None:
+        details["int8_reference"] = {"sqnr_db": round(ref8[1], 2), "floor_db": round(ref8[0], 2)}
     return artifacts[best], details
 
 
-def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]]) -> tuple[Any, ...]:
+def _quantization(graph: Any) -> dict[str, Any]:
+    """``ArtifactIO.quantization`` of a .tflite: a 16x8 model's int16 activations, which its
+    simulated reference quantizes likewise (``pipeline.Reference.simulated``)."""
+    return {"activation_bits": 16} if activation_bits_of(graph) == 16 else {}
+
+
+def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8) -> tuple[Any, ...]:
     """Read a path's .tflite back and check it: layout by shape, full int8 where asked."""
     from edgex.targets.tflite_graph import read_graph, rewrite
 
@@ -677,21 +756,24 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     checks: dict[str, Any] = {}
     warnings: list[str] = []
     if precision == "int8":
-        checks, warnings = check_full_int8(graph)
+        checks, warnings = check_full_int8(graph, bits)
         check_per_channel(graph)
         if narrowed:
             checks["int64_constants_narrowed_to_int32"] = narrowed
     return result, graph, inputs, outputs, checks, warnings
 
 
-def full_int8(request: ConversionRequest) -> ConversionResult:
+def full_int8(request: ConversionRequest, int16_activations: bool = False) -> ConversionResult:
     """A full-int8 ``.tflite`` in ``request.workdir``: int8 inputs, outputs and activations,
     per-channel int8 weights, calibrated on ``request.calibration``; every tensor checked to be
     int8/int32. Bindings carry NHWC perms for image tensors and the int8 scales.
 
+    ``int16_activations`` (``mcu``): where no int8 recipe reaches what int8 should, the search may
+    keep a 16x8 model instead (int16 activations, inputs and outputs; int8 weights), all-integer too.
+
     The one implementation behind ``tflite --quantize int8``, ``coral`` and ``mcu``.
     """
-    return convert_tflite(request, "int8")
+    return convert_tflite(request, "int8", int16_activations)
 
 
 def describe_artifact(path: Path, reference: ReferenceModel) -> ArtifactIO:

@@ -79,11 +79,11 @@ def _name_list(names: Sequence[str], limit: int = 6) -> str:
 
 
 def full_int8_problem(graph: Any) -> str | None:
-    """The tflite target's full-int8 verdict as one line naming the tensors, or None."""
-    from edgex.targets.litert import RejectedArtifact, check_full_int8
+    """The tflite target's full-int8 (or 16x8) verdict as one line naming the tensors, or None."""
+    from edgex.targets.litert import RejectedArtifact, activation_bits_of, check_full_int8
 
     try:
-        check_full_int8(graph)
+        check_full_int8(graph, activation_bits_of(graph))  # TFLM runs 16x8 models too
     except RejectedArtifact as exc:
         return str(exc)
     return None

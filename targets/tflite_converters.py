@@ -72,9 +72,79 @@ def quiet() -> Iterator[None]:
 
 #: the full-int8 calibration recipes each path offers (docs/int8_recipes.md); the first is its default
 RECIPES = {
-    "litert-torch": ("min-max", "moving-average"),
+    "litert-torch": ("min-max", "moving-average", "percentile", "mse"),
     "onnx2tf": ("tflite-converter",),
 }
+#: recipes with int16 activations and int8 weights (TFLite's 16x8 mode), offered only to targets
+#: whose runtime has int16 kernels (``mcu``: TFLM; not the Edge TPU)
+INT16_RECIPES = {"litert-torch": ("16x8",)}
+#: percentile recipe: each activation range clipped to these percentiles of its calibration values
+CLIP_PERCENTILES = (0.01, 99.99)
+#: mse recipe: the clipping of each range (a fraction of its min/max) tried for the least int8 error
+MSE_CLIP_FRACTIONS = tuple(float(f) for f in np.linspace(0.2, 1.0, 41))
+#: values kept per tensor (a stride over every sample) for the percentile / MSE estimates
+CLIP_SAMPLE_VALUES = 1 << 18
+
+
+def activation_bits(recipe_name: str | None) -> int:
+    return 16 if recipe_name in INT16_RECIPES["litert-torch"] else 8
+
+
+def _int8_error(values: np.ndarray, low: float, high: float) -> float:
+    """Mean squared error of ``values`` quantized affine int8 over [low, high] (clipping included)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-12) / 255.0
+    zero = np.round(-128 - low / scale)
+    q = np.clip(np.round(values / scale) + zero, -128, 127)
+    return float(np.mean(((q - zero) * scale - values) ** 2))
+
+
+def clipped_range(values: np.ndarray, estimator: str) -> tuple[float, float]:
+    """The int8 range of one activation tensor from its calibration ``values``: ``percentile``
+    clips to CLIP_PERCENTILES (a side that never crosses zero keeps its bound: ReLU's 0), ``mse``
+    scales min/max by the fraction of MSE_CLIP_FRACTIONS with the least int8 error (clipping
+    error against rounding error, as TensorRT's and OpenVINO's MSE calibrators weigh them)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if estimator == "percentile":
+        p_low, p_high = (float(p) for p in np.percentile(values, CLIP_PERCENTILES))
+        return (p_low if low < 0 else low), (p_high if high > 0 else high)
+    errors = [_int8_error(values, low * f, high * f) for f in MSE_CLIP_FRACTIONS]
+    best = MSE_CLIP_FRACTIONS[int(np.argmin(errors))]
+    return low * best, high * best
+
+
+def _clip_ranges(float_path: Path, key: str, samples: Sequence[dict[str, np.ndarray]], qsvs: dict[str, Any], estimator: str) -> tuple[dict[str, Any], int]:
+    """``qsvs`` (ai-edge-quantizer's min/max per tensor) with every activation's range (inputs
+    and outputs too) replaced by :func:`clipped_range` over its values on ``samples`` (LiteRT,
+    every tensor kept). Returns the ranges and how many were clipped."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(float_path), experimental_preserve_all_tensors=True, num_threads=1)
+    runner = interpreter.get_signature_runner(key)
+    indices = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    wanted = {name: indices[name] for name in qsvs if name in indices}
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    stride_of: dict[str, int] = {}
+    for sample in samples:
+        runner(**sample)
+        for name, index in wanted.items():
+            value = interpreter.get_tensor(index)
+            if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+                continue
+            stride = stride_of.setdefault(name, max(1, value.size * len(samples) // CLIP_SAMPLE_VALUES))
+            seen[name].append(value.ravel()[::stride].astype(np.float32))
+    clipped = dict(qsvs)
+    count = 0
+    for name, parts in seen.items():
+        if not parts:
+            continue
+        low, high = clipped_range(np.concatenate(parts), estimator)
+        old = qsvs[name]
+        if (low, high) != (float(np.min(old["min"])), float(np.max(old["max"]))):
+            count += 1
+        clipped[name] = {**old, "min": np.full_like(np.asarray(old["min"], dtype=np.float32), low), "max": np.full_like(np.asarray(old["max"], dtype=np.float32), high)}
+    return clipped, count
 
 
 def _add_int8_embedding_lookups(recipes: Any) -> None:
@@ -161,15 +231,17 @@ def _quantize_with_ai_edge_quantizer(
         result = engine.quantize(enable_progress_report=False)
     else:
         # one recipe, for the quantizer and the calibrator alike
+        bits = activation_bits(recipe_name)
         recipes = recipe_manager.RecipeManager()
-        recipes.load_quantization_recipe(recipe.static_wi8_ai8())
-        _add_int8_embedding_lookups(recipes)
+        recipes.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
+        if bits == 8:  # LiteRT's and TFLM's lookups copy int8 rows: there is no int16 form to pin
+            _add_int8_embedding_lookups(recipes)
         per_tensor = _quantizer_op_names(per_tensor_ops)
         for op_name in per_tensor:
             # the ops whose kernel takes one weight scale (targets/litert.py: per_channel_misuse):
             # the same static config with TENSORWISE weights, the latest config for an op winning
             recipes.add_static_config(
-                regex=".*", operation_name=op_name, activation_num_bits=8, weight_num_bits=8,
+                regex=".*", operation_name=op_name, activation_num_bits=bits, weight_num_bits=8,
                 weight_granularity=qtyping.QuantGranularity.TENSORWISE,
             )
         engine = quantizer.Quantizer(str(float_path), recipes.get_quantization_recipe())
@@ -183,17 +255,29 @@ def _quantize_with_ai_edge_quantizer(
         # Quantizer.calibrate keeps an exponential moving average of per-sample ranges, which
         # clips the largest activations (the top logit of every sample on the digits CNN); the
         # absolute min/max over the set is what the TFLite converter's calibrator uses, and the
-        # default recipe. The moving average is the clipped-range recipe, tried when min/max
-        # measures badly (targets/litert.py: _search_recipes)
+        # default recipe. The moving average, percentile and MSE ranges are the clipped-range
+        # recipes, tried when min/max measures badly (targets/litert.py: _search_recipes)
         update = qsv_utils.moving_average_update if recipe_name == "moving-average" else qsv_utils.min_max_update
         ranges = calibrator.Calibrator(str(float_path), num_threads=1, qsv_update_func=update)
         with quiet():
             ranges.calibrate({key: samples}, recipes)
-        estimator = "moving average of per-sample ranges" if recipe_name == "moving-average" else "min/max ranges"
+        qsvs = ranges.get_model_qsvs()
+        estimator = {
+            "moving-average": "moving average of per-sample ranges",
+            "16x8": "min/max ranges, int16 activations",
+        }.get(recipe_name, "min/max ranges")
+        if recipe_name in ("percentile", "mse"):
+            qsvs, clipped = _clip_ranges(float_path, key, samples, qsvs, recipe_name)
+            estimator = (
+                f"min/max ranges, {clipped} ranges clipped to the {CLIP_PERCENTILES[0]:g}-{CLIP_PERCENTILES[1]:g} percentiles"
+                if recipe_name == "percentile" else f"min/max ranges, {clipped} ranges clipped for the least int8 error (MSE)"
+            )
         weights = f"per-channel weights except {', '.join(str(getattr(o, 'value', o)) for o in per_tensor)} (per-tensor)" if per_tensor else "per-channel weights"
-        how = f"full int8, {weights}, calibrated on {len(samples)} samples (ai-edge-quantizer static_wi8_ai8, {estimator})"
+        scheme = "static_wi8_ai16" if bits == 16 else "static_wi8_ai8"
+        kind = "16x8 (int16 activations, int8 weights)" if bits == 16 else "full int8"
+        how = f"{kind}, {weights}, calibrated on {len(samples)} samples (ai-edge-quantizer {scheme}, {estimator})"
         with _embedding_lookup_on_its_table_scale():
-            result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
+            result = engine.quantize(qsvs, enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
     return how
 

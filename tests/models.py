@@ -178,3 +178,39 @@ def distilbert_tiny():
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=16, num_labels=2)
     return SequenceLogits(DistilBertForSequenceClassification(config).eval()).eval(), (torch.randint(0, 100, (1, 8)),)
+
+
+class WideRangeFeatures(torch.nn.Module):
+    """One linear layer whose features span two scales (half of them ``scale`` x the others, the
+    "massive activations" of transformers), each half read by its own head. Every int8 recipe
+    shares one activation range across the layer's output, so the small half keeps a few int8
+    steps (about 5 dB); int16 activations (16x8) keep it (about 44 dB)."""
+
+    def __init__(self, scale: float = 100.0) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(64, 32)
+        self.head = torch.nn.Linear(16, 10)
+        self.aux = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.hidden.weight[16:] *= scale
+            self.hidden.bias[16:] *= scale
+
+    def forward(self, x):
+        h = self.hidden(x)
+        return self.head(h[:, :16]), self.aux(h[:, 16:])
+
+
+def wide_range_features():
+    torch.manual_seed(0)
+    return WideRangeFeatures().eval(), (torch.zeros(1, 64),)
+
+
+def blank_corner_mlp():
+    """A digits MLP that reads nothing from pixel 0 (blank in every real digit: a trained model's
+    weights for it decay to zero), so a glitch there in calibration data widens only the input's
+    int8 range: what percentile calibration clips."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        model[0].weight[:, 0] = 0
+    return model, (torch.zeros(1, 64),)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgex.core import api
+from edgex.core.errors import UsageError
 from edgex.core.loading import load_model
 from edgex.core.rewrites import Rewriter
 
@@ -180,3 +181,109 @@ def test_transformers_mobilevit_full_int8(tmp_path):
     report = api.convert(model, ["mcu", "coral"], out=tmp_path, example_inputs=(torch.randn(1, 3, 32, 32),), calibration=_calibration(), samples=16)
     for target in ("mcu", "coral"):
         _assert_row(report, target)
+
+
+# --------------------------------------------------------------------------- percentile, MSE, 16x8
+
+
+def _digits() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype(np.float32)
+
+
+def test_percentile_range_clips_rare_outliers_and_keeps_a_relu_zero():
+    from edgex.targets.tflite_converters import clipped_range
+
+    values = np.abs(np.random.default_rng(0).standard_normal(200_000))
+    values[:3] = 500.0
+    low, high = clipped_range(values, "percentile")
+    assert low == values.min(), "a side that never crosses zero keeps its bound"
+    assert 3.0 < high < 6.0, high
+
+
+def test_mse_range_clips_heavy_tails_not_a_uniform_one():
+    from edgex.targets.tflite_converters import _int8_error, clipped_range
+
+    rng = np.random.default_rng(0)
+    tails = rng.laplace(size=200_000)
+    low, high = clipped_range(tails, "mse")
+    assert high < 0.85 * tails.max() and low > 0.85 * tails.min()
+    assert _int8_error(tails, low, high) < 0.8 * _int8_error(tails, tails.min(), tails.max())
+    flat = rng.uniform(-1, 1, 200_000)
+    assert clipped_range(flat, "mse") == pytest.approx((flat.min(), flat.max()), rel=0.03)
+
+
+def test_16bit_simulation_keeps_what_int8_loses():
+    from edgex.core.parity import output_error, reference_outputs
+    from edgex.core.quant_reference import simulate
+
+    model, example = models.wide_range_features()
+    digits = _digits()
+    calibration = [(digits[i : i + 1],) for i in range(64)]
+    batches = [(digits[i : i + 1],) for i in range(600, 616)]
+    reference = reference_outputs(load_model("wide", module=model, example_inputs=example), batches)
+    sqnr = {}
+    for bits in (8, 16):
+        sim = simulate(model, tuple(e.numpy() for e in example), calibration, batches, "int8", activation_bits=bits)
+        sqnr[bits] = output_error(reference, sim.outputs, 0)[1]
+    assert sqnr[8] < 15 and sqnr[16] > sqnr[8] + 25, sqnr
+    assert "symmetric int16" in sim.describe()
+    assert sim.output_step(0) == pytest.approx(max(abs(v) for v in sim.output_ranges[0]) / 32767)
+
+
+@pytest.mark.slow
+def test_16x8_kept_on_mcu_where_no_int8_recipe_reaches_and_never_on_coral(tmp_path):
+    """Every int8 recipe leaves the small half of WideRangeFeatures' layer a few steps (~5 dB on
+    calibration samples, the simulated int8 reference too); mcu runs int16 activations and keeps
+    the 16x8 model (~44 dB), judged against the 16-bit simulation; the Edge TPU has no int16
+    kernels: coral never tries it, and fails parity honestly."""
+    model, _ = models.wide_range_features()
+    digits = _digits()
+    report = api.convert(model, ["mcu", "coral"], out=tmp_path / "out", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    mcu, coral = report.targets["mcu"], report.targets["coral"]
+    assert mcu.status == "passed", mcu.messages
+    recipe = mcu.details["int8_recipe"]
+    assert recipe["searched"] and recipe["chosen"]["recipe"] == "16x8" and recipe["chosen"]["activation_bits"] == 16
+    int8_best = max(c.get("sqnr_db", -99) for c in recipe["candidates"] if c["recipe"] != "16x8")
+    assert recipe["chosen"]["sqnr_db"] >= int8_best + 6, recipe["candidates"]
+    assert [b["quantization"]["dtype"] for b in mcu.io["inputs"]] == ["int16"]
+    assert mcu.details["int8_checks"]["activation_bits"] == 16
+    assert "symmetric int16" in mcu.details["int8_reference"]["description"]
+    assert mcu.parity.sqnr_db > 30
+    assert coral.status == "failed"
+    assert all(c["recipe"] != "16x8" for c in coral.details["int8_recipe"]["candidates"])
+
+    # a planted defect in the 16x8 file itself is caught on TFLM
+    sys.path.insert(0, str(Path(__file__).parent))
+    import defects
+
+    artifact = tmp_path / "out" / next(a for a in mcu.artifacts if a.endswith(".tflite"))
+    planted = defects.scale_channel(artifact, tmp_path / "planted.tflite", layer="last", channel=1, factor=1.5)
+    verdict = api.validate(planted.path, model, target="mcu", out=tmp_path / "validate", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    assert verdict.targets["mcu"].status == "failed", verdict.targets["mcu"].messages
+    honest = api.validate(artifact, model, target="mcu", out=tmp_path / "honest", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    assert honest.targets["mcu"].status == "passed", honest.targets["mcu"].messages
+    # the Edge TPU has no int16 kernels: coral refuses the file in one line, it does not "pass" it on LiteRT
+    with pytest.raises(UsageError, match="int16 activations"):
+        api.validate(artifact, model, target="coral", out=tmp_path / "coral", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+
+
+@pytest.mark.slow
+def test_percentile_kept_where_a_calibration_glitch_widens_a_range(tmp_path):
+    """Two glitched values (40 in pixel 0, of 512 images) set the input's min/max range: the
+    digits keep a few int8 steps (~27 dB); the percentile recipe clips them (~44 dB) and is kept.
+    MSE keeps the glitch (two values clipped cost more than the rounding of all the others)."""
+    model, _ = models.blank_corner_mlp()
+    digits = _digits()
+    calibration = digits[:512].copy()
+    calibration[3, 0] = calibration[100, 0] = 40.0
+    report = api.convert(model, ["coral"], out=tmp_path, example_inputs=(torch.from_numpy(digits[600:601]),), calibration=calibration, samples=16)
+    row = report.targets["coral"]
+    assert row.status == "passed", row.messages
+    recipe = row.details["int8_recipe"]
+    by_recipe = {c["recipe"]: c for c in recipe["candidates"]}
+    assert recipe["chosen"]["recipe"] == "percentile", recipe["candidates"]
+    assert by_recipe["percentile"]["sqnr_db"] > by_recipe["min-max"]["sqnr_db"] + 10
+    assert by_recipe["min-max"]["meets_reference"] and "reference_floor_db" in by_recipe["percentile"]
+    assert "ranges clipped to the 0.01-99.99 percentiles" in row.converter
