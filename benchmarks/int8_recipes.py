@@ -97,8 +97,9 @@ def run(model, calibration: np.ndarray, before: bool, example: np.ndarray | None
         line = next((m for m in row.messages if m.startswith("int8 recipe:")), "")
         candidates = ", ".join(f"{c['recipe']} {c['sqnr_db']:.1f}" if "sqnr_db" in c else f"{c['recipe']} {c['outcome']}" for c in recipe.get("candidates", ()))
         floor = (recipe.get("int8_reference") or {}).get("floor_db")
+        # the worst output's SQNR (the row's sqnr_db pools every output: a large one hides a crushed one)
         rows[target] = (
-            row.parity.sqnr_db if row.parity else float("nan"), row.status, f"{chosen.get('path')} {chosen.get('recipe')}; rewrites {rewrites}", line,
+            min(o.sqnr_db for o in row.parity.outputs) if row.parity else float("nan"), row.status, f"{chosen.get('path')} {chosen.get('recipe')}; rewrites {rewrites}", line,
             f"measured dB: {candidates}" + (f" (simulated int8 floor {floor:.1f})" if floor is not None else ""),
         )
     return rows

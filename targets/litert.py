@@ -278,13 +278,14 @@ def activation_bits_of(graph: Any) -> int:
 
 def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any], list[str]]:
     """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
-    read as lookup indices: token ids), int8 inputs and outputs, sane activation scales; returns
+    read as lookup indices: token ids; bool for masks), int8 inputs and outputs, sane activation scales; returns
     (summary, warnings) or raises :class:`RejectedArtifact`.
 
     ``activation_bits=16``: TFLite's 16x8 mode, all-integer too: int16 activations, inputs and
-    outputs, int8 weights, int64 biases."""
+    outputs, int8 weights, int64 biases. bool tensors (masks from comparisons, e.g. a
+    transformer's attention mask) carry no values to quantize and are allowed, and counted."""
     act = "int16" if activation_bits == 16 else "int8"
-    allowed = ("int8", "int16", "int32", "int64") if activation_bits == 16 else ("int8", "int32")
+    allowed = ("int8", "int16", "int32", "int64", "bool") if activation_bits == 16 else ("int8", "int32", "bool")
     mode = "16x8" if activation_bits == 16 else "full int8"
     not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in allowed]
     if not_int:
@@ -333,6 +334,8 @@ def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any
         summary["per_tensor_weights"] = per_tensor
     if index_inputs:
         summary["int32_index_inputs"] = index_inputs
+    if masks := sum(1 for _, t in graph.all_tensors if t.dtype == "bool"):
+        summary["bool_tensors"] = masks
     return summary, warnings
 
 

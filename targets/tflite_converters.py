@@ -83,7 +83,7 @@ CLIP_PERCENTILES = (0.01, 99.99)
 #: mse recipe: the clipping of each range (a fraction of its min/max) tried for the least int8 error
 MSE_CLIP_FRACTIONS = tuple(float(f) for f in np.linspace(0.2, 1.0, 41))
 #: values kept per tensor (a stride over every sample) for the percentile / MSE estimates
-CLIP_SAMPLE_VALUES = 1 << 18
+CLIP_SAMPLE_VALUES = 1 << 16
 
 
 def activation_bits(recipe_name: str | None) -> int:

@@ -286,4 +286,5 @@ def test_percentile_kept_where_a_calibration_glitch_widens_a_range(tmp_path):
     assert recipe["chosen"]["recipe"] == "percentile", recipe["candidates"]
     assert by_recipe["percentile"]["sqnr_db"] > by_recipe["min-max"]["sqnr_db"] + 10
     assert by_recipe["min-max"]["meets_reference"] and "reference_floor_db" in by_recipe["percentile"]
+    assert by_recipe["mse"]["outcome"] == "measured", "the MSE recipe converts to a full-int8 model LiteRT runs"
     assert "ranges clipped to the 0.01-99.99 percentiles" in row.converter

@@ -405,7 +405,7 @@ def test_token_ids_at_full_int8_on_tflite(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_distilbert_with_int64_ids_passes_on_onnx_jetson_and_tflite(tmp_path):
     """tests/models.py:distilbert_tiny (transformers' DistilBertForSequenceClassification, input_ids
-    only). Full int8 (coral, mcu) is not here: the all-true attention mask stays a bool tensor."""
+    only). Full int8 (coral, mcu): the next test."""
     pytest.importorskip("transformers")
     from models import distilbert_tiny
 
@@ -418,6 +418,27 @@ def test_a_tiny_distilbert_with_int64_ids_passes_on_onnx_jetson_and_tflite(tmp_p
         assert row.status == "passed", (name, row.messages)
     assert report.targets["tflite"].io["inputs"][0]["dtype"] == "int32"
     assert report.targets["jetson"].details["tensorrt"]["opset"] == 17
+
+
+@pytest.mark.slow
+def test_a_tiny_distilbert_with_int64_ids_passes_at_full_int8_on_coral_and_mcu(tmp_path):
+    """int32 ids read only by the lookup, the int8 embedding table, and the all-true attention
+    mask the model builds when none is given: a bool tensor (a mask carries no values to quantize),
+    which the all-integer check allows and counts. mcu runs it on TFLM."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tflite_micro")
+    from models import distilbert_tiny
+
+    module, _ = distilbert_tiny()
+    ids = token_ids(tmp_path, 100)
+    model = load_model("distilbert", module=module, example_inputs=ids)
+    settings = make_settings(targets=("coral", "mcu"), samples=16, calibration=ids)
+    report = pipeline.convert(PluginManager(), model, settings, tmp_path / "out")
+    for name, row in report.targets.items():
+        assert row.status == "passed" and row.precision == "int8", (name, row.messages)
+        assert row.parity.sqnr_db > 25, (name, row.parity)
+        checks = row.details["int8_checks"]
+        assert checks["all_tensors_int8_or_int32"] and checks["bool_tensors"] >= 1 and checks["int32_index_inputs"]
 
 
 @pytest.mark.slow

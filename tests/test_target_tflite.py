@@ -118,7 +118,7 @@ def test_full_int8_check_rejects_float_tensors_naming_them(tmp_path):
     model, example = tiny_cnn()
     report = api.convert(model, ["tflite"], out=tmp_path, example_inputs=example, precision="dynamic-int8", samples=4)
     graph = read_graph(tmp_path / _row(report).artifacts[0])
-    with pytest.raises(litert.RejectedArtifact, match=r"not full int8: \d+ tensors are not int8/int32 \(float32"):
+    with pytest.raises(litert.RejectedArtifact, match=r"not full int8: \d+ tensors are not int8/int32/bool \(float32"):
         litert.check_full_int8(graph)
 
 
