@@ -753,7 +753,9 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     """Read a path's .tflite back and check it: layout by shape, full int8 where asked."""
     from edgex.targets.tflite_graph import read_graph, rewrite
 
-    narrowed = rewrite(Path(result.path), narrow_int64=precision == "int8", compact_names=True)
+    # int64 index constants as int32 for int8 consumers; never in 16x8, whose int64 biases LiteRT's
+    # and TFLM's int16 conv kernels require (DEPTHWISE_CONV_2D: "bias->type != kTfLiteInt64")
+    narrowed = rewrite(Path(result.path), narrow_int64=precision == "int8" and bits == 8, compact_names=True)
     graph = read_graph(Path(result.path))
     inputs, outputs = bindings(graph, request.model, output_shapes, result.input_perms, result.output_perms)
     checks: dict[str, Any] = {}
