@@ -288,3 +288,27 @@ def test_percentile_kept_where_a_calibration_glitch_widens_a_range(tmp_path):
     assert by_recipe["min-max"]["meets_reference"] and "reference_floor_db" in by_recipe["percentile"]
     assert by_recipe["mse"]["outcome"] == "measured", "the MSE recipe converts to a full-int8 model LiteRT runs"
     assert "ranges clipped to the 0.01-99.99 percentiles" in row.converter
+
+
+@pytest.mark.slow
+def test_16x8_depthwise_convolution_keeps_its_int64_biases(tmp_path):
+    """LiteRT's and TFLM's int16 DEPTHWISE_CONV_2D take int64 biases only ("bias->type !=
+    kTfLiteInt64"): the int8 path's int64 -> int32 narrowing must leave a 16x8 model alone."""
+    from edgex.core.types import ConversionRequest
+    from edgex.targets import litert
+    from edgex.targets.tflite_converters import convert_with
+    from edgex.targets.tflite_graph import read_graph
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    model = load_model("depthwise", module=module, example_inputs=(torch.randn(1, 3, 16, 16),))
+    calibration = tuple((np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32),) for i in range(8))
+    result = convert_with("litert-torch", model, "int8", calibration, tmp_path, [2], "16x8")
+    request = ConversionRequest(target="mcu", precision="int8", model=model, workdir=tmp_path, calibration=calibration)
+    _, graph, inputs, outputs, checks, _ = litert._accept(request, "int8", result, [(1, 4)], 16)
+    assert checks["activation_bits"] == 16 and inputs[0].quant.dtype == "int16"
+    depthwise = next(op for op in graph.operators if op.name == "DEPTHWISE_CONV_2D")
+    assert graph.tensor(depthwise.inputs[2]).dtype == "int64"
+    runtime = litert.LiteRTRuntime(Path(result.path), [b.name for b in inputs], [b.name for b in outputs])
+    (got,) = runtime.run([np.zeros(inputs[0].shape, dtype=np.int16)])
+    assert got.dtype == np.int16
