@@ -278,8 +278,8 @@ def activation_bits_of(graph: Any) -> int:
 
 def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any], list[str]]:
     """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
-    read as lookup indices: token ids; bool for masks), int8 inputs and outputs, sane activation scales; returns
-    (summary, warnings) or raises :class:`RejectedArtifact`.
+    read as lookup indices: token ids; bool for masks), int8 inputs and outputs, sane activation
+    scales; returns (summary, warnings) or raises :class:`RejectedArtifact`.
 
     ``activation_bits=16``: TFLite's 16x8 mode, all-integer too: int16 activations, inputs and
     outputs, int8 weights, int64 biases. bool tensors (masks from comparisons, e.g. a
