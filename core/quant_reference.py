@@ -91,9 +91,9 @@ class SimulatedReference:
         bounds = self.output_ranges[index]
         if bounds is None:
             return None
-        low, high = min(bounds[0], 0.0), max(bounds[1], 0.0)
         if self.activation_bits == 16:
-            return max(abs(low), abs(high), 1e-12) / 32767.0
+            return int16_scale(*bounds)
+        low, high = min(bounds[0], 0.0), max(bounds[1], 0.0)
         return max(high - low, 1e-12) / 255.0
 
     def describe(self) -> str:
@@ -149,6 +149,11 @@ def affine_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, zero
 
 
+def int16_scale(low: float, high: float) -> float:
+    """The step of TFLite's 16x8 activations over [low, high]: symmetric int16, zero point 0."""
+    return max(abs(low), abs(high), 1e-12) / 32767.0
+
+
 def fake_quant_activation(x: Any, low: float, high: float, symmetric: bool = False, bits: int = 8) -> Any:
     """Per-tensor int8 over the calibrated [low, high]: affine, or with ``symmetric`` zero point 0
     and scale max(|low|, |high|) / 127 (TensorRT's scheme); ``bits=16`` is TFLite's 16x8
@@ -156,8 +161,7 @@ def fake_quant_activation(x: Any, low: float, high: float, symmetric: bool = Fal
     import torch
 
     if bits == 16:
-        scale = max(abs(low), abs(high), 1e-12) / 32767.0
-        return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, 0, -32767, 32767).to(x.dtype)
+        return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), int16_scale(low, high), 0, -32767, 32767).to(x.dtype)
     if symmetric:
         scale, zero = max(abs(low), abs(high), 1e-12) / 127.0, 0
         return torch.fake_quantize_per_tensor_affine(x.to(torch.float32), scale, zero, -127, 127).to(x.dtype)
@@ -331,7 +335,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 self.bulk[node] = (min(p_low, seen[0]), max(p_high, seen[1])) if seen else (p_low, p_high)
                 return value
             low, high = self.ranges.get(node, (0.0, 0.0))
-            half_step = (max(high, 0.0) - min(low, 0.0)) / (65534.0 if activation_bits == 16 else 510.0)
+            half_step = int16_scale(low, high) / 2 if activation_bits == 16 else (max(high, 0.0) - min(low, 0.0)) / 510.0
             counts = self.outside.setdefault(node, [0, 0])
             counts[0] += int(((value < low - half_step) | (value > high + half_step)).sum())
             counts[1] += value.numel()
