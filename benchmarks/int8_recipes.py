@@ -65,15 +65,11 @@ def models(wanted: list[str]):
 
 def digits_models(wanted: list[str]):
     """(name, model, calibration): the digits models of docs/int8_recipes.md's last section."""
-    from sklearn.datasets import load_digits
-
-    digits = (load_digits().data / 16.0).astype(np.float32)
+    digits = test_models.digits_vectors()
     if "wide-range" in wanted:
         yield "wide-range features (16x8)", test_models.wide_range_features()[0], digits[:64], digits[600:601]
     if "glitch" in wanted:
-        calibration = digits[:512].copy()
-        calibration[3, 0] = calibration[100, 0] = 40.0
-        yield "glitched calibration (percentile)", test_models.blank_corner_mlp()[0], calibration, digits[600:601]
+        yield "glitched calibration (percentile)", test_models.blank_corner_mlp()[0], test_models.glitched_digits(), digits[600:601]
 
 
 def run(model, calibration: np.ndarray, before: bool, example: np.ndarray | None = None) -> dict[str, tuple[float, str, str]]:

@@ -205,6 +205,21 @@ def wide_range_features():
     return WideRangeFeatures().eval(), (torch.zeros(1, 64),)
 
 
+def digits_vectors():
+    """The digits data set shipped inside scikit-learn, as float32 64-vectors in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype("float32")
+
+
+def glitched_digits():
+    """The first 512 digits, two of them with a glitch (40 in pixel 0, which blank_corner_mlp
+    does not read): calibration data whose input range a few values set."""
+    calibration = digits_vectors()[:512].copy()
+    calibration[3, 0] = calibration[100, 0] = 40.0
+    return calibration
+
+
 def blank_corner_mlp():
     """A digits MLP that reads nothing from pixel 0 (blank in every real digit: a trained model's
     weights for it decay to zero), so a glitch there in calibration data widens only the input's

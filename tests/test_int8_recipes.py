@@ -186,12 +186,6 @@ def test_transformers_mobilevit_full_int8(tmp_path):
 # --------------------------------------------------------------------------- percentile, MSE, 16x8
 
 
-def _digits() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    return (load_digits().data / 16.0).astype(np.float32)
-
-
 def test_percentile_range_clips_rare_outliers_and_keeps_a_relu_zero():
     from edgex.targets.tflite_converters import clipped_range
 
@@ -219,7 +213,7 @@ def test_16bit_simulation_keeps_what_int8_loses():
     from edgex.core.quant_reference import simulate
 
     model, example = models.wide_range_features()
-    digits = _digits()
+    digits = models.digits_vectors()
     calibration = [(digits[i : i + 1],) for i in range(64)]
     batches = [(digits[i : i + 1],) for i in range(600, 616)]
     reference = reference_outputs(load_model("wide", module=model, example_inputs=example), batches)
@@ -239,8 +233,9 @@ def test_16x8_kept_on_mcu_where_no_int8_recipe_reaches_and_never_on_coral(tmp_pa
     the 16x8 model (~44 dB), judged against the 16-bit simulation; the Edge TPU has no int16
     kernels: coral never tries it, and fails parity honestly."""
     model, _ = models.wide_range_features()
-    digits = _digits()
-    report = api.convert(model, ["mcu", "coral"], out=tmp_path / "out", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    digits = models.digits_vectors()
+    data = dict(example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)  # convert's and validate's alike
+    report = api.convert(model, ["mcu", "coral"], out=tmp_path / "out", **data)
     mcu, coral = report.targets["mcu"], report.targets["coral"]
     assert mcu.status == "passed", mcu.messages
     recipe = mcu.details["int8_recipe"]
@@ -260,13 +255,13 @@ def test_16x8_kept_on_mcu_where_no_int8_recipe_reaches_and_never_on_coral(tmp_pa
 
     artifact = tmp_path / "out" / next(a for a in mcu.artifacts if a.endswith(".tflite"))
     planted = defects.scale_channel(artifact, tmp_path / "planted.tflite", layer="last", channel=1, factor=1.5)
-    verdict = api.validate(planted.path, model, target="mcu", out=tmp_path / "validate", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    verdict = api.validate(planted.path, model, target="mcu", out=tmp_path / "validate", **data)
     assert verdict.targets["mcu"].status == "failed", verdict.targets["mcu"].messages
-    honest = api.validate(artifact, model, target="mcu", out=tmp_path / "honest", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+    honest = api.validate(artifact, model, target="mcu", out=tmp_path / "honest", **data)
     assert honest.targets["mcu"].status == "passed", honest.targets["mcu"].messages
     # the Edge TPU has no int16 kernels: coral refuses the file in one line, it does not "pass" it on LiteRT
     with pytest.raises(UsageError, match="int16 activations"):
-        api.validate(artifact, model, target="coral", out=tmp_path / "coral", example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:64], samples=16)
+        api.validate(artifact, model, target="coral", out=tmp_path / "coral", **data)
 
 
 @pytest.mark.slow
@@ -275,9 +270,8 @@ def test_percentile_kept_where_a_calibration_glitch_widens_a_range(tmp_path):
     digits keep a few int8 steps (~27 dB); the percentile recipe clips them (~44 dB) and is kept.
     MSE keeps the glitch (two values clipped cost more than the rounding of all the others)."""
     model, _ = models.blank_corner_mlp()
-    digits = _digits()
-    calibration = digits[:512].copy()
-    calibration[3, 0] = calibration[100, 0] = 40.0
+    digits = models.digits_vectors()
+    calibration = models.glitched_digits()
     report = api.convert(model, ["coral"], out=tmp_path, example_inputs=(torch.from_numpy(digits[600:601]),), calibration=calibration, samples=16)
     row = report.targets["coral"]
     assert row.status == "passed", row.messages
