@@ -12,7 +12,8 @@ which decides. A child also dies with its parent (``PR_SET_PDEATHSIG``) if the p
 outright.
 
 Torch's OpenMP pool does not survive ``fork``: the child runs torch single-threaded (ONNX
-Runtime, TensorFlow and LiteRT keep their own thread pools). ``EDGEX_ISOLATION=none`` runs
+Runtime, TensorFlow and LiteRT keep their own thread pools), and gets a JAX MLIR thread pool of
+its own (litert-torch lowers through JAX; the parent's pool has threads once it converted). ``EDGEX_ISOLATION=none`` runs
 targets in-process instead (the default where ``fork`` is unsafe, i.e. not on Linux).
 """
 
@@ -31,6 +32,10 @@ from edgex.core.errors import EdgexError, TargetError, is_unsupported_model
 
 #: set in a forked child: its own isolated work stays in its process group
 _IN_CHILD = False
+
+#: thread pools inherited from the parent, whose threads did not survive the fork: destroying one
+#: would wait on them forever, so the child keeps them
+_DEAD_POOLS: list[Any] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -153,6 +158,7 @@ def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_pat
             threadpool_limits(limits=1)
         except ImportError:
             pass
+        _fresh_mlir_thread_pool()
         if log_path:
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             sys.stdout.flush()
@@ -173,6 +179,17 @@ def _child(conn: Any, work: Callable[[Callable[[str, Any], None]], Any], log_pat
         conn.send(("error", message.strip().splitlines()[0] if message.strip() else type(exc).__name__, traceback.format_exc(), code, is_unsupported_model(exc)))
     finally:
         conn.close()
+
+
+def _fresh_mlir_thread_pool() -> None:
+    """JAX's MLIR contexts share one thread pool (litert-torch lowers through JAX). Once the parent
+    has converted with litert-torch, that pool has threads, which the fork did not copy: the child's
+    first MLIR verification would wait on them forever. The child gets a pool of its own."""
+    mlir = sys.modules.get("jax._src.interpreters.mlir")
+    inherited = getattr(mlir, "global_thread_pool", None)
+    if inherited is not None:
+        _DEAD_POOLS.append(inherited)
+        mlir.global_thread_pool = type(inherited)()
 
 
 class Isolated:

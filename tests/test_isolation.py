@@ -120,3 +120,25 @@ def test_isolation_none_runs_in_process(monkeypatch):
 def test_an_unknown_isolation_mode_falls_back_to_the_default(monkeypatch):
     monkeypatch.setenv("EDGEX_ISOLATION", "threads")
     assert isolation_mode() == "fork"  # these tests run on Linux
+
+
+def test_a_child_lowers_through_jax_after_the_parent_did(forked):
+    """litert-torch lowers through JAX, whose MLIR contexts share one thread pool. Once a process
+    has lowered a module with several functions, that pool has threads, which a fork does not
+    copy: a child's first verification waited on them forever (CI hung so, a litert-torch
+    conversion in the test process before a forked tflite one)."""
+    jax = pytest.importorskip("jax")
+
+    def lowered():
+        steps = [jax.jit(lambda x, k=k: jax.numpy.sin(x) * k) for k in range(8)]  # a function each
+
+        def chain(x):
+            for step in steps:
+                x = step(x) + 1
+            return x
+
+        return jax.jit(chain).lower(jax.numpy.ones(4)).as_text().count("func.func")
+
+    functions = lowered()  # the parent's pool now has threads
+    assert functions > 2
+    assert start_isolated(lambda send: lowered(), what="target t", timeout=60).wait() == functions
