@@ -13,8 +13,9 @@ outright.
 
 Torch's OpenMP pool does not survive ``fork``: the child runs torch single-threaded (ONNX
 Runtime, TensorFlow and LiteRT keep their own thread pools), and gets a JAX MLIR thread pool of
-its own (litert-torch lowers through JAX; the parent's pool has threads once it converted). ``EDGEX_ISOLATION=none`` runs
-targets in-process instead (the default where ``fork`` is unsafe, i.e. not on Linux).
+its own (litert-torch lowers through JAX; the parent's pool has threads once it converted).
+``EDGEX_ISOLATION=none`` runs targets in-process instead (the default where ``fork`` is unsafe,
+i.e. not on Linux).
 """
 
 from __future__ import annotations

@@ -91,10 +91,7 @@ class SimulatedReference:
         bounds = self.output_ranges[index]
         if bounds is None:
             return None
-        if self.activation_bits == 16:
-            return int16_scale(*bounds)
-        low, high = min(bounds[0], 0.0), max(bounds[1], 0.0)
-        return max(high - low, 1e-12) / 255.0
+        return int16_scale(*bounds) if self.activation_bits == 16 else affine_qparams(*bounds)[0]
 
     def describe(self) -> str:
         weights = f"{self.quantized_weights} weights per-channel symmetric int8" + (f" ({self.weight_bits}-bit range)" if self.weight_bits != 8 else "")

@@ -291,7 +291,6 @@ def test_16x8_depthwise_convolution_keeps_its_int64_biases(tmp_path):
     from edgex.core.types import ConversionRequest
     from edgex.targets import litert
     from edgex.targets.tflite_converters import convert_with
-    from edgex.targets.tflite_graph import read_graph
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
