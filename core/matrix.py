@@ -205,10 +205,13 @@ def _unfinished_group(manager: PluginManager, config: MatrixConfig, group: Group
 
 
 def _report_cell(model_cfg: MatrixModel, preset: Preset, precision: str, target: str, row: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
-    """A cell from a target's row in a group's report.json (artifact paths made relative to the matrix's --out)."""
-    row = dict(row)
-    row["artifacts"] = [str(Path("cells") / _group_name(model_cfg, preset) / precision / a) for a in row.get("artifacts", [])]
-    return _cell(model_cfg, preset, target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"})
+    """A cell from a target's row in a group's report.json (artifact paths made relative to the
+    matrix's --out), its coordinates naming the group's own report.html (``page``)."""
+    row, folder = dict(row), Path("cells") / _group_name(model_cfg, preset) / precision
+    row["artifacts"] = [str(folder / a) for a in row.get("artifacts", [])]
+    cell = _cell(model_cfg, preset, target, precision, row["status"], "", row, {k: v for k, v in report.items() if k != "targets"})
+    cell["cell"]["page"] = (folder / "report.html").as_posix()
+    return cell
 
 
 def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: str, cache_dir: str | None = None, slots: Any = None) -> list[dict[str, Any]]:

@@ -286,7 +286,7 @@ def matrix_page(cells: Sequence[Mapping[str, Any]], message: str | None = None) 
         group, column = (coords["model"], coords["compression"]), (coords["target"], row.get("precision") or coords["precision"])
         groups += [group] if group not in groups else []
         columns += [column] if column not in columns else []
-        grid[(*group, *column)] = row
+        grid[(*group, *column)] = {**row, "page": coords.get("page")}
     table = [
         {
             "model": model,
@@ -334,6 +334,7 @@ def _grid_cell(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "size": size(row["size_bytes"]) if row.get("size_bytes") else "-",
         "measure": f"{'acc' if label.startswith('accuracy') else 'top-1'} {value:.3f}" if value is not None and math.isfinite(value) else "",
         "title": "; ".join(row.get("messages") or []),
+        "page": row.get("page"),  # the group's own page: histograms, comparisons, confusion matrix
     }
 
 

@@ -264,3 +264,7 @@ def test_matrix_page_renders_in_chromium(tmp_path):
     assert re.search(r'<div class="plot sweep" data-model="digits"><svg', dom) and dom.count("<svg") == 1
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
     assert matrix_page(cells).count('<td class="cell"') == 2
+    # each grid cell leads to its group's own page, the one with the histograms
+    pages = re.findall(r'<td class="cell"[^>]*><a href="([^"]+)">', html)
+    assert sorted(pages) == sorted(c["cell"]["page"] for c in cells) and len(set(pages)) == 2
+    assert all('class="plot' in (out / page).read_text() for page in pages)
