@@ -105,7 +105,7 @@ class Plots:
                     axes.text(0, y, "" if v is not None else " n/a", va="center", fontsize=8)
                 axes.set_title(title)
                 axes.set_yticks(range(len(names)), names)
-                axes.invert_yaxis()
+            panels[0].invert_yaxis()  # the first row on top; once: the panels share the y axis, each call flips it
 
         left = 0.2 + CHAR_INCHES * max(len(name) for name in names)
         return self.svg(draw, left + min(2.6 * len(shown), 9.0), 0.75 + 0.3 * len(names), (left, 0.35, 0.15, 0.3))
@@ -237,18 +237,7 @@ def report_page(report: Mapping[str, Any], title: str | None = None) -> str:
                 "confusion_differs": bool(confusion) and confusion.get("artifact") != confusion.get("reference"),
             }
         )
-    names = [t["name"] for t in targets]
-    statuses = [t["row"]["status"] for t in targets]
-    comparison = plots.comparison(
-        names,
-        statuses,
-        [
-            ("size (KiB)", [(t["row"].get("size_bytes") or 0) / 1024 or None for t in targets]),
-            ("latency median (ms)", [_float((t["row"].get("latency_ms") or {}).get("median")) for t in targets]),
-            ("accuracy on labels", [_float((t["row"].get("accuracy") or {}).get("artifact")) for t in targets]),
-            ("top-1 agreement", [_float((t["row"].get("parity") or {}).get("top1_agreement")) for t in targets]),
-        ],
-    )
+    comparison = _comparison(plots, [t["name"] for t in targets], [t["row"] for t in targets])
     from edgex.core.report import describe_compression
 
     compression = describe_compression(report["compression"]) if report.get("compression") else []
@@ -261,6 +250,20 @@ def report_page(report: Mapping[str, Any], title: str | None = None) -> str:
         plots_missing=plots.missing,
         plot_count=sum(1 for t in targets if t["histogram"]) + (1 if comparison else 0),
         compression=compression,
+    )
+
+
+def _comparison(plots: Plots, names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Size, latency and accuracy side by side, a bar per row (a run's targets, a matrix's cells)."""
+    return plots.comparison(
+        names,
+        [row["status"] for row in rows],
+        [
+            ("size (KiB)", [(row.get("size_bytes") or 0) / 1024 or None for row in rows]),
+            ("latency median (ms)", [_float((row.get("latency_ms") or {}).get("median")) for row in rows]),
+            ("accuracy on labels", [_float((row.get("accuracy") or {}).get("artifact")) for row in rows]),
+            ("top-1 agreement", [_float((row.get("parity") or {}).get("top1_agreement")) for row in rows]),
+        ],
     )
 
 
@@ -295,6 +298,8 @@ def matrix_page(cells: Sequence[Mapping[str, Any]], message: str | None = None) 
         }
         for model, preset in groups
     ]
+    cell_names = [f"{m}/{p} {t}[{q}]" if len({p for _, p in groups}) > 1 else f"{m} {t}[{q}]" for m, p, t, q in grid]
+    comparison = _comparison(plots, cell_names, list(grid.values()))
     sweeps = []
     for model in dict.fromkeys(m for m, _ in groups):
         presets = [p for m, p in groups if m == model]
@@ -318,9 +323,10 @@ def matrix_page(cells: Sequence[Mapping[str, Any]], message: str | None = None) 
         columns=columns,
         table=table,
         sweeps=sweeps,
+        comparison=comparison,
         rows=matrix_rows(cells),
         plots_missing=plots.missing,
-        plot_count=sum(1 for s in sweeps if s["svg"]),
+        plot_count=sum(1 for s in sweeps if s["svg"]) + (1 if comparison else 0),
         message=message or "",
     )
 

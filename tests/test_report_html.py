@@ -22,7 +22,7 @@ import pytest
 from edgex.core.cli import main
 from edgex.core.parity import ERROR_HISTOGRAM_EDGES, Tolerance, compare
 from edgex.core.report import matrix_junit
-from edgex.core.report_html import matrix_page, report_page
+from edgex.core.report_html import Plots, matrix_page, report_page
 
 DATA = Path(__file__).parent / "data"
 XS = "{http://www.w3.org/2001/XMLSchema}"
@@ -140,6 +140,15 @@ def test_junit_follows_the_schema_and_failures_carry_metrics_and_tolerance():
 
 
 # --------------------------------------------------------------------------- the histogram report.json carries
+
+
+@pytest.mark.parametrize("panels", [1, 2, 3, 4])
+def test_comparison_lists_the_first_row_on_top_whatever_the_number_of_panels(panels):
+    # the panels share the y axis: flipping it once per panel put the first row at the bottom
+    # whenever the number of panels was even
+    svg = Plots().comparison(["first", "second"], ["passed", "failed"], [(f"measure {i}", [1.0, 2.0]) for i in range(panels)])
+    heights = {name: float(y) for y, name in re.findall(r'<text[^>]* y="([-\d.]+)"[^>]*>(first|second)</text>', svg)}
+    assert heights["first"] < heights["second"]  # SVG's y grows downwards
 
 
 def test_error_histogram_counts_elements_in_units_of_the_tolerance():
@@ -261,7 +270,11 @@ def test_matrix_page_renders_in_chromium(tmp_path):
     assert console == [], console
     cells = json.loads((out / "results.json").read_text())
     assert len(cells) == 2 and dom.count('<td class="cell"') == 2 and dom.count('<tr class="cell-row"') == 2
-    assert re.search(r'<div class="plot sweep" data-model="digits"><svg', dom) and dom.count("<svg") == 1
+    assert re.search(r'<div class="plot sweep" data-model="digits"><svg', dom)
+    # the cells side by side: a bar per cell in each panel, labelled with the cell's coordinates
+    comparison = re.search(r'<div class="plot" id="plot-comparison">(<svg.*?</svg>)', dom, re.S)
+    assert comparison and dom.count("<svg") == 2
+    assert all(f"digits/{preset} onnx[fp32]" in comparison.group(1) for preset in ("none", "p30"))
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
     assert matrix_page(cells).count('<td class="cell"') == 2
     # each grid cell leads to its group's own page, the one with the histograms
