@@ -19,8 +19,8 @@ It prints both ratios to the serial run of the same round, ``jobs 2 / serial`` (
 rounds, with every cell's status, so that a ratio of runs that did different work is visible.
 Rounds, because this machine is shared: the same serial run took 73 s and then 99 s here, one
 after the other, and a single pair of runs says more about the neighbours than about ``--jobs``.
-Nothing is asserted: the figures are what this run measured. tests/test_cache.py and tests/test_matrix.py test the
-behaviour.
+Nothing is asserted: the figures are what this run measured. tests/test_cache.py and
+tests/test_matrix.py test the behaviour.
 """
 
 from __future__ import annotations

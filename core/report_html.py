@@ -298,7 +298,8 @@ def matrix_page(cells: Sequence[Mapping[str, Any]], message: str | None = None) 
         }
         for model, preset in groups
     ]
-    cell_names = [f"{m}/{p} {t}[{q}]" if len({p for _, p in groups}) > 1 else f"{m} {t}[{q}]" for m, p, t, q in grid]
+    several_presets = len({preset for _, preset in groups}) > 1
+    cell_names = [f"{m}/{p} {t}[{q}]" if several_presets else f"{m} {t}[{q}]" for m, p, t, q in grid]
     comparison = _comparison(plots, cell_names, list(grid.values()))
     sweeps = []
     for model in dict.fromkeys(m for m, _ in groups):
