@@ -105,7 +105,7 @@ def _bare_conversion(model, example, out: Path) -> dict[str, float]:
 def resnet18(samples: int, out: Path, repeats: int) -> None:
     from edgex.core import api
     from edgex.examples import zoo
-    from edgex.targets.mil_interpreter import MILInterpreter, load_package
+    from edgex.targets.coreml.interpreter import MILInterpreter, load_package
 
     print(f"\n## 2-3. ResNet-18 (examples:resnet18, 1x3x224x224), fp16 (the target's default), {samples} parity samples, best of {repeats} runs each")
     model, example = zoo.resnet18()

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from edgex.core import api  # noqa: E402
-from edgex.targets import litert  # noqa: E402
+from edgex.targets.litert import convert as litert  # noqa: E402
 import models as test_models  # noqa: E402
 from test_int8_recipes import _hf_logits, efficientnet_like  # noqa: E402
 

@@ -47,8 +47,8 @@ def _agreement_between_artifacts(a: Path, b: Path) -> float:
     """Top-1 agreement of two digits .tflite files on the whole test split (LiteRT, native I/O)."""
     from edgex.core import layout
     from edgex.examples.digits import data
-    from edgex.targets.litert import LiteRTRuntime, describe_tflite
-
+    from edgex.targets.litert.convert import describe_tflite
+    from edgex.targets.litert.runtime import LiteRTRuntime
     reference = api.load_model("examples:digits")
     _, _, x_test, _ = data()
     votes = []

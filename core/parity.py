@@ -266,7 +266,7 @@ def output_error(reference: Outputs, other: Outputs, index: int) -> tuple[float,
 def simulated_sqnr_floor(precision: str, sqnr_sim: float) -> float:
     """The SQNR an artifact at ``precision`` must reach, given its simulated reference's
     ``sqnr_sim`` (both against the torch model): what its verdict asks, and what a converter's
-    int8 recipe search aims at (targets/litert.py)."""
+    int8 recipe search aims at (targets/litert/convert.py)."""
     return max(sqnr_sim - SIM_SQNR_MARGIN_DB[precision], MIN_SQNR_DB)
 
 

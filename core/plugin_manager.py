@@ -50,11 +50,12 @@ ENTRY_POINT_GROUP = "edgex"
 
 #: Built-in plugins, registered in this order (it is also the order of ``--target all``).
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "edgex.targets.onnx",
-    "edgex.targets.tflite",
-    "edgex.targets.coral",
-    "edgex.targets.coreml",
-    "edgex.targets.mcu",
+    "edgex.targets.onnx.onnx",
+    "edgex.targets.onnx.jetson",
+    "edgex.targets.litert.tflite",
+    "edgex.targets.litert.coral",
+    "edgex.targets.coreml.coreml",
+    "edgex.targets.mcu.mcu",
     "edgex.targets.executorch",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",

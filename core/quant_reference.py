@@ -436,7 +436,7 @@ def simulated_floor(
     """What a full-integer artifact of ``module`` must reach on ``batches``: (the SQNR floor its
     verdict will ask, the simulated reference's own SQNR), both the worst output's against
     ``reference`` (the torch outputs on ``batches``); None where the model cannot be simulated.
-    A converter's recipe search aims at it (targets/litert.py), so the recipe it keeps is judged
+    A converter's recipe search aims at it (targets/litert/convert.py), so the recipe it keeps is judged
     by the same independent reference as the artifact's verdict."""
     from edgex.core.parity import output_error, simulated_sqnr_floor
 

@@ -1,3 +1,4 @@
-"""Built-in target plugins, one module per target family (registered from BUILTIN_PLUGINS), and
-the modules they share (``litert``, ``tflite_graph``, ...). They import edgex only through
-``edgex.plugins``, as a third-party plugin does (tests/test_architecture.py)."""
+"""Built-in target plugins, by family: ``onnx/`` (onnx, jetson), ``litert/`` (tflite, coral),
+``mcu/``, ``coreml/``, and ``executorch.py``; each plugin is the module named after its target
+(registered from ``BUILTIN_PLUGINS``). They import edgex only through ``edgex.plugins``, as a
+third-party plugin does (tests/test_architecture.py)."""

@@ -93,7 +93,7 @@ def _tflite_edit(path: Path, out: Path, edit: Callable[[Any, Any, dict[str, str]
     the ``ModelT``, repack it."""
     import flatbuffers
 
-    from edgex.targets.tflite_graph import _builtin_names, rewrite, schema
+    from edgex.targets.litert.graph import _builtin_names, rewrite, schema
 
     out = Path(out)
     shutil.copyfile(path, out)

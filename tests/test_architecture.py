@@ -56,10 +56,24 @@ def test_the_check_sees_lazy_imports_and_skips_type_checking_blocks():
 
 
 def test_targets_import_nothing_from_core():
-    modules = sorted(TARGETS.glob("*.py"))
+    modules = sorted(TARGETS.rglob("*.py"))
     assert len(modules) > 5, f"no target modules found under {TARGETS}"
-    offenders = {path.name: found for path in modules if (found := _core_imports(path.read_text(encoding="utf-8")))}
+    offenders = {path.relative_to(TARGETS).as_posix(): found for path in modules if (found := _core_imports(path.read_text(encoding="utf-8")))}
     assert not offenders, f"targets import edgex.core (use edgex.plugins): {offenders}"
+
+
+def test_targets_are_laid_out_by_family():
+    """targets/ holds a package per family (onnx, litert, mcu, coreml) and at most three loose
+    modules; every built-in target plugin is a module of its family's package, or a loose one."""
+    from edgex.core.plugin_manager import BUILTIN_PLUGINS
+
+    loose = sorted(p.name for p in TARGETS.glob("*.py"))
+    assert len(loose) <= 3, loose
+    families = {p.name for p in TARGETS.iterdir() if (p / "__init__.py").is_file()}
+    assert {"onnx", "litert", "mcu", "coreml"} <= families, families
+    for plugin in (p for p in BUILTIN_PLUGINS if p.startswith("edgex.targets.")):
+        parts = plugin.split(".")[2:]
+        assert len(parts) == 1 and f"{parts[0]}.py" in loose or len(parts) == 2 and parts[0] in families, plugin
 
 
 # --------------------------------------------------------------------------- no import circles

@@ -99,7 +99,7 @@ def test_an_unchanged_rerun_is_served_from_the_cache_and_a_damaged_entry_is_reco
 
 def test_a_row_reads_back_as_it_was_written():
     row = {
-        "status": "failed", "plugin": "edgex.targets.onnx", "precision": "int8", "artifacts": ["onnx/model.onnx"], "size_bytes": 10,
+        "status": "failed", "plugin": "edgex.targets.onnx.onnx", "precision": "int8", "artifacts": ["onnx/model.onnx"], "size_bytes": 10,
         "backend": "onnxruntime", "converter": "torch.onnx", "convert_seconds": 1.5, "latency_ms": {"mean": 1.0}, "io": None, "accuracy": None,
         "parity": {
             "samples": 2, "max_abs": "inf", "mean_abs": 0.5, "max_rel": 1.0, "cosine": 0.9, "sqnr_db": 3.0, "top1_agreement": None,

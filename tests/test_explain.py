@@ -271,5 +271,5 @@ def test_edgex_load_tracer_is_optional_and_declared_by_every_builtin_target(edge
     for target in targets:
         assert edgex_manager.can_trace(target), target
     hooks = {p.name: p.hooks for p in edgex_manager.plugins()}
-    assert "edgex_load_tracer" in hooks["edgex.targets.onnx"]
+    assert "edgex_load_tracer" in hooks["edgex.targets.onnx.onnx"]
     assert "edgex_load_tracer" not in hooks["edgex.core.compression.pruning"]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 SAMPLES = 32
 def _seven_bit_onnx() -> bool:
-    from edgex.targets.onnx import this_cpu_saturates_int8
+    from edgex.targets.onnx.onnx import this_cpu_saturates_int8
 
     return this_cpu_saturates_int8() is not None
 
@@ -84,7 +84,7 @@ def digits(converted):
 
 
 def _tflite_layer(path, layer):
-    from edgex.targets.tflite_graph import read_graph
+    from edgex.targets.litert.graph import read_graph
 
     graph = read_graph(path)
     ops = [op for op in graph.operators if op.name in defects.TFLITE_WEIGHT_OPS and graph.tensor(op.inputs[1]).per_channel]
@@ -139,7 +139,7 @@ def test_tflite_swap_channels(digits, tmp_path):
 
 @pytest.mark.parametrize("factor", [4.0, 16.0])
 def test_tflite_scale_output_keeps_int8_values(digits, tmp_path, factor):
-    from edgex.targets.tflite_graph import read_graph
+    from edgex.targets.litert.graph import read_graph
 
     honest = digits[1]["tflite"]
     planted = defects.scale_output(honest, tmp_path / "m.tflite", factor=factor)
@@ -207,7 +207,7 @@ def test_onnx_planters(digits, tmp_path):
 
 
 def test_coreml_planters(digits, tmp_path):
-    from edgex.targets.mil_interpreter import load_package
+    from edgex.targets.coreml.interpreter import load_package
 
     honest = digits[1]["coreml"]
 

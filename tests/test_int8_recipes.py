@@ -187,7 +187,7 @@ def test_transformers_mobilevit_full_int8(tmp_path):
 
 
 def test_percentile_range_clips_rare_outliers_and_keeps_a_relu_zero():
-    from edgex.targets.tflite_converters import clipped_range
+    from edgex.targets.litert.converters import clipped_range
 
     values = np.abs(np.random.default_rng(0).standard_normal(200_000))
     values[:3] = 500.0
@@ -197,7 +197,7 @@ def test_percentile_range_clips_rare_outliers_and_keeps_a_relu_zero():
 
 
 def test_mse_range_clips_heavy_tails_not_a_uniform_one():
-    from edgex.targets.tflite_converters import _int8_error, clipped_range
+    from edgex.targets.litert.converters import _int8_error, clipped_range
 
     rng = np.random.default_rng(0)
     tails = rng.laplace(size=200_000)
@@ -289,8 +289,9 @@ def test_16x8_depthwise_convolution_keeps_its_int64_biases(tmp_path):
     """LiteRT's and TFLM's int16 DEPTHWISE_CONV_2D take int64 biases only ("bias->type !=
     kTfLiteInt64"): the int8 path's int64 -> int32 narrowing must leave a 16x8 model alone."""
     from edgex.core.types import ConversionRequest
-    from edgex.targets import litert
-    from edgex.targets.tflite_converters import convert_with
+    from edgex.targets.litert import convert as litert
+    from edgex.targets.litert.runtime import LiteRTRuntime
+    from edgex.targets.litert.converters import convert_with
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
@@ -302,6 +303,6 @@ def test_16x8_depthwise_convolution_keeps_its_int64_biases(tmp_path):
     assert checks["activation_bits"] == 16 and inputs[0].quant.dtype == "int16"
     depthwise = next(op for op in graph.operators if op.name == "DEPTHWISE_CONV_2D")
     assert graph.tensor(depthwise.inputs[2]).dtype == "int64"
-    runtime = litert.LiteRTRuntime(Path(result.path), [b.name for b in inputs], [b.name for b in outputs])
+    runtime = LiteRTRuntime(Path(result.path), [b.name for b in inputs], [b.name for b in outputs])
     (got,) = runtime.run([np.zeros(inputs[0].shape, dtype=np.int16)])
     assert got.dtype == np.int16

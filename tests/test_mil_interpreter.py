@@ -25,8 +25,8 @@ import torch.nn.functional as F  # noqa: E402
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
-from edgex.targets import mil_kernels  # noqa: E402
-from edgex.targets.mil_interpreter import MILError, MILInterpreter, load_package, program_precision  # noqa: E402
+from edgex.targets.coreml import kernels as mil_kernels  # noqa: E402
+from edgex.targets.coreml.interpreter import MILError, MILInterpreter, load_package, program_precision  # noqa: E402
 
 RNG = np.random.default_rng(0)
 DUMMY = {"dummy": np.zeros(1, np.float32)}

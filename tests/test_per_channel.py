@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from edgex.core import api
-from edgex.targets import litert
-from edgex.targets.tflite_graph import read_graph, schema
+from edgex.targets.litert import convert as litert
+from edgex.targets.litert.runtime import LiteRTRuntime
+from edgex.targets.litert.graph import read_graph, schema
 
 sys.path.insert(0, str(Path(__file__).parent))
 import models  # noqa: E402  (tests/models.py: the shared test models)
@@ -103,7 +104,7 @@ def test_detection_fires_on_the_file_litert_refuses(tmp_path):
     path = batch_matmul_file(tmp_path / "refused.tflite", axis=0)
     # the artifact of the issue: LiteRT's loader refuses it
     with pytest.raises(Exception, match="num_scales must be 1 for per-layer quantization, or 16 for per-axis quantization, but got 64"):
-        litert.LiteRTRuntime(path)
+        LiteRTRuntime(path)
     findings = litert.per_channel_misuse(read_graph(path))
     assert [(f["op"], f["input"], f["tensor"], f["scales"]) for f in findings] == [("BATCH_MATMUL", 1, "w", 64)]
     assert "LiteRT refuses to load" in findings[0]["why"]
@@ -122,7 +123,7 @@ def test_detection_fires_where_the_kernel_takes_one_scale(tmp_path):
 
 def test_per_channel_weights_the_kernels_take_pass(tmp_path):
     path = fully_connected_file(tmp_path / "fc.tflite")
-    litert.LiteRTRuntime(path)  # loads and runs
+    LiteRTRuntime(path)  # loads and runs
     assert litert.per_channel_misuse(read_graph(path)) == []
     litert.check_per_channel(read_graph(path))
 

@@ -33,7 +33,7 @@ def test_builtins_register_like_plugins(edgex_manager):
         assert infos[module].status == "loaded" and infos[module].builtin
         assert infos[module].package == "edgex"
     onnx = edgex_manager.resolve_target("onnx")
-    assert onnx.plugin == "edgex.targets.onnx"
+    assert onnx.plugin == "edgex.targets.onnx.onnx"
     assert edgex_manager.resolve_target("tensorrt").name == "jetson"
 
 
@@ -78,7 +78,7 @@ def test_two_plugins_claiming_one_name_is_an_error_naming_both(fake_site):
     with pytest.raises(PluginError) as info:
         manager.targets()
     message = str(info.value)
-    assert "'onnx'" in message and "edgex.targets.onnx (edgex" in message and "clash (edgex-clash 0.3.0)" in message
+    assert "'onnx'" in message and "edgex.targets.onnx.onnx (edgex" in message and "clash (edgex-clash 0.3.0)" in message
 
 
 def test_disable_autoload_loads_no_third_party_plugin(fake_site):
@@ -159,7 +159,7 @@ def test_cli_plugins_json_lists_failed_rows():
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert rows["torchscript"]["status"] == "loaded" and rows["torchscript"]["version"] == "1.2.0"
     assert rows["broken"]["status"] == "failed" and rows["broken"]["error"]
-    assert rows["edgex.targets.onnx"]["builtin"] is True
+    assert rows["edgex.targets.onnx.onnx"]["builtin"] is True
 
 
 def test_cli_targets_json_includes_third_party_and_status():

@@ -354,7 +354,7 @@ def token_ids(tmp_path, vocab, rows=64):
 
 def assert_all_integer_embedding(row, path):
     """int8 everywhere but the int32 ids; the int8 table's rows come out on the table's own scale."""
-    from edgex.targets.tflite_graph import read_graph
+    from edgex.targets.litert.graph import read_graph
 
     assert row.details["int8_checks"]["all_tensors_int8_or_int32"] is True
     assert len(row.details["int8_checks"]["int32_index_inputs"]) == 1

@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from edgex.core import api
 from edgex.plugins.testing import check_target_conformance
-from edgex.targets import edgetpu
-from edgex.targets.tflite_graph import read_graph
+from edgex.targets.litert import edgetpu
+from edgex.targets.litert.graph import read_graph
 
 
 def _mobilenet_style(activation: type[nn.Module] = nn.ReLU6) -> tuple[nn.Module, tuple[torch.Tensor]]:

@@ -22,7 +22,7 @@ from edgex.core import api  # noqa: E402
 from edgex.core.cli import main as cli_main  # noqa: E402
 from edgex.examples import zoo  # noqa: E402
 from edgex.plugins.testing import check_target_conformance  # noqa: E402
-from edgex.targets.mil_interpreter import load_package  # noqa: E402
+from edgex.targets.coreml.interpreter import load_package  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="these tests pin the Linux path (the MIL interpreter)")
 
@@ -117,7 +117,7 @@ def largest_constant(package: Path, op_type: str, input_name: str) -> np.ndarray
 
 def test_target_is_declared_with_alias_and_interpreter_backend(edgex_manager):
     registered = edgex_manager.resolve_target("mlpackage")
-    assert registered.name == "coreml" and registered.plugin == "edgex.targets.coreml"
+    assert registered.name == "coreml" and registered.plugin == "edgex.targets.coreml.coreml"
     assert registered.spec.default_precision == "fp16"
     status = edgex_manager.backend_status("coreml")
     assert status.available and "MIL reference interpreter" in status.backend
@@ -128,7 +128,7 @@ def test_loading_the_plugin_imports_no_heavy_framework():
 
     code = (
         "import sys; from edgex.core.plugin_manager import PluginManager; m = PluginManager(load_entry_points=False);"
-        "m.backend_status('coreml'); heavy = [n for n in ('torch', 'coremltools', 'edgex.targets.mil_kernels') if n in sys.modules];"
+        "m.backend_status('coreml'); heavy = [n for n in ('torch', 'coremltools', 'edgex.targets.coreml.kernels') if n in sys.modules];"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -313,7 +313,7 @@ def test_a_program_with_an_op_the_interpreter_lacks_is_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_kernel_removed_is_an_error_not_a_pass(tmp_path, monkeypatch):
-    from edgex.targets import mil_kernels
+    from edgex.targets.coreml import kernels as mil_kernels
 
     monkeypatch.delitem(mil_kernels.KERNELS, "relu")  # the forked target run inherits this
     model, example = small_cnn()

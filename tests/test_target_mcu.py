@@ -18,7 +18,7 @@ from edgex.core import api, layout, parity
 from edgex.core.errors import UsageError
 from edgex.core.settings import ConvertSettings
 from edgex.plugins.testing import check_target_conformance
-from edgex.targets import mcu_model
+from edgex.targets.mcu import model as mcu_model
 
 MODELS = Path(__file__).parent / "models.py"
 GXX = shutil.which("g++")
@@ -165,7 +165,7 @@ def test_wrong_weight_scale_is_caught(digits_on_nrf52840, tmp_path):
 def test_wrong_output_scale_in_the_binding_fails_parity(digits_on_nrf52840):
     """Core judges TFLM's int8 outputs in output-scale units: a wrong scale cannot pass."""
     from edgex.core.loading import load_model
-    from edgex.targets import mcu
+    from edgex.targets.mcu import mcu
 
     out, _, row = digits_on_nrf52840
     model = load_model("examples:digits")

@@ -189,8 +189,7 @@ def test_report_json_matches_the_contract(tmp_path, edgex_manager):
 
 
 def _fp16_overflow_onnx(tmp_path):
-    from edgex.targets.onnx import export_onnx
-
+    from edgex.targets.onnx.model import export_onnx
     from edgex.core.loading import load_model
 
     reference = load_model(f"{MODELS}:fp16_overflow_mlp")
@@ -202,7 +201,8 @@ def _fp16_overflow_onnx(tmp_path):
 def test_jetson_fp16_emulation_overflows_where_fp16_would(tmp_path):
     import onnxruntime as ort
 
-    from edgex.targets.onnx import OnnxRuntime, fp16_model
+    from edgex.targets.onnx.model import fp16_model
+    from edgex.targets.onnx.runtime import OnnxRuntime
 
     reference, path = _fp16_overflow_onnx(tmp_path)
     x = np.random.default_rng(0).standard_normal((1, 8)).astype("float32")
@@ -248,7 +248,7 @@ _CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse4_1 avx
 
 
 def test_reduce_range_auto_follows_the_cpu_flags():
-    from edgex.targets.onnx import choose_reduce_range, int8_saturating_cpu
+    from edgex.targets.onnx.onnx import choose_reduce_range, int8_saturating_cpu
 
     assert int8_saturating_cpu(_CPUINFO.format(extra="fma"), "x86_64") == "AVX2 without VNNI"
     for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
@@ -262,7 +262,7 @@ def test_reduce_range_auto_follows_the_cpu_flags():
 
 
 def test_int8_report_records_the_weight_bits_and_why(tmp_path, edgex_manager):
-    from edgex.targets.onnx import this_cpu_saturates_int8
+    from edgex.targets.onnx.onnx import this_cpu_saturates_int8
 
     net, example = tiny_cnn()
     calibration = (np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype("float32"),)
@@ -280,8 +280,7 @@ def test_jetson_int8_emulation_runs_the_qdq_graph_as_written(tmp_path, edgex_man
     emulation computes the QDQ graph as written: what onnxruntime computes with no fusion at all."""
     import onnxruntime as ort
 
-    from edgex.targets.onnx import OnnxRuntime
-
+    from edgex.targets.onnx.runtime import OnnxRuntime
     net, example = tiny_cnn()
     calibration = (np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype("float32"),)
     row = api.convert(net, ["jetson"], out=tmp_path, example_inputs=example, precision="int8", calibration=calibration, samples=4, plugins=edgex_manager).targets["jetson"]

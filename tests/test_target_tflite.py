@@ -16,9 +16,10 @@ import pytest
 from edgex.core import api
 from edgex.core.cli import main
 from edgex.plugins.testing import check_target_conformance, perturbed, tiny_cnn
-from edgex.targets import litert
-from edgex.targets import tflite_converters as converters
-from edgex.targets.tflite_graph import read_graph, rewrite
+from edgex.targets.litert import convert as litert
+from edgex.targets.litert.runtime import LiteRTRuntime
+from edgex.targets.litert import converters
+from edgex.targets.litert.graph import read_graph, rewrite
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +124,7 @@ def test_full_int8_check_rejects_float_tensors_naming_them(tmp_path):
 
 
 def test_full_int8_check_rejects_a_poisoned_scale(digits_int8, tmp_path):
-    from edgex.targets.tflite_graph import schema
+    from edgex.targets.litert.graph import schema
 
     path, _ = digits_int8
     model = schema().ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
@@ -144,7 +145,7 @@ def test_litert_runtime_falls_back_when_xnnpack_declines(digits_int8, tmp_path):
     """A near-zero activation scale makes XNNPACK refuse the model; the builtin kernels run it."""
     import flatbuffers
 
-    from edgex.targets.tflite_graph import schema
+    from edgex.targets.litert.graph import schema
 
     path, _ = digits_int8
     model = schema().ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
@@ -155,11 +156,11 @@ def test_litert_runtime_falls_back_when_xnnpack_declines(digits_int8, tmp_path):
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     declined = tmp_path / "declined.tflite"
     declined.write_bytes(builder.Output())
-    runtime = litert.LiteRTRuntime(declined)
+    runtime = LiteRTRuntime(declined)
     assert "builtin kernels" in runtime.backend and "XNNPACK" in runtime.backend
     out = runtime.run([np.zeros((1, 8, 8, 1), np.int8)])
     assert out[0].shape == (1, 10) and out[0].dtype == np.int8
-    assert "default kernels" in litert.LiteRTRuntime(path).backend
+    assert "default kernels" in LiteRTRuntime(path).backend
 
 
 # --------------------------------------------------------------------------- converter paths

@@ -3,7 +3,7 @@
 They are made with TensorFlow's own converter from tiny Keras models (make_int8_models.py, run in
 a subprocess so that TensorFlow never enters the pytest process), only so that the TFLM checks,
 C sources, arena measurement and vela parsing can be tested on real flatbuffers independently of
-edgex's torch -> int8 conversion (edgex.targets.litert, tested end to end in
+edgex's torch -> int8 conversion (edgex.targets.litert.convert, tested end to end in
 tests/test_target_mcu.py). Not product code.
 """
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgex.core.errors import TargetError, UsageError
-from edgex.targets import mcu_memory, mcu_model
+from edgex.targets.mcu import memory as mcu_memory
+from edgex.targets.mcu import model as mcu_model
 
 
 def _runs_in(data: bytes, arena: int) -> bool:

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from edgex.core.errors import TargetError, UsageError
-from edgex.targets import mcu_memory, mcu_model
+from edgex.targets.mcu import memory as mcu_memory
+from edgex.targets.mcu import model as mcu_model
 
 GXX = shutil.which("g++")
 needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ is not installed")

@@ -10,7 +10,7 @@ import pytest
 
 from edgex.core.errors import TargetError
 from edgex.core.types import ArtifactIO, TensorBinding
-from edgex.targets import mcu
+from edgex.targets.mcu import mcu
 
 
 def _io(path, names_in, names_out) -> ArtifactIO:
@@ -35,7 +35,7 @@ def _litert(path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _names(path):
-    from edgex.targets import mcu_model
+    from edgex.targets.mcu import model as mcu_model
 
     return mcu_model.io_names(mcu_model.read(path))
 

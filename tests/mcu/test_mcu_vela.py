@@ -7,7 +7,8 @@ import json
 import pytest
 
 from edgex.core.errors import TargetError
-from edgex.targets import mcu_memory, mcu_vela
+from edgex.targets.mcu import memory as mcu_memory
+from edgex.targets.mcu import vela as mcu_vela
 
 pytestmark = pytest.mark.skipif(not mcu_vela.vela_available(), reason="ethos-u-vela is not installed")
 

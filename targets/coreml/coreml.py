@@ -15,7 +15,7 @@ bit mask, which changes no value, so it goes with fp32 or fp16.
 
 Validation: on macOS through ``MLModel.predict`` (``--compute-units`` picks the units core's
 parity judges; CPU-only and all units are both run and reported). Elsewhere Core ML cannot run,
-so ``edgex.targets.mil_interpreter`` executes the saved package's MIL program, fp16 emulated
+so ``edgex.targets.coreml.interpreter`` executes the saved package's MIL program, fp16 emulated
 where the program computes in fp16; an op it lacks is an ``error`` naming the op.
 """
 
@@ -304,7 +304,7 @@ def _stamp(mlmodel: Any, request: ConversionRequest, compression: str, path: str
 def edgex_convert(request: ConversionRequest) -> ConversionResult:
     import coremltools as ct
 
-    from edgex.targets.mil_interpreter import load_package
+    from edgex.targets.coreml.interpreter import load_package
 
     if request.model.module is None:
         raise TargetError("the coreml target converts torch models; MODEL is an ONNX file", stage="convert")
@@ -359,7 +359,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
 
 def describe_package(package: Any, reference: ReferenceModel, *, error: type[Exception] = TargetError) -> ArtifactIO:
     """A loaded package's inputs and outputs related to the reference, and its precision."""
-    from edgex.targets.mil_interpreter import program_precision
+    from edgex.targets.coreml.interpreter import program_precision
 
     path = package.path
     if len(package.inputs) != len(reference.inputs):
@@ -394,7 +394,7 @@ def weight_scheme(package: Any) -> dict[str, Any]:
 
 @hookimpl
 def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
-    from edgex.targets.mil_interpreter import load_package
+    from edgex.targets.coreml.interpreter import load_package
 
     path = Path(path)
     if path.suffix not in (".mlpackage", ".mlmodel"):
@@ -409,7 +409,7 @@ class MILRuntime:
     """The saved package's MIL program on edgex's reference interpreter (any platform)."""
 
     def __init__(self, io: ArtifactIO):
-        from edgex.targets.mil_interpreter import ENGINE, MILInterpreter, load_package
+        from edgex.targets.coreml.interpreter import ENGINE, MILInterpreter, load_package
 
         package = load_package(io.path, error=TargetError)
         self.interpreter = MILInterpreter(package.program, package.function)
@@ -539,7 +539,7 @@ class MILTracer:
     """The package's MIL program on edgex's reference interpreter, every var kept."""
 
     def __init__(self, io: ArtifactIO, reference: ReferenceModel):
-        from edgex.targets.mil_interpreter import ENGINE, MILInterpreter, load_package
+        from edgex.targets.coreml.interpreter import ENGINE, MILInterpreter, load_package
 
         package = load_package(io.path, error=TargetError)
         self.interpreter = MILInterpreter(package.program, package.function)

@@ -3,7 +3,7 @@
 Semantics follow coremltools' op definitions (``coremltools/converters/mil/mil/ops/defs/iOS15``
 to ``iOS18``): pad types, pooling output sizes, gate orders, reshape's ``0``/``-1``, slice masks,
 the packed bit layouts of compressed weights. Kernels compute with torch on CPU, always in
-float32 for floating-point data; the interpreter (``edgex.targets.mil_interpreter``) hands them
+float32 for floating-point data; the interpreter (``edgex.targets.coreml.interpreter``) hands them
 values already rounded to the dtype the program declares and rounds what they return to the
 dtype the program declares for each output. That is where fp16 is emulated: between ops,
 never inside one.

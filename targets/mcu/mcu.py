@@ -1,7 +1,7 @@
 """Target ``mcu`` (alias ``tflm``): TensorFlow Lite Micro on microcontrollers.
 
 Artifact: the full-int8 ``.tflite`` of the tflite target's conversion (one implementation, in
-``edgex.targets.litert.full_int8``), checked for what TFLM needs (every tensor int8/int32, a TFLM
+``edgex.targets.litert.convert.full_int8``), checked for what TFLM needs (every tensor int8/int32, a TFLM
 kernel for every operator, no offset buffers), plus the firmware's view of it:
 ``model_data.cc`` / ``model_data.h`` (the model as ``alignas(16) const unsigned char g_model[]``,
 TFLM's generate_cc_arrays.py convention) and ``model_ops.h`` (a ``MicroMutableOpResolver``
@@ -45,7 +45,11 @@ from edgex.plugins import (
     ModelOperators,
     OperatorCheck,
 )
-from edgex.targets import litert, mcu_memory, mcu_model, mcu_vela
+from edgex.targets.litert import convert as litert
+from edgex.targets.litert.runtime import LiteRTRuntime, LiteRTTracer
+from edgex.targets.mcu import memory as mcu_memory
+from edgex.targets.mcu import model as mcu_model
+from edgex.targets.mcu import vela as mcu_vela
 
 DEFAULT_ARRAY_NAME = "g_model"
 #: samples the LiteRT bit-exactness comparison keeps (parity and evaluation runs together)
@@ -261,7 +265,7 @@ class TFLMRuntime:
         if not self._ran:
             return {"samples": 0}
         try:
-            on_litert = litert.LiteRTRuntime(self.path, self.input_names, self.output_names)
+            on_litert = LiteRTRuntime(self.path, self.input_names, self.output_names)
             theirs = [[np.asarray(o) for o in on_litert.run(inputs)] for inputs, _ in self._ran]
         except Exception as exc:  # the report says why; TFLM parity against torch still stands
             return {"samples": len(self._ran), "error": f"LiteRT could not run the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
@@ -310,11 +314,11 @@ def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, op
         "TFLM's Python interpreter cannot expose intermediate tensors: explain ran the same .tflite on LiteRT's "
         "reference kernels (the ones TFLM's are ported from), not on TFLM; edgex validate's litert_comparison says how far the two differ"
     )
-    return litert.LiteRTTracer(io, reference_kernels=True, notes=(note,))
+    return LiteRTTracer(io, reference_kernels=True, notes=(note,))
 
 
 @hookimpl
 def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
-    from edgex.targets.tflite_ops import check_tflite
+    from edgex.targets.litert.ops import check_tflite
 
     return check_tflite(operators, precision, "tflm", TARGETS[0].lacks)

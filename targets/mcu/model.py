@@ -1,11 +1,11 @@
 """What a microcontroller build needs to know about a ``.tflite`` file, and the C it gets.
 
-The flatbuffer is read by the tflite target's reader (``edgex.targets.tflite_graph``, no
+The flatbuffer is read by the tflite target's reader (``edgex.targets.litert.graph``, no
 TensorFlow import) and the model is held to what TFLM needs, before any interpreter is built:
 
 - full int8: every tensor int8/int32, int8 inputs and outputs, sane scales (a float
   DEQUANTIZE/QUANTIZE island would fall back to float kernels, or not run at all). The check is
-  :func:`edgex.targets.litert.check_full_int8`, the one ``full_int8`` applies
+  :func:`edgex.targets.litert.convert.check_full_int8`, the one ``full_int8`` applies
   to every conversion; here it guards files handed to ``edgex validate``;
 - a TFLM kernel for every operator of every subgraph (``data/tflm_ops.json``: the
   ``MicroMutableOpResolver`` method of each builtin, taken from TFLM's sources);
@@ -42,8 +42,8 @@ def ops_table() -> dict[str, dict[str, str]]:
 
 
 def read(path: Path) -> Any:
-    """The model's :class:`edgex.targets.tflite_graph.Graph`; a file that is not one is a usage error."""
-    from edgex.targets.tflite_graph import read_graph
+    """The model's :class:`edgex.targets.litert.graph.Graph`; a file that is not one is a usage error."""
+    from edgex.targets.litert.graph import read_graph
 
     try:
         return read_graph(Path(path))
@@ -80,7 +80,7 @@ def _name_list(names: Sequence[str], limit: int = 6) -> str:
 
 def full_int8_problem(graph: Any) -> str | None:
     """The tflite target's full-int8 (or 16x8) verdict as one line naming the tensors, or None."""
-    from edgex.targets.litert import RejectedArtifact, activation_bits_of, check_full_int8
+    from edgex.targets.litert.convert import RejectedArtifact, activation_bits_of, check_full_int8
 
     try:
         check_full_int8(graph, activation_bits_of(graph))  # TFLM runs 16x8 models too

@@ -1,8 +1,8 @@
 """Target ``coral`` (alias ``edgetpu``): a full-int8 ``.tflite`` for the Coral Edge TPU.
 
-The full-int8 model of ``edgex.targets.litert.full_int8`` (the one shared with ``tflite`` and
+The full-int8 model of ``edgex.targets.litert.convert.full_int8`` (the one shared with ``tflite`` and
 ``mcu``), statically checked op by op against the Edge TPU's documented operation table
-(``edgex.targets.edgetpu``) and compiled with ``edgetpu_compiler`` where it is installed.
+(``edgex.targets.litert.edgetpu``) and compiled with ``edgetpu_compiler`` where it is installed.
 Parity is the int8 model on LiteRT: nothing here runs on an Edge TPU, and the report says so.
 """
 
@@ -26,7 +26,9 @@ from edgex.plugins import (
     ModelOperators,
     OperatorCheck,
 )
-from edgex.targets import edgetpu, litert
+from edgex.targets.litert import edgetpu
+from edgex.targets.litert import convert as litert
+from edgex.targets.litert.runtime import LiteRTRuntime, LiteRTTracer
 
 TARGETS = (
     TargetSpec(
@@ -61,7 +63,7 @@ def edgex_backend_status(target: str) -> BackendStatus:
 
 @hookimpl
 def edgex_convert(request: ConversionRequest) -> ConversionResult:
-    from edgex.targets.tflite_graph import read_graph
+    from edgex.targets.litert.graph import read_graph
 
     result = litert.full_int8(request)
     graph = read_graph(result.io.path)
@@ -103,7 +105,7 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
     return io
 
 
-class EdgeTpuReferenceRuntime(litert.LiteRTRuntime):
+class EdgeTpuReferenceRuntime(LiteRTRuntime):
     """The coral target's parity: the int8 model on LiteRT, labelled as what it is."""
 
     def __init__(self, path: Path, input_names: Sequence[str], output_names: Sequence[str]):
@@ -117,13 +119,13 @@ def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) 
 
 
 @hookimpl
-def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> litert.LiteRTTracer:
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> LiteRTTracer:
     notes = [litert.XNNPACK_TRACE_NOTE, "nothing ran on an Edge TPU: the int8 model was traced on LiteRT"]
-    return litert.LiteRTTracer(io, notes=notes)
+    return LiteRTTracer(io, notes=notes)
 
 
 @hookimpl
 def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
-    from edgex.targets.tflite_ops import check_tflite
+    from edgex.targets.litert.ops import check_tflite
 
     return check_tflite(operators, precision, "edgetpu", TARGETS[0].lacks)

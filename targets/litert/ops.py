@@ -175,7 +175,7 @@ def check_tflite(
     # at full int8 aten.embedding is an EMBEDDING_LOOKUP of an int8 table, its output on the table's scale
     # (targets/tflite_converters.py: _with_int8_embedding_lookups), its int32 ids the one non-int8 input
     if runtime == "tflm":
-        from edgex.targets.mcu_model import ops_table
+        from edgex.targets.mcu.model import ops_table
 
         sources.append("TFLM's kernel list (data/tflm_ops.json)")
         findings += _missing(operators, ops_table()["builtin"], "TensorFlow Lite Micro has no kernel for {}", True, lacks)
@@ -189,7 +189,7 @@ def check_tflite(
                     modules=op.modules,
                 ))
     if runtime == "edgetpu":
-        from edgex.targets.edgetpu import op_table
+        from edgex.targets.litert.edgetpu import op_table
 
         sources.append("the Edge TPU op table (data/edgetpu_ops.json, compiler 16)")
         reason = "the Edge TPU has no {}: the compiler maps ops up to the first it cannot map, the rest run on the CPU"

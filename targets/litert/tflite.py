@@ -3,7 +3,7 @@
 fp32, fp16 (fp16 weights), dynamic-int8 (int8 weights, float activations) or full int8 (int8
 inputs, outputs and activations, per-channel int8 weights, calibrated on the user's data).
 Image inputs and outputs are NHWC in the artifact and the bindings say so. The conversion, its
-checks and the runtime are shared with ``coral`` and ``mcu`` and live in ``edgex.targets.litert``.
+checks and the runtime are shared with ``coral`` and ``mcu`` and live in ``edgex.targets.litert.convert``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from edgex.plugins import (
     ModelOperators,
     OperatorCheck,
 )
-from edgex.targets import litert
+from edgex.targets.litert import convert as litert
+from edgex.targets.litert.runtime import LiteRTRuntime, LiteRTTracer
 
 TARGETS = (
     TargetSpec(
@@ -67,17 +68,17 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
 
 
 @hookimpl
-def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> litert.LiteRTRuntime:
-    return litert.LiteRTRuntime(io.path, [b.name for b in io.inputs], [b.name for b in io.outputs])
+def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> LiteRTRuntime:
+    return LiteRTRuntime(io.path, [b.name for b in io.inputs], [b.name for b in io.outputs])
 
 
 @hookimpl
-def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> litert.LiteRTTracer:
-    return litert.LiteRTTracer(io, notes=[litert.XNNPACK_TRACE_NOTE])
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> LiteRTTracer:
+    return LiteRTTracer(io, notes=[litert.XNNPACK_TRACE_NOTE])
 
 
 @hookimpl
 def edgex_check_operators(target: str, operators: ModelOperators, precision: str) -> OperatorCheck:
-    from edgex.targets.tflite_ops import check_tflite
+    from edgex.targets.litert.ops import check_tflite
 
     return check_tflite(operators, precision, "litert", TARGETS[0].lacks)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgex.targets.tflite_graph import Graph, Operator, op_macs, read_graph
+from edgex.targets.litert.graph import Graph, Operator, op_macs, read_graph
 
 OP_TABLE = Path(__file__).with_name("data") / "edgetpu_ops.json"
 COMPILER = "edgetpu_compiler"

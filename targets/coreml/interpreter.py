@@ -3,7 +3,7 @@
 Core ML runs only inside Apple's framework; coremltools can read a saved ``.mlpackage`` on any
 platform but cannot execute it there. This module reads the package's MIL program with
 coremltools' own ``milproto`` loader (the program as Core ML receives it, weights included)
-and executes it op by op with the kernels of ``edgex.targets.mil_kernels``.
+and executes it op by op with the kernels of ``edgex.targets.coreml.kernels``.
 
 Precision follows the program, not the model it came from: every value is stored in the dtype
 the program declares for it. An fp16 program (Core ML's default compute precision) therefore
@@ -236,7 +236,7 @@ class MILInterpreter:
     """
 
     def __init__(self, program: Any, function: str = "main"):
-        from edgex.targets import mil_kernels
+        from edgex.targets.coreml import kernels as mil_kernels
 
         self._kernels = mil_kernels
         func = program.functions[function]

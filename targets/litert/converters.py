@@ -367,8 +367,7 @@ def convert_onnx2tf(
         shutil.copyfile(model.onnx_path, onnx_path)
         exporter = "the reference ONNX"
     else:
-        from edgex.targets.onnx import export_onnx
-
+        from edgex.targets.onnx.model import export_onnx
         exporter, export_messages = export_onnx(model, onnx_path)
         messages += export_messages
     _write_onnx2tf_sample(work, model, calibration)
