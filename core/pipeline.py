@@ -29,6 +29,7 @@ from edgex.core.cache import CachedResult, ResultCache, cache_key, restore, row_
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
+from edgex.core.exports import ExportStore
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
@@ -504,6 +505,8 @@ def convert(
         report.messages.extend(inputs.warnings)
         logs = out / "logs"
         rewriter = Rewriter(model, inputs.parity, settings.rewrite)
+        # one ONNX export per opset and exporter, shared by the targets (in the run's scratch folder)
+        exports = ExportStore(out / ".edgex-scratch" / "exports")
 
         def start(plan: TargetPlan) -> tuple[TargetRun, Path]:
             # what this target lacks rewritten (each rewrite proven on the parity inputs first)
@@ -522,6 +525,7 @@ def convert(
                 seed=settings.seed,
                 calibration_labels=inputs.calibration_label_batches if plan.precision == "int8" else None,
                 max_accuracy_drop=settings.max_accuracy_drop,
+                exports=exports,
             )
 
             def make_io() -> tuple[ConversionResult, ArtifactIO]:
@@ -534,8 +538,10 @@ def convert(
             _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
         except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
             _interrupted(report, plans, exc)
+            report.model["exports"] = exports.records()
             _write_report(manager, claim, report)
             raise
+        report.model["exports"] = exports.records()
         _write_report(manager, claim, report)
         return report
 

@@ -221,6 +221,25 @@ class ConversionRequest:
     #: ``--max-accuracy-drop``: the accuracy drop, in points (percentage points of top-1 accuracy),
     #: the report's verdict allows; an accuracy-controlled quantizer aims within it
     max_accuracy_drop: float = 0.5
+    #: the run's shared exports (``edgex.core.exports.ExportStore``): use :meth:`onnx_export`
+    exports: Any = None
+
+    def onnx_export(self, dest: Path, *, opset: int, dynamic_batch: bool = False, exporter: str = "auto") -> tuple[str, list[str]]:
+        """The reference as ONNX at ``opset``, written to ``dest`` (the target's own copy, which it
+        may change); returns (converter description, messages). A run exports once per opset and
+        exporter: every target asking for the same one gets a copy of the same file, and
+        report.json's ``model.exports`` says which target used which. An ONNX reference is
+        copied as it is."""
+        import shutil
+
+        from edgex.core.errors import TargetError
+
+        if self.model.onnx_path is not None:
+            shutil.copyfile(self.model.onnx_path, dest)
+            return "the reference ONNX, copied", []
+        if self.exports is None:
+            raise TargetError("this ConversionRequest has no export store: pass exports=edgex.plugins.ExportStore(folder)", stage="convert")
+        return self.exports.onnx(self.model, dest, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, target=self.target)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ See ``docs/writing_targets.md``. The built-in targets (``edgex.targets``) import
 so this module is the whole plugin-facing surface of edgex.
 
 Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy or
-torch (``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
+torch (``export_onnx``, ``convert_opset``, ``ExportStore``, ``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
 ``from_artifact``, ``reference_outputs``, ``output_error``, ``simulated_floor``, ``aten_reach``) load on
 first use.
 """
@@ -51,6 +51,7 @@ from edgex.core.types import (
 
 if TYPE_CHECKING:
     from edgex.core.check import aten_reach
+    from edgex.core.exports import ExportStore, convert_opset, export_onnx
     from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
     from edgex.core.parity import output_error, reference_outputs
     from edgex.core.quant_reference import simulated_floor
@@ -60,6 +61,9 @@ hookimpl = pluggy.HookimplMarker("edgex")
 #: helpers loaded on first use, by the module that holds them (they import numpy or torch)
 _LAZY = {
     "aten_reach": "edgex.core.check",
+    "convert_opset": "edgex.core.exports",
+    "export_onnx": "edgex.core.exports",
+    "ExportStore": "edgex.core.exports",
     "from_artifact": "edgex.core.layout",
     "infer_permutation": "edgex.core.layout",
     "layout_name": "edgex.core.layout",
@@ -109,6 +113,8 @@ __all__ = [
     "hookimpl",
     "aten_reach",
     "contained",
+    "convert_opset",
+    "export_onnx",
     "from_artifact",
     "infer_permutation",
     "layout_name",
@@ -135,6 +141,7 @@ __all__ = [
     "ConversionRequest",
     "ConversionResult",
     "EdgexError",
+    "ExportStore",
     "ModelOperators",
     "OperatorCheck",
     "OperatorFinding",

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from edgex.core import api
 from edgex.examples import load_example
-from edgex.targets.onnx.model import convert_opset
+from edgex.plugins import convert_opset
 @pytest.fixture(scope="module")
 def digits():
     return load_example("digits")  # big enough that coreml's int8 weight compression compresses

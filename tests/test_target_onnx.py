@@ -189,7 +189,7 @@ def test_report_json_matches_the_contract(tmp_path, edgex_manager):
 
 
 def _fp16_overflow_onnx(tmp_path):
-    from edgex.targets.onnx.model import export_onnx
+    from edgex.plugins import export_onnx
     from edgex.core.loading import load_model
 
     reference = load_model(f"{MODELS}:fp16_overflow_mlp")

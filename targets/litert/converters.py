@@ -5,7 +5,7 @@ model wrapped so that 4-D inputs and outputs are NHWC (``litert_torch.to_channel
 converter's layout pass then folds the transposes into the convolutions, leaving none at the
 graph's edges); fp16, dynamic-range int8 and full int8 by ai-edge-quantizer.
 
-``onnx2tf``: torch -> ONNX (:func:`edgex.targets.onnx.export_onnx`, the one ONNX export) ->
+``onnx2tf``: torch -> ONNX (:func:`edgex.plugins.export_onnx`, edgex's one ONNX export) ->
 onnx2tf (an NHWC-native TensorFlow graph) -> the TensorFlow Lite converter, which quantizes.
 Accepts an ONNX reference too.
 
@@ -367,7 +367,7 @@ def convert_onnx2tf(
         shutil.copyfile(model.onnx_path, onnx_path)
         exporter = "the reference ONNX"
     else:
-        from edgex.targets.onnx.model import export_onnx
+        from edgex.plugins import export_onnx
         exporter, export_messages = export_onnx(model, onnx_path)
         messages += export_messages
     _write_onnx2tf_sample(work, model, calibration)

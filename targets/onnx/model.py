@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io as _io
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +34,6 @@ from edgex.plugins import (
 )
 
 DEFAULT_OPSET = 18
-DYNAMO_MIN_OPSET = 18  # the dynamo exporter has no implementations below it
 
 
 #: the options both targets take (declared once: the command line shows each flag once)
@@ -54,123 +52,10 @@ def onnx_status() -> BackendStatus | None:
 # --------------------------------------------------------------------------- export
 
 
-
-def export_onnx(
-    model: ReferenceModel,
-    path: Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
-    exporter: str = "auto",
-) -> tuple[str, list[str]]:
-    """Export the torch reference to ``path``; returns (converter description, messages).
-
-    Tries the dynamo exporter first and the TorchScript exporter when it fails (or as told by
-    ``exporter``), so that a model one exporter cannot handle still converts, and says which.
-    Below opset 18 the dynamo exporter's graph is taken down by ``convert_opset``: a
-    ``torch.export`` program (``.pt2``) has no TorchScript route (its module refuses ``train()``).
-    """
-    import torch
-
-    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
-    names = [s.name for s in model.inputs]
-    messages: list[str] = []
-    order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
-    failures = []
-    for kind in order:
-        try:
-            with contextlib.redirect_stdout(_io.StringIO()):
-                if kind == "dynamo":
-                    dynamic = None
-                    if dynamic_batch:
-                        batch = torch.export.Dim("batch")
-                        dynamic = {n: {0: batch} for n in names}
-                    # asked below 18, the exporter converts down itself, before folding constants,
-                    # and fails on ReduceMean's axes input; convert_opset does it after
-                    torch.onnx.export(
-                        model.module, args, str(path), dynamo=True, external_data=False, opset_version=max(opset, DYNAMO_MIN_OPSET),
-                        input_names=names, output_names=list(model.output_names), dynamic_shapes=dynamic,
-                        verbose=False, report=False,
-                    )
-                else:
-                    axes = {n: {0: "batch"} for n in [*names, *model.output_names]} if dynamic_batch else None
-                    torch.onnx.export(
-                        model.module, args, str(path), dynamo=False, opset_version=opset,
-                        input_names=names, output_names=list(model.output_names), dynamic_axes=axes,
-                    )
-        except Exception as exc:
-            failures.append(f"{kind} exporter failed: {one_line(exc)}")
-            path.unlink(missing_ok=True)
-            continue
-        produced = _opset_of(path)
-        converter = f"torch.onnx.export ({kind}, opset {produced})"
-        if produced > opset:
-            try:
-                convert_opset(path, opset)
-            except Exception as exc:
-                failures.append(f"{kind} exporter produced opset {produced} and onnx's version converter could not take it to {opset}: {one_line(exc)}")
-                path.unlink(missing_ok=True)
-                continue
-            converter += f" -> onnx.version_converter (opset {opset})"
-        elif produced != opset:
-            failures.append(f"{kind} exporter produced opset {produced}, not the requested {opset}")
-            path.unlink(missing_ok=True)
-            continue
-        if failures:
-            messages.append(f"used the {kind} exporter because the " + "; ".join(failures))
-        return converter, messages
-    raise TargetError("ONNX export failed: " + "; ".join(failures), stage="convert")
-
-
 def onnx_save(model: Any, path: Path) -> None:
     import onnx
 
     onnx.save(model, str(path))
-
-
-def convert_opset(path: Path, opset: int) -> None:
-    """Rewrite the ONNX at ``path`` down to ``opset`` with onnx's version converter, checked.
-
-    onnx's adapters keep attributes the older operator does not know (ReduceMean 18 -> 13 keeps
-    ``noop_with_empty_axes``): one left at its default changes nothing and is dropped; any other
-    value has no older equivalent and fails the conversion. The converter also drops each
-    node's metadata, which holds the module scopes ``explain`` attributes ops by: it is copied
-    back by node name. Parity of the result is proven by the target's validation like any other
-    artifact's.
-    """
-    import onnx
-    from onnx import defs, helper, version_converter
-
-    model = onnx.load(str(path))
-    source = _opset_of_model(model)
-    metadata = {node.name: list(node.metadata_props) for node in model.graph.node if node.name}
-    converted = version_converter.convert_version(model, opset)
-    for node in converted.graph.node:
-        if not node.metadata_props and node.name in metadata:
-            node.metadata_props.extend(metadata[node.name])
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        known = defs.get_schema(node.op_type, opset).attributes
-        newer = defs.get_schema(node.op_type, source).attributes
-        for attr in list(node.attribute):
-            if attr.name in known:
-                continue
-            default = newer[attr.name].default_value if attr.name in newer else None
-            if default is None or not default.name or helper.get_attribute_value(attr) != helper.get_attribute_value(default):
-                raise ValueError(f"{node.op_type} attribute {attr.name} has no opset {opset} equivalent")
-            node.attribute.remove(attr)
-    onnx.checker.check_model(converted, full_check=True)
-    onnx.save(converted, str(path))
-
-
-def _opset_of_model(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _opset_of(path: Path) -> int:
-    import onnx
-
-    return _opset_of_model(onnx.load(str(path), load_external_data=False))
 
 
 def check_onnx(path: Path) -> None:
@@ -183,11 +68,8 @@ def check_onnx(path: Path) -> None:
 
 
 def fp32_onnx(request: ConversionRequest, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, list[str]]:
-    """The float ONNX of the reference: exported from torch, or the user's ONNX copied."""
-    if request.model.onnx_path is not None:
-        shutil.copyfile(request.model.onnx_path, path)
-        return "the reference ONNX, copied", []
-    return export_onnx(request.model, path, opset=opset, dynamic_batch=dynamic_batch, exporter=request.options.get("exporter") or "auto")
+    """The float ONNX of the reference at ``path``: the run's shared export (or the user's ONNX), copied."""
+    return request.onnx_export(path, opset=opset, dynamic_batch=dynamic_batch, exporter=request.options.get("exporter") or "auto")
 
 
 def _topologically_sorted(model: Any) -> Any:
