@@ -18,6 +18,7 @@ without modules (a ``.pt2`` ``GraphModule``), its graph run node by node.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,9 +54,12 @@ def _magnitude(value: Any) -> float:
     peak = 0.0
     for leaf in tree_leaves(value):
         if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
-            finite = leaf.detach()[torch.isfinite(leaf.detach())]
-            if finite.numel():
-                peak = max(peak, float(finite.abs().max()))
+            low, high = (float(v) for v in torch.aminmax(leaf.detach()))
+            extreme = max(-low, high)
+            if not math.isfinite(extreme):  # rare: mask the inf and nan out (a copy) only then
+                finite = leaf.detach()[torch.isfinite(leaf.detach())]
+                extreme = float(finite.abs().max()) if finite.numel() else 0.0
+            peak = max(peak, extreme)
     return peak
 
 

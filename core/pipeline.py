@@ -34,7 +34,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import CannotSimulate, SimulatedReference, describe_flags, simulate, vacuous_reference
+from edgex.core.quant_reference import Calibration, CannotSimulate, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -128,6 +128,7 @@ class Reference:
                 self.eval_outputs = [sample[0] for sample in parity.reference_outputs(model, inputs.eval_batches)]
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
         self._simulated: dict[tuple[Any, ...], tuple[SimulatedReference | None, str]] = {}
+        self._calibrated: dict[tuple[Any, ...], tuple[Calibration | str, str]] = {}
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
         """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
@@ -156,6 +157,11 @@ class Reference:
         1e-3, a quarter of one int8 output step (1/255 of the range) -- it can widen the tolerance
         by at most that, far below the 3 x e_sim / 2-step bound. Without an applied rewrite it is
         the reference itself, as before.
+
+        One simulation per scheme and run: the export and calibration (:meth:`calibrated`) are
+        shared by every target of the scheme, and each way of quantizing weights the artifacts
+        use (``onnx``'s 7-bit, ``jetson``'s symmetric activations) is one more pass over the
+        parity inputs, made once.
         """
         scheme_options = {
             "weight_bits": int((quantization or {}).get("weight_bits", 8)),
@@ -164,23 +170,41 @@ class Reference:
             "activation_bits": int((quantization or {}).get("activation_bits", 8)),
         }
         applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
-        model = rewritten.model if applied else self.model
         key = (scheme, *scheme_options.values(), applied)
         if key not in self._simulated:
-            if model.module is None:
-                self._simulated[key] = (None, "no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale")
+            calibrated, how = self.calibrated(scheme, rewritten)
+            if isinstance(calibrated, str):
+                self._simulated[key] = (None, calibrated)
             else:
-                calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
-                parity_inputs = list(self.inputs.parity)
-                if applied:  # the rewritten model's input dtypes (int64 ids as int32)
-                    calibration, parity_inputs = list(rewritten.cast(calibration) or ()), list(rewritten.cast(parity_inputs) or ())
-                    how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
+                model = rewritten.model if applied else self.model
+                parity_inputs = list(rewritten.cast(self.inputs.parity) or ()) if applied else list(self.inputs.parity)
                 try:
-                    sim = simulate(model.module, model.example_inputs, calibration, parity_inputs, scheme, **scheme_options)
+                    sim = simulate(model.module, model.example_inputs, (), parity_inputs, scheme, **scheme_options, calibrated=calibrated)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
         return self._simulated[key]
+
+    def calibrated(self, scheme: str, rewritten: Rewritten | None = None) -> tuple[Calibration | str, str]:
+        """The export and activation ranges every ``scheme`` simulation of the model (as
+        ``rewritten`` for a target) shares, made on first use, and what it was calibrated on; or,
+        in its place, why there is no simulated reference."""
+        applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
+        key = (scheme, applied)
+        if key not in self._calibrated:
+            model = rewritten.model if applied else self.model
+            if model.module is None:
+                self._calibrated[key] = ("no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale", "")
+            else:
+                calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
+                if applied:  # the rewritten model's input dtypes (int64 ids as int32)
+                    calibration = list(rewritten.cast(calibration) or ())
+                    how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
+                try:
+                    self._calibrated[key] = (calibrate(model.module, model.example_inputs, calibration, scheme), how)
+                except CannotSimulate as exc:
+                    self._calibrated[key] = (f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale", "")
+        return self._calibrated[key]
 
     @cached_property
     def fp16_overflow(self) -> str | None:
@@ -674,7 +698,7 @@ def _convert_each(
         first_int8 = next((p for p in runnable if p.precision == "int8" and p.target not in cached.hits), None)
         if first_int8 is not None:  # while the first target converts; of the model it converts, if it is running
             started = starter.running.get(first_int8.target)
-            reference.simulated("int8", rewritten=started[0].rewritten if started else None)
+            reference.calibrated("int8", started[0].rewritten if started else None)
         if compression_summary is not None and original is not model:
             compression_summary["drift_from_original"] = drift(original, model, inputs.parity)
         if model.macs is None and model.module is not None:

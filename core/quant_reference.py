@@ -368,6 +368,40 @@ def _run(simulator: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
         return [first] + [call(b) for b in batches[1:]]
 
 
+@dataclass
+class Calibration:
+    """What every simulation of one model on one calibration set shares: the exported graph, its
+    quantization plan and the activation ranges calibration set (from the float graph, so they do
+    not depend on how weights are quantized). Made once per scheme, model and calibration; each
+    weight scheme (bits, symmetric activations, palette, 16-bit activations) then costs one pass
+    over the parity batches."""
+
+    scheme: str
+    graph_module: Any
+    plan: _Plan
+    ranges: dict[Any, tuple[float, float]]
+    bulk: dict[Any, tuple[float, float]]
+    samples: int
+    seconds: float
+
+
+def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: Sequence[tuple[np.ndarray, ...]], scheme: str = "int8") -> Calibration:
+    """Export ``module`` and record each activation's range on ``calibration`` (``dynamic-int8``:
+    no activation is quantized, nothing is run). Raises :class:`CannotSimulate`."""
+    if scheme not in SCHEMES:
+        raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
+    if scheme == "int8" and not calibration:
+        raise UsageError("the simulated int8 reference needs calibration data")
+    start = time.perf_counter()
+    graph_module = _export(module, example_inputs)
+    plan = _plan(graph_module)
+    observer = _make_interpreter(graph_module, plan, scheme)
+    if scheme == "int8":
+        _run(observer, calibration)
+    samples = sum(len(b[0]) for b in calibration) if scheme == "int8" else 0
+    return Calibration(scheme, graph_module, plan, observer.ranges, observer.bulk, samples, time.perf_counter() - start)
+
+
 def simulate(
     module: Any,
     example_inputs: tuple[np.ndarray, ...],
@@ -378,27 +412,27 @@ def simulate(
     symmetric_activations: bool = False,
     palettize_bits: int | None = None,
     activation_bits: int = 8,
+    calibrated: Calibration | None = None,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
     ``calibration`` (batches shaped like the model's inputs) sets the int8 activation ranges; it is
-    unused for ``dynamic-int8``. ``weight_bits`` 7 is onnxruntime's reduce_range;
+    unused for ``dynamic-int8``, and where ``calibrated`` (:func:`calibrate` of the same module,
+    calibration and scheme) already holds them. ``weight_bits`` 7 is onnxruntime's reduce_range;
     ``symmetric_activations`` is TensorRT's zero-point-0 scheme; ``palettize_bits`` replaces int8
     weights by a k-means palette of 2**bits values per tensor (Core ML); ``activation_bits`` 16 is
     TFLite's 16x8 mode (int16 activations, int8 weights). Raises :class:`CannotSimulate` for what it cannot simulate.
     """
-    if scheme not in SCHEMES:
-        raise UsageError(f"no simulated int8 reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
-    if scheme == "int8" and not calibration:
-        raise UsageError("the simulated int8 reference needs calibration data")
     if not batches:
         raise UsageError("the simulated int8 reference needs at least one batch")
     start = time.perf_counter()
-    graph_module = _export(module, example_inputs)
-    plan = _plan(graph_module)
+    if calibrated is None:
+        calibrated = calibrate(module, example_inputs, calibration, scheme)
+    elif calibrated.scheme != scheme:
+        raise UsageError(f"a {calibrated.scheme} calibration cannot serve a {scheme} simulation")
+    graph_module, plan = calibrated.graph_module, calibrated.plan
     simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits)
-    if scheme == "int8":
-        _run(simulator, calibration)
+    simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
     simulator.calibrating = False
     outputs = _run(simulator, batches)
 
@@ -415,7 +449,7 @@ def simulate(
         quantized_weights=len(plan.weight_axis),
         folded_batch_norms=len(plan.folds) if scheme == "int8" else 0,
         activation_points=len(simulator.ranges) if scheme == "int8" else 0,
-        calibration_samples=sum(len(b[0]) for b in calibration) if scheme == "int8" else 0,
+        calibration_samples=calibrated.samples,
         seconds=time.perf_counter() - start,
         weight_bits=weight_bits,
         symmetric_activations=symmetric_activations,

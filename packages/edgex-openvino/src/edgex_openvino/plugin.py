@@ -70,6 +70,8 @@ TARGET = TargetSpec(
 
 #: a HOME that does not exist: openvino_telemetry then finds no place for its consent file and
 #: declines, so it neither writes ~/intel nor sends anything
+#: the ONNX route reads the run's shared export at this opset (the one ``jetson`` takes too)
+ONNX_ROUTE_OPSET = 17
 _NO_HOME = "/nonexistent/edgex-openvino-telemetry-off"
 
 #: the CPU plugin computes in fp32 on every CPU (it would pick bf16 on AMX CPUs by itself)
@@ -141,12 +143,10 @@ def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[
             if route == "direct":
                 raise TargetError(f"openvino.convert_model failed: {one_line(exc)} (try --openvino-route onnx)", stage="convert") from exc
             failures.append(f"openvino.convert_model failed: {one_line(exc)}")
+    # the run's shared ONNX export (the one jetson takes: opset 17), not one of its own
     onnx_path = request.workdir / "model.export.onnx"
     try:
-        torch.onnx.export(
-            model.module, args, str(onnx_path), dynamo=False, opset_version=17,
-            input_names=[s.name for s in model.inputs], output_names=list(model.output_names),
-        )
+        exporter, export_messages = request.onnx_export(onnx_path, opset=ONNX_ROUTE_OPSET)
         with _telemetry_off():
             converted = ov.convert_model(str(onnx_path))
     except Exception as exc:
@@ -154,7 +154,7 @@ def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[
     finally:
         onnx_path.unlink(missing_ok=True)
     messages = [f"used the ONNX route because {failures[0]}"] if failures else []
-    return converted, f"torch.onnx.export (opset 17) -> openvino.convert_model {ov.__version__.split('-')[0]}", messages
+    return converted, f"{exporter} -> openvino.convert_model {ov.__version__.split('-')[0]}", messages + export_messages
 
 
 def _named(model: Any, reference: ReferenceModel) -> Any:
