@@ -1,4 +1,5 @@
-"""One ONNX export per run, opset and exporter, shared by every target that asks for it.
+"""One ONNX export per run, opset and exporter, shared by every target that asks for it (and,
+by the same means, one LiteRT conversion per converter path and recipe: :meth:`ExportStore.once`).
 
 ``onnx``, ``jetson``, ``openvino`` (and every later target that reads ONNX) start from the same
 torch -> ONNX export. A run's :class:`ExportStore` lives in the run's scratch folder inside
@@ -24,13 +25,14 @@ same opset, the same graph.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io as _io
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -113,8 +115,17 @@ def _torch_export(model: ReferenceModel, path: Path, kind: str, opset: int, dyna
             )
 
 
+def _model_key(model: ReferenceModel) -> str:
+    """Which of the run's models this is: the reference, or a target's rewritten copy of it
+    (``Rewriter.for_target`` hands every target with the same rewrites the same object, and the
+    children that convert are forked from the process that holds them)."""
+    return f"model{id(model.module):x}"
+
+
 class ExportStore:
-    """A run's ONNX exports, in ``folder`` (inside the run's ``--out``), safe across processes."""
+    """A run's shared exports, in ``folder`` (inside the run's ``--out``), safe across processes:
+    ONNX files (:meth:`onnx`), and any other conversion step several targets make alike
+    (:meth:`once`: LiteRT's converter paths, which ``tflite``, ``coral`` and ``mcu`` all run)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -134,7 +145,7 @@ class ExportStore:
     def _torch_export(self, model: ReferenceModel, kind: str, opset: int, dynamic_batch: bool) -> tuple[Path | None, str, float]:
         """The torch export by ``kind`` at ``opset`` (made once): its file, or None and why it
         failed; and the seconds this call spent making it (0 when another made it first)."""
-        key = f"torch-{kind}-opset{opset}" + ("-dynamic" if dynamic_batch else "")
+        key = f"{_model_key(model)}-torch-{kind}-opset{opset}" + ("-dynamic" if dynamic_batch else "")
         path = self.folder / f"{key}.onnx"
         with self._locked(key) as record:
             if record.exists():
@@ -165,7 +176,7 @@ class ExportStore:
         """
         if exporter not in EXPORTERS:
             raise TargetError(f"unknown ONNX exporter {exporter!r}; exporters: {', '.join(EXPORTERS)}", stage="convert")
-        key = f"onnx-opset{opset}-{exporter}" + ("-dynamic" if dynamic_batch else "")
+        key = f"{_model_key(model)}-onnx-opset{opset}-{exporter}" + ("-dynamic" if dynamic_batch else "")
         path = self.folder / f"{key}.onnx"
         with self._locked(key) as record:
             if record.exists():
@@ -220,12 +231,35 @@ class ExportStore:
             }
         return {"failure": "ONNX export failed: " + "; ".join(failures)}
 
+    def once(self, model: ReferenceModel, what: str, make: Callable[[Path], dict[str, Any]], dest: Path) -> dict[str, Any]:
+        """``make(folder)`` run once per run for ``model`` and ``what`` (which must name
+        everything the result depends on besides the model): it writes its files into ``folder``
+        and returns a JSON-able record. Every caller gets a copy of those files in ``dest`` and the
+        record; an exception ``make`` raised is raised again to every later caller, as a
+        :class:`TargetError` with its message."""
+        key = f"{_model_key(model)}-" + hashlib.sha256(what.encode()).hexdigest()[:24]
+        made = self.folder / key
+        with self._locked(key) as record:
+            if not record.exists():
+                try:
+                    made.mkdir()
+                    done = {"what": what, "result": make(made)}
+                except Exception as exc:
+                    shutil.rmtree(made, ignore_errors=True)
+                    done = {"what": what, "failure": one_line(exc)}
+                record.write_text(json.dumps(done))
+            done = json.loads(record.read_text())
+        if "failure" in done:
+            raise TargetError(done["failure"], stage="convert")
+        shutil.copytree(made, dest, dirs_exist_ok=True)
+        return done["result"]
+
     def records(self) -> list[dict[str, Any]]:
         """Every export made at an opset (``report.json``'s ``model.exports``): format, opset,
         exporter (the one that produced it), seconds, targets, ..., by opset."""
         if not self.folder.is_dir():
             return []
-        found = [json.loads(p.read_text()) for p in sorted(self.folder.glob("onnx-*.json"))]
+        found = [json.loads(p.read_text()) for p in sorted(self.folder.glob("*-onnx-opset*.json"))]
         return sorted((r for r in found if "failure" not in r), key=lambda r: (r["opset"], r["requested_exporter"], r["dynamic_batch"]))
 
 

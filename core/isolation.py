@@ -217,7 +217,12 @@ class Isolated:
             try:
                 self.process.start()
             finally:
-                gc.unfreeze()
+                # in a child, everything it was forked with is frozen and must stay so: unfreezing
+                # after a nested start (a converter path) let the child collect an onnxruntime
+                # session its parent had left for the garbage collector, and hang (seen under
+                # pytest-xdist, whose workers run many conversions in one process)
+                if not _IN_CHILD:
+                    gc.unfreeze()
             child_conn.close()
             if self.own_group:
                 try:  # also here: the group exists before the parent may need to kill it

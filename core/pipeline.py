@@ -169,7 +169,7 @@ class Reference:
             "palettize_bits": (quantization or {}).get("palettize_bits"),
             "activation_bits": int((quantization or {}).get("activation_bits", 8)),
         }
-        applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
+        applied = rewritten.applied() if rewritten is not None else ()
         key = (scheme, *scheme_options.values(), applied)
         if key not in self._simulated:
             calibrated, how = self.calibrated(scheme, rewritten)
@@ -189,7 +189,7 @@ class Reference:
         """The export and activation ranges every ``scheme`` simulation of the model (as
         ``rewritten`` for a target) shares, made on first use, and what it was calibrated on; or,
         in its place, why there is no simulated reference."""
-        applied = tuple(e["name"] for e in rewritten.entries if e.get("status") == "applied") if rewritten is not None else ()
+        applied = rewritten.applied() if rewritten is not None else ()
         key = (scheme, applied)
         if key not in self._calibrated:
             model = rewritten.model if applied else self.model

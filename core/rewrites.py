@@ -463,6 +463,10 @@ class Rewritten:
         dtypes = [spec.dtype for spec in self.model.inputs]
         return tuple(tuple(np.asarray(x).astype(dtype, copy=False) for x, dtype in zip(batch, dtypes)) for batch in batches)
 
+    def applied(self) -> tuple[str, ...]:
+        """The names of the rewrites applied to the model, in order."""
+        return tuple(e["name"] for e in self.entries if e.get("status") == "applied")
+
     def messages(self) -> list[str]:
         """One sentence per rewrite for the report's messages."""
         lines = []
@@ -520,7 +524,10 @@ class Rewriter:
         """The model a target lacking ``lacks`` converts, every rewrite used proven first."""
         key = tuple(sorted(set(lacks)))
         if key not in self._done:
-            self._done[key] = self._rewrite(set(key))
+            made = self._rewrite(set(key))
+            # targets the same rewrites serve convert the same object: what they share is keyed by it (ExportStore)
+            same = next((r for r in self._done.values() if r.applied() == made.applied()), None)
+            self._done[key] = Rewritten(same.model, made.entries) if same is not None else made
         return self._done[key]
 
     def _rewrite(self, lacks: set[str]) -> Rewritten:

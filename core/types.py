@@ -241,6 +241,17 @@ class ConversionRequest:
             raise TargetError("this ConversionRequest has no export store: pass exports=edgex.plugins.ExportStore(folder)", stage="convert")
         return self.exports.onnx(self.model, dest, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, target=self.target)
 
+    def shared(self, what: str, make: Callable[[Path], Mapping[str, Any]], dest: Path) -> dict[str, Any]:
+        """A conversion step several targets of a run make alike, made once: ``make(folder)``
+        writes its files into ``folder`` and returns a JSON-able record; this target gets a copy of
+        the files in ``dest`` (which it may change) and the record. ``what`` names everything the
+        result depends on besides the model (converter, recipe, precision, calibration digest,
+        ...). Without a run's store (a request built by hand), ``make`` runs in ``dest``."""
+        if self.exports is None:
+            dest.mkdir(parents=True, exist_ok=True)
+            return dict(make(dest))
+        return self.exports.once(self.model, what, make, dest)
+
 
 @dataclass(frozen=True)
 class ConversionResult:

@@ -142,3 +142,21 @@ def test_a_child_lowers_through_jax_after_the_parent_did(forked):
     functions = lowered()  # the parent's pool now has threads
     assert functions > 2
     assert start_isolated(lambda send: lowered(), what="target t", timeout=60).wait() == functions
+
+
+def test_a_child_never_collects_its_parents_objects_even_after_a_nested_start(forked):
+    """A forked child must never garbage-collect what it was forked with: destroying an
+    onnxruntime session the parent left to the collector waits on worker threads the fork did
+    not copy, and the child hangs (seen under pytest-xdist: an mcu conversion hung in its recipe
+    search). The parent freezes its objects before the fork; a child's own nested start (a
+    converter path) once unfroze them all, the inherited ones included."""
+    import gc
+
+    def child(send):
+        inherited = gc.get_freeze_count()
+        start_isolated(lambda send: "converted", what="a converter path").wait()
+        return inherited, gc.get_freeze_count()
+
+    inherited, after_nested_start = start_isolated(child, what="target t", timeout=60).wait()
+    assert inherited > 1000, inherited  # the parent's objects: the test process holds many
+    assert after_nested_start >= inherited, f"the child unfroze what it was forked with ({inherited} -> {after_nested_start})"

@@ -14,12 +14,13 @@ No target is declared here: ``tflite.py``, ``coral.py`` and ``mcu.py`` declare t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -451,6 +452,21 @@ def _calibration(request: ConversionRequest, precision: str, messages: list[str]
     return batches
 
 
+def _digest(batches: Sequence[tuple[np.ndarray, ...]] | None) -> str:
+    """sha256 of calibration batches (dtype, shape and bytes of every array)."""
+    digest = hashlib.sha256()
+    for batch in batches or ():
+        for array in batch:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _perms(perms: Sequence[Sequence[int] | None]) -> tuple[tuple[int, ...] | None, ...]:
+    return tuple(tuple(p) if p is not None else None for p in perms)
+
+
 def _aten_ops(text: str) -> list[str]:
     found = []
     for name in re.findall(r"aten(?:\.|::)([A-Za-z0-9_]+)", text):
@@ -516,13 +532,14 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
 
     ``int16_activations``: the target runs TFLite's 16x8 mode, which the int8 recipe search may
     then choose (``_search_recipes``)."""
-    from edgex.targets.litert.converters import activation_bits, convert_with
+    from edgex.targets.litert.converters import PathResult, activation_bits, convert_with
     from edgex.targets.litert.graph import rewrite
 
     precision = precision or request.precision
     model = request.model
     messages: list[str] = []
     calibration = _calibration(request, precision, messages)
+    calibration_digest = _digest(calibration)
     order, why = _path_order(request)
     output_shapes = _reference_output_shapes(model)
     ranks = [len(s) for s in output_shapes]
@@ -538,15 +555,22 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         if per_tensor is None:
             per_tensor = learned.get(name, ())
         folder = scratch / ((name if recipe_name is None else f"{name}.{recipe_name}") + (".per-tensor" if per_tensor else ""))
-        folder.mkdir(parents=True)
-        try:
+
+        def run_path(into: Path) -> dict[str, Any]:
             # each path in its own process: converters segfault, and a crash must fall back, not end the target
-            result = start_isolated(
-                lambda send, name=name, folder=folder: convert_with(name, model, precision, calibration, folder, ranks, recipe_name, per_tensor),
+            made = start_isolated(
+                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor),
                 what=f"the {name} converter",
             ).wait()
+            return {**asdict(made), "path": Path(made.path).relative_to(into).as_posix()}
+
+        try:
+            # the same path, recipe and data make the same file for tflite, coral and mcu: made once per run
+            made = request.shared(f"litert {name} {precision} recipe={recipe_name} per-tensor={','.join(per_tensor)} ranks={ranks} calibration={calibration_digest}", run_path, folder)
         except Exception as exc:
             return None, _Attempt(name, "failed", one_line(exc))
+        result = PathResult(**{**made, "path": str(folder / made["path"]), "messages": tuple(made["messages"]),
+                               "input_perms": _perms(made["input_perms"]), "output_perms": _perms(made["output_perms"])})
         try:
             accepted = _accept(request, precision, result, output_shapes, activation_bits(recipe_name))
         except PerChannelRejected as exc:
