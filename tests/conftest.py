@@ -8,6 +8,13 @@ pytest_plugins = ["edgex.plugins.testing"]
 os.environ.setdefault("EDGEX_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): a worker per core, at most 4. Each worker holds torch,
+    TensorFlow and the converters (2-3 GB) and most tests fork conversion children of their own,
+    so more workers than that fight over memory rather than finish sooner (docs/testing.md)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test: tiny models train and run fastest so (and the CI box is shared)."""
