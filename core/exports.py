@@ -242,6 +242,7 @@ class ExportStore:
         with self._locked(key) as record:
             if not record.exists():
                 try:
+                    shutil.rmtree(made, ignore_errors=True)  # what an interrupted first try left
                     made.mkdir()
                     done = {"what": what, "result": make(made)}
                 except Exception as exc:

@@ -31,7 +31,7 @@ from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
 from edgex.core.exports import ExportStore
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
-from edgex.core.isolation import interruption
+from edgex.core.isolation import a_core_for_the_child, interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.quant_reference import Calibration, CannotSimulate, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
@@ -315,6 +315,8 @@ class TargetRun:
         manager.stage_started(StageEvent("convert", target))
         self.stage, self.stage_start = "convert", time.perf_counter()
         self.job = IsolatedRun(work, target, settings, log_path)
+        #: what the child returned, or the EdgexError it raised (``wait``)
+        self._done: RunOutcome | EdgexError | None = None
 
     def _end_stage(self, outcome: str, seconds: float | None = None) -> None:
         elapsed = time.perf_counter() - self.stage_start if seconds is None else seconds
@@ -326,14 +328,27 @@ class TargetRun:
             self.stage, self.stage_start = "validate", time.perf_counter()
             self.manager.stage_started(StageEvent("validate", self.target))
 
+    def wait(self) -> None:
+        """Wait for the child (its conversion and its runs on the backend); what it returned or
+        raised is judged by :meth:`finish`. Apart, so the next target's child can start converting
+        while the parent judges this one."""
+        if self._done is None:
+            try:
+                self._done = self.job.wait(self._on_event)
+            except EdgexError as exc:
+                self._done = exc
+
     def finish(self, reference: Reference) -> tuple[TargetReport, RunOutcome | None]:
         row = TargetReport(name=self.target, status="error", plugin=self.plugin)
         if self.rewritten is not None and self.rewritten.entries:
             # first, and in an error's row too: a rewrite not applied often explains the error
             row.details["rewrites"] = self.rewritten.entries
             row.messages.extend(self.rewritten.messages())
+        self.wait()
         try:
-            outcome: RunOutcome = self.job.wait(self._on_event)
+            if isinstance(self._done, EdgexError):
+                raise self._done
+            outcome: RunOutcome = self._done
         except UsageError:
             self._end_stage("error")
             raise
@@ -559,7 +574,8 @@ def convert(
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
 
         try:
-            _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
+            with a_core_for_the_child():
+                _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
         except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
             _interrupted(report, plans, exc)
             report.model["exports"] = exports.records()
@@ -713,12 +729,17 @@ def _convert_each(
                 continue
             run, workdir = starter.take(plan)
             try:
-                row, outcome = run.finish(reference)
+                run.wait()
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 starter.release()
                 raise
-            starter.finished()
+            starter.finished()  # the next target converts while the parent judges this one
+            try:
+                row, outcome = run.finish(reference)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
             row.requested = plan.requested
             if outcome is not None and outcome.conversion is not None and row.status != "error":
                 conversion = _relocate(outcome.conversion, workdir, out / plan.target)

@@ -532,7 +532,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
 
     ``int16_activations``: the target runs TFLite's 16x8 mode, which the int8 recipe search may
     then choose (``_search_recipes``)."""
-    from edgex.targets.litert.converters import PathResult, activation_bits, convert_with
+    from edgex.targets.litert.converters import ONNX2TF_OPSET, PathResult, activation_bits, convert_with
     from edgex.targets.litert.graph import rewrite
 
     precision = precision or request.precision
@@ -540,6 +540,8 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
     messages: list[str] = []
     calibration = _calibration(request, precision, messages)
     calibration_digest = _digest(calibration)
+    # onnx2tf's ONNX: the run's export, shared with the onnx target (outside a run, one of its own)
+    export = (lambda dest: request.onnx_export(dest, opset=ONNX2TF_OPSET)) if request.exports is not None else None
     order, why = _path_order(request)
     output_shapes = _reference_output_shapes(model)
     ranks = [len(s) for s in output_shapes]
@@ -559,7 +561,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         def run_path(into: Path) -> dict[str, Any]:
             # each path in its own process: converters segfault, and a crash must fall back, not end the target
             made = start_isolated(
-                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor),
+                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor, export),
                 what=f"the {name} converter",
             ).wait()
             return {**asdict(made), "path": Path(made.path).relative_to(into).as_posix()}
@@ -604,7 +606,10 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         if chosen is None:
             raise _no_path_error(model, attempts)
         if precision == "int8" and model.module is not None and calibration:
-            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, int16_activations)
+            def shared(what: str, make: Any) -> dict[str, Any]:
+                return request.shared(f"{what} calibration={calibration_digest}", make, scratch / ".shared")
+
+            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, int16_activations, shared)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
@@ -650,6 +655,7 @@ def _search_recipes(
     order: Sequence[str],
     convert: Any,
     int16_activations: bool = False,
+    shared: Any = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Measure the first full-int8 artifact on LiteRT against the torch model, and aim it at what
     edgex's independent simulated reference says an honest int8 conversion reaches on the same
@@ -658,7 +664,8 @@ def _search_recipes(
     best by measured SQNR. Still short, where the target runs int16 activations
     (``int16_activations``): the 16x8 recipe too, kept when it beats the best int8 recipe by
     INT16_MIN_GAIN_DB or alone reaches its own simulated floor. Every candidate is all-integer
-    (``_accept`` rejected any other), so the choice never leaves integers."""
+    (``_accept`` rejected any other), so the choice never leaves integers. ``shared(what, make)``
+    (``ConversionRequest.shared``) makes the simulated floor once per run for coral and mcu alike."""
     from edgex.plugins import reference_outputs, simulated_floor
     from edgex.targets.litert.converters import INT16_RECIPES, RECIPES, activation_bits
 
@@ -667,11 +674,15 @@ def _search_recipes(
     floors: dict[int, tuple[float, float] | None] = {}
 
     def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
-        if bits not in floors:
+        def compute(_: Path) -> dict[str, Any]:
             try:
-                floors[bits] = simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits) if model.module is not None else None
+                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits) if model.module is not None else None}
             except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
-                floors[bits] = None
+                return {"floor": None}
+
+        if bits not in floors:
+            found = (shared(f"simulated floor activation_bits={bits}", compute) if shared is not None else compute(Path()))["floor"]
+            floors[bits] = tuple(found) if found is not None else None
         return floors[bits]
 
     def measured(path_name: str, recipe_name: str, accepted: tuple[Any, ...]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import io as _io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +33,10 @@ NHWC_TO_NCHW = (0, 3, 1, 2)
 
 #: onnx2tf loads this file from its working directory instead of downloading it
 ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+#: the opset onnx2tf reads: the dynamo exporter's own, so the run shares the onnx target's export
+ONNX2TF_OPSET = 18
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,7 @@ def convert_litert_torch(
     output_ranks: Sequence[int],
     recipe_name: str = "min-max",
     per_tensor_ops: Sequence[str] = (),
+    export: Callable[[Path], tuple[str, list[str]]] | None = None,
 ) -> PathResult:
     """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
     if model.module is None:
@@ -359,6 +364,7 @@ def convert_onnx2tf(
     output_ranks: Sequence[int],
     recipe_name: str = "tflite-converter",
     per_tensor_ops: Sequence[str] = (),
+    export: Callable[[Path], tuple[str, list[str]]] | None = None,
 ) -> PathResult:
     """torch -> ONNX -> onnx2tf -> the TensorFlow Lite converter."""
     messages: list[str] = []
@@ -366,9 +372,9 @@ def convert_onnx2tf(
     if model.onnx_path is not None:
         shutil.copyfile(model.onnx_path, onnx_path)
         exporter = "the reference ONNX"
-    else:
+    else:  # the run's shared export where there is a run (``export``), else one of its own
         from edgex.plugins import export_onnx
-        exporter, export_messages = export_onnx(model, onnx_path)
+        exporter, export_messages = export(onnx_path) if export is not None else export_onnx(model, onnx_path, opset=ONNX2TF_OPSET)
         messages += export_messages
     _write_onnx2tf_sample(work, model, calibration)
     # onnx2tf turns every 3-D input into NWC; edgex keeps non-image inputs exactly as torch takes them
@@ -454,9 +460,11 @@ def convert_with(
     output_ranks: Sequence[int],
     recipe_name: str | None = None,
     per_tensor_ops: Sequence[str] = (),
+    export: Callable[[Path], tuple[str, list[str]]] | None = None,
 ) -> PathResult:
     """Run converter path ``name`` offline, with every file it writes kept inside ``work``
     (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first;
-    ``per_tensor_ops``: TFLite operators to give per-tensor weights, full int8 only)."""
+    ``per_tensor_ops``: TFLite operators to give per-tensor weights, full int8 only; ``export``:
+    writes the model's ONNX at ONNX2TF_OPSET to a path, the run's shared export)."""
     with offline(), contained(work, chdir=True):  # onnx2tf writes to the current directory
-        return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0], tuple(per_tensor_ops))
+        return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0], tuple(per_tensor_ops), export)
