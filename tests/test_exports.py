@@ -103,3 +103,20 @@ def test_report_lists_one_export_per_opset_with_the_targets_that_used_it(tiny, t
     assert [(e["format"], e["opset"], e["exporter"], e["targets"]) for e in exports] == [("onnx", 17, "dynamo", ["jetson"]), ("onnx", 18, "dynamo", ["onnx"])]
     assert all(e["seconds"] >= 0 for e in exports)
     assert not (tmp_path / "out" / ".edgex-scratch").exists(), "the shared exports end with the run"
+
+
+def test_onnx_and_jetson_at_int8_share_one_calibration_of_the_simulated_reference(tiny, tmp_path, monkeypatch):
+    """One simulation per scheme: the export and calibration of edgex's int8 reference are made
+    once, and each target's weight scheme (onnx asymmetric, jetson symmetric) is one more pass."""
+    from edgex.core import api, pipeline
+
+    made = []
+    calibrate = pipeline.calibrate
+    monkeypatch.setattr(pipeline, "calibrate", lambda *args, **kwargs: made.append(args) or calibrate(*args, **kwargs))
+    calibration = np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32)
+    report = api.convert(tiny.module, ["onnx", "jetson"], out=tmp_path / "out", example_inputs=tiny.example_inputs, precision="int8", calibration=calibration, samples=8)
+    references = {t: r.details["int8_reference"] for t, r in report.targets.items()}
+    assert set(references) == {"onnx", "jetson"} and all(r.status == "passed" for r in report.targets.values())
+    assert len(made) == 1, f"calibrated {len(made)} times"
+    assert "activations per-tensor symmetric int8" in references["jetson"]["description"]
+    assert "activations per-tensor int8" in references["onnx"]["description"]
