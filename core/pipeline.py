@@ -50,6 +50,7 @@ from edgex.core.runner import (
     resolve_artifact,
     run_batches,
     sandboxed,
+    SCRATCH,
 )
 from edgex.core.settings import ConvertSettings
 from edgex.core.types import ArtifactIO, ConversionRequest, ConversionResult, ReferenceModel, StageEvent
@@ -545,7 +546,7 @@ def convert(
         logs = out / "logs"
         rewriter = Rewriter(model, inputs.parity, settings.rewrite)
         # one ONNX export per opset and exporter, shared by the targets (in the run's scratch folder)
-        exports = ExportStore(out / ".edgex-scratch" / "exports")
+        exports = ExportStore(out / SCRATCH / "exports")
 
         def start(plan: TargetPlan) -> tuple[TargetRun, Path]:
             # what this target lacks rewritten (each rewrite proven on the parity inputs first)

@@ -50,7 +50,9 @@ def prepare_out(out: Path) -> Path:
 LOCK_NAME = ".edgex.lock"
 #: what a run leaves only while it works (target work folders, replaced folders, caches,
 #: half-written reports): a killed run's are removed by the next run, under its lock
-LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", ".edgex-scratch", ".report.json.*", ".explain.json.*", ".report.html.*", ".explain.html.*")
+#: the run's scratch folder inside --out: temporary files, library caches, the shared exports
+SCRATCH = ".edgex-scratch"
+LEFTOVERS = (".edgex-tmp-*", ".edgex-old-*", SCRATCH, ".report.json.*", ".explain.json.*", ".report.html.*", ".explain.html.*")
 #: files only edgex writes at the top of ``--out``; the model they describe owns the folder, and
 #: with it the pages written after them (report.html, explain.html). A page alone proves nothing:
 #: a folder holding only some report.html is not taken for edgex's
@@ -227,7 +229,7 @@ def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> I
 @contextmanager
 def sandboxed(out: Path) -> Iterator[None]:
     """Run offline, with temporary files and library caches in ``out`` (removed afterwards)."""
-    scratch = out / ".edgex-scratch"
+    scratch = out / SCRATCH
     try:
         with offline(), contained(scratch):
             yield
