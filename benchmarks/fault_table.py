@@ -1,11 +1,17 @@
-"""The reliability fault table of docs/reliability.md, tried for real (issue 16).
+"""The reliability fault table of docs/reliability.md, tried for real (issues 16 and 25).
 
-    python benchmarks/fault_table.py [--json results.json]
+    python benchmarks/fault_table.py [--json results.json] [--only TEXT]
 
 Every case runs ``edgex`` as a separate process on purpose-made faults -- a reused folder, a
 foreign folder, a killed run's lock and leftovers, two runs at once, SIGTERM and SIGINT in the
 middle of a run and of a matrix, corrupt artifacts, bad shapes, NaN data, a text file as a .pt2,
-``--debug`` after the subcommand -- and then counts, from outside:
+``--debug`` after the subcommand; and (issue 25) a model's own code that exits, hangs, parses
+the command line, prints, is killed or raises on some inputs, inputs larger than the machine, an
+``--out`` under a file or on a full disk, a data folder holding a text file, damaged cache
+entries -- and then counts, from outside:
+
+- **0-unproven**: runs that exited 0 without a report of theirs in which every target passed;
+- **internal**: "internal error" lines (every failure should be named);
 
 - **stale**: files in ``--out`` that its report does not describe (a target folder without a row
   with artifacts, an artifact a row lists that is missing, a work folder, scratch or lock left);
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -262,6 +269,129 @@ def pt2_for_every_target(work: Path):
     return code, err, len(stale(out)), 0, 0
 
 
+# ------------------------------------------------------------- the model's own code and the machine (issue 25)
+
+
+def model_file(work: Path, body: str, head: str = "") -> str:
+    (work / "model.py").write_text(f"import os, sys, time, torch\n{head}\ndef build():\n{body}")
+    return f"{work / 'model.py'}:build"
+
+
+LINEAR = "    return torch.nn.Linear(4, 2), (torch.zeros(1, 4),)\n"
+
+
+def user_code(body: str, *extra: str, head: str = "", samples: str = "4") -> Case:
+    def case(work: Path):
+        out = work / "out"
+        code, err = finish(edgex("convert", model_file(work, body, head), "-t", "onnx", "--samples", samples, *extra, "--out", out, cwd=work))
+        return code, err, len(stale(out)), 0, 0
+    return case
+
+
+def convert_digits(*extra: Any, prepare: Callable[[Path], None] | None = None, out_name: str = "out") -> Case:
+    def case(work: Path):
+        if prepare is not None:
+            prepare(work)
+        out = work / out_name
+        code, err = finish(edgex("convert", "examples:digits", "-t", "onnx", "--samples", "2", *extra, "--out", out, cwd=work))
+        return code, err, len(stale(out)) if out.parent.is_dir() else 0, 0, 0
+    return case
+
+
+def a_file_in_the_way(work: Path) -> None:
+    (work / "notes.txt").write_text("a file where a folder is asked for")
+
+
+def images_and_a_text_file(work: Path) -> None:
+    from PIL import Image
+    import numpy as np
+
+    folder = work / "calib"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("which images these are")
+
+
+def damaged_cache(damage: str) -> Case:
+    def case(work: Path):
+        cache = work / "cache"
+        first = work / "cached"
+        code, err = finish(edgex("convert", "examples:digits", "-t", "onnx", "--samples", "2", "--cache", cache, "--out", first, cwd=work))
+        if code != 0:
+            raise RuntimeError(f"setting up the cache: {err}")
+        entry = next(p for p in cache.rglob("manifest.json")).parent
+        artifact = next(p for p in entry.rglob("*.onnx"))
+        if damage == "truncated":
+            artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+        else:  # the manifest lists a hash the bytes do not have
+            manifest = json.loads((entry / "manifest.json").read_text())
+            text = json.dumps(manifest)
+            for digest in {v for v in _strings(manifest) if len(v) == 64}:
+                text = text.replace(digest, "0" * 64, 1)
+                break
+            (entry / "manifest.json").write_text(text)
+        out = work / "again"
+        code, err = finish(edgex("convert", "examples:digits", "-t", "onnx", "--samples", "2", "--cache", cache, "--out", out, cwd=work))
+        return code, err, len(stale(out)), 0, 0
+    return case
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def full_disk(work: Path):
+    """--out on a 300 KB tmpfs, mounted in a user namespace of its own (or skipped: no namespaces)."""
+    mount = work / "small"
+    mount.mkdir()
+    command = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "edgex.core.cli", "convert", "examples:digits", "-t", "onnx", "--samples", "2", "--out", mount / "out"])
+    script = f"mount -t tmpfs -o size=300k tmpfs {shlex.quote(str(mount))} && {command}; code=$?; ls -A {shlex.quote(str(mount / 'out'))} > {shlex.quote(str(work / 'left.txt'))} 2>/dev/null; cat {shlex.quote(str(mount / 'out' / 'report.json'))} > {shlex.quote(str(work / 'report.json'))} 2>/dev/null; exit $code"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    if "unshare" in run.stderr and run.returncode != 0 and "edgex" not in run.stderr:
+        return None
+    left = [n for n in (work / "left.txt").read_text().split() if n.startswith(LEFTOVER_PREFIXES)] if (work / "left.txt").exists() else []
+    report = (work / "report.json").read_text() if (work / "report.json").exists() else ""
+    if report:
+        try:
+            json.loads(report)
+        except ValueError:
+            left.append("report.json (half-written)")
+    return run.returncode, run.stderr, len(left), 0, 0
+
+
+USER_CASES: list[tuple[str, Case]] = [
+    ("a factory calling sys.exit(0)", user_code("    sys.exit(0)\n")),
+    ("a factory calling os._exit(0)", user_code("    os._exit(0)\n")),
+    ("a factory calling libc's exit(0)", user_code("    import ctypes\n    ctypes.CDLL(None).exit(0)\n")),
+    ("a factory that never returns (--timeout 5)", user_code("    while True:\n        time.sleep(1)\n", "--timeout", "5")),
+    ("a training script with module-level argparse", user_code(LINEAR, head="import argparse\np = argparse.ArgumentParser()\np.add_argument('--epochs', type=int)\nargs = p.parse_args()")),
+    ("a factory killed (SIGKILL, as by the OOM killer)", user_code("    import signal\n    os.kill(os.getpid(), signal.SIGKILL)\n")),
+    ("a forward that raises on some inputs", user_code(
+        "    class M(torch.nn.Module):\n        def __init__(self):\n            super().__init__(); self.fc = torch.nn.Linear(4, 2)\n"
+        "        def forward(self, x):\n            if float(x.sum()) > 2.0:\n                raise ValueError('out of range')\n            return self.fc(x)\n"
+        "    return M(), (torch.zeros(1, 4),)\n", samples="32")),
+    ("a factory that writes to stdout (--json)", user_code("    print('building')\n" + LINEAR, "--json")),
+    ("--input-shape 1,3,60000,60000", lambda work: _shape_case(work)),
+    ("--out under an existing file", convert_digits(prepare=a_file_in_the_way, out_name="notes.txt/out")),
+    ("--out on a full disk (300 KB tmpfs)", full_disk),
+    ("--calibration folder holding a text file", convert_digits("--quantize", "int8", "--calibration", "calib", prepare=images_and_a_text_file)),
+    ("--cache entry truncated", damaged_cache("truncated")),
+    ("--cache entry whose manifest lies about its hashes", damaged_cache("lying")),
+]
+
+
+def _shape_case(work: Path):
+    out = work / "out"
+    code, err = finish(edgex("convert", RESNET, "--input-shape", "1,3,60000,60000", "-t", "onnx", "--out", out, cwd=work))
+    return code, err, len(stale(out)), 0, 0
+
+
 CASES: list[tuple[str, Case]] = [
     ("convert into a folder holding another model's results", another_models_folder),
     ("convert into a non-empty folder edgex did not write", foreign_folder),
@@ -281,35 +411,61 @@ CASES: list[tuple[str, Case]] = [
     ("a text file as model.pt2", text_as_pt2),
     ("--debug after the subcommand (exit 2 kept)", debug_after_subcommand),
     (".pt2 -> onnx, jetson, tflite at int8", pt2_for_every_target),
+    *USER_CASES,
 ]
+
+
+def proven(work: Path, since: float) -> bool:
+    """Whether a report this case's run wrote says every target in it passed (what exit 0 promises)."""
+    for path in [*work.rglob("report.json"), *work.rglob("results.json")]:
+        if path.stat().st_mtime < since or "cache" in path.relative_to(work).parts:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        rows = [row for cell in data for row in cell["targets"].values()] if isinstance(data, list) else list(data.get("targets", {}).values())
+        if rows and all(row.get("status") == "passed" or (row.get("status") == "skipped" and not row.get("requested", True)) for row in rows):
+            return True
+    return False
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgex-faults-") as tmp:
         for index, (name, case) in enumerate(CASES):
+            if args.only and args.only not in name:
+                continue
             work = Path(tmp) / f"case{index}"
             work.mkdir()
-            start = time.perf_counter()
-            code, err, left, orphans, lost = case(work)
+            start, since = time.perf_counter(), time.time()
+            result = case(work)
+            if result is None:
+                print(f"{name}: skipped (this machine cannot set it up)", file=sys.stderr)
+                continue
+            code, err, left, orphans, lost = result
             lines = [line.replace(str(work), "WORK") for line in err.splitlines() if line.strip()] or ["(nothing on stderr; the results table on stdout)"]
             tracebacks = int("Traceback" in err or "Warning:" in err)
             rows.append({
                 "case": name, "exit": code, "stale": left, "orphans": orphans, "lost": lost,
-                "tracebacks": tracebacks, "last_line": lines[-1][:110] if lines else "", "seconds": round(time.perf_counter() - start, 1),
+                "tracebacks": tracebacks, "internal": int("internal error" in err),
+                "unproven_0": int(code == 0 and not proven(work, since - 1)),
+                "last_line": lines[-1][:110] if lines else "", "seconds": round(time.perf_counter() - start, 1),
             })
             print(f"{name}: exit {code}, {rows[-1]['last_line']}", file=sys.stderr)
             shutil.rmtree(work, ignore_errors=True)
     width = max(len(r["case"]) for r in rows)
-    print(f"{'case':{width}}  exit  stale  orphans  lost  tracebacks  last line printed")
+    print(f"{'case':{width}}  exit  0-unproven  internal  stale  orphans  lost  tracebacks  last line printed")
     for r in rows:
-        print(f"{r['case']:{width}}  {r['exit']:>4}  {r['stale']:>5}  {r['orphans']:>7}  {r['lost']:>4}  {r['tracebacks']:>10}  {r['last_line']}")
-    totals = {k: sum(r[k] for r in rows) for k in ("stale", "orphans", "lost", "tracebacks")}
-    print(f"{len(rows)} cases: {totals['stale']} stale artifacts, {totals['orphans']} orphan processes, "
-          f"{totals['lost']} lost finished results, {totals['tracebacks']} tracebacks without --debug")
+        print(f"{r['case']:{width}}  {r['exit']:>4}  {r['unproven_0']:>10}  {r['internal']:>8}  {r['stale']:>5}  {r['orphans']:>7}  {r['lost']:>4}  {r['tracebacks']:>10}  {r['last_line']}")
+    keys = ("unproven_0", "internal", "stale", "orphans", "lost", "tracebacks")
+    totals = {k: sum(r[k] for r in rows) for k in keys}
+    print(f"{len(rows)} cases: {totals['unproven_0']} exit-0-without-report, {totals['internal']} internal errors, {totals['stale']} stale artifacts, "
+          f"{totals['orphans']} orphan processes, {totals['lost']} lost finished results, {totals['tracebacks']} tracebacks without --debug")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "totals": totals}, indent=2))
     return 0

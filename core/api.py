@@ -24,6 +24,7 @@ from edgex.core.loading import load_model as _load_model
 from edgex.core.parity import ParityReport
 from edgex.core.plugin_manager import PluginManager, make_manager
 from edgex.core.settings import ConvertSettings, make_settings
+from edgex.core.supervisor import time_limit
 from edgex.core.report import Report, TargetReport
 from edgex.core.types import ReferenceModel
 
@@ -54,6 +55,12 @@ def load_model(
         return _load_model(str(model), input_shapes=shapes, example_inputs=example_inputs, weights=Path(weights) if weights else None, trust_pickle=trust_pickle)
     name = type(model).__name__
     return _load_model(f"<in-memory {name}>", module=model, input_shapes=shapes, example_inputs=example_inputs)
+
+
+def _loaded(model: Any, settings: ConvertSettings, **how: Any) -> ReferenceModel:
+    """:func:`load_model` within the run's time limit (``settings.timeout_s`` covers loading too)."""
+    with time_limit(settings.timeout_s, "load", f"loading the model {model if isinstance(model, (str, Path)) else type(model).__name__}"):
+        return load_model(model, **how)
 
 
 def convert(
@@ -94,7 +101,6 @@ def convert(
         from edgex.core.compression.options import steps_from_options
 
         compression = steps_from_options(compression)
-    reference = load_model(model, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = make_settings(
         settings,
         **{
@@ -112,6 +118,7 @@ def convert(
             "rewrite": rewrite,
         },
     )
+    reference = _loaded(model, resolved, example_inputs=example_inputs, input_shapes=input_shapes)
     result_cache = ResultCache(Path(cache)) if cache is not None else None
     return pipeline.convert(plugins or plugin_manager(), reference, resolved, Path(out), overwrite=overwrite, cache=result_cache)
 
@@ -162,8 +169,8 @@ def validate(
     ``calibration`` is the data an int8 artifact was quantized with: edgex's own simulated int8
     reference is calibrated on it (else on the model's shipped data, else on ``example_inputs``).
     """
-    model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
     resolved = make_settings(settings, precision=precision, calibration=calibration, eval_data=eval_data, samples=samples, seed=seed, atol=atol, rtol=rtol)
+    model = _loaded(reference, resolved, example_inputs=example_inputs, input_shapes=input_shapes)
     return pipeline.validate(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target, overwrite=overwrite)
 
 

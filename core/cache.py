@@ -11,7 +11,8 @@ An entry is a folder ``ROOT/KEY[:2]/KEY`` holding ``row.json`` (the target's rep
 ``files/`` (the target folder's artifacts) and ``manifest.json`` (every file's sha256). It is
 written into a temporary folder beside it and renamed into place, so a reader sees a whole
 entry or none; a reader checks every file's hash, and an entry with a missing, extra or changed
-file is removed and recomputed, never served. See docs/cache.md.
+file is removed and recomputed, never served (:meth:`ResultCache.damage_note` says why, for the
+report). See docs/cache.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from edgex.core.errors import one_line
 from edgex.core.loading import file_sha256, module_sha256
 from edgex.core.version import __version__
 
@@ -195,27 +197,71 @@ class ResultCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: the entries :meth:`load` found damaged and removed: key -> the report message saying so
+        self.damaged: dict[str, str] = {}
 
     def entry(self, key: str) -> Path:
         return self.root / key[:2] / key
 
     def load(self, key: str) -> CachedResult | None:
-        """The entry for ``key``, or None when there is none or it is damaged (then it is removed)."""
+        """The entry for ``key``, or None when there is none or it is damaged. A damaged entry is
+        removed (the target is recomputed and stored afresh) and :meth:`damage_note` says why."""
         entry = self.entry(key)
-        if not entry.is_dir():
+        if not os.path.lexists(entry):
             return None
+        cached, problem = self._check(entry, key)
+        if problem is None:
+            return cached
+        _discard(entry)
+        how = "ignored and removed" if not os.path.lexists(entry) else f"ignored (it could not be removed: delete {entry})"
+        self.damaged[key] = f"cache entry {key[:12]} was damaged ({problem}): {how}; converted and validated afresh"
+        return None
+
+    def damage_note(self, key: str | None) -> str | None:
+        """The report message for ``key``'s entry when :meth:`load` found it damaged, else None."""
+        return self.damaged.get(key) if key is not None else None
+
+    def _check(self, entry: Path, key: str) -> tuple[CachedResult | None, str | None]:
+        """The entry read and checked whole, or None and what is wrong with it, in a few words."""
+        if entry.is_symlink() or not entry.is_dir():
+            return None, "it is not a folder"
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
-            listed = manifest["files"]
-            present = {p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file()} - {MANIFEST}
-            intact = manifest.get("key") == key and set(listed) == present and all(file_sha256(entry / name) == digest for name, digest in listed.items())
-            row = json.loads((entry / ROW).read_text()) if intact else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            row = None
-        if not isinstance(row, dict):
-            shutil.rmtree(entry, ignore_errors=True)  # damaged: recomputed and stored afresh
-            return None
-        return CachedResult(key, row, entry / FILES, manifest.get("macs"))
+        except FileNotFoundError:
+            return None, f"{MANIFEST} is missing"
+        except (OSError, ValueError) as exc:  # truncated, not JSON, not text
+            return None, f"{MANIFEST} is unreadable: {one_line(exc)}"
+        listed = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+            return None, f"{MANIFEST} lists no files"
+        if manifest.get("key") != key:
+            return None, f"{MANIFEST} names another key"
+        try:
+            present = {p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST}
+        except OSError as exc:
+            return None, f"it cannot be listed: {one_line(exc)}"
+        missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+        if missing:
+            return None, f"{missing[0]} is missing"
+        if extra:
+            return None, f"{extra[0]} is not in its manifest"
+        for name, digest in sorted(listed.items()):
+            path = entry / name
+            try:
+                if path.is_symlink():  # store() never writes one: a link's target may change under it
+                    return None, f"{name} is a symbolic link"
+                actual = file_sha256(path)
+            except OSError as exc:
+                return None, f"{name} is unreadable: {one_line(exc)}"
+            if actual != digest:
+                return None, f"{name} does not match the sha256 its manifest lists: truncated or changed since it was stored"
+        try:
+            row = json.loads((entry / ROW).read_text())
+            row_from_json("cached", row)  # serving it must not fail
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            return None, f"{ROW} is not a report row: {one_line(exc)}"
+        macs = manifest.get("macs")
+        return CachedResult(key, row, entry / FILES, macs if isinstance(macs, int) and not isinstance(macs, bool) else None), None
 
     def store(self, key: str, row: Mapping[str, Any], target_folder: Path | None, macs: int | None = None) -> None:
         """Keep ``row`` and a copy of ``target_folder``; written aside and renamed into place."""
@@ -231,14 +277,25 @@ class ResultCache:
             write_json_atomic(staging / ROW, dict(row))
             files = {p.relative_to(staging).as_posix(): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
             write_json_atomic(staging / MANIFEST, {"format": CACHE_FORMAT, "key": key, "edgex_version": __version__, "macs": macs, "files": files})
-            if final.exists():  # a damaged entry that load() could not remove, or a racing writer's
-                shutil.rmtree(final, ignore_errors=True)
+            if os.path.lexists(final) and self._check(final, key)[1] is not None:
+                _discard(final)  # a damaged entry load() could not remove; a racing writer's whole entry stays
             try:
                 os.replace(staging, final)
             except OSError:  # another run stored the same key first: its entry is as good
                 pass
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _discard(path: Path) -> None:
+    """Remove an entry (a folder, or whatever stands at its place), as far as permissions allow."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def restore(cached: CachedResult, destination: Path) -> None:
@@ -271,7 +328,7 @@ def row_from_json(name: str, data: Mapping[str, Any]) -> TargetReport:
             number(p["top1_agreement"]), tolerance(p["tolerance"]), p["passed"], p.get("inputs", ""), outputs,
             error_histogram=p.get("error_histogram"),
         )
-    known = ("status", "plugin", "precision", "artifacts", "size_bytes", "backend", "converter", "convert_seconds", "parity", "latency_ms", "io", "accuracy", "messages")
+    known = ("status", "plugin", "precision", "artifacts", "size_bytes", "backend", "converter", "convert_seconds", "parity", "latency_ms", "io", "accuracy", "messages", "requested")
     return TargetReport(
         name=name,
         status=data["status"],
@@ -288,4 +345,5 @@ def row_from_json(name: str, data: Mapping[str, Any]) -> TargetReport:
         accuracy=data.get("accuracy"),
         messages=list(data.get("messages", [])),
         details={k: v for k, v in data.items() if k not in known},
+        requested=bool(data.get("requested", True)),  # a field: left in details it would override the serving run's
     )

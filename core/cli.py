@@ -19,6 +19,7 @@ from edgex.core.version import __version__
 from edgex.core.errors import EdgexError, UsageError
 from edgex.core.isolation import end_run_on_signals
 from edgex.core.settings import REWRITE_MODES
+from edgex.core.supervisor import REPORTING, reported, supervise, time_limit
 
 if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
     from edgex.core.plugin_manager import PluginManager
@@ -214,7 +215,15 @@ def _settings(args: argparse.Namespace, **extra: Any):
 def _load(args: argparse.Namespace, spec: str):
     from edgex.core.loading import load_model
 
-    return load_model(spec, input_shapes=_shapes(args), example_inputs=args.example_inputs, weights=args.weights, trust_pickle=args.trust_pickle)
+    # the model's own code runs here: --timeout covers it, and the supervisor knows the stage
+    with time_limit(getattr(args, "timeout", None), "load", f"loading the model {spec}"):
+        return load_model(spec, input_shapes=_shapes(args), example_inputs=args.example_inputs, weights=args.weights, trust_pickle=args.trust_pickle)
+
+
+def _reported(args: argparse.Namespace, manager: PluginManager | None, report_path: Path, kind: str = "report") -> None:
+    """Tell the supervisor the report this run wrote and the targets it must hold a row for."""
+    names = [] if manager is None else [manager.resolve_target(t).name for t in (getattr(args, "target", None) or ()) if isinstance(t, str) and t != "all"]
+    reported(report_path.resolve(), names, kind)
 
 
 def _compression_steps(args: argparse.Namespace) -> tuple[Any, ...]:
@@ -242,6 +251,7 @@ def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
 
         cache = ResultCache(args.cache)
     report = pipeline.convert(manager, model, settings, args.out, overwrite=args.overwrite, cache=cache)
+    _reported(args, manager, args.out / "report.json")
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -274,6 +284,7 @@ def cmd_validate(args: argparse.Namespace, manager: PluginManager) -> int:
     model = _load(args, args.reference)
     settings = _settings(args, precision=_quantize(args.quantize), calibration=args.calibration)
     report = pipeline.validate(manager, args.artifact, model, settings, args.out, target=args.target, overwrite=args.overwrite)
+    _reported(args, manager, args.out / "report.json")
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -313,6 +324,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from edgex.core.report import matrix_markdown
 
     cells = run_matrix(args.config, args.out, jobs=args.jobs, executor=args.executor, cache_dir=args.cache, use_cache=not args.no_cache, address=args.address)
+    _reported(args, None, args.out / "results.json", "results")
     if args.json:
         from edgex.core.report import dumps
 
@@ -334,6 +346,7 @@ def cmd_demo(args: argparse.Namespace, manager: PluginManager) -> int:
     model = load_model("examples:digits")
     settings = make_settings(targets=("all",), samples=args.samples, compression=_compression_steps(args), distill_data=args.distill_data)
     report = pipeline.convert(manager, model, settings, args.out, command="demo", overwrite=args.overwrite)
+    _reported(args, manager, args.out / "report.json")
     _print_report(report, args, args.out)
     return report.exit_code
 
@@ -443,14 +456,32 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
     add_compression_options(parser)
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand's name (the first word that is not an option), if any."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words else None
+
+
 def _wants_manager(argv: Sequence[str]) -> bool:
     """Whether parsing needs the plugins' options (not for --help of the top level or listings)."""
-    words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("convert", "validate", "explain", "compress", "demo", "check")
+    return _command(argv) in ("convert", "validate", "explain", "compress", "demo", "check")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The ``edgex`` command. As the program (``argv`` from the command line), commands that run
+    a model's code are supervised (:mod:`edgex.core.supervisor`): the exit status is derived
+    from the report the work wrote, and a model that exits, hangs or runs out of memory is named.
+    Called from Python with ``argv``, the command runs in the calling process."""
+    if argv is None:
+        argv = sys.argv[1:]
+        command = _command(argv)
+        if command in REPORTING or _wants_manager(argv):
+            return supervise(lambda: _run(argv), command)
+    return _run(argv)
+
+
+def _run(argv: Sequence[str]) -> int:
+    argv = list(argv)
     # --debug is global and may come before or after the subcommand: taken out before parsing
     end = argv.index("--") if "--" in argv else len(argv)
     debug = "--debug" in argv[:end]
@@ -458,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-    progress = None
+    progress = args = None
     saved_handlers = end_run_on_signals()
     try:
         manager = _manager() if _wants_manager(argv) else None
@@ -475,6 +506,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             manager.register_observer(progress, "edgex.progress")
             return int(args.handler(args, manager))
         return int(args.handler(args))
+    except SystemExit as exc:  # parsing's --help/--version exit before a handler runs; this is the model's code
+        if args is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"edgex: error: the model's code called sys.exit({exc.code!r}) while edgex was running it; a model file must not exit: guard script code with `if __name__ == \"__main__\":`", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"edgex: error: out of memory{': ' + str(exc).splitlines()[0] if str(exc) else ''}; the job needs more memory than this machine has (give a smaller --input-shape or fewer --samples)", file=sys.stderr)
+        return 3
     except EdgexError as exc:
         if debug:  # more to read, the same exit code
             traceback.print_exc()
@@ -491,6 +534,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        from edgex.core.resources import disk_full_message, is_disk_full
+
+        if is_disk_full(exc):  # a write the run did not expect to fail: the disk is named
+            print(f"edgex: error: {disk_full_message(exc, getattr(args, 'out', None))}", file=sys.stderr)
+            return 3
         print(f"edgex: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (rerun with --debug for the traceback)", file=sys.stderr)
         return 3
     finally:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgex.core.errors import UsageError
+from edgex.core.errors import UsageError, one_line
 from edgex.core.loading import load_arrays, synthetic_input
 from edgex.core.settings import ConvertSettings
 from edgex.core.types import ReferenceModel, TensorSpec
@@ -61,47 +61,106 @@ def check_samples(arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec], wh
     return tuple(checked)
 
 
-def _load_images(folder: Path, spec: TensorSpec) -> np.ndarray:
+#: files an operating system leaves in a folder of pictures; skipped like hidden files
+OS_LEFTOVERS = ("Thumbs.db", "desktop.ini")
+
+
+def _folder_files(folder: Path, where: str) -> tuple[list[Path], list[Path]]:
+    """The images and the .npy files in ``folder`` (not recursive), sorted by name. Hidden
+    entries (``.DS_Store``, ``.ipynb_checkpoints``) and an OS's thumbnails files are skipped;
+    anything else is refused naming it: a file edgex would pass over unread (a ``.tif``, a
+    subfolder of images, notes) is data the user may think is used."""
+    images, npys, others = [], [], []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot list the folder ({one_line(exc)})") from exc
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name in OS_LEFTOVERS:
+            continue
+        suffix = entry.suffix.lower()
+        if entry.is_file() and suffix in IMAGE_SUFFIXES:
+            images.append(entry)
+        elif entry.is_file() and suffix == ".npy":
+            npys.append(entry)
+        else:
+            others.append(entry)
+    if others:
+        first = others[0]
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        kind = "a folder" if first.is_dir() else "neither an image nor a .npy file"
+        raise UsageError(
+            f"{where}: {first} is {kind}{more}; move it out of the folder (every file in a data folder "
+            f"is used, and it holds only images ({', '.join(IMAGE_SUFFIXES)}) or only .npy files)"
+        )
+    if images and npys:
+        raise UsageError(f"{where} holds both images ({images[0].name} ...) and .npy files ({npys[0].name} ...); keep one kind in the folder")
+    if not images and not npys:
+        raise UsageError(f"{where} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no .npy files")
+    return images, npys
+
+
+def _read_image(file: Path, mode: str, size: tuple[int, int], where: str) -> np.ndarray:
+    """One image, decoded whole, as float32 pixels in [0, 1]; a file that does not decode (not
+    an image, truncated, a PNG whose checksums do not match) is refused naming it."""
     from PIL import Image
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UsageError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no .npy files")
+    try:
+        with Image.open(file) as image:
+            image.verify()  # PNG: every chunk's CRC; the decoder below finds truncation
+        with Image.open(file) as image:
+            image.load()
+            image = image.convert(mode).resize(size)
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on a bad file
+        raise UsageError(f"{where}: cannot read {file} as an image ({one_line(exc)}): it is truncated, corrupt or not an image; replace it or remove it from the folder") from exc
+
+
+def _load_images(files: Sequence[Path], spec: TensorSpec, where: str) -> np.ndarray:
     if len(spec.shape) != 4:
-        raise UsageError(f"a folder of images fits a 4-D image input, but {spec.name!r} is {spec.shape}")
+        raise UsageError(f"{where}: a folder of images fits a 4-D image input, but {spec.name!r} is {spec.shape}")
     channels_first = spec.shape[1] in (1, 3)
     channels = spec.shape[1] if channels_first else spec.shape[3]
     height, width = (spec.shape[2], spec.shape[3]) if channels_first else (spec.shape[1], spec.shape[2])
     if channels not in (1, 3):
-        raise UsageError(f"input {spec.name!r} {spec.shape} is not a 1- or 3-channel image")
+        raise UsageError(f"{where}: input {spec.name!r} {spec.shape} is not a 1- or 3-channel image")
     images = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                pixels = np.asarray(image, dtype=np.float32) / 255.0
-        except Exception as exc:
-            raise UsageError(f"cannot read image {file}: {exc}") from exc
-        pixels = pixels.reshape(height, width, channels)
+        pixels = _read_image(file, "L" if channels == 1 else "RGB", (width, height), where).reshape(height, width, channels)
         images.append(pixels.transpose(2, 0, 1) if channels_first else pixels)
     return np.stack(images).astype(spec.dtype)
 
 
+def _load_npys(files: Sequence[Path], spec: TensorSpec, where: str) -> np.ndarray:
+    """One sample (or one batch shaped like the input) per .npy file, stacked."""
+    arrays = []
+    for file in files:
+        try:
+            arrays.append(np.load(file, allow_pickle=False))
+        except Exception as exc:  # truncated, not .npy, or an object array (never unpickled)
+            raise UsageError(f"{where}: cannot read {file} as .npy ({one_line(exc)}); replace it or remove it from the folder") from exc
+        if arrays[-1].shape != arrays[0].shape:
+            raise UsageError(
+                f"{where}: {file} holds an array of shape {arrays[-1].shape} but {files[0].name} one of {arrays[0].shape}; "
+                "every .npy file in the folder holds one sample of the same shape"
+            )
+    stacked = np.stack(arrays)
+    return stacked.reshape(len(stacked), *spec.shape[1:]) if stacked[0].shape == spec.shape else stacked
+
+
 def load_samples(path: Path, inputs: Sequence[TensorSpec], what: str) -> SampleSet:
-    """A sample set from an .npy/.npz file or a folder of images (or of .npy files)."""
+    """A sample set from an .npy/.npz file or a folder of images or of .npy files (only one
+    kind, and nothing else but hidden files: see :func:`_folder_files`)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{what} not found: {path}")
     if path.is_dir():
-        npys = sorted(path.glob("*.npy"))
-        if npys and len(inputs) == 1:
-            arrays = [np.stack([np.load(p, allow_pickle=False) for p in npys])]
-            arrays = [a.reshape(len(a), *inputs[0].shape[1:]) if a[0].shape == inputs[0].shape else a for a in arrays]
-        else:
-            if len(inputs) != 1:
-                raise UsageError(f"{what}: a folder fits a single-input model; this one takes {len(inputs)} inputs (use .npz)")
-            arrays = [_load_images(path, inputs[0])]
-        return check_samples(arrays, inputs, f"{what} {path}")
+        if len(inputs) != 1:
+            raise UsageError(f"{what}: a folder fits a single-input model; this one takes {len(inputs)} inputs (use .npz)")
+        where = f"{what} {path}"
+        images, npys = _folder_files(path, where)
+        arrays = [_load_npys(npys, inputs[0], where) if npys else _load_images(images, inputs[0], where)]
+        return check_samples(arrays, inputs, where)
     named = dict(load_arrays(path, what))
     if "x" in named and len(inputs) == 1:
         arrays = [named["x"]]
@@ -332,6 +391,11 @@ def resolve_inputs(model: ReferenceModel, settings: ConvertSettings, needs_calib
         calibration_source = "the example's shipped data"
     recovery = _recovery(settings, model, calibration, calibration_given) if settings.compression else None
     provided = as_samples(settings.parity_inputs, model, "--example-inputs")
+    from edgex.core import resources
+
+    # before any sample is drawn or taken: what the parity run holds at once must fit (exit 2)
+    resources.check_run_memory(model, settings.samples, provided=provided, calibration=calibration,
+                               synthetic_calibration=SYNTHETIC_CALIBRATION if needs_calibration and calibration is None else 0)
     synthetic = False
     if provided is not None and count(provided) > 1:
         samples, source = take(provided, settings.samples, settings.seed), f"--example-inputs ({min(settings.samples, count(provided))} samples)"

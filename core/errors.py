@@ -6,6 +6,8 @@ The command line prints them as one line (a traceback only with ``--debug``) and
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class EdgexError(Exception):
     """Base of every error edgex raises deliberately."""
@@ -26,6 +28,20 @@ class UsageError(EdgexError):
 
 class ModelLoadError(UsageError):
     """The MODEL argument could not be turned into a runnable model."""
+
+
+class ModelError(UsageError):
+    """The model's own code failed on an input edgex gave it (its forward raised)."""
+
+
+class DiskFullError(EdgexError):
+    """A disk edgex writes to is full (or the user's quota there is used up): refused before the
+    work when the free space is clearly too small (``edgex.core.resources``), or met by a write.
+
+    Exit code 3, as for a target that could not finish: the input was fine, the machine could not
+    hold the results. The message names the disk, its free space and what was being written."""
+
+    exit_code = 3
 
 
 class PluginError(EdgexError):
@@ -56,6 +72,22 @@ class UnsupportedModel(TargetError):
     as opposed to failing on it. Named explicitly (``--target T``) it is that target's
     ``error``; under ``--target all`` the target's row is ``skipped`` with this reason, as for a
     precision the target lacks."""
+
+
+def exit_code_for(rows: Iterable[tuple[str | None, bool]]) -> int:
+    """A run's exit code from its targets' (status, requested) rows: 0 all passed; 1 an
+    artifact's parity was not proven (failed, or inconclusive); 3 a target errored or a requested
+    one was skipped (3 wins over 1). One rule for the report and for the supervisor reading it."""
+    rows = list(rows)
+    if any(status == "error" or (status == "skipped" and requested) or status not in STATUSES for status, requested in rows):
+        return 3
+    if any(status in ("failed", "inconclusive") for status, _ in rows):
+        return 1
+    return 0
+
+
+#: every status a target's row may have
+STATUSES = ("passed", "failed", "inconclusive", "error", "skipped")
 
 
 def is_unsupported_model(exc: BaseException) -> bool:

@@ -603,7 +603,7 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
             # parent runs the reference, as validate does
             job = IsolatedRun(work, name, settings, out / "logs" / f"{name}.log")
             try:
-                with observed(manager, "reference"):
+                with observed(manager, "reference", limit=settings.timeout_s):
                     reference = parity.reference_outputs(tapped, inputs.parity)
                     noise = parity.noise_floor(tapped, inputs.parity, reference)
             except BaseException:

@@ -9,6 +9,7 @@ wrong and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -17,11 +18,11 @@ import logging
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from edgex.core.errors import ModelLoadError, UsageError, one_line
+from edgex.core.errors import EdgexError, ModelLoadError, UsageError, one_line
 from edgex.core.types import ReferenceModel, TensorSpec
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".jit")
@@ -65,6 +66,82 @@ def _looks_like_text(path: Path) -> bool:
     return b"\x00" not in head
 
 
+# --------------------------------------------------------------------------- the model's own code
+
+
+class _ModelExit(BaseException):
+    """``os._exit`` called by the model's code: caught like ``sys.exit`` instead of ending edgex."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+#: what the model's code printed while loading, gathered by :func:`user_code`
+_PRINTED: list[str] = []
+
+
+@contextlib.contextmanager
+def user_code(doing: str) -> Iterator[None]:
+    """Run the model's own code (importing its file, calling its factory, its first forward).
+
+    - ``sys.exit`` / ``os._exit`` (Python-level, in this process) become a :class:`ModelLoadError`
+      naming the call and where it came from, never a dead edgex or a silent exit 0; an
+      ``argparse`` parse at import is named as such (a training script without a
+      ``__main__`` guard);
+    - whatever it prints (to stdout or stderr, Python or native) is gathered instead of
+      reaching the terminal, and kept in :attr:`ReferenceModel.printed`.
+    """
+    import os
+    import tempfile
+
+    real_exit, here = os._exit, os.getpid()
+
+    def model_exit(code: int) -> None:  # a process the model's code forked exits for real
+        if os.getpid() != here:
+            real_exit(code)
+        raise _ModelExit(code)
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        os._exit = model_exit
+        try:
+            yield
+        except (SystemExit, _ModelExit) as exc:
+            call = "os._exit" if isinstance(exc, _ModelExit) else "sys.exit"
+            raise ModelLoadError(_exit_message(call, exc.code, doing, exc.__traceback__)) from None
+        finally:
+            os._exit = real_exit
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            if text.strip():
+                _PRINTED.append(text)
+
+
+def _exit_message(call: str, code: Any, doing: str, tb: Any) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(tb)
+    if any(f.filename.endswith(("argparse.py", "optparse.py")) for f in frames):
+        return (f"the model's code parses the command line while {doing} (argparse exits on edgex's arguments); "
+                "guard the script's argument parsing and training with `if __name__ == \"__main__\":`")
+    own = [f for f in frames if f.filename != __file__ and not f.filename.startswith("<")]
+    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    return (f"the model's code called {call}({code!r}){where} while {doing}; a model file must not exit: "
+            "guard script code with `if __name__ == \"__main__\":` and return the model from the factory")
+
+
 # --------------------------------------------------------------------------- the torch forms
 
 
@@ -74,7 +151,10 @@ def _call_factory(factory: Any, where: str) -> tuple[Any, Any]:
     if not callable(factory):
         raise ModelLoadError(f"{where} is not callable; point MODEL at a function returning an nn.Module")
     try:
-        made = factory()
+        with user_code(f"calling {where}"):
+            made = factory()
+    except EdgexError:  # said already (the model exited, a time limit ran out)
+        raise
     except Exception as exc:
         raise ModelLoadError(f"factory {where} raised {one_line(exc)}") from exc
     example = None
@@ -99,7 +179,11 @@ def _load_factory_file(path_text: str, func: str) -> tuple[Any, Any, str]:
     sys.modules[name] = module
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its siblings
     try:
-        spec.loader.exec_module(module)
+        with user_code(f"importing {path}"):
+            spec.loader.exec_module(module)
+    except EdgexError:  # said already (the model exited, a time limit ran out)
+        del sys.modules[name]
+        raise
     except Exception as exc:
         del sys.modules[name]
         raise ModelLoadError(f"importing {path} raised {one_line(exc)}") from exc
@@ -113,7 +197,10 @@ def _load_factory_file(path_text: str, func: str) -> tuple[Any, Any, str]:
 
 def _load_factory_module(module_name: str, func: str) -> tuple[Any, Any]:
     try:
-        module = importlib.import_module(module_name)
+        with user_code(f"importing {module_name}"):
+            module = importlib.import_module(module_name)
+    except EdgexError:  # said already (the model exited, a time limit ran out)
+        raise
     except ModuleNotFoundError as exc:
         raise ModelLoadError(f"cannot import module {module_name!r}: {one_line(exc)} (a file path needs the .py suffix)") from exc
     except Exception as exc:
@@ -305,11 +392,28 @@ def _as_numpy_inputs(example: Any) -> list[np.ndarray]:
     return arrays
 
 
+#: elements drawn at a time by :func:`synthetic_input` (8 MiB of float64)
+DRAW_CHUNK = 1 << 20
+
+
 def synthetic_input(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
-    """A seeded sample for one input: standard normal for floats, small integers otherwise."""
-    if np.issubdtype(np.dtype(spec.dtype), np.floating):
-        return rng.standard_normal(spec.shape).astype(spec.dtype)
-    return rng.integers(0, 8, size=spec.shape).astype(spec.dtype)
+    """A seeded sample for one input: standard normal for floats, small integers otherwise.
+
+    Drawn in chunks straight into the result: the generator fills values in order, so the
+    numbers (and the generator's state after) are those of one whole float64 / int64 draw cast
+    to ``spec.dtype``, without that draw ever existing whole (8 bytes an element, next to the
+    result). A tensor that cannot fit in memory is refused first (exit 2), not half-allocated."""
+    from edgex.core import resources
+
+    resources.check_fits(spec)
+    dtype = np.dtype(spec.dtype)
+    floating = np.issubdtype(dtype, np.floating)
+    result = np.empty(spec.shape, dtype)
+    flat = result.reshape(-1)
+    for start in range(0, flat.size, DRAW_CHUNK):
+        stop = min(start + DRAW_CHUNK, flat.size)
+        flat[start:stop] = rng.standard_normal(stop - start) if floating else rng.integers(0, 8, size=stop - start)
+    return result
 
 
 def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
@@ -319,8 +423,10 @@ def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
     shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), user_code("running the model's forward once"):
             outputs = module(*tensors)
+    except EdgexError:  # said already (the model exited, a time limit ran out)
+        raise
     except Exception as exc:
         raise ModelLoadError(f"the model rejected input shape {shapes}: {one_line(exc)}") from exc
     names, found = flatten_outputs(outputs)
@@ -414,6 +520,8 @@ def load_model(
     """
     import torch
 
+    _PRINTED.clear()  # what this model's code prints while loading (user_code)
+
     file_hash = ""
     calibration = eval_data = None
     example: Any = None
@@ -497,8 +605,14 @@ def load_model(
     elif arrays is not None and all(tuple(a.shape[1:]) == s.shape[1:] for a, s in zip(arrays, input_specs)):
         probe = [np.ascontiguousarray(a[: s.shape[0]]) for a, s in zip(arrays, input_specs)]
     else:
+        from edgex.core import resources
+
+        resources.check_inputs_fit(input_specs)  # before anything is drawn (exit 2, one line)
         probe = [synthetic_input(s, rng) for s in input_specs]
-    output_names = _probe(module, probe)
+    from edgex.core.resources import measuring
+
+    # the probe forward, measured: its activations and outputs size the parity run's memory check
+    output_names = _probe(measuring(module), probe)
 
     with torch.no_grad():
         params = sum(int(p.numel()) for p in module.parameters())
@@ -512,4 +626,5 @@ def load_model(
         params=params,
         calibration=calibration,
         eval_data=eval_data,
+        printed="".join(_PRINTED),
     )

@@ -224,6 +224,7 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
     from edgex.core.loading import load_model
     from edgex.core.plugin_manager import make_manager
     from edgex.core.settings import make_settings
+    from edgex.core.supervisor import StageTimeout, time_limit
 
     model_cfg, preset = config.models[model_index], config.presets[preset_index]
     manager = make_manager()
@@ -238,15 +239,19 @@ def run_group(config: MatrixConfig, model_index: int, preset_index: int, out: st
         return base
 
     try:
-        reference = load_model(
-            model_cfg.spec,
-            input_shapes=model_cfg.input_shapes,
-            example_inputs=model_cfg.example_inputs,
-            weights=model_cfg.weights,
-        )
+        # the model's own code: the cell's time limit covers it, and a supervisor knows the stage
+        with time_limit(config.timeout_s, "load", f"loading the model {model_cfg.spec}"):
+            reference = load_model(
+                model_cfg.spec,
+                input_shapes=model_cfg.input_shapes,
+                example_inputs=model_cfg.example_inputs,
+                weights=model_cfg.weights,
+            )
         compression = steps_from_options(preset.options) if preset.options else ()
     except UsageError as exc:
         return [bad_input(t, p or "-", exc) for t in config.targets for p in (config.precisions or ("default",))]
+    except StageTimeout as exc:
+        return [_cell(model_cfg, preset, t, p or "-", "error", exc.message) for t in config.targets for p in (config.precisions or ("default",))]
 
     for precision, targets in _plans(manager, config).items():
         settings = make_settings(

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgex.core.errors import UsageError
+from edgex.core.errors import ModelError, UsageError, one_line
 from edgex.core.types import QuantParams, ReferenceModel
 
 #: fp32 tolerance = FP32_NOISE_FACTOR x the measured fp32-vs-fp64 noise floor
@@ -176,7 +176,17 @@ def torch_outputs(module: Any, batches: Sequence[tuple[np.ndarray, ...]], dtype:
                 outputs = None
             if outputs is not None and all(o.ndim > 0 and o.shape[0] == size * len(batches) for o in outputs):
                 return [[o[i * size : (i + 1) * size] for o in outputs] for i in range(len(batches))]
-        return [as_numpy(module(*tensors(b))) for b in batches]
+        outputs = []
+        for index, batch in enumerate(batches):
+            try:
+                outputs.append(as_numpy(module(*tensors(batch))))
+            except Exception as exc:  # the model's own forward: its failure is named, not an internal error
+                shapes = ", ".join(str(tuple(a.shape)) for a in batch)
+                raise ModelError(
+                    f"the model's forward raised on input {index + 1} of {len(batches)} (shape {shapes}): {one_line(exc)}; "
+                    "every parity input must run through the model: fix the model, or give inputs it accepts (--example-inputs, --calibration)"
+                ) from exc
+        return outputs
 
 
 def _onnx_run(path: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:

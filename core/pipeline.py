@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edgex.core import layout, parity
+from edgex.core import layout, parity, resources
 from edgex.core.cache import CachedResult, ResultCache, cache_key, restore, row_from_json, run_identity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
@@ -119,9 +119,10 @@ class Reference:
     all, and -- on first use -- edgex's simulated-quantized reference per scheme and its fp16
     range check."""
 
-    def __init__(self, manager: PluginManager, model: ReferenceModel, inputs: RunInputs) -> None:
+    def __init__(self, manager: PluginManager, model: ReferenceModel, inputs: RunInputs, limit: float | None = None) -> None:
         self.model, self.inputs = model, inputs
-        with observed(manager, "reference"):
+        # the model's own forward passes: --timeout covers them as it covers a target
+        with observed(manager, "reference", limit=limit):
             self.outputs = parity.reference_outputs(model, inputs.parity)
             self.noise = parity.noise_floor(model, inputs.parity, self.outputs)
             self.eval_outputs: list[np.ndarray] = []
@@ -484,6 +485,16 @@ def artifact_files(main: Path, candidates: Sequence[Path], kinds: Sequence[str])
     return [main, *sorted(companions)]
 
 
+def keep_printed(model: ReferenceModel, logs: Path, report: Report) -> None:
+    """What the model's code printed while loading, in logs/model.log (never on the terminal)."""
+    if not model.printed:
+        return
+    logs.mkdir(exist_ok=True)
+    (logs / "model.log").write_text(model.printed)
+    lines = len(model.printed.splitlines())
+    report.messages.append(f"the model's code printed {lines} line{'s' if lines != 1 else ''} while loading: logs/model.log")
+
+
 def _write_report(manager: PluginManager, claim: OwnedOut, report: Report, *, remove_stale: bool = True) -> None:
     """report.json and report.html, after removing the target folders an earlier run left that it
     does not describe (``remove_stale``: convert; validate keeps the same model's other artifacts
@@ -538,12 +549,15 @@ def convert(
     compression_summary = None
     if settings.compression:
         model, compression_summary = compress(manager, model, settings, inputs)
-    with owned_out(out, model, overwrite=overwrite) as claim, sandboxed(claim.path):
+    # the disk is checked once the folder is ours: clearly too small is refused before any work
+    disk = resources.disk_needed(model, [p.precision for p in plans if not p.skip])
+    with owned_out(out, model, overwrite=overwrite, disk=disk) as claim, sandboxed(claim.path):
         out = claim.path
         calibration_batches = inputs.calibration_batches
         report = Report(edgex_version=__version__, command=command, model=model_json(model, {"parity_inputs": inputs.parity_source}), compression=compression_summary)
         report.messages.extend(inputs.warnings)
         logs = out / "logs"
+        keep_printed(model, logs, report)
         rewriter = Rewriter(model, inputs.parity, settings.rewrite)
         # one ONNX export per opset and exporter, shared by the targets (in the run's scratch folder)
         exports = ExportStore(out / SCRATCH / "exports")
@@ -576,7 +590,7 @@ def convert(
 
         try:
             with a_core_for_the_child():
-                _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report))
+                _convert_each(manager, original, model, plans, _Starter(start, slots), inputs, report, out, _CacheLookup(cache, manager, model, settings, inputs, report), settings.timeout_s)
         except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: children ended by now; keep what finished
             _interrupted(report, plans, exc)
             report.model["exports"] = exports.records()
@@ -627,6 +641,9 @@ class _CacheLookup:
         key = self.keys.get(plan.target)
         if self.cache is not None and key is not None and row.status != "error":
             self.cache.store(key, row.to_json(), out / plan.target if row.artifacts else None, macs)
+        note = self.cache.damage_note(key) if self.cache is not None else None
+        if note:  # after storing: the fresh entry must not carry it
+            row.messages.append(note)
 
     def cached_macs(self) -> int | None:
         """The model's MAC count as a cached run counted it (counting imports torch's compiler: seconds)."""
@@ -699,6 +716,7 @@ def _convert_each(
     report: Report,
     out: Path,
     cached: _CacheLookup,
+    limit: float | None = None,
 ) -> None:
     """convert's targets, each row added to ``report`` in plan order as it finishes (an
     interrupted run keeps the rows added so far)."""
@@ -711,7 +729,7 @@ def _convert_each(
         starter.top_up()
         reference = None
         if starter.running:  # served from the cache, the targets need no reference outputs
-            reference = Reference(manager, model, inputs)
+            reference = Reference(manager, model, inputs, limit)
         first_int8 = next((p for p in runnable if p.precision == "int8" and p.target not in cached.hits), None)
         if first_int8 is not None:  # while the first target converts; of the model it converts, if it is running
             started = starter.running.get(first_int8.target)
@@ -781,6 +799,7 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
         out = claim.path
         (out / "logs").mkdir(exist_ok=True)
         (out / "logs" / f"{name}.log").unlink(missing_ok=True)  # this run's log, not appended to an old one
+        keep_printed(model, out / "logs", report)
         try:
             # an int8 artifact's tolerance is simulated on the model as this target converts it
             # (its rewrites proven first), as convert's is; the row lists no rewrites: none was made here
@@ -788,7 +807,7 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
             run = TargetRun(manager, name, registered.plugin, model, make_io, inputs, settings, out / "logs" / f"{name}.log",
                             simulated_from=lambda: Rewriter(model, inputs.parity, settings.rewrite).for_target(lacks))
             try:
-                reference = Reference(manager, model, inputs)
+                reference = Reference(manager, model, inputs, settings.timeout_s)
             except BaseException:
                 run.job.cancel()
                 raise

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgex.core.errors import STATUSES, exit_code_for
 from edgex.core.parity import ParityReport
 from edgex.core.tables import count, number, size, table
 
-STATUS_ORDER = ("passed", "failed", "inconclusive", "error", "skipped")
+STATUS_ORDER = STATUSES
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TargetReport:
             "io": self.io,
             "accuracy": self.accuracy,
             "messages": list(self.messages),
+            "requested": self.requested,
         }
         data.update(self.details)
         return data
@@ -78,14 +80,9 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """0 all passed; 1 an artifact's parity was not proven (failed, or inconclusive); 3 a target
-        errored or a requested one was skipped (3 wins over 1)."""
-        rows = self.targets.values()
-        if any(t.status == "error" or (t.status == "skipped" and t.requested) for t in rows):
-            return 3
-        if any(t.status in ("failed", "inconclusive") for t in rows):
-            return 1
-        return 0
+        """0 all passed; 1 an artifact's parity was not proven; 3 a target errored or a requested
+        one was skipped (:func:`edgex.core.errors.exit_code_for`)."""
+        return exit_code_for((t.status, t.requested) for t in self.targets.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,31 +107,38 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` by way of a temporary file renamed into place: a reader finds the
+    whole new file or the one before, never half of one. On any failure the temporary file is
+    removed; a full disk (``ENOSPC``, ``EDQUOT``) is a :class:`edgex.core.errors.DiskFullError`
+    (exit 3) naming the disk, its free space and the file."""
+    from edgex.core import resources
+
+    tmp = None
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; a report is meant to be read
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
-            json.dump(_finite(data), fh, indent=2, default=str)
-            fh.write("\n")
+            os.fchmod(fd, 0o644)  # mkstemp makes it private; a report is meant to be read
+            fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and resources.is_disk_full(exc):
+            size = resources.human_bytes(len(text.encode("utf-8", "replace")))
+            raise resources.disk_full_error(exc, writing=f"{path.name} ({size}) in {path.parent}", where=path.parent) from exc
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """``data`` as indented JSON (inf/NaN as strings), written whole or not at all (:func:`_write_atomic`)."""
+    _write_atomic(path, json.dumps(_finite(data), indent=2, default=str) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``text``, written whole or not at all (:func:`_write_atomic`)."""
+    _write_atomic(path, text)
 
 
 def dumps(data: Any) -> str:

@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgex.core import layout, parity
-from edgex.core.errors import UsageError
+from edgex.core import layout, parity, resources
+from edgex.core.errors import DiskFullError, UsageError, one_line
 from edgex.core.isolation import Isolated, RemoteError, start_isolated
 from edgex.core.plugin_manager import PluginManager, RegisteredTarget
 from edgex.core.sandbox import contained, offline
 from edgex.core.settings import ConvertSettings
+from edgex.core.supervisor import command_pid, owning, time_limit
 from edgex.core.types import ArtifactIO, ReferenceModel, Runtime, StageEvent
 
 Outputs = parity.Outputs
@@ -38,11 +39,25 @@ Outputs = parity.Outputs
 
 
 def prepare_out(out: Path) -> Path:
-    """``--out`` created if needed, as an absolute path (converters may change directory)."""
+    """``--out`` created if needed, as an absolute path (converters may change directory).
+
+    A path edgex cannot make a folder of is exit 2, one line: a file there or in the way (a
+    parent that is a file), no permission, a read-only file system. A full disk is a
+    :class:`DiskFullError` (exit 3) naming the disk."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    for parent in out.parents:  # the nearest that exists must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is {'a broken link' if not parent.exists() else 'a file'}, not a directory; choose another --out")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if resources.is_disk_full(exc):
+            raise resources.disk_full_error(exc, out, writing=f"the folder {out}", where=out) from exc
+        raise UsageError(f"cannot create --out {out}: {exc.strerror or one_line(exc)}; choose another --out") from exc
     return out.resolve()
 
 
@@ -94,8 +109,12 @@ def _take_lock(out: Path) -> tuple[_HeldLock, bool]:
             os.close(fd)
             continue
         left = os.read(fd, 256).strip()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{command_pid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: no lock is left held, nor its file
+            _release_lock(_HeldLock(lock, fd))
+            raise
         return _HeldLock(lock, fd), bool(left)
     raise UsageError(f"--out {out}: could not take {lock} (other runs keep taking it); try again")
 
@@ -113,7 +132,7 @@ def _create_lock(out: Path) -> _HeldLock:
     except FileExistsError:
         raise UsageError(_in_use(out, lock, lock.read_text().strip()) + f", or delete {lock} if no such run exists") from None
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        fh.write(f"{command_pid()} {socket.gethostname()}\n")
     return _HeldLock(lock, None)
 
 
@@ -137,6 +156,20 @@ def _remove_leftovers(out: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def tidy_after_death(out: Path) -> None:
+    """The leftovers of a run whose process died (by the model's exit, a kill, the OOM killer):
+    its work folders, scratch and lock, as the next run would remove them, but now. The logs
+    stay (they may say why); a folder another run holds meanwhile is left to it."""
+    try:
+        lock, _ = _take_lock(out)
+    except (UsageError, OSError):
+        return
+    try:
+        _remove_leftovers(out)
+    finally:
+        _release_lock(lock)
 
 
 def _undo_logs(out: Path, started: float, created: bool) -> None:
@@ -190,15 +223,28 @@ class OwnedOut:
 
 
 @contextmanager
-def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> Iterator[OwnedOut]:
+def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False, disk: resources.DiskNeed | None = None) -> Iterator[OwnedOut]:
     """Hold ``--out`` for one run: created, locked (a second run fails fast), cleared of a killed
     run's leftovers, and refused when it holds another model's report or files edgex did not
     write, unless ``overwrite``. Nothing is deleted here but leftovers; stale target folders go
-    when the new report is written (:meth:`OwnedOut.remove_stale`)."""
+    when the new report is written (:meth:`OwnedOut.remove_stale`).
+
+    ``disk``: what the run writes at the least (``resources.disk_needed``; default its reports,
+    logs and caches alone); a disk with less free space, once a killed run's leftovers are gone,
+    is refused before the work (:class:`DiskFullError`, exit 3), leaving nothing behind."""
     created = not Path(out).exists()
     started = time.time()
     path = prepare_out(out)
-    lock, took_over = _take_lock(path)
+    try:
+        lock, took_over = _take_lock(path)
+    except OSError as exc:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        if resources.is_disk_full(exc):
+            raise resources.disk_full_error(exc, out, writing=f"the lock file {LOCK_NAME} in --out {out}", where=path) from exc
+        raise
+    owning(path)  # should this process die, the supervisor tidies the folder (tidy_after_death)
+    working = False
     try:
         _remove_leftovers(path)
         previous: dict[str, Any] = {}
@@ -217,9 +263,16 @@ def owned_out(out: Path, model: ReferenceModel, *, overwrite: bool = False) -> I
             foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, "logs"))
             if foreign:
                 raise UsageError(f"--out {out} is not empty and edgex did not write it ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite")
+        # the folder is this run's; a killed run's leftovers are gone (their space counts as free)
+        resources.check_disk(path, disk or resources.disk_needed(model))
+        working = True
         yield OwnedOut(path, previous if "targets" in previous else {})
     except UsageError:
         _undo_logs(path, started, created)
+        raise
+    except DiskFullError:
+        if not working:  # refused before the work: nothing of the run stays
+            _undo_logs(path, started, created)
         raise
     finally:
         _remove_leftovers(path)  # an interrupted run's too: a work folder made as the signal came
@@ -237,14 +290,21 @@ def sandboxed(out: Path) -> Iterator[None]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: what each stage is doing, as the supervisor names it ("... while computing the reference outputs")
+STAGE_WORDS = {"reference": "computing the reference model's outputs", "compress": "compressing the model", "report": "writing the report"}
+
+
 @contextmanager
-def observed(manager: PluginManager, stage: str, target: str | None = None) -> Iterator[dict[str, str]]:
-    """Bracket a stage with observer events; set ``box["outcome"]`` to report more than "ok"."""
+def observed(manager: PluginManager, stage: str, target: str | None = None, *, limit: float | None = None) -> Iterator[dict[str, str]]:
+    """Bracket a stage with observer events; set ``box["outcome"]`` to report more than "ok".
+    The supervisor is told the stage, and ``limit`` (seconds) ends it with a StageTimeout."""
     start = time.perf_counter()
     manager.stage_started(StageEvent(stage, target))
     box = {"outcome": "ok"}
+    what = STAGE_WORDS.get(stage, stage) + (f" for {target}" if target else "")
     try:
-        yield box
+        with time_limit(limit, stage, what):
+            yield box
     except BaseException:
         manager.stage_finished(StageEvent(stage, target, "error", time.perf_counter() - start))
         raise

@@ -191,6 +191,9 @@ class ReferenceModel:
     calibration: tuple["np.ndarray", ...] | None = None
     #: labelled data (x, y) for task accuracy, where the spec ships some
     eval_data: tuple["np.ndarray", "np.ndarray"] | None = None
+    #: what the model's own code printed while it was loaded (kept off the terminal, whose
+    #: progress display and --json output it would corrupt; the run writes it to logs/model.log)
+    printed: str = ""
 
     @property
     def kind(self) -> str:

@@ -106,7 +106,7 @@ def test_a_row_reads_back_as_it_was_written():
             "tolerance": {"atol": 0.1, "rtol": 0.0, "source": "int8 step", "min_sqnr_db": 10.0}, "passed": False, "inputs": "seeded",
             "outputs": [{"name": "y", "max_abs": 1.0, "mean_abs": 0.5, "max_rel": 1.0, "tolerance": {"atol": 0.1, "rtol": 0.0, "source": "s"}, "within_tolerance": 0.5, "passed": False, "sqnr_db": 3.0}],
         },
-        "messages": ["y differs"], "int8_reference": {"scheme": "int8"},
+        "messages": ["y differs"], "requested": True, "int8_reference": {"scheme": "int8"},
     }
     back = row_from_json("onnx", row).to_json()
     assert back["parity"]["max_abs"] == float("inf") and back["int8_reference"] == {"scheme": "int8"}
