@@ -476,8 +476,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
         command = _command(argv)
         if command in REPORTING or _wants_manager(argv):
-            return supervise(lambda: _run(argv), command)
+            return supervise(lambda: _run(argv), command, tidy=_tidy)
     return _run(argv)
+
+
+def _tidy(out: Path) -> None:
+    """A dead worker's leftovers in the ``--out`` it held, removed as the next run would."""
+    from edgex.core.runner import tidy_after_death
+
+    tidy_after_death(out)
 
 
 def _run(argv: Sequence[str]) -> int:

@@ -6,7 +6,7 @@ The command line prints them as one line (a traceback only with ``--debug``) and
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 
 class EdgexError(Exception):
@@ -84,6 +84,17 @@ def exit_code_for(rows: Iterable[tuple[str | None, bool]]) -> int:
     if any(status in ("failed", "inconclusive") for status, _ in rows):
         return 1
     return 0
+
+
+def exit_code_for_cells(cells: Iterable[Mapping[str, Any]]) -> int:
+    """A matrix's exit code from its cells (results.json): 3 when a target failed (as convert),
+    else 2 when a cell's input was bad, else 1 / 0."""
+    rows = [row for cell in cells for row in cell["targets"].values()]
+    if any(row["status"] == "error" and not row.get("bad_input") for row in rows):
+        return 3
+    if any(row.get("bad_input") for row in rows):
+        return 2
+    return 1 if any(row["status"] in ("failed", "inconclusive") for row in rows) else 0
 
 
 #: every status a target's row may have

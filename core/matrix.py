@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from edgex.core.compression.options import OPTION_NAMES
-from edgex.core.errors import UsageError
+from edgex.core.errors import UsageError, exit_code_for_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgex.core.plugin_manager import PluginManager
@@ -623,11 +623,6 @@ def _write_results(out: Path, cells: list[dict[str, Any]], message: str | None =
 
 
 def exit_code(cells: Sequence[Mapping[str, Any]]) -> int:
-    """3 when a target failed (as convert), else 2 when a cell's input was bad, else 1 / 0."""
-    rows = [row for c in cells for row in c["targets"].values()]
-    statuses = {row["status"] for row in rows}
-    if any(row["status"] == "error" and not row.get("bad_input") for row in rows):
-        return 3
-    if any(row.get("bad_input") for row in rows):
-        return 2
-    return 1 if statuses & {"failed", "inconclusive"} else 0
+    """3 when a target failed (as convert), else 2 when a cell's input was bad, else 1 / 0
+    (:func:`edgex.core.errors.exit_code_for_cells`, which the supervisor also reads back)."""
+    return exit_code_for_cells(cells)

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from edgex.core.errors import EdgexError, exit_code_for
+from edgex.core.errors import EdgexError, exit_code_for, exit_code_for_cells
+from edgex.core.isolation import die_with_parent
 
 #: the worker's end of the pipe to its supervisor (None when unsupervised)
 _CHANNEL: int | None = None
@@ -158,8 +159,9 @@ def time_limit(seconds: float | None, stage: str, what: str) -> Iterator[None]:
 REPORTING = {"convert": "report", "validate": "report", "demo": "report", "matrix": "results"}
 
 
-def supervise(work: Callable[[], int], command: str | None = None) -> int:
-    """Run ``work`` (the ``command``) in a forked worker; the exit status as the module doc says."""
+def supervise(work: Callable[[], int], command: str | None = None, tidy: Callable[[Path], None] | None = None) -> int:
+    """Run ``work`` (the ``command``) in a forked worker; the exit status as the module doc says.
+    ``tidy(out)`` removes a dead worker's leftovers from an ``--out`` it held."""
     global _CHANNEL, _SUPERVISOR
     if not hasattr(os, "fork"):
         return work()
@@ -170,7 +172,7 @@ def supervise(work: Callable[[], int], command: str | None = None) -> int:
     if pid == 0:  # the worker
         os.close(read_end)
         _CHANNEL, _SUPERVISOR = write_end, os.getppid()
-        _die_with(os.getppid())
+        die_with_parent()
         code = 3
         try:
             code = work()
@@ -192,12 +194,12 @@ def supervise(work: Callable[[], int], command: str | None = None) -> int:
             sys.stderr.flush()
         os._exit(code)
     os.close(write_end)
-    return _Supervisor(pid, read_end, started, oom_before, REPORTING.get(command or "")).run()
+    return _Supervisor(pid, read_end, started, oom_before, REPORTING.get(command or ""), tidy).run()
 
 
 class _Supervisor:
-    def __init__(self, pid: int, channel: int, started: float, oom_before: int | None, reporting: str | None) -> None:
-        self.pid, self.channel, self.started, self.oom_before = pid, channel, started, oom_before
+    def __init__(self, pid: int, channel: int, started: float, oom_before: int | None, reporting: str | None, tidy: Callable[[Path], None] | None) -> None:
+        self.pid, self.channel, self.started, self.oom_before, self.tidy = pid, channel, started, oom_before, tidy
         #: the kind of report the command must write for a 0 (None: a listing, check, explain...)
         self.reporting = reporting
         self.report: dict[str, Any] | None = None
@@ -306,10 +308,8 @@ class _Supervisor:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             return _refuse(f"the report {path} cannot be read back ({type(exc).__name__}); nothing is proven")
-        if kind == "results":  # a matrix: its cells' rule (edgex.core.matrix.exit_code)
-            from edgex.core.matrix import exit_code
-
-            return exit_code(data)
+        if kind == "results":  # a matrix: a row per (cell, target)
+            return exit_code_for_cells(data)
         rows = data.get("targets", {})
         missing = [t for t in targets if t not in rows]
         if missing:
@@ -320,11 +320,8 @@ class _Supervisor:
         return code
 
     def _named_death(self, status: int) -> int:
-        if self.outs:
-            from edgex.core.runner import tidy_after_death
-
-            for out in self.outs:
-                tidy_after_death(out)
+        for out in self.outs if self.tidy is not None else ():
+            self.tidy(out)
         stage, what = self.stage["stage"], self.stage["what"]
         user_code = stage == "load"
         if self.ended_by_us:
@@ -349,13 +346,6 @@ class _Supervisor:
 def _refuse(message: str, code: int = 3) -> int:
     print(f"edgex: error: {message}", file=sys.stderr)
     return code
-
-
-def _die_with(parent: int) -> None:
-    """Linux: the kernel kills the worker when the supervisor dies (even by SIGKILL)."""
-    from edgex.core.isolation import _die_with_parent
-
-    _die_with_parent(parent)
 
 
 def _oom_kills() -> int | None:
