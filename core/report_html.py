@@ -191,6 +191,9 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda value, fmt=".4g": number(_float(value), fmt)
     env.filters["size"] = lambda value: size(value) if value else "-"
+    from edgex.core.report import verdict
+
+    env.filters["verdict"] = verdict
     env.globals["colours"] = STATUS_COLOURS
     return env
 
@@ -337,9 +340,12 @@ def matrix_page(cells: Sequence[Mapping[str, Any]], message: str | None = None) 
 def _grid_cell(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
+    from edgex.core.report import verdict
+
     label, value = _cell_measure(row)
     return {
         "status": row["status"],
+        "verdict": verdict(row),
         "size": size(row["size_bytes"]) if row.get("size_bytes") else "-",
         "measure": f"{'acc' if label.startswith('accuracy') else 'top-1'} {value:.3f}" if value is not None and math.isfinite(value) else "",
         "title": "; ".join(row.get("messages") or []),

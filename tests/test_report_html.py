@@ -139,6 +139,32 @@ def test_junit_follows_the_schema_and_failures_carry_metrics_and_tolerance():
     assert suite.find("testcase[@name='onnx[int8]']").findall("*") == []
 
 
+def test_an_emulated_verdict_says_so_on_every_summary(tmp_path):
+    """jetson without TensorRT: its pass is onnxruntime's, and the terminal table, the summary line,
+    report.html, the matrix page and junit.xml all say ``passed (emulated)`` (issue 28)."""
+    import edgex.core as edgex
+    from edgex.core.report import render_table, summary_line
+
+    out = tmp_path / "out"
+    typed = edgex.convert("examples:digits", ["jetson", "onnx"], samples=2, out=out)
+    assert typed.exit_code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"]["jetson"]["emulated"] is True and "emulated" not in report["targets"]["onnx"]
+    table = render_table(typed).splitlines()
+    assert next(line for line in table if line.startswith("jetson")).split()[1:3] == ["passed", "(emulated)"]
+    assert next(line for line in table if line.startswith("onnx")).split()[1] == "passed" and "(emulated)" not in next(line for line in table if line.startswith("onnx"))
+    assert "jetson on an emulated backend" in summary_line(typed, out)
+    page = (out / "report.html").read_text()
+    assert page.count("passed (emulated)") == 2  # the summary's verdict cell and the target's heading
+    cells = [{"cell": {"model": "digits", "compression": "none", "target": t, "precision": row["precision"]}, "targets": {t: row}} for t, row in report["targets"].items()]
+    suite = ET.fromstring(matrix_junit(cells))
+    assert schema_problems(suite, load_schema(DATA / "junit.xsd")) == []
+    jetson = suite.find("testcase[@name='jetson[fp16]']")
+    assert jetson.get("status") == "passed (emulated)" and "TensorRT not run" in jetson.find("system-out").text
+    assert suite.find("testcase[@name='onnx[fp32]']").get("status") == "passed"
+    assert "passed (emulated)" in matrix_page(cells)
+
+
 # --------------------------------------------------------------------------- the histogram report.json carries
 
 
