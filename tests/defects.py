@@ -1,4 +1,4 @@
-"""Planting int8 defects directly in converted artifact files (issue 15: is the parity verdict independent?).
+"""Planting defects directly in converted artifact files (issues 15 and 28: is the parity verdict independent?).
 
 Each planter takes an artifact and writes a modified copy, returning a :class:`Planted` that says
 where the defect went. Test scaffolding, not product code: tests load it by path (it lives next to
@@ -10,9 +10,18 @@ Formats and what each defect does to the data:
 - full-int8 ``.tflite`` (targets tflite, coral and mcu all validate this file): the weight ops are
   CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with per-channel int8 weights. Edited through the
   flatbuffer object API (``ModelT``), repacked, every buffer inline, so LiteRT and TFLM load it.
-- ONNX int8 (QDQ): the weight ops are Conv, Gemm and MatMul whose weight input is a
-  DequantizeLinear of an int8 initializer with a per-channel scale. (edgex's onnx target has no
-  dynamic-int8 precision; its int8 is QDQ static quantization.)
+- ONNX int8 (QDQ; targets onnx and jetson: both write per-channel symmetric int8 weights, jetson's
+  activations are symmetric too, as TensorRT requires, onnx's are not): the weight ops are Conv,
+  Gemm and MatMul whose weight input is a DequantizeLinear of an int8 initializer with a
+  per-channel scale. (edgex's onnx target has no dynamic-int8 precision;
+  its int8 is QDQ static quantization.)
+- ONNX float (``_format`` says "onnx-float" for an .onnx whose weight ops read no
+  DequantizeLinear): onnx at fp16 (float16 initializers, the graph's float32 input and output
+  Cast), jetson at fp16 (the artifact keeps float32 weights: TensorRT builds fp16 on the device,
+  emulated on onnxruntime here) and both at fp32. The weight ops are Conv, Gemm and MatMul whose
+  weight is a float initializer, read directly or through a Cast; their bias is the op's third
+  input (a MatMul's: the initializer of the Add that consumes it). Edited in the initializers, in
+  their own dtype.
 - Core ML dynamic-int8 ``.mlpackage``: the weight ops are the ``constexpr_affine_dequantize`` /
   ``constexpr_blockwise_shift_scale`` ops whose scale (and data) are blobs in weight.bin, patched
   in place. coremltools keeps small weights (the digits CNN's first conv and classifier) in fp16:
@@ -31,13 +40,24 @@ Defects (``layer`` is "last", "middle" or an index into the format's weight ops,
 - ``scale_channel``: output channel ``channel`` of the layer computes ``factor`` x its value before
   the activation (tflite: the kernel's requantisation multiplier of that channel -- bias included,
   since the int32 bias is read at input scale x weight scale; onnx: the weight and bias scales of
-  the channel; coreml: the dequant scale, so the bias is not scaled).
+  the channel; onnx-float: the channel's weights and bias; coreml: the dequant scale, so the bias
+  is not scaled).
 - ``swap_channels``: the layer's output channels ``a`` and ``b`` are computed in each other's place
   (weights, bias, scales and zero points swapped), so the next layer reads them in the wrong order.
+- ``shift_bias``: ``shift`` x the bias's spread (its standard deviation over the layer's output
+  channels, in float; max |bias| where all channels are equal) added to the bias of channel
+  ``channel`` (every channel when None), before the activation. The unit is the layer's own, so
+  the shift is material whatever the layer's scale: the default, 1 spread on every channel, moves
+  each pre-activation by about as much as its bias varies between channels. tflite and onnx int8:
+  the int32 bias gains the shift in its own units (tflite: the bias tensor's scale, input scale x
+  weight scale; onnx: the bias DequantizeLinear's scale), rounded and clipped to int32; onnx-float
+  and coreml: the float bias, in its dtype.
 - ``scale_output``: the model output's quantisation scale is written ``factor`` x while the int8
   values stay what they were (tflite: the producing weight op's scales are multiplied too, which
   cancels in its requantisation; onnx: only the final DequantizeLinear's scale changes), so the
-  dequantized output is ``factor`` x the honest one.
+  dequantized output is ``factor`` x the honest one. Impossible on onnx-float (no scale is stored
+  for a float output) and coreml; on ONNX int8 it is also "a scale coarsened": onnx's and jetson's
+  int8 artifacts alike.
 - ``drop_bias``: the layer's bias is all zeros.
 """
 
@@ -53,6 +73,8 @@ import numpy as np
 
 TFLITE_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 ONNX_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+#: TensorProto data types of float weights: FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_ONNX_FLOATS = (1, 10, 11, 16)
 COREML_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 #: ops that move int8 bytes without requantising: an output scale written behind them reaches the data as is
 _TFLITE_BYTE_MOVERS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
@@ -79,8 +101,11 @@ def _pick(layers: list, layer: str | int) -> int:
 
 
 def _format(path: Path) -> str:
+    """"tflite", "onnx" (int8 QDQ), "onnx-float" (float weights) or "mlpackage"."""
     path = Path(path)
-    if path.suffix in (".tflite", ".onnx", ".mlpackage"):
+    if path.suffix == ".onnx":
+        return "onnx" if _onnx_is_qdq(path) else "onnx-float"
+    if path.suffix in (".tflite", ".mlpackage"):
         return path.suffix[1:]
     raise ValueError(f"{path}: not a .tflite, .onnx or .mlpackage artifact")
 
@@ -189,6 +214,59 @@ def _onnx_layer(model: Any, inits: dict[str, Any], layer: str | int) -> tuple[An
     return node, weight, axis, bias[0] if bias else None
 
 
+def _onnx_is_qdq(path: Path) -> bool:
+    """Whether a weight op of the .onnx at ``path`` reads its weight through a DequantizeLinear."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return any(n.op_type in ONNX_WEIGHT_OPS and len(n.input) > 1 and n.input[1] in dequantized for n in model.graph.node)
+
+
+def _onnx_source(model: Any, inits: dict[str, Any], tensor: str) -> str | None:
+    """The float initializer that is ``tensor``, directly or through a Cast (fp16 graphs); else None."""
+    if tensor in inits:
+        return tensor
+    for node in model.graph.node:
+        if node.op_type == "Cast" and tensor in node.output and node.input[0] in inits:
+            return node.input[0]
+    return None
+
+
+def _onnx_bias_tensor(model: Any, node: Any) -> str | None:
+    """The tensor added to ``node``'s output as its bias: a Conv's or Gemm's third input, a MatMul's
+    sole consumer's other input where that consumer is an Add."""
+    if node.op_type != "MatMul":
+        return node.input[2] if len(node.input) > 2 and node.input[2] else None
+    consumers = [n for n in model.graph.node if node.output[0] in n.input]
+    if len(consumers) == 1 and consumers[0].op_type == "Add":
+        return next(i for i in consumers[0].input if i != node.output[0])
+    return None
+
+
+def _onnx_float_layer(model: Any, inits: dict[str, Any], layer: str | int) -> tuple[Any, str, int, str | None]:
+    """(weight op, weight initializer, its output-channel axis, bias initializer or None) of a float graph."""
+    ops = []
+    for node in model.graph.node:
+        if node.op_type in ONNX_WEIGHT_OPS and len(node.input) > 1:
+            weight = _onnx_source(model, inits, node.input[1])
+            if weight is not None and inits[weight].data_type in _ONNX_FLOATS and len(inits[weight].dims) >= 2:
+                ops.append((node, weight))
+    node, weight = ops[_pick(ops, layer)]
+    rank = len(inits[weight].dims)
+    if node.op_type == "Gemm":
+        axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+    elif node.op_type == "MatMul":
+        axis = rank - 1  # weight [..., in, out]
+    else:
+        axis = 0  # Conv: [out, in / group, *kernel]
+    tensor = _onnx_bias_tensor(model, node)
+    bias = _onnx_source(model, inits, tensor) if tensor else None
+    if bias is not None and int(np.prod(inits[bias].dims)) != int(inits[weight].dims[axis]):
+        bias = None  # a broadcast constant, not one value per output channel
+    return node, weight, axis, bias
+
+
 # --------------------------------------------------------------------------- .mlpackage
 
 #: MIL blob storage data types (coremltools mil/mil/backend/... BlobDataType)
@@ -287,6 +365,19 @@ def scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int
             return Planted(Path(out), "scale_channel", weight.input[0], {"channel": channel, "factor": factor})
 
         return _onnx_edit(path, out, edit)
+    if kind == "onnx-float":
+        def edit(model, inits):
+            _, weight, axis, bias = _onnx_float_layer(model, inits, layer)
+            for name, at in ((weight, axis), (bias, 0)):
+                if name is not None:
+                    values = _onnx_get(inits, name)
+                    index = [slice(None)] * values.ndim
+                    index[at] = channel
+                    values[tuple(index)] *= values.dtype.type(factor)
+                    _onnx_set(inits, name, values)
+            return Planted(Path(out), "scale_channel", weight, {"channel": channel, "factor": factor})
+
+        return _onnx_edit(path, out, edit)
 
     def edit(block, blobs):
         op, _, _ = _coreml_layer(block, layer)
@@ -328,6 +419,15 @@ def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0
                     if values.size > 1:
                         _onnx_set(inits, name, _swapped(values, 0, a, b))
             return Planted(Path(out), "swap_channels", weight.input[0], details)
+
+        return _onnx_edit(path, out, edit)
+    if kind == "onnx-float":
+        def edit(model, inits):
+            _, weight, axis, bias = _onnx_float_layer(model, inits, layer)
+            _onnx_set(inits, weight, _swapped(_onnx_get(inits, weight), axis, a, b))
+            if bias is not None:
+                _onnx_set(inits, bias, _swapped(_onnx_get(inits, bias).reshape(-1), 0, a, b).reshape(tuple(inits[bias].dims)))
+            return Planted(Path(out), "swap_channels", weight, details)
 
         return _onnx_edit(path, out, edit)
 
@@ -391,6 +491,8 @@ def scale_output(path: Path, out: Path, factor: float = 4.0, output: int = 0) ->
             return Planted(Path(out), "scale_output", name, {"factor": factor})
 
         return _onnx_edit(path, out, edit)
+    if kind == "onnx-float":
+        raise ValueError("a float ONNX graph's outputs carry no quantisation scale to write wrong")
     raise ValueError("a Core ML program's outputs are float: no output scale is stored to write wrong")
 
 
@@ -415,6 +517,15 @@ def drop_bias(path: Path, out: Path, layer: str | int = "last") -> Planted:
             return Planted(Path(out), "drop_bias", bias.input[0], {})
 
         return _onnx_edit(path, out, edit)
+    if kind == "onnx-float":
+        def edit(model, inits):
+            node, _, _, bias = _onnx_float_layer(model, inits, layer)
+            if bias is None:
+                raise ValueError(f"{node.name or node.op_type}: the layer has no bias initializer")
+            _onnx_set(inits, bias, np.zeros_like(_onnx_get(inits, bias)))
+            return Planted(Path(out), "drop_bias", bias, {})
+
+        return _onnx_edit(path, out, edit)
 
     def edit(block, blobs):
         op, _, bias = _coreml_layer(block, layer)
@@ -422,6 +533,84 @@ def drop_bias(path: Path, out: Path, layer: str | int = "last") -> Planted:
             raise ValueError(f"{op.outputs[0].name}: its consumer has no constant bias")
         blobs.put(bias, np.zeros_like(blobs.get(bias)))
         return Planted(Path(out), "drop_bias", op.outputs[0].name, {})
+
+    return _coreml_edit(path, out, edit)
+
+
+def _shifted(bias: np.ndarray, channel: int | None, shift: float) -> tuple[np.ndarray, float]:
+    """(the float bias plus ``shift`` spreads on ``channel``, or every channel, the float shift)."""
+    bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+    spread = float(bias.std()) or float(np.abs(bias).max())
+    if spread == 0.0:
+        raise ValueError("the bias is all zeros: it has no spread to measure a shift in")
+    delta = shift * spread
+    shifted = bias.copy()
+    if channel is None:
+        shifted += delta
+    else:
+        shifted[channel] += delta
+    return shifted, delta
+
+
+def _shifted_int32(values: np.ndarray, scales: np.ndarray, channel: int | None, shift: float) -> tuple[np.ndarray, float]:
+    """An int32 bias read at ``scales`` (one, or one per channel), shifted as :func:`_shifted` says, in its own units."""
+    values = np.asarray(values).reshape(-1)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64).reshape(-1), values.shape)
+    shifted, delta = _shifted(values * scales, channel, shift)
+    quantized = np.clip(np.round(shifted / scales), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    return quantized, delta
+
+
+def shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int | None = None, shift: float = 1.0) -> Planted:
+    """``shift`` x the spread of ``layer``'s bias added to channel ``channel`` of it, every channel
+    when None (see the module doc)."""
+    kind = _format(path)
+    if kind == "tflite":
+        def edit(model, subgraph, opnames):
+            _, weight, bias, _ = _tflite_layer(model, subgraph, opnames, layer)
+            if bias is None:
+                raise ValueError(f"{_name(weight.name)}: the layer has no bias")
+            q = bias.quantization
+            scales = np.array(q.scale, dtype=np.float64) if q is not None and q.scale is not None and len(q.scale) else None
+            if scales is None:
+                raise ValueError(f"{_name(bias.name)}: the bias carries no scale")
+            values, delta = _shifted_int32(_tflite_array(model, bias, "int32"), scales, channel, shift)
+            _tflite_store(model, bias, values.reshape([int(d) for d in bias.shape]))
+            return Planted(Path(out), "shift_bias", _name(bias.name), {"channel": channel, "shift": shift, "delta": delta})
+
+        return _tflite_edit(path, out, edit)
+    if kind == "onnx":
+        def edit(model, inits):
+            node, _, _, bias = _onnx_layer(model, inits, layer)
+            if bias is None:
+                raise ValueError(f"{node.name or node.op_type}: the layer has no quantized bias input")
+            values = _onnx_get(inits, bias.input[0])
+            zero = _onnx_get(inits, bias.input[2]).astype(np.int64) if len(bias.input) > 2 and bias.input[2] else 0
+            shifted, delta = _shifted_int32(values.astype(np.int64) - zero, _onnx_get(inits, bias.input[1]), channel, shift)
+            _onnx_set(inits, bias.input[0], (shifted.astype(np.int64) + np.reshape(zero, -1)).reshape(values.shape))
+            return Planted(Path(out), "shift_bias", bias.input[0], {"channel": channel, "shift": shift, "delta": delta})
+
+        return _onnx_edit(path, out, edit)
+    if kind == "onnx-float":
+        def edit(model, inits):
+            node, _, _, bias = _onnx_float_layer(model, inits, layer)
+            if bias is None:
+                raise ValueError(f"{node.name or node.op_type}: the layer has no bias initializer")
+            values = _onnx_get(inits, bias)
+            shifted, delta = _shifted(values, channel, shift)
+            _onnx_set(inits, bias, shifted.reshape(values.shape))
+            return Planted(Path(out), "shift_bias", bias, {"channel": channel, "shift": shift, "delta": delta})
+
+        return _onnx_edit(path, out, edit)
+
+    def edit(block, blobs):
+        op, _, bias = _coreml_layer(block, layer)
+        if bias is None:
+            raise ValueError(f"{op.outputs[0].name}: its consumer has no constant bias")
+        values = blobs.get(bias)
+        shifted, delta = _shifted(values, channel, shift)
+        blobs.put(bias, shifted.reshape(values.shape))
+        return Planted(Path(out), "shift_bias", op.outputs[0].name, {"channel": channel, "shift": shift, "delta": delta})
 
     return _coreml_edit(path, out, edit)
 
@@ -485,3 +674,121 @@ def pte_coarsen_output(path: Path, out: Path, scale: float, factor: float = 16.0
     old = np.array([scale], dtype=np.float32)
     _pte_patch(path, out, old, old * np.float32(factor))
     return Planted(Path(out), "coarsen_output", "output", {"scale": float(scale), "factor": factor})
+
+
+# --- .pte: every defect kind (issue 28)
+#
+# At int8 the XNNPACK program stores a Linear/Conv's bias as int32, round(bias / (input_scale x
+# weight_scale[c])), and beside it that bias's float32 per-channel scales, input_scale x
+# weight_scale[c] (both found in executorch 1.x's digits .pte; nothing else holds the float bias).
+# The input scale is the layer's input activation scale from calibration, which the model does not
+# give: ``xnnpack_int32_bias`` finds it as the one float32 value of the file for which those int32
+# bytes occur in the file.
+
+
+def _pte_patch_all(path: Path, out: Path, patches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Like ``_pte_patch`` for several (old, new) pairs at once: each ``old``'s bytes must occur
+    exactly once in ``path`` (overlapping occurrences counted) and no two may overlap, else nothing
+    is written."""
+    original = Path(path).read_bytes()
+    data = bytearray(original)
+    taken: list[tuple[int, int]] = []
+    for old, new in patches:
+        raw = np.ascontiguousarray(old).tobytes()
+        at = original.find(raw)
+        if at < 0 or original.find(raw, at + 1) >= 0:
+            hits = "no" if at < 0 else "several"
+            raise ValueError(f"{Path(path).name}: the {old.dtype} {tuple(old.shape)} values to patch occur {hits} times, not once")
+        if any(at < end and start < at + len(raw) for start, end in taken):
+            raise ValueError(f"{Path(path).name}: two of the values to patch overlap in the file")
+        taken.append((at, at + len(raw)))
+        data[at : at + len(raw)] = np.ascontiguousarray(new, dtype=old.dtype).tobytes()
+    Path(out).write_bytes(bytes(data))
+
+
+def _pte_precision(path: Path, weight: np.ndarray) -> str:
+    """"fp32" when ``weight``'s float32 bytes are in the file, "int8" when its XNNPACK int8 values are."""
+    data = Path(path).read_bytes()
+    if np.ascontiguousarray(weight, dtype=np.float32).tobytes() in data:
+        return "fp32"
+    if xnnpack_int8_weight(weight)[0].tobytes() in data:
+        return "int8"
+    raise ValueError(f"{Path(path).name}: the weight {tuple(np.shape(weight))} is in the file neither as float32 nor as XNNPACK int8")
+
+
+def xnnpack_int32_bias(path: Path, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(int32 bias values, their float32 per-channel scales, the layer's input scale) of the layer
+    with the known float ``weight`` and ``bias`` in an int8 XNNPACK .pte (see the section's note).
+    Every finite positive float32 in the file (at any byte offset) is tried as the input scale;
+    refuses unless the int32 bytes it gives are found, at exactly one place in the file."""
+    data = Path(path).read_bytes()
+    _, scales = xnnpack_int8_weight(weight)
+    bias = np.asarray(bias, dtype=np.float32)
+    words = [np.frombuffer(data[k : k + (len(data) - k) // 4 * 4], dtype=np.float32) for k in range(4)]
+    floats = np.unique(np.concatenate(words))
+    floats = floats[np.isfinite(floats) & (floats > 0)]
+    found: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+    with np.errstate(all="ignore"):
+        for x in floats:
+            bias_scales = (np.float32(x) * scales).astype(np.float32)
+            exact = bias / bias_scales
+            if not np.all(np.isfinite(exact)) or np.abs(exact).max() >= 2**31 or np.abs(exact).max() < 16:
+                continue  # out of int32, or too few levels to tell the bias apart from other bytes
+            values = np.round(exact).astype(np.int32)
+            raw = values.tobytes()
+            at = data.find(raw)
+            if at < 0:
+                continue
+            if data.find(raw, at + 1) >= 0:
+                raise ValueError(f"{Path(path).name}: the int32 bias for input scale {x:g} occurs several times")
+            found.setdefault(at, (values, bias_scales, float(x)))
+    if len(found) != 1:
+        raise ValueError(f"{Path(path).name}: the int32 bias of the weight {tuple(np.shape(weight))} is found at {len(found)} places, not one")
+    return next(iter(found.values()))
+
+
+def pte_swap_channels(path: Path, out: Path, weight: np.ndarray, bias: np.ndarray | None = None, a: int = 0, b: int = 1) -> Planted:
+    """Output channels ``a`` and ``b`` of the layer with the known float ``weight`` (and ``bias``)
+    swapped. fp32: the float32 weight rows and bias values. int8: the int8 weight rows, their
+    float32 scales, the int32 bias values and the bias's float32 scales (so each channel is its
+    neighbour's, exactly)."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    precision = _pte_precision(path, weight)
+    if precision == "fp32":
+        patches = [(weight, _swapped(weight, 0, a, b))]
+        if bias is not None:
+            old = np.ascontiguousarray(bias, dtype=np.float32)
+            patches.append((old, _swapped(old, 0, a, b)))
+    else:
+        values, scales = xnnpack_int8_weight(weight)
+        patches = [(values, _swapped(values, 0, a, b)), (scales, _swapped(scales, 0, a, b))]
+        if bias is not None:
+            ints, bias_scales, _ = xnnpack_int32_bias(path, weight, bias)
+            patches += [(ints, _swapped(ints, 0, a, b)), (bias_scales, _swapped(bias_scales, 0, a, b))]
+    _pte_patch_all(path, out, patches)
+    return Planted(Path(out), "swap_channels", f"weight {tuple(weight.shape)}", {"channels": (a, b), "precision": precision, "bias": bias is not None})
+
+
+def pte_shift_bias(path: Path, out: Path, weight: np.ndarray, bias: np.ndarray, channel: int = 0, shift: float = 1.0) -> Planted:
+    """The bias of output channel ``channel`` of the layer with the known float ``weight`` and
+    ``bias`` stored ``shift`` higher (in the layer's output units). fp32: the float32 value. int8:
+    the int32 value moves by round(shift / its bias scale), so the shift lands on the int32 grid
+    (``details["shift"]`` is the one written)."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    old = np.ascontiguousarray(bias, dtype=np.float32)
+    precision = _pte_precision(path, weight)
+    if precision == "fp32":
+        new = old.copy()
+        new[channel] += np.float32(shift)
+        _pte_patch_all(path, out, [(old, new)])
+        written = float(new[channel] - old[channel])
+    else:
+        ints, bias_scales, _ = xnnpack_int32_bias(path, weight, old)
+        step = int(np.round(shift / float(bias_scales[channel])))
+        if step == 0:
+            raise ValueError(f"a shift of {shift:g} is under half the int32 bias step {float(bias_scales[channel]):g}")
+        new = ints.copy()
+        new[channel] = np.int32(int(ints[channel]) + step)
+        _pte_patch_all(path, out, [(ints, new)])
+        written = step * float(bias_scales[channel])
+    return Planted(Path(out), "shift_bias", f"bias {tuple(old.shape)}", {"channel": channel, "shift": written, "precision": precision})
