@@ -11,7 +11,8 @@ artifact), then each defect kind is planted in a copy *of the file* (tests/defec
   scales), a bias shifted, and below fp32 a quantization scale written wrong (x4) or coarsened (x16);
 - **material**: a defect counts only if it costs at least 6 dB of SQNR against the honest
   artifact (``MATERIAL_DB``); immaterial ones are listed apart, not counted;
-- **caught** = status ``failed``; the honest artifact must pass (else a false alarm).
+- **caught** = status ``failed``; the honest artifact must pass (else a false alarm), and below
+  fp32 its gap to edgex's simulated reference (simulated minus artifact SQNR) is printed.
 
 It prints caught / planted material defects and false alarms per (target, precision), and the
 totals. Nothing is asserted here: tests/test_int8_defects.py, tests/test_defects_float.py,
@@ -118,7 +119,10 @@ def main() -> None:
             honest = report.targets[target]
             artifact = cell / "honest" / honest.artifacts[0]
             base = honest.parity.sqnr_db if honest.parity else None
-            rows.append({"target": target, "precision": precision, "defect": "honest", "status": honest.status, "sqnr_db": base})
+            reference = honest.details.get("int8_reference") or {}
+            sim = min((o["sqnr_sim_db"] for o in reference.get("outputs", ()) if o.get("sqnr_sim_db") is not None), default=None)
+            rows.append({"target": target, "precision": precision, "defect": "honest", "status": honest.status, "sqnr_db": base,
+                         "sqnr_sim_db": sim, "gap_db": (sim - base) if sim is not None and base is not None else None})
             _print(rows[-1])
             for defect, plant in plants(CELLS[(target, precision)], precision, honest).items():
                 planted = cell / defect / artifact.name
@@ -148,6 +152,9 @@ def main() -> None:
         total_caught, total, alarms = total_caught + caught, total + len(material), alarms + alarm
         print(f"{target}:{precision}: caught {caught}/{len(material)} material, false alarms {alarm}" + (f"; immaterial (not counted): {', '.join(immaterial)}" if immaterial else ""))
     print(f"\nall: caught {total_caught}/{total} material planted defects, false alarms {alarms}")
+    gaps = sorted((r["gap_db"], f"{r['target']}:{r['precision']}") for r in rows if r.get("gap_db") is not None)
+    if gaps:
+        print("honest rows below fp32, simulation minus artifact SQNR (dB): " + ", ".join(f"{name} {gap:+.1f}" for gap, name in gaps))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
 
@@ -155,6 +162,8 @@ def main() -> None:
 def _print(row: dict[str, Any]) -> None:
     sqnr = f"{row['sqnr_db']:8.1f}" if isinstance(row.get("sqnr_db"), float) else f"{'-':>8}"
     cost = f"{row['cost_db']:8.1f}" if isinstance(row.get("cost_db"), float) else f"{'-':>8}"
+    if row.get("gap_db") is not None:  # an honest row below fp32: how far under edgex's simulation it lands
+        row = {**row, "why": f"simulated {row['sqnr_sim_db']:.1f} dB, gap {row['gap_db']:+.1f} dB"}
     material = "" if row["defect"] == "honest" else ("yes" if row.get("material") else ("n/a" if row["status"] == "n/a" else "no"))
     print(f"{row['target']:10} {row['precision']:12} {row['defect']:18} {row['status']:8} {sqnr} {cost}  {material} {row.get('why', '')[:80]}", flush=True)
 

@@ -157,7 +157,9 @@ class ArtifactIO:
     #: edgex's own simulated reference quantizes the same way: ``weight_bits`` (7 for
     #: onnxruntime's reduce_range; default 8), ``symmetric_activations`` (zero point 0, as
     #: TensorRT requires; default False), ``palettize_bits`` (weights stored as a k-means palette
-    #: of 2**bits values instead of int8, as Core ML palettizes)
+    #: of 2**bits values instead of int8, as Core ML palettizes), ``pools_on_input_grid`` (average
+    #: pooling's output on its input's scale and zero point, as LiteRT and onnxruntime keep it;
+    #: default False: on a range of its own)
     quantization: Mapping[str, Any] = field(default_factory=dict)
 
 

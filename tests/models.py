@@ -229,3 +229,49 @@ def blank_corner_mlp():
     with torch.no_grad():
         model[0].weight[:, 0] = 0
     return model, (torch.zeros(1, 64),)
+
+
+class _DepthwiseSeparable(torch.nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dw = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.pw = torch.nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.dw(x)))
+        return torch.relu(self.bn2(self.pw(x)))
+
+
+class _KeywordSpotter(torch.nn.Module):
+    """DS-CNN keyword spotting (49 MFCC frames x 10): a 10x4 strided stem, four depthwise-separable
+    blocks, a 24x5 average pool, 12 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 64, (10, 4), stride=2, padding=(4, 1), bias=False)
+        self.bn = torch.nn.BatchNorm2d(64)
+        self.blocks = torch.nn.Sequential(*[_DepthwiseSeparable(64) for _ in range(4)])
+        self.pool = torch.nn.AvgPool2d((24, 5))
+        self.fc = torch.nn.Linear(64, 12)
+
+    def forward(self, x):
+        x = self.pool(self.blocks(torch.relu(self.bn(self.stem(x)))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def kws_dscnn():
+    """Untrained, its batch-norm statistics measured on inputs (issue 28: the average pool's int8
+    grid, which LiteRT and onnxruntime keep equal to its input's)."""
+    torch.manual_seed(0)
+    model = _KeywordSpotter()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average: the statistics actually measured
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(8):
+            model(torch.randn(32, 1, 49, 10, generator=generator))
+    return model.eval(), (torch.randn(1, 1, 49, 10, generator=generator),)

@@ -676,7 +676,7 @@ def _search_recipes(
     def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
         def compute(_: Path) -> dict[str, Any]:
             try:
-                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits) if model.module is not None else None}
+                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, pools_on_input_grid=True) if model.module is not None else None}
             except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
                 return {"floor": None}
 
@@ -770,9 +770,10 @@ def _search_recipes(
 
 
 def _quantization(graph: Any) -> dict[str, Any]:
-    """``ArtifactIO.quantization`` of a .tflite: a 16x8 model's int16 activations, which its
-    simulated reference quantizes likewise (``pipeline.Reference.simulated``)."""
-    return {"activation_bits": 16} if activation_bits_of(graph) == 16 else {}
+    """``ArtifactIO.quantization`` of a .tflite, which its simulated reference quantizes likewise
+    (``pipeline.Reference.simulated``): a 16x8 model's int16 activations; AVERAGE_POOL_2D's
+    output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE)."""
+    return {"pools_on_input_grid": True, **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
 
 
 def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8) -> tuple[Any, ...]:

@@ -287,7 +287,8 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
     scheme: dict[str, Any] = {}
     if precision == "int8":
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
-        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model)}
+        # AveragePool's output keeps its input's scale (onnxruntime's QDQDirect8BitOp)
+        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model), "pools_on_input_grid": True}
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
 
 
