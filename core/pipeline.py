@@ -170,7 +170,7 @@ class Reference:
             "symmetric_activations": bool((quantization or {}).get("symmetric_activations", False)),
             "palettize_bits": (quantization or {}).get("palettize_bits"),
             "activation_bits": int((quantization or {}).get("activation_bits", 8)),
-            "pools_on_input_grid": bool((quantization or {}).get("pools_on_input_grid", False)),
+            "on_input_grid": tuple(sorted((quantization or {}).get("on_input_grid", ()))),
         }
         applied = rewritten.applied() if rewritten is not None else ()
         key = (scheme, *scheme_options.values(), applied)

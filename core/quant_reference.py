@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -261,16 +261,12 @@ def _export(module: Any, example_inputs: tuple[np.ndarray, ...]) -> Any:
 # --------------------------------------------------------------------------- the interpreter
 
 
-#: average pooling, whose int8 output LiteRT (``SAME_AS_INPUT_SCALE``) and onnxruntime's QDQ
-#: quantizer (``QDQDirect8BitOp``) keep on their input's scale and zero point rather than a range
-#: of their own: averaging 120 positions of a 24x5 map then leaves ~19 of the 256 steps in use,
-#: which a simulation on the pool's own calibrated range does not see (a keyword-spotting CNN
-#: simulated 4.9 dB better than any honest .tflite of it). A global mean (``adaptive_avg_pool2d``,
-#: ``mean``) lowers to MEAN, which requantizes: not in here.
-POOLS = frozenset({"avg_pool1d", "avg_pool2d", "avg_pool3d"})
-
-
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, pools_on_input_grid: bool = False) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = ()) -> Any:
+    # ops whose int8 output the artifact keeps on its input's grid (ArtifactIO.quantization): an
+    # average pool of 120 positions then uses ~19 of the 256 steps, which a simulation on the
+    # pool's own narrow range does not see (a keyword-spotting CNN simulated 4.9 dB better than
+    # any honest .tflite of it)
+    on_input_grid = frozenset(on_input_grid)
     import torch
 
     class Simulator(torch.fx.Interpreter):
@@ -341,7 +337,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 self.bulk[node] = (min(p_low, seen[0]), max(p_high, seen[1])) if seen else (p_low, p_high)
                 return value
             low, high = self.ranges.get(node, (0.0, 0.0))
-            if pools_on_input_grid and _op_name(node) in POOLS:  # on its input's grid, as the artifact
+            if _op_name(node) in on_input_grid:  # on its input's grid, as the artifact keeps it
                 low, high = _calibrated_range(node.args[0], self.ranges) or (low, high)
             half_step = int16_scale(low, high) / 2 if activation_bits == 16 else (max(high, 0.0) - min(low, 0.0)) / 510.0
             counts = self.outside.setdefault(node, [0, 0])
@@ -424,7 +420,7 @@ def simulate(
     palettize_bits: int | None = None,
     activation_bits: int = 8,
     calibrated: Calibration | None = None,
-    pools_on_input_grid: bool = False,
+    on_input_grid: Iterable[str] = (),
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
@@ -433,8 +429,9 @@ def simulate(
     calibration and scheme) already holds them. ``weight_bits`` 7 is onnxruntime's reduce_range;
     ``symmetric_activations`` is TensorRT's zero-point-0 scheme; ``palettize_bits`` replaces int8
     weights by a k-means palette of 2**bits values per tensor (Core ML); ``activation_bits`` 16 is
-    TFLite's 16x8 mode (int16 activations, int8 weights); ``pools_on_input_grid`` quantizes
-    average pooling on its input's grid (:data:`POOLS`, as LiteRT and onnxruntime do). Raises
+    TFLite's 16x8 mode (int16 activations, int8 weights); ``on_input_grid`` names the ops quantized
+    on their input's grid (``ArtifactIO.quantization``: average pooling in LiteRT and
+    onnxruntime, ``adaptive_avg_pool2d`` in XNNPACK). Raises
     :class:`CannotSimulate` for what it cannot simulate.
     """
     if not batches:
@@ -445,7 +442,7 @@ def simulate(
     elif calibrated.scheme != scheme:
         raise UsageError(f"a {calibrated.scheme} calibration cannot serve a {scheme} simulation")
     graph_module, plan = calibrated.graph_module, calibrated.plan
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, pools_on_input_grid)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid)
     simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
     simulator.calibrating = False
     outputs = _run(simulator, batches)
@@ -453,7 +450,7 @@ def simulate(
     output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
     ranges: list[tuple[float, float] | None] = []
     for source in _flat_nodes(output_node.args[0]):
-        if pools_on_input_grid and _op_name(source) in POOLS:  # an output pool keeps its input's grid too
+        if _op_name(source) in frozenset(on_input_grid):  # an output pool keeps its input's grid too
             source = source.args[0]
         ranges.append(_calibrated_range(source, simulator.ranges) if scheme == "int8" else None)
     if len(ranges) != len(outputs[0]):
@@ -482,7 +479,7 @@ def simulated_floor(
     batches: Sequence[tuple[np.ndarray, ...]],
     reference: Outputs,
     activation_bits: int = 8,
-    pools_on_input_grid: bool = False,
+    on_input_grid: Iterable[str] = (),
 ) -> tuple[float, float] | None:
     """What a full-integer artifact of ``module`` must reach on ``batches``: (the SQNR floor its
     verdict will ask, the simulated reference's own SQNR), both the worst output's against
@@ -492,7 +489,7 @@ def simulated_floor(
     from edgex.core.parity import output_error, simulated_sqnr_floor
 
     try:
-        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, pools_on_input_grid=pools_on_input_grid)
+        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid)
     except CannotSimulate:
         return None
     sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))

@@ -157,10 +157,16 @@ class ArtifactIO:
     #: edgex's own simulated reference quantizes the same way: ``weight_bits`` (7 for
     #: onnxruntime's reduce_range; default 8), ``symmetric_activations`` (zero point 0, as
     #: TensorRT requires; default False), ``palettize_bits`` (weights stored as a k-means palette
-    #: of 2**bits values instead of int8, as Core ML palettizes), ``pools_on_input_grid`` (average
-    #: pooling's output on its input's scale and zero point, as LiteRT and onnxruntime keep it;
-    #: default False: on a range of its own)
+    #: of 2**bits values instead of int8, as Core ML palettizes), ``on_input_grid`` (the torch ops
+    #: whose int8 output keeps its input's scale and zero point instead of a range of its own:
+    #: :data:`AVERAGE_POOLS` for LiteRT and onnxruntime, ``adaptive_avg_pool2d`` for XNNPACK;
+    #: default none)
     quantization: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: average pooling, whose int8 output LiteRT (``SAME_AS_INPUT_SCALE``) and onnxruntime's QDQ
+#: quantizer (``QDQDirect8BitOp``) keep on their input's grid (``ArtifactIO.quantization["on_input_grid"]``)
+AVERAGE_POOLS = ("avg_pool1d", "avg_pool2d", "avg_pool3d")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from edgex.core.errors import BackendMissingError, EdgexError, TargetError, Unsu
 from edgex.core.isolation import RemoteError, start_isolated
 from edgex.core.sandbox import contained, offline
 from edgex.core.types import (
+    AVERAGE_POOLS,
     Artifact,
     ArtifactIO,
     ArtifactTrace,
@@ -110,6 +111,7 @@ def target_check(name: str, operators: ModelOperators, precision: str) -> Operat
 
 __all__ = [
     "__version__",
+    "AVERAGE_POOLS",
     "hookimpl",
     "aten_reach",
     "contained",

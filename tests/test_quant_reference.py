@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edgex.core.quant_reference import CannotSimulate, fake_quant_weight, simulate, vacuous_reference
+from edgex.core.types import AVERAGE_POOLS
 
 
 def _samples(shape, count, seed):
@@ -213,7 +214,7 @@ def test_an_average_pool_is_simulated_on_its_inputs_grid_as_litert_and_onnxrunti
     calibration = np.random.default_rng(2).standard_normal((256, 1, 49, 10)).astype(np.float32)
     parity = [(calibration[i : i + 1],) for i in range(16)]
     plain = simulate(module, (example[0].numpy(),), [(calibration,)], parity)
-    on_grid = simulate(module, (example[0].numpy(),), [(calibration,)], parity, pools_on_input_grid=True)
+    on_grid = simulate(module, (example[0].numpy(),), [(calibration,)], parity, on_input_grid=AVERAGE_POOLS)
     reference = _float(module, parity)
     assert _sqnr(reference, on_grid.outputs) < _sqnr(reference, plain.outputs) - 3.0  # the grid the pool really gets costs dB
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgex.plugins import (
+    AVERAGE_POOLS,
     __version__,
     infer_permutation,
     layout_name,
@@ -676,7 +677,7 @@ def _search_recipes(
     def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
         def compute(_: Path) -> dict[str, Any]:
             try:
-                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, pools_on_input_grid=True) if model.module is not None else None}
+                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS) if model.module is not None else None}
             except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
                 return {"floor": None}
 
@@ -773,7 +774,7 @@ def _quantization(graph: Any) -> dict[str, Any]:
     """``ArtifactIO.quantization`` of a .tflite, which its simulated reference quantizes likewise
     (``pipeline.Reference.simulated``): a 16x8 model's int16 activations; AVERAGE_POOL_2D's
     output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE)."""
-    return {"pools_on_input_grid": True, **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+    return {"on_input_grid": list(AVERAGE_POOLS), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
 
 
 def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8) -> tuple[Any, ...]:

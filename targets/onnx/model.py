@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgex.plugins import (
+    AVERAGE_POOLS,
     infer_permutation,
     layout_name,
     one_line,
@@ -288,7 +289,7 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
     if precision == "int8":
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
         # AveragePool's output keeps its input's scale (onnxruntime's QDQDirect8BitOp)
-        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model), "pools_on_input_grid": True}
+        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model), "on_input_grid": list(AVERAGE_POOLS)}
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
 
 
