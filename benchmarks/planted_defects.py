@@ -80,6 +80,7 @@ def plants(kind: str, precision: str, row: Any) -> dict[str, Plant]:
             scale = row.io["outputs"][0]["quantization"]["scale"]
             found["coarsen-output-x16"] = lambda p, o: d.pte_coarsen_output(p, o, scale, factor=16.0)
         return found
+    _load("defects")  # first: defects_openvino builds on its Planted
     d = _load(kind)
     found = {
         "scale-ch-x1.5": lambda p, o: d.scale_channel(p, o, layer="middle", channel=1, factor=1.5),

@@ -1,4 +1,7 @@
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -6,6 +9,22 @@ pytest_plugins = ["edgex.plugins.testing"]
 
 # Tests judge edgex itself: third-party plugins installed on the machine must not interfere.
 os.environ.setdefault("EDGEX_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def _helper_module(name: str) -> None:
+    """tests/NAME.py as the module ``NAME``, once per process: --import-mode=importlib puts no test
+    folder on sys.path, so the test files ``import defects`` after this (dataclasses look their
+    module up in sys.modules)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+# the artifact planters (tests/defects.py first: defects_openvino builds on its Planted)
+for _name in ("defects", "defects_openvino"):
+    _helper_module(_name)
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -30,16 +49,7 @@ def one_thread():
 def artifact_planters():
     """tests/defects.py's artifact planters in the conformance kit's form (``planters=``):
     ``scale_channel`` and ``scale_output`` for .onnx and .tflite artifacts."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    defects = sys.modules.get("defects")
-    if defects is None:  # by path, as test_int8_defects loads it: no test folder is on sys.path
-        spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-        defects = importlib.util.module_from_spec(spec)
-        sys.modules["defects"] = defects  # dataclasses look their module up there
-        spec.loader.exec_module(defects)
+    import defects
 
     def planter(defect):
         return lambda artifact, folder: getattr(defects, defect)(artifact, folder / Path(artifact).name).path

@@ -58,9 +58,7 @@ counts when its weight input leads, through Convert/Subtract/Multiply/Reshape/Tr
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,20 +66,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _planted_class():
-    """``Planted`` of tests/defects.py, loaded by path as the tests load it (no test folder is on
-    sys.path under --import-mode=importlib); the module already loaded is reused."""
-    module = sys.modules.get("defects")
-    if module is None or not hasattr(module, "Planted"):
-        spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["defects"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module.Planted
-
-
-Planted = _planted_class()
+from defects import Planted  # tests/defects.py, loaded first by tests/conftest.py or the benchmark
 
 #: ops whose second input is a layer's weights
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")

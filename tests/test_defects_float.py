@@ -10,29 +10,17 @@ module.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import defects  # tests/defects.py, loaded by tests/conftest.py (no test folder is on sys.path)
 from edgex.core import api
 
 SAMPLES = 8
 MODEL = "examples:digits"
 
 
-def _load_defects():
-    """tests/defects.py by path (--import-mode=importlib puts no test folder on sys.path)."""
-    spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["defects"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-defects = _load_defects()
 
 #: artifact name -> (target, precision the artifact is converted and judged at)
 ARTIFACTS = {

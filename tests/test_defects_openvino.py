@@ -10,8 +10,6 @@ not installed.
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,18 +26,7 @@ SAMPLES = 8
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def _load(name):
-    """A tests/ module by path: --import-mode=importlib puts no test folder on sys.path."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ov_defects = _load("defects_openvino")
+import defects_openvino as ov_defects  # noqa: E402  loaded by tests/conftest.py (no test folder is on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ Defects (channel 3, and 5 for the swap):
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import pytest
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")
 
+import defects  # noqa: E402  tests/defects.py, loaded by tests/conftest.py (no test folder is on sys.path)
 from edgex.core import api  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -42,16 +41,6 @@ DEFECTS = ("scale_channel", "swap_channels", "shift_bias", "coarsen_output")
 PRECISIONS = ("fp32", "int8")
 
 
-def _load_defects():
-    """tests/defects.py by path (--import-mode=importlib puts no test folder on sys.path)."""
-    spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["defects"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-defects = _load_defects()
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ what today's criterion gets wrong is a strict xfail, to flip when the criterion 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import defects  # tests/defects.py, loaded by tests/conftest.py (no test folder is on sys.path)
 from edgex.core import api
 
 pytestmark = pytest.mark.slow
@@ -29,16 +28,6 @@ def _seven_bit_onnx() -> bool:
 TODAY = pytest.mark.xfail(_seven_bit_onnx(), strict=True, reason="a defect inside 7-bit quantization noise (see WRONG_TODAY)")
 
 
-def _load_defects():
-    """tests/defects.py by path, as tests/models.py is used: --import-mode=importlib puts no test folder on sys.path."""
-    spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["defects"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-defects = _load_defects()
 
 
 MODELS = {"digits": "examples:digits", "resnet_tiny": f"{Path(__file__).with_name('models.py')}:resnet_tiny"}

@@ -201,25 +201,22 @@ def test_an_average_pool_is_simulated_on_its_inputs_grid_as_litert_and_onnxrunti
     onnxruntime (QDQDirect8BitOp) keep its int8 output on its input's grid; simulated on a range of
     its own, edgex's reference was 4-5 dB better than any honest .tflite, its floor above every
     recipe, and the honest row failed. Now the row passes within 1.5 dB of the simulation."""
-    import importlib.util
     import json
     from pathlib import Path
 
     import edgex.core as edgex
 
-    spec = importlib.util.spec_from_file_location("models_kws", Path(__file__).with_name("models.py"))
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)
-    module, example = models.kws_dscnn()
+    kws = f"{Path(__file__).with_name('models.py')}:kws_dscnn"
+    model = edgex.load_model(kws)
     calibration = np.random.default_rng(2).standard_normal((256, 1, 49, 10)).astype(np.float32)
     parity = [(calibration[i : i + 1],) for i in range(16)]
-    plain = simulate(module, (example[0].numpy(),), [(calibration,)], parity)
-    on_grid = simulate(module, (example[0].numpy(),), [(calibration,)], parity, on_input_grid=AVERAGE_POOLS)
-    reference = _float(module, parity)
+    plain = simulate(model.module, model.example_inputs, [(calibration,)], parity)
+    on_grid = simulate(model.module, model.example_inputs, [(calibration,)], parity, on_input_grid=AVERAGE_POOLS)
+    reference = _float(model.module, parity)
     assert _sqnr(reference, on_grid.outputs) < _sqnr(reference, plain.outputs) - 3.0  # the grid the pool really gets costs dB
 
     np.save(tmp_path / "calib.npy", calibration)
-    report = edgex.convert(f"{Path(__file__).with_name('models.py')}:kws_dscnn", ["tflite", "onnx"], out=tmp_path / "out", precision="int8", calibration=tmp_path / "calib.npy")
+    report = edgex.convert(kws, ["tflite", "onnx"], out=tmp_path / "out", precision="int8", calibration=tmp_path / "calib.npy")
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     for name, row in report.targets.items():
         assert row.status == "passed", (name, row.messages)

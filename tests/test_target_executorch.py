@@ -8,7 +8,6 @@ folded into it) is the known weight the planters find in the file.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")
 
+import defects  # noqa: E402  tests/defects.py, loaded by tests/conftest.py (no test folder is on sys.path)
 from edgex.core import api  # noqa: E402
 from edgex.targets.executorch import describe_pte, program_layout  # noqa: E402
 
@@ -31,16 +31,6 @@ SAMPLES = 16
 MODELS = Path(__file__).with_name("models.py")
 
 
-def _load_defects():
-    """tests/defects.py by path (--import-mode=importlib puts no test folder on sys.path)."""
-    spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["defects"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-defects = _load_defects()
 
 
 def _convert(out: Path, precision: str, model: str = "examples:digits", **kwargs):
