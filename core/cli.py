@@ -222,7 +222,9 @@ def _load(args: argparse.Namespace, spec: str):
 
 def _reported(args: argparse.Namespace, manager: PluginManager | None, report_path: Path, kind: str = "report") -> None:
     """Tell the supervisor the report this run wrote and the targets it must hold a row for."""
-    names = [] if manager is None else [manager.resolve_target(t).name for t in (getattr(args, "target", None) or ()) if isinstance(t, str) and t != "all"]
+    asked = getattr(args, "target", None) or ()
+    asked = (asked,) if isinstance(asked, str) else asked  # validate's --target is one name, convert's a list
+    names = [] if manager is None else [manager.resolve_target(t).name for t in asked if t != "all"]
     reported(report_path.resolve(), names, kind)
 
 

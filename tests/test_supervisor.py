@@ -133,6 +133,15 @@ def test_a_forward_that_raises_on_some_inputs_is_one_line_naming_the_input(tmp_p
     assert code == 2 and "forward raised on input" in line and "input out of range" in line
 
 
+def test_validate_names_its_target_and_is_0_from_its_report(tmp_path):
+    """validate's --target is one name (convert's a list): the report must hold its row."""
+    code, _, err, _ = _edgex(tmp_path, "convert", "examples:digits", "-t", "onnx", "--samples", "2", "--out", "first")
+    assert code == 0, err
+    code, _, err, _ = _edgex(tmp_path, "validate", "first/onnx/model.onnx", "--reference", "examples:digits", "--target", "onnx", "--samples", "2", "--out", "again")
+    assert code == 0 and not err.strip(), err
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["targets"]["onnx"]["status"] == "passed"
+
+
 # --------------------------------------------------------------------------- the invariant itself
 
 
