@@ -90,10 +90,12 @@ def owning(out: Path) -> None:
     _send({"out": str(out)})
 
 
-def _done(code: int) -> None:
+def _done(code: int, parsing: bool = False) -> None:
+    """The worker's last word: its exit status, and whether it ended while parsing its arguments
+    (--help, --version, a usage error: no work began, so no report is owed)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    _send({"done": int(code)})
+    _send({"done": int(code), "parsing": parsing})
 
 
 def command_pid() -> int:
@@ -173,15 +175,16 @@ def supervise(work: Callable[[], int], command: str | None = None, tidy: Callabl
         os.close(read_end)
         _CHANNEL, _SUPERVISOR = write_end, os.getppid()
         die_with_parent()
-        code = 3
+        code, parsing = 3, False
         try:
             code = work()
         except SystemExit as exc:  # argparse's --help and --version (the command catches the model's)
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+            parsing = True
         except BaseException:  # the command names its own errors; anything else is named above
             code = 3
         with contextlib.suppress(BaseException):
-            _done(code)
+            _done(code, parsing)
         _forget_channel()
         # the worker's own exit handlers (multiprocessing's finalizers among them) run, so nothing
         # it made is reported leaked; it never returns into its caller's code
@@ -297,7 +300,7 @@ class _Supervisor:
         code = int(last["done"])
         if self.report is not None and code in (0, 1):
             return self._from_report(Path(self.report["report"]), self.report["kind"], self.report["targets"], code)
-        if code == 0 and self.reporting:
+        if code == 0 and self.reporting and not last.get("parsing"):
             return _refuse("the work ended with 0 but wrote no report; nothing is proven (a bug in edgex: please report it)")
         return code
 

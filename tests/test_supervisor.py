@@ -142,6 +142,15 @@ def test_validate_names_its_target_and_is_0_from_its_report(tmp_path):
     assert json.loads((tmp_path / "again" / "report.json").read_text())["targets"]["onnx"]["status"] == "passed"
 
 
+@pytest.mark.parametrize("args, expected", [(("convert", "--help"), 0), (("matrix", "--help"), 0), (("convert", "x", "--no-such-option"), 2)], ids=["convert-help", "matrix-help", "usage-error"])
+def test_help_and_usage_errors_of_reporting_commands_owe_no_report(tmp_path, args, expected):
+    """Parsing ends before any work: --help is 0 and a usage error 2, as argparse says, never the
+    supervisor's "ended with 0 but wrote no report"."""
+    code, out, err, _ = _edgex(tmp_path, *args)
+    assert code == expected and "no report" not in err, err
+    assert ("usage:" in out) if expected == 0 else ("--no-such-option" in _one_line(err))
+
+
 # --------------------------------------------------------------------------- the invariant itself
 
 
