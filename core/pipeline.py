@@ -34,7 +34,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import Calibration, CannotSimulate, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -113,6 +113,14 @@ def plan_targets(manager: PluginManager, names: Sequence[str], precision: str | 
 VACUOUS_HINT = "load trained weights (--weights) and give real inputs (--example-inputs or --calibration)"
 
 
+#: what a verdict without a simulated reference falls back to, and what it cannot see
+_WEAKER = {
+    "int8": "judged by output steps alone, which cannot catch a wrong scale",
+    "dynamic-int8": "judged by output steps alone, which cannot catch a wrong scale",
+    "fp16": "judged by fp16 steps at the output's peak alone, which cannot catch a small shift of one output",
+}
+
+
 class Reference:
     """The reference's side of every verdict in a run, computed once and shared by its targets:
     its outputs on the parity and eval inputs, its float noise floor, whether it can judge at
@@ -185,7 +193,7 @@ class Reference:
                     sim = simulate(model.module, model.example_inputs, (), parity_inputs, scheme, **scheme_options, calibrated=calibrated)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
-                    self._simulated[key] = (None, f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale")
+                    self._simulated[key] = (None, f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}")
         return self._simulated[key]
 
     def calibrated(self, scheme: str, rewritten: Rewritten | None = None) -> tuple[Calibration | str, str]:
@@ -197,16 +205,16 @@ class Reference:
         if key not in self._calibrated:
             model = rewritten.model if applied else self.model
             if model.module is None:
-                self._calibrated[key] = ("no simulated int8 reference: an ONNX reference has no torch model to quantize; judged by output steps alone, which cannot catch a wrong scale", "")
+                self._calibrated[key] = (f"no simulated {scheme} reference: an ONNX reference has no torch model to quantize; {_WEAKER[scheme]}", "")
             else:
-                calibration, how = self.calibration() if scheme == "int8" else ([], "weights only")
+                calibration, how = self.calibration() if scheme == "int8" else ([], "no calibration" if scheme == "fp16" else "weights only")
                 if applied:  # the rewritten model's input dtypes (int64 ids as int32)
                     calibration = list(rewritten.cast(calibration) or ())
                     how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
                 try:
                     self._calibrated[key] = (calibrate(model.module, model.example_inputs, calibration, scheme), how)
                 except CannotSimulate as exc:
-                    self._calibrated[key] = (f"no simulated int8 reference ({exc.message}); judged by output steps alone, which cannot catch a wrong scale", "")
+                    self._calibrated[key] = (f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}", "")
         return self._calibrated[key]
 
     @cached_property
@@ -377,12 +385,12 @@ class TargetRun:
             row.details.update(outcome.conversion.details)
         simulated = None
         try:
-            if io.precision in ("int8", "dynamic-int8"):
+            if io.precision in SCHEMES:
                 simulated, how = reference.simulated(io.precision, io.quantization, self.simulated_from())
                 if simulated is None:
                     row.messages.append(how)
                 else:
-                    row.details["int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
+                    row.details["fp16_reference" if io.precision == "fp16" else "int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
                     if flags := describe_flags(simulated.ranges):
                         row.messages.append(flags)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)

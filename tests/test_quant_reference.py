@@ -107,8 +107,39 @@ def test_a_recurrent_model_raises_a_clear_error():
 def test_unknown_scheme_is_a_usage_error():
     model = torch.nn.Linear(4, 2).eval()
     batches = _samples((1, 4), 2, 0)
-    with pytest.raises(Exception, match="no simulated int8 reference for scheme 'fp16'"):
-        simulate(model, batches[0], batches, batches, "fp16")
+    with pytest.raises(Exception, match="no simulated reference for scheme 'int4'"):
+        simulate(model, batches[0], batches, batches, "int4")
+
+
+def test_fp16_rounds_weights_inputs_and_every_op_output_and_computes_in_fp32():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).eval()
+    batches = _samples((2, 6), 3, 4)
+    sim = simulate(model, batches[0], (), batches, "fp16")
+
+    def half(t):
+        return t.half().float()
+
+    with torch.no_grad():
+        for batch, outputs in zip(batches, sim.outputs):
+            (first, _, last) = model
+            x = half(torch.from_numpy(batch[0]))
+            x = half(torch.nn.functional.linear(x, half(first.weight), half(first.bias)))
+            x = half(torch.tanh(x))
+            x = half(torch.nn.functional.linear(x, half(last.weight), half(last.bias)))
+            np.testing.assert_array_equal(outputs[0], x.numpy())
+    assert not np.array_equal(sim.outputs[0][0], model(torch.from_numpy(batches[0][0])).detach().numpy())
+
+
+def test_fp16_simulates_a_recurrent_model_batch_by_batch():
+    """aten.lstm trusts its state's batch: the graph's batch-1 state with stacked inputs corrupted
+    the heap (the process died), so recurrent graphs are never stacked."""
+    model = torch.nn.LSTM(4, 8, batch_first=True).eval()
+    batches = _samples((1, 5, 4), 3, 5)
+    sim = simulate(model, batches[0], (), batches, "fp16")
+    with torch.no_grad():
+        for batch, outputs in zip(batches, sim.outputs):
+            expected = model(torch.from_numpy(batch[0]))[0].numpy()
+            assert outputs[0].shape == expected.shape and np.abs(outputs[0] - expected).max() < 1e-2
 
 
 # --------------------------------------------------------------------------- vacuous references
