@@ -34,7 +34,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -158,8 +158,7 @@ class Reference:
         ``rewritten``: what the target converted (``Rewriter.for_target``). With a rewrite applied,
         the simulation quantizes that model, the one the artifact is a quantization of: its ops
         are the artifact's (an nn.LSTM written out per step into linear, sigmoid, tanh, mul, add,
-        cat has a quantization point after each, which the recurrent op -- which edgex cannot
-        simulate -- has not; a hardswish written as add, relu6 and mul has two more than the one
+        cat has a quantization point after each, each step's input projection its own range; a hardswish written as add, relu6 and mul has two more than the one
         op). Only the tolerance comes from it: e_sim and sqnr_sim still measure the simulation
         against the un-rewritten model's outputs, which every artifact is compared with. So the
         rewrite's own fp32 drift counts in e_sim, and it is proven small before it is used:
@@ -181,9 +180,11 @@ class Reference:
             "on_input_grid": tuple(sorted((quantization or {}).get("on_input_grid", ()))),
         }
         applied = rewritten.applied() if rewritten is not None else ()
-        key = (scheme, *scheme_options.values(), applied)
+        # how the artifact quantizes a recurrent op changes the graph simulated, so the calibration too
+        calibrated, how = self.calibrated(scheme, rewritten, (quantization or {}).get("recurrent"))
+        scheme_options["recurrent"] = None if isinstance(calibrated, str) else calibrated.recurrent
+        key = (scheme, *scheme_options.values(), applied, calibrated if isinstance(calibrated, str) else "")
         if key not in self._simulated:
-            calibrated, how = self.calibrated(scheme, rewritten)
             if isinstance(calibrated, str):
                 self._simulated[key] = (None, calibrated)
             else:
@@ -196,12 +197,20 @@ class Reference:
                     self._simulated[key] = (None, f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}")
         return self._simulated[key]
 
-    def calibrated(self, scheme: str, rewritten: Rewritten | None = None) -> tuple[Calibration | str, str]:
+    def calibrated(self, scheme: str, rewritten: Rewritten | None = None, recurrent: str | None = None) -> tuple[Calibration | str, str]:
         """The export and activation ranges every ``scheme`` simulation of the model (as
-        ``rewritten`` for a target) shares, made on first use, and what it was calibrated on; or,
-        in its place, why there is no simulated reference."""
+        ``rewritten`` for a target, its recurrent ops as the artifact quantizes them) shares,
+        made on first use, and what it was calibrated on; or, in its place, why there is no
+        simulated reference. A model without a recurrent op has one calibration whatever the
+        target's ``recurrent`` says."""
+        plain, how = self._calibrate(scheme, rewritten, None)
+        if isinstance(plain, str) and how == RecurrentOp.__name__:  # it holds a recurrent op
+            return (plain, "") if recurrent is None else self._calibrate(scheme, rewritten, recurrent)
+        return plain, how
+
+    def _calibrate(self, scheme: str, rewritten: Rewritten | None, recurrent: str | None) -> tuple[Calibration | str, str]:
         applied = rewritten.applied() if rewritten is not None else ()
-        key = (scheme, applied)
+        key = (scheme, applied, recurrent)
         if key not in self._calibrated:
             model = rewritten.model if applied else self.model
             if model.module is None:
@@ -212,9 +221,9 @@ class Reference:
                     calibration = list(rewritten.cast(calibration) or ())
                     how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
                 try:
-                    self._calibrated[key] = (calibrate(model.module, model.example_inputs, calibration, scheme), how)
-                except CannotSimulate as exc:
-                    self._calibrated[key] = (f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}", "")
+                    self._calibrated[key] = (calibrate(model.module, model.example_inputs, calibration, scheme, recurrent), how)
+                except CannotSimulate as exc:  # (why, and for a recurrent op the target may say how to simulate: RecurrentOp)
+                    self._calibrated[key] = (f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}", type(exc).__name__ if isinstance(exc, RecurrentOp) else "")
         return self._calibrated[key]
 
     @cached_property

@@ -15,11 +15,14 @@ torch model alone, with the scheme the target uses:
 - ``dynamic-int8``: weights per output channel symmetric int8, activations float.
 
 The simulation runs an ``torch.fx`` interpreter over the ``torch.export`` graph, so programs
-loaded from ``.pt2`` work as nn.Modules do. Models with recurrent ops (LSTM, GRU) raise
-:class:`CannotSimulate`: their weights sit inside one op whose int8 form the converters each
-choose differently, and a made-up reference would judge nothing. (A target that converts an LSTM
-written out per step, ``lstm-steps``, gets the simulation of that rewritten model:
-``pipeline.Reference.simulated``.)
+loaded from ``.pt2`` work as nn.Modules do. A recurrent op (LSTM, GRU, RNN) is simulated the way
+the target says its artifact quantizes one (``ArtifactIO.quantization["recurrent"]``,
+:data:`RECURRENT_FORMS`): ``unrolled`` (LiteRT: written out per step by PyTorch's own
+decomposition, every linear, sigmoid, tanh, mul and add an int8 op like any other) or ``float``
+(XNNPACK's and onnxruntime's QDQ quantizers annotate no recurrent op: it runs in float32, its
+weights too, and what reads its output quantizes it). A target that declares neither gets
+:class:`CannotSimulate`, naming the op. (A target that converts an LSTM written out per step,
+``lstm-steps``, gets the simulation of that rewritten model: ``pipeline.Reference.simulated``.)
 
 :func:`vacuous_reference` says when a reference's outputs cannot judge any artifact at all.
 """
@@ -27,6 +30,7 @@ written out per step, ``lstm-steps``, gets the simulation of that rewritten mode
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -36,8 +40,6 @@ from edgex.core.errors import UsageError
 
 Outputs = list[list[np.ndarray]]  # [sample][output]
 SCHEMES = ("int8", "dynamic-int8", "fp16")
-#: schemes that quantize to integers (fp16 only rounds: it needs no calibration and no op-specific form)
-INTEGER_SCHEMES = ("int8", "dynamic-int8")
 EPS32 = 2.0**-23
 
 #: ops whose output holds only values of their input (on its int8 grid): no new quantization point
@@ -55,12 +57,24 @@ _FUSED_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_
 _TAKES_ACTIVATION = frozenset({"conv1d", "conv2d", "conv3d", "convolution", "linear", "add", "add_", "sub", "mul", "batch_norm"})
 _CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d", "convolution"})
 _TRANSPOSED_CONVOLUTIONS = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
-#: ops the scheme cannot describe: their weights live inside one recurrent op
+#: recurrent ops: their weights live inside one op, which each converter quantizes its own way
 _RECURRENT = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "_thnn_fused_lstm_cell"})
+#: how an artifact quantizes a recurrent op (``ArtifactIO.quantization["recurrent"]``):
+#: ``unrolled``: written out per step into int8 linear, sigmoid, tanh, mul, add (LiteRT);
+#: ``float``: kept one float32 op, weights float too, its output quantized where it is read
+#: (XNNPACK's quantizer, onnxruntime's static QDQ quantizer)
+RECURRENT_FORMS = ("unrolled", "float")
+#: ops that make a tensor of zeros (nn.LSTM's initial state): zeros need no quantization point,
+#: and a converter folds what multiplies or adds them away (LiteRT's unrolled LSTM has no f * c0)
+_ZEROS = frozenset({"zeros", "zeros_like", "new_zeros"})
 
 
 class CannotSimulate(UsageError):
     """The model holds something the int8 simulation cannot reproduce honestly."""
+
+
+class RecurrentOp(CannotSimulate):
+    """The model holds a recurrent op, and the target did not say how its artifact quantizes one."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,9 @@ class SimulatedReference:
     activation_bits: int = 8
     #: every calibrated activation range (:func:`range_diagnostics`), with what is wrong with it
     ranges: tuple[dict[str, Any], ...] = ()
+    #: how the model's recurrent ops were simulated (RECURRENT_FORMS), with how many; None without one
+    recurrent: str | None = None
+    recurrent_ops: int = 0
 
     def flagged_ranges(self) -> list[dict[str, Any]]:
         return [r for r in self.ranges if r["flags"]]
@@ -106,10 +123,14 @@ class SimulatedReference:
         else:
             kind = "symmetric int16" if self.activation_bits == 16 else f"{'symmetric ' if self.symmetric_activations else ''}int8"
             io = "int16" if self.activation_bits == 16 else "int8"
+            io += " outputs, inputs where not read by a float recurrent op only" if self.recurrent == "float" else ""
             how = (
                 f"{self.folded_batch_norms} BatchNorms folded, {weights}, "
                 f"{self.activation_points} activations per-tensor {kind} (min/max of {self.calibration_samples} calibration samples), {io} I/O"
             )
+        if self.recurrent_ops:
+            how += (f"; {self.recurrent_ops} recurrent op(s) written out per step (PyTorch's decomposition), quantized like every op" if self.recurrent == "unrolled"
+                    else f"; {self.recurrent_ops} recurrent op(s) kept float32, weights too, quantized where their outputs are read")
         return f"edgex's own simulated {self.scheme} reference: {how}"
 
 
@@ -211,20 +232,36 @@ class _Plan:
     folded: set[Any]  # BatchNorm nodes folded away (identity at run time)
     points: set[Any]  # nodes whose output is quantized (int8 scheme)
     inputs: list[Any]  # user input placeholders (quantized in the int8 scheme)
+    recurrent_ops: int = 0  # recurrent ops (decomposed or kept float)
+    #: a recurrent op is run as one op: batches are never stacked into one call (aten.lstm does not
+    #: check its initial state's batch against its input's, baked at batch 1 by the export, and crashes)
+    unstackable: bool = False
 
 
 def _constant(node: Any) -> bool:
     return node is None or getattr(node, "op", None) == "get_attr"
 
 
-def _plan(graph_module: Any, scheme: str = "int8") -> _Plan:
+def _plan(graph_module: Any, recurrent: str | None = None, decomposed: int = 0) -> _Plan:
     graph = graph_module.graph
+    floats = set()  # float32 values: a recurrent op kept float, its results and what only moves them
     for node in graph.nodes:
-        if scheme in INTEGER_SCHEMES and _op_name(node) in _RECURRENT:
-            raise CannotSimulate(
-                f"edgex cannot build its own int8 reference for this model: it holds a recurrent op ({_op_name(node)}) "
-                "whose int8 form each converter chooses differently"
-            )
+        if _op_name(node) in _RECURRENT:
+            if recurrent != "float":
+                raise (RecurrentOp if recurrent is None else CannotSimulate)(
+                    f"edgex cannot build its own int8 reference for this model: it holds a recurrent op ({_op_name(node)}) "
+                    + ("that PyTorch's decomposition did not write out" if recurrent == "unrolled" else
+                       "and the target does not say how its artifact quantizes one (ArtifactIO.quantization 'recurrent': "
+                       + " or ".join(RECURRENT_FORMS) + ")")
+                )
+            floats.add(node)
+        elif node.op == "call_function" and (_op_name(node) in _MOVES_VALUES) and node.args and node.args[0] in floats:
+            floats.add(node)
+    zeros = set()  # tensors of zeros (the initial state) and what is computed from them alone
+    for node in graph.nodes:
+        name, args = _op_name(node), [a for a in node.args if hasattr(a, "op")]
+        if name in _ZEROS or (args and ((name in _MOVES_VALUES and args[0] in zeros) or (name in ("mul", "mul_") and any(a in zeros for a in args)))):
+            zeros.add(node)
     weight_axis = {n: axis for n in graph.nodes if (axis := _weight_axis(n)) is not None and len(n.args) > 1}
     folds: dict[Any, Any] = {}
     for conv in weight_axis:
@@ -243,9 +280,18 @@ def _plan(graph_module: Any, scheme: str = "int8") -> _Plan:
         (user,) = node.users
         return _op_name(user) in _FUSED_ACTIVATIONS and user.args[0] is node
 
+    def reads_zero(node: Any) -> bool:  # x + 0, x - 0: the converter folds it to x, already on its grid
+        return _op_name(node) in ("add", "add_", "sub", "sub_") and len(node.args) > 1 and node.args[1] in zeros or (_op_name(node) in ("add", "add_") and node.args[0] in zeros)
+
     points: set[Any] = set()
     for node in graph.nodes:
         name = _op_name(node)
+        if node in zeros or reads_zero(node) or name in _RECURRENT:
+            continue
+        if node in floats:  # moved out of a float recurrent op: quantized here, where it is read (its consumer's input)
+            if any(u not in floats for u in node.users):
+                points.add(node)
+            continue
         if node.op != "call_function" or name in _MOVES_VALUES or node in folds:
             if name == "getitem" and _op_name(node.args[0]) not in _MOVES_VALUES:
                 points.add(node)  # one result of a multi-output op (e.g. native_layer_norm)
@@ -254,35 +300,53 @@ def _plan(graph_module: Any, scheme: str = "int8") -> _Plan:
         if (_op_name(head) in _TAKES_ACTIVATION or node in folded) and fusable_into_activation(node):
             continue  # quantized after the fused activation
         points.add(node)
-    inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    return _Plan(weight_axis, folds, folded, points, inputs)
+
+    def read_as_float(node: Any) -> bool:  # an input only a float recurrent op reads (through moves): never quantized
+        users = list(node.users)
+        return bool(users) and all(_op_name(u) in _RECURRENT or (_op_name(u) in _MOVES_VALUES and read_as_float(u)) for u in users)
+
+    inputs = [n for n in graph.nodes if n.op == "placeholder" and not (floats and read_as_float(n))]
+    kept = len(floats & {n for n in graph.nodes if _op_name(n) in _RECURRENT})
+    return _Plan(weight_axis, folds, folded, points, inputs, kept or decomposed, bool(kept))
 
 
-def _export(module: Any, example_inputs: tuple[np.ndarray, ...], scheme: str = "int8") -> Any:
+def _export(module: Any, example_inputs: tuple[np.ndarray, ...], recurrent: str | None = None) -> tuple[Any, int]:
+    """The exported graph, and how many recurrent ops were written out per step (``unrolled``)."""
     import torch
 
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
     graph_module = module if hasattr(module, "graph") and isinstance(module, torch.fx.GraphModule) else None
+    decomposed = 0
     try:
         exported = torch.export.export(module, tensors, strict=False)
-        if scheme == "fp16":
-            # written out step by step (linear, sigmoid, tanh, mul, add per step), each step's values
-            # stored in fp16 as a backend that lowers the recurrence keeps them (XNNPACK: 5.7 dB
-            # under a simulation that rounded only the op's outputs, on the zoo's LSTM)
-            exported = exported.run_decompositions(_recurrent_decompositions())
+        if recurrent == "unrolled":
+            exported, decomposed = _unroll_recurrent(exported)
         graph_module = exported.module(check_guards=False)  # the guards pin batch 1; stacked batches are checked in _run
     except Exception as exc:
         if graph_module is None:
             raise CannotSimulate(f"edgex cannot build its own int8 reference: torch.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
-    return graph_module
+    return graph_module, decomposed
 
 
-def _recurrent_decompositions() -> dict[Any, Any]:
+def _unroll_recurrent(exported: Any) -> tuple[Any, int]:
+    """Recurrent ops written out per step by PyTorch's own decompositions, as litert-torch lowers
+    them (its .tflite of an LSTM: one FULLY_CONNECTED over the whole sequence for the input
+    projection, then per step FULLY_CONNECTED(h) + ADD, SLICE into gates i, f, g, o, LOGISTIC /
+    TANH, MUL, ADD; GRU's r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn))), and as
+    fp16 backends store each step's values (XNNPACK's fp16 LSTM lands 5.7 dB under a simulation
+    that rounds only the recurrent op's outputs, on the zoo's LSTM). oneDNN is
+    switched off for it: with it on, the LSTM decomposes to one mkldnn_rnn_layer op instead."""
     import torch
     from torch._decomp import get_decompositions
 
     aten = torch.ops.aten
-    return get_decompositions([aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data, aten.rnn_tanh.input, aten.rnn_relu.input])
+    count = sum(1 for n in exported.graph.nodes if _op_name(n) in _RECURRENT)
+    if not count:
+        return exported, 0
+    table = get_decompositions([aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input])
+    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
+        warnings.simplefilter("ignore")  # the flags' own note on TF32 for Intel GPUs
+        return exported.run_decompositions(table), count
 
 
 # --------------------------------------------------------------------------- the interpreter
@@ -302,6 +366,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
 
         def __init__(self) -> None:
             super().__init__(graph_module)
+            self.unstackable = plan.unstackable
             self.ranges: dict[Any, tuple[float, float]] | None = {}
             #: the 0.1th and 99.9th percentiles seen in calibration, and values outside the range at evaluation
             self.bulk: dict[Any, tuple[float, float]] = {}
@@ -392,10 +457,7 @@ def _run(simulator: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
 
     with torch.no_grad():
         first = call(batches[0])
-        # a recurrent kernel trusts its state's batch size: a state the graph made for batch 1 with
-        # stacked inputs corrupts the heap (aten.lstm on CPU), so such graphs run batch by batch
-        recurrent = any(_op_name(n) in _RECURRENT for n in simulator.graph.nodes)
-        if len(batches) > 1 and not recurrent:
+        if len(batches) > 1 and not getattr(simulator, "unstackable", False):
             size = len(batches[0][0])
             try:
                 stacked = call([np.concatenate(parts) for parts in zip(*batches)])
@@ -425,23 +487,29 @@ class Calibration:
     bulk: dict[Any, tuple[float, float]]
     samples: int
     seconds: float
+    recurrent: str | None = None
 
 
-def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: Sequence[tuple[np.ndarray, ...]], scheme: str = "int8") -> Calibration:
+def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: Sequence[tuple[np.ndarray, ...]], scheme: str = "int8", recurrent: str | None = None) -> Calibration:
     """Export ``module`` and record each activation's range on ``calibration`` (``dynamic-int8``:
-    no activation is quantized, nothing is run). Raises :class:`CannotSimulate`."""
+    no activation is quantized, nothing is run). ``recurrent``: how the artifact quantizes a
+    recurrent op (:data:`RECURRENT_FORMS`; None: it does not say). Raises :class:`CannotSimulate`."""
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
+    if scheme == "fp16":  # fp16 backends store each step's values: the recurrence written out
+        recurrent = "unrolled"
+    if recurrent is not None and recurrent not in RECURRENT_FORMS:
+        raise UsageError(f"no simulated recurrent form {recurrent!r}; forms: {', '.join(RECURRENT_FORMS)}")
     if scheme == "int8" and not calibration:
         raise UsageError("the simulated int8 reference needs calibration data")
     start = time.perf_counter()
-    graph_module = _export(module, example_inputs, scheme)
-    plan = _plan(graph_module, scheme)
+    graph_module, decomposed = _export(module, example_inputs, recurrent)
+    plan = _plan(graph_module, recurrent, decomposed)
     observer = _make_interpreter(graph_module, plan, scheme)
     if scheme == "int8":
         _run(observer, calibration)
     samples = sum(len(b[0]) for b in calibration) if scheme == "int8" else 0
-    return Calibration(scheme, graph_module, plan, observer.ranges, observer.bulk, samples, time.perf_counter() - start)
+    return Calibration(scheme, graph_module, plan, observer.ranges, observer.bulk, samples, time.perf_counter() - start, recurrent)
 
 
 def simulate(
@@ -456,6 +524,7 @@ def simulate(
     activation_bits: int = 8,
     calibrated: Calibration | None = None,
     on_input_grid: Iterable[str] = (),
+    recurrent: str | None = None,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
@@ -466,16 +535,17 @@ def simulate(
     weights by a k-means palette of 2**bits values per tensor (Core ML); ``activation_bits`` 16 is
     TFLite's 16x8 mode (int16 activations, int8 weights); ``on_input_grid`` names the ops quantized
     on their input's grid (``ArtifactIO.quantization``: average pooling in LiteRT and
-    onnxruntime, ``adaptive_avg_pool2d`` in XNNPACK). Raises
+    onnxruntime, ``adaptive_avg_pool2d`` in XNNPACK); ``recurrent`` how a recurrent op is
+    quantized (:data:`RECURRENT_FORMS`, ``ArtifactIO.quantization``). Raises
     :class:`CannotSimulate` for what it cannot simulate.
     """
     if not batches:
         raise UsageError("the simulated int8 reference needs at least one batch")
     start = time.perf_counter()
     if calibrated is None:
-        calibrated = calibrate(module, example_inputs, calibration, scheme)
-    elif calibrated.scheme != scheme:
-        raise UsageError(f"a {calibrated.scheme} calibration cannot serve a {scheme} simulation")
+        calibrated = calibrate(module, example_inputs, calibration, scheme, recurrent)
+    elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
+        raise UsageError(f"a {calibrated.scheme} calibration (recurrent ops: {calibrated.recurrent}) cannot serve a {scheme} simulation (recurrent ops: {recurrent})")
     graph_module, plan = calibrated.graph_module, calibrated.plan
     simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid)
     simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
@@ -506,6 +576,8 @@ def simulate(
         palettize_bits=palettize_bits,
         activation_bits=activation_bits,
         ranges=range_diagnostics(simulator) if scheme == "int8" else (),
+        recurrent=recurrent if plan.recurrent_ops else None,
+        recurrent_ops=plan.recurrent_ops,
     )
 
 
@@ -517,6 +589,7 @@ def simulated_floor(
     reference: Outputs,
     activation_bits: int = 8,
     on_input_grid: Iterable[str] = (),
+    recurrent: str | None = None,
 ) -> tuple[float, float] | None:
     """What a full-integer artifact of ``module`` must reach on ``batches``: (the SQNR floor its
     verdict will ask, the simulated reference's own SQNR), both the worst output's against
@@ -526,7 +599,7 @@ def simulated_floor(
     from edgex.core.parity import output_error, simulated_sqnr_floor
 
     try:
-        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid)
+        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid, recurrent=recurrent)
     except CannotSimulate:
         return None
     sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))

@@ -160,7 +160,10 @@ class ArtifactIO:
     #: of 2**bits values instead of int8, as Core ML palettizes), ``on_input_grid`` (the torch ops
     #: whose int8 output keeps its input's scale and zero point instead of a range of its own:
     #: :data:`AVERAGE_POOLS` for LiteRT and onnxruntime, ``adaptive_avg_pool2d`` for XNNPACK;
-    #: default none)
+    #: default none), ``recurrent`` (how an LSTM / GRU / RNN op is quantized: ``"unrolled"``,
+    #: written out per step into int8 ops, LiteRT; ``"float"``, kept a float32 op with float
+    #: weights, XNNPACK and onnxruntime QDQ; default: not said, and such a model has no simulated
+    #: reference)
     quantization: Mapping[str, Any] = field(default_factory=dict)
 
 

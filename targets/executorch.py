@@ -284,7 +284,9 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     backend = _backend(request.options.get("executorch_backend"), request.precision)
     # edgex's plain int8 scheme, said explicitly: 8-bit weights ([-127, 127]), affine activations;
     # XNNPACK's quantizer shares adaptive_avg_pool2d's output grid with its input (SharedQuantizationSpec)
-    quantization = {"weight_bits": 8, "symmetric_activations": False, "on_input_grid": ["adaptive_avg_pool2d"]} if request.precision == "int8" else {}
+    # XNNPACKQuantizer annotates no recurrent op: aten.lstm stays float32 (weights too), decomposed
+    # and delegated to XNNPACK as fp32 ops; only what reads its output quantizes it
+    quantization = {"weight_bits": 8, "symmetric_activations": False, "on_input_grid": ["adaptive_avg_pool2d"], "recurrent": "float"} if request.precision == "int8" else {}
     stamp = {"edgex": __version__, "precision": request.precision, "backend": backend,
              "inputs": [s.name for s in model.inputs], "outputs": list(model.output_names), "quantization": quantization}
     lowered = lower(model, request.precision, backend, request.calibration, stamp, bool(request.options.get("executorch_etrecord")))

@@ -98,10 +98,36 @@ def test_dynamic_int8_leaves_activations_float():
 
 
 def test_a_recurrent_model_raises_a_clear_error():
+    """Without the target saying how its artifact quantizes a recurrent op, there is nothing to simulate."""
     model = torch.nn.LSTM(4, 8, batch_first=True).eval()
     batches = _samples((1, 5, 4), 2, 0)
-    with pytest.raises(CannotSimulate, match="recurrent op"):
+    with pytest.raises(CannotSimulate, match=r"recurrent op \(lstm\) and the target does not say"):
         simulate(model, batches[0], batches, batches, "int8")
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn, self.head = cell, torch.nn.Linear(cell.hidden_size, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_ops_are_simulated_as_the_target_quantizes_them(cell):
+    """``unrolled`` (LiteRT): PyTorch's decomposition, int8 at every gate; ``float`` (XNNPACK,
+    onnxruntime QDQ): the op float, only the head around it quantized -- nearer the float model."""
+    torch.manual_seed(0)
+    model = _Recurrent(getattr(torch.nn, cell)(4, 8, batch_first=True)).eval()
+    calibration, batches = _samples((1, 6, 4), 16, 0), _samples((1, 6, 4), 4, 1)
+    reference = _float(model, batches)
+    unrolled = simulate(model, batches[0], calibration, batches, "int8", recurrent="unrolled")
+    kept = simulate(model, batches[0], calibration, batches, "int8", recurrent="float")
+    assert unrolled.recurrent_ops == kept.recurrent_ops == 1
+    assert unrolled.activation_points > 6 * 4 and kept.activation_points == 2  # per step / the head's input and output
+    assert 20 < _sqnr(reference, unrolled.outputs) < _sqnr(reference, kept.outputs) < 80
+    assert not [r for r in unrolled.ranges if "degenerate" in r["flags"]]  # the zero initial state is no range
 
 
 def test_unknown_scheme_is_a_usage_error():
@@ -130,9 +156,9 @@ def test_fp16_rounds_weights_inputs_and_every_op_output_and_computes_in_fp32():
     assert not np.array_equal(sim.outputs[0][0], model(torch.from_numpy(batches[0][0])).detach().numpy())
 
 
-def test_fp16_simulates_a_recurrent_model_batch_by_batch():
-    """aten.lstm trusts its state's batch: the graph's batch-1 state with stacked inputs corrupted
-    the heap (the process died), so recurrent graphs are never stacked."""
+def test_fp16_simulates_a_recurrent_model_written_out_per_step():
+    """Each step's values rounded to fp16, as fp16 backends store them; over several batches (the
+    recurrent op itself, with the graph's batch-1 state and stacked inputs, corrupted the heap)."""
     model = torch.nn.LSTM(4, 8, batch_first=True).eval()
     batches = _samples((1, 5, 4), 3, 5)
     sim = simulate(model, batches[0], (), batches, "fp16")
@@ -253,3 +279,39 @@ def test_an_average_pool_is_simulated_on_its_inputs_grid_as_litert_and_onnxrunti
         assert row.status == "passed", (name, row.messages)
         sim = data["targets"][name]["int8_reference"]["outputs"][0]["sqnr_sim_db"]
         assert abs(row.parity.sqnr_db - sim) <= 1.5, (name, row.parity.sqnr_db, sim)
+
+
+# --------------------------------------------------------------------------- an LSTM unrolled by litert-torch
+
+
+@pytest.fixture(scope="module")
+def lstm_tflite(tmp_path_factory):
+    """tests/models.py:lstm_tiny at full int8 for tflite, where no rewrite applies: litert-torch
+    unrolls the LSTM itself. (reference, the .tflite, the calibration, the convert row)."""
+    from pathlib import Path
+
+    from edgex.core import api
+
+    reference = api.load_model(f"{Path(__file__).with_name('models.py')}:lstm_tiny")
+    calibration = np.random.default_rng(1).standard_normal((64, 10, 8)).astype(np.float32)
+    out = tmp_path_factory.mktemp("lstm")
+    row = api.convert(reference, ["tflite"], out=out, precision="int8", samples=8, calibration=calibration).targets["tflite"]
+    return reference, out / row.artifacts[0], calibration, row
+
+
+@pytest.mark.slow
+def test_an_unrolled_lstm_is_judged_by_its_simulation_and_a_defect_in_it_fails(lstm_tflite, tmp_path):
+    """Before, an LSTM's int8 row had no simulated reference (one recurrent op) and was judged by
+    8 output steps: two rows of the input projection (every step reads it) swapped passed at
+    31.5 dB. Now the simulation writes the LSTM out as litert-torch does: the honest row passes
+    near it (37.7 dB against 37.4 dB simulated), the swapped rows fail (floor 34.4 dB)."""
+    import defects  # tests/defects.py, loaded by tests/conftest.py
+    from edgex.core import api
+
+    reference, artifact, calibration, row = lstm_tflite
+    simulated = row.details["int8_reference"]
+    assert "written out per step" in simulated["description"] and not row.details.get("rewrites"), row.messages
+    assert row.status == "passed" and abs(row.parity.sqnr_db - simulated["outputs"][0]["sqnr_sim_db"]) <= 2.0, row.messages
+    planted = defects.swap_channels(artifact, tmp_path / "swapped.tflite", layer=0, a=0, b=5).path
+    judged = api.validate(planted, reference, target="tflite", out=tmp_path / "validate", samples=8, calibration=calibration).targets["tflite"]
+    assert judged.status == "failed" and "simulated int8 reference" in judged.parity.tolerance.source, judged.messages

@@ -677,7 +677,7 @@ def _search_recipes(
     def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
         def compute(_: Path) -> dict[str, Any]:
             try:
-                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS) if model.module is not None else None}
+                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled") if model.module is not None else None}
             except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
                 return {"floor": None}
 
@@ -773,8 +773,17 @@ def _search_recipes(
 def _quantization(graph: Any) -> dict[str, Any]:
     """``ArtifactIO.quantization`` of a .tflite, which its simulated reference quantizes likewise
     (``pipeline.Reference.simulated``): a 16x8 model's int16 activations; AVERAGE_POOL_2D's
-    output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE)."""
-    return {"on_input_grid": list(AVERAGE_POOLS), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+    output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE); a recurrent op written out per
+    step, int8 throughout (litert-torch lowers aten.lstm / aten.gru by PyTorch's decomposition
+    into FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD), unless the file holds a fused recurrent
+    kernel (another converter's UNIDIRECTIONAL_SEQUENCE_LSTM, whose int16 cell state edgex does
+    not simulate)."""
+    fused = any(op.name in FUSED_RECURRENT for op in graph.operators)
+    return {"on_input_grid": list(AVERAGE_POOLS), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+
+
+#: LiteRT's fused recurrent kernels (not what litert-torch writes)
+FUSED_RECURRENT = frozenset({"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "RNN"})
 
 
 def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8) -> tuple[Any, ...]:

@@ -290,7 +290,20 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
         # AveragePool's output keeps its input's scale (onnxruntime's QDQDirect8BitOp)
         scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model), "on_input_grid": list(AVERAGE_POOLS)}
+        if float_recurrent(model):  # onnxruntime's static QDQ quantizer leaves LSTM / GRU / RNN float
+            scheme["recurrent"] = "float"
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
+
+
+def float_recurrent(model: Any) -> bool:
+    """Whether the graph holds a recurrent op (LSTM, GRU, RNN) and every one reads its weights as
+    float initializers: onnxruntime's static quantizer has no QDQ form for them (LSTM is only in
+    its dynamic IntegerOps registry), so they run float32 and what reads them is quantized."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    recurrent = [n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    return bool(recurrent) and all(
+        n.input[1] in initializers and initializers[n.input[1]].data_type == 1 for n in recurrent  # FLOAT W
+    )
 
 
 def symmetric_activations(model: Any) -> bool:
