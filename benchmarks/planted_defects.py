@@ -37,11 +37,12 @@ MODEL = "examples:digits"
 MATERIAL_DB = 6.0
 #: (target, precision) -> the planters' module ("defects" or "defects_openvino" or "pte")
 CELLS = {
-    ("tflite", "int8"): "defects", ("coral", "int8"): "defects", ("mcu", "int8"): "defects",
-    ("onnx", "int8"): "defects", ("onnx", "fp16"): "defects",
-    ("jetson", "fp16"): "defects", ("jetson", "int8"): "defects",
-    ("coreml", "dynamic-int8"): "defects",
-    ("executorch", "fp32"): "pte", ("executorch", "int8"): "pte",
+    ("tflite", "fp32"): "defects", ("tflite", "fp16"): "defects", ("tflite", "dynamic-int8"): "defects", ("tflite", "int8"): "defects",
+    ("coral", "int8"): "defects", ("mcu", "int8"): "defects",
+    ("onnx", "fp32"): "defects", ("onnx", "fp16"): "defects", ("onnx", "int8"): "defects",
+    ("jetson", "fp32"): "defects", ("jetson", "fp16"): "defects", ("jetson", "int8"): "defects",
+    ("coreml", "fp32"): "defects", ("coreml", "fp16"): "defects", ("coreml", "dynamic-int8"): "defects",
+    ("executorch", "fp32"): "pte", ("executorch", "fp16"): "pte", ("executorch", "int8"): "pte",
     ("openvino", "fp32"): "defects_openvino", ("openvino", "fp16"): "defects_openvino", ("openvino", "int8"): "defects_openvino",
 }
 

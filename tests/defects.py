@@ -10,6 +10,11 @@ Formats and what each defect does to the data:
 - full-int8 ``.tflite`` (targets tflite, coral and mcu all validate this file): the weight ops are
   CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with per-channel int8 weights. Edited through the
   flatbuffer object API (``ModelT``), repacked, every buffer inline, so LiteRT and TFLM load it.
+- float and dynamic-int8 ``.tflite`` (tflite at fp32, fp16 and dynamic-int8; ``_format`` says
+  "tflite-float" where no weight op has a quantized weight): the float weight is the op's own
+  float32 constant, or at fp16 the float16 constant a DEQUANTIZE feeds it; the bias is float32.
+  Edited in the buffers, in their dtype. dynamic-int8 weights are int8 with per-channel scales (the
+  full-int8 edits), their bias float32 (edited as float).
 - ONNX int8 (QDQ; targets onnx and jetson: both write per-channel symmetric int8 weights, jetson's
   activations are symmetric too, as TensorRT requires, onnx's are not): the weight ops are Conv,
   Gemm and MatMul whose weight input is a DequantizeLinear of an int8 initializer with a
@@ -25,7 +30,9 @@ Formats and what each defect does to the data:
 - Core ML dynamic-int8 ``.mlpackage``: the weight ops are the ``constexpr_affine_dequantize`` /
   ``constexpr_blockwise_shift_scale`` ops whose scale (and data) are blobs in weight.bin, patched
   in place. coremltools keeps small weights (the digits CNN's first conv and classifier) in fp16:
-  only compressed weights count. ``scale_output`` is impossible there (a Core ML program's outputs
+  only compressed weights count. Core ML fp32 / fp16 (``_format`` says "mlpackage-float"): the
+  weight ops are conv, linear and conv_transpose whose weight is a ``const`` blob, patched in its
+  dtype. ``scale_output`` is impossible there (a Core ML program's outputs
   are float; no scale is stored for them), and so is ``drop_bias`` on a weight without a blob bias.
 
 - ExecuTorch ``.pte`` (fp32 or int8, XNNPACK-lowered): the program holds no tensor names and its
@@ -105,8 +112,10 @@ def _format(path: Path) -> str:
     path = Path(path)
     if path.suffix == ".onnx":
         return "onnx" if _onnx_is_qdq(path) else "onnx-float"
-    if path.suffix in (".tflite", ".mlpackage"):
-        return path.suffix[1:]
+    if path.suffix == ".tflite":
+        return "tflite" if _tflite_quantized(path) else "tflite-float"
+    if path.suffix == ".mlpackage":
+        return "mlpackage" if _coreml_compressed(path) else "mlpackage-float"
     raise ValueError(f"{path}: not a .tflite, .onnx or .mlpackage artifact")
 
 
@@ -159,6 +168,52 @@ def _tflite_layer(model: Any, subgraph: Any, opnames: list[str], layer: str | in
     weight = subgraph.tensors[op.inputs[1]]
     bias = subgraph.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     return op, weight, bias, int(weight.quantization.quantizedDimension)
+
+
+def _tflite_model(path: Path) -> tuple[Any, list[str]]:
+    from edgex.targets.litert.graph import _builtin_names, schema
+
+    model = schema().ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    names = _builtin_names()
+    return model, [names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "") for c in model.operatorCodes]
+
+
+def _tflite_quantized(path: Path) -> bool:
+    """Whether a weight op of the .tflite has a quantized (int8) weight: full or dynamic int8."""
+    model, opnames = _tflite_model(path)
+    return bool(_tflite_weight_ops(model.subgraphs[0], opnames))
+
+
+#: TFLite tensor types of float constants (schema TensorType) and their dtypes
+_TFLITE_FLOATS = {0: "float32", 1: "float16"}
+
+
+def _tflite_stored(model: Any, subgraph: Any, opnames: list[str], index: int) -> Any | None:
+    """The constant tensor holding the float value of input ``index``: itself, or the float16
+    constant a DEQUANTIZE expands (fp16 .tflite); None when the input is computed."""
+    producer = next((op for op in subgraph.operators if index in list(op.outputs)), None)
+    if producer is not None:
+        if opnames[producer.opcodeIndex] != "DEQUANTIZE":
+            return None
+        index = producer.inputs[0]
+    tensor = subgraph.tensors[index]
+    data = model.buffers[tensor.buffer].data
+    return tensor if int(tensor.type) in _TFLITE_FLOATS and data is not None and len(data) else None
+
+
+def _tflite_float_layer(model: Any, subgraph: Any, opnames: list[str], layer: str | int) -> tuple[Any, Any, int]:
+    """(stored weight tensor, stored bias tensor or None, output-channel axis) of the chosen float weight op."""
+    layers = []
+    for op in subgraph.operators:
+        name = opnames[op.opcodeIndex]
+        if name in TFLITE_WEIGHT_OPS and len(op.inputs) > 1 and (weight := _tflite_stored(model, subgraph, opnames, op.inputs[1])) is not None:
+            bias = _tflite_stored(model, subgraph, opnames, op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+            layers.append((weight, bias, 3 if name == "DEPTHWISE_CONV_2D" else 0))
+    return layers[_pick(layers, layer)]
+
+
+def _tflite_floats(model: Any, tensor: Any) -> np.ndarray:
+    return _tflite_array(model, tensor, _TFLITE_FLOATS[int(tensor.type)])
 
 
 def _name(value: Any) -> str:
@@ -331,6 +386,40 @@ def _coreml_layer(block: Any, layer: str | int) -> tuple[Any, Any, Any]:
     return op, consumer, bias
 
 
+def _coreml_compressed(path: Path) -> bool:
+    """Whether the .mlpackage holds compressed (constexpr) weights: dynamic-int8 or palettized."""
+    return any(op.type in COREML_WEIGHT_OPS for op in _coreml_block(path).operations)
+
+
+def _coreml_block(path: Path) -> Any:
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    function = spec.mlProgram.functions[spec.description.defaultFunctionName or "main"]
+    return function.block_specializations[function.opset]
+
+
+#: Core ML ops whose "weight" input is a float const at fp32 / fp16, and their output-channel axis
+COREML_FLOAT_WEIGHT_OPS = {"conv": 0, "linear": 0, "conv_transpose": 1}
+
+
+def _coreml_float_layer(block: Any, layer: str | int) -> tuple[Any, Any, int]:
+    """(weight blob value, bias blob value or None, output-channel axis) of the chosen float weight op."""
+    consts = {o.outputs[0].name: o.attributes["val"] for o in block.operations if o.type == "const"}
+    layers = []
+    for op in block.operations:
+        if op.type in COREML_FLOAT_WEIGHT_OPS and "weight" in op.inputs:
+            weight = consts.get(op.inputs["weight"].arguments[0].name)
+            if weight is not None and weight.WhichOneof("value") == "blobFileValue":
+                bias = consts.get(op.inputs["bias"].arguments[0].name) if "bias" in op.inputs else None
+                layers.append((weight, bias, COREML_FLOAT_WEIGHT_OPS[op.type]))
+    return layers[_pick(layers, layer)]
+
+
+def _blob_shape(value: Any) -> list[int]:
+    return [int(d.constant.size) for d in value.type.tensorType.dimensions]
+
+
 def _coreml_data_key(op: Any) -> str:
     return "quantized_data" if "quantized_data" in op.attributes else "data"
 
@@ -354,6 +443,24 @@ def scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int
             return Planted(Path(out), "scale_channel", _name(weight.name), {"channel": channel, "factor": factor})
 
         return _tflite_edit(path, out, edit)
+    if kind == "tflite-float":
+        def edit(model, subgraph, opnames):
+            weight, bias, axis = _tflite_float_layer(model, subgraph, opnames, layer)
+            for tensor, at in ((weight, axis), (bias, 0)):
+                if tensor is not None:
+                    _tflite_store(model, tensor, _channel_scaled(_tflite_floats(model, tensor), at, channel, factor))
+            return Planted(Path(out), "scale_channel", _name(weight.name), {"channel": channel, "factor": factor})
+
+        return _tflite_edit(path, out, edit)
+    if kind == "mlpackage-float":
+        def edit(block, blobs):
+            weight, bias, axis = _coreml_float_layer(block, layer)
+            blobs.put(weight, _channel_scaled(blobs.get(weight).reshape(_blob_shape(weight)), axis, channel, factor))
+            if bias is not None and bias.WhichOneof("value") == "blobFileValue":  # a small bias may sit in the program
+                blobs.put(bias, _channel_scaled(blobs.get(bias), 0, channel, factor))
+            return Planted(Path(out), "scale_channel", "weight", {"channel": channel, "factor": factor})
+
+        return _coreml_edit(path, out, edit)
     if kind == "onnx":
         def edit(model, inits):
             node, weight, _, bias = _onnx_layer(model, inits, layer)
@@ -407,6 +514,24 @@ def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0
             return Planted(Path(out), "swap_channels", _name(weight.name), details)
 
         return _tflite_edit(path, out, edit)
+    if kind == "tflite-float":
+        def edit(model, subgraph, opnames):
+            weight, bias, axis = _tflite_float_layer(model, subgraph, opnames, layer)
+            _tflite_store(model, weight, _swapped(_tflite_floats(model, weight), axis, a, b))
+            if bias is not None:
+                _tflite_store(model, bias, _swapped(_tflite_floats(model, bias), 0, a, b))
+            return Planted(Path(out), "swap_channels", _name(weight.name), details)
+
+        return _tflite_edit(path, out, edit)
+    if kind == "mlpackage-float":
+        def edit(block, blobs):
+            weight, bias, axis = _coreml_float_layer(block, layer)
+            blobs.put(weight, _swapped(blobs.get(weight).reshape(_blob_shape(weight)), axis, a, b))
+            if bias is not None and bias.WhichOneof("value") == "blobFileValue":  # a small bias may sit in the program
+                blobs.put(bias, _swapped(blobs.get(bias), 0, a, b))
+            return Planted(Path(out), "swap_channels", "weight", details)
+
+        return _coreml_edit(path, out, edit)
     if kind == "onnx":
         def edit(model, inits):
             _, weight, axis, bias = _onnx_layer(model, inits, layer)
@@ -444,6 +569,14 @@ def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0
         return Planted(Path(out), "swap_channels", op.outputs[0].name, details)
 
     return _coreml_edit(path, out, edit)
+
+
+def _channel_scaled(values: np.ndarray, axis: int, channel: int, factor: float) -> np.ndarray:
+    values = np.array(values, copy=True)
+    index = [slice(None)] * values.ndim
+    index[axis] = channel
+    values[tuple(index)] *= values.dtype.type(factor)
+    return values
 
 
 def _swapped(values: np.ndarray, axis: int, a: int, b: int) -> np.ndarray:
@@ -570,6 +703,11 @@ def shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int 
             _, weight, bias, _ = _tflite_layer(model, subgraph, opnames, layer)
             if bias is None:
                 raise ValueError(f"{_name(weight.name)}: the layer has no bias")
+            if int(bias.type) in _TFLITE_FLOATS:  # dynamic-int8: int8 weights, a float bias
+                values = _tflite_floats(model, bias)
+                shifted, delta = _shifted(values, channel, shift)
+                _tflite_store(model, bias, shifted.astype(values.dtype).reshape(values.shape))
+                return Planted(Path(out), "shift_bias", _name(bias.name), {"channel": channel, "shift": shift, "delta": delta})
             q = bias.quantization
             scales = np.array(q.scale, dtype=np.float64) if q is not None and q.scale is not None and len(q.scale) else None
             if scales is None:
@@ -579,6 +717,31 @@ def shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int 
             return Planted(Path(out), "shift_bias", _name(bias.name), {"channel": channel, "shift": shift, "delta": delta})
 
         return _tflite_edit(path, out, edit)
+    if kind in ("tflite-float", "mlpackage-float"):
+        def shifted_bias(values: np.ndarray, where: str) -> tuple[np.ndarray, Planted]:
+            shifted, delta = _shifted(values, channel, shift)
+            return shifted.astype(values.dtype).reshape(values.shape), Planted(Path(out), "shift_bias", where, {"channel": channel, "shift": shift, "delta": delta})
+
+        if kind == "tflite-float":
+            def edit(model, subgraph, opnames):
+                weight, bias, _ = _tflite_float_layer(model, subgraph, opnames, layer)
+                if bias is None:
+                    raise ValueError(f"{_name(weight.name)}: the layer has no constant bias")
+                values, planted = shifted_bias(_tflite_floats(model, bias), _name(bias.name))
+                _tflite_store(model, bias, values)
+                return planted
+
+            return _tflite_edit(path, out, edit)
+
+        def edit(block, blobs):
+            _, bias, _ = _coreml_float_layer(block, layer)
+            if bias is None or bias.WhichOneof("value") != "blobFileValue":
+                raise ValueError("the layer has no bias in weight.bin")
+            values, planted = shifted_bias(blobs.get(bias), "bias")
+            blobs.put(bias, values)
+            return planted
+
+        return _coreml_edit(path, out, edit)
     if kind == "onnx":
         def edit(model, inits):
             node, _, _, bias = _onnx_layer(model, inits, layer)
@@ -641,10 +804,10 @@ def xnnpack_int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pte_scale_weight(path: Path, out: Path, weight: np.ndarray, channel: int = 0, factor: float = 1.5) -> Planted:
-    """fp32: output channel ``channel`` of the known ``weight`` stored ``factor`` x."""
-    old = np.ascontiguousarray(weight, dtype=np.float32)
+    """fp32 / fp16: output channel ``channel`` of the known ``weight`` stored ``factor`` x."""
+    old = np.ascontiguousarray(weight, dtype=_PTE_FLOATS[_pte_precision(path, weight)])
     new = old.copy()
-    new[channel] *= np.float32(factor)
+    new[channel] *= new.dtype.type(factor)
     _pte_patch(path, out, old, new)
     return Planted(Path(out), "scale_weight", f"weight {tuple(old.shape)}", {"channel": channel, "factor": factor})
 
@@ -706,14 +869,20 @@ def _pte_patch_all(path: Path, out: Path, patches: list[tuple[np.ndarray, np.nda
     Path(out).write_bytes(bytes(data))
 
 
+#: how a .pte stores a float weight at each float precision
+_PTE_FLOATS = {"fp32": np.float32, "fp16": np.float16}
+
+
 def _pte_precision(path: Path, weight: np.ndarray) -> str:
-    """"fp32" when ``weight``'s float32 bytes are in the file, "int8" when its XNNPACK int8 values are."""
+    """"fp32" / "fp16" when ``weight``'s float32 / float16 bytes are in the file, "int8" when its
+    XNNPACK int8 values are."""
     data = Path(path).read_bytes()
-    if np.ascontiguousarray(weight, dtype=np.float32).tobytes() in data:
-        return "fp32"
+    for precision, dtype in _PTE_FLOATS.items():
+        if np.ascontiguousarray(weight, dtype=dtype).tobytes() in data:
+            return precision
     if xnnpack_int8_weight(weight)[0].tobytes() in data:
         return "int8"
-    raise ValueError(f"{Path(path).name}: the weight {tuple(np.shape(weight))} is in the file neither as float32 nor as XNNPACK int8")
+    raise ValueError(f"{Path(path).name}: the weight {tuple(np.shape(weight))} is in the file neither as float32, float16 nor as XNNPACK int8")
 
 
 def xnnpack_int32_bias(path: Path, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -749,15 +918,15 @@ def xnnpack_int32_bias(path: Path, weight: np.ndarray, bias: np.ndarray) -> tupl
 
 def pte_swap_channels(path: Path, out: Path, weight: np.ndarray, bias: np.ndarray | None = None, a: int = 0, b: int = 1) -> Planted:
     """Output channels ``a`` and ``b`` of the layer with the known float ``weight`` (and ``bias``)
-    swapped. fp32: the float32 weight rows and bias values. int8: the int8 weight rows, their
+    swapped. fp32 / fp16: the float weight rows and bias values. int8: the int8 weight rows, their
     float32 scales, the int32 bias values and the bias's float32 scales (so each channel is its
     neighbour's, exactly)."""
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
     precision = _pte_precision(path, weight)
-    if precision == "fp32":
+    if precision in _PTE_FLOATS:
+        weight = np.ascontiguousarray(weight, dtype=_PTE_FLOATS[precision])
         patches = [(weight, _swapped(weight, 0, a, b))]
         if bias is not None:
-            old = np.ascontiguousarray(bias, dtype=np.float32)
+            old = np.ascontiguousarray(bias, dtype=_PTE_FLOATS[precision])
             patches.append((old, _swapped(old, 0, a, b)))
     else:
         values, scales = xnnpack_int8_weight(weight)
@@ -771,15 +940,14 @@ def pte_swap_channels(path: Path, out: Path, weight: np.ndarray, bias: np.ndarra
 
 def pte_shift_bias(path: Path, out: Path, weight: np.ndarray, bias: np.ndarray, channel: int = 0, shift: float = 1.0) -> Planted:
     """The bias of output channel ``channel`` of the layer with the known float ``weight`` and
-    ``bias`` stored ``shift`` higher (in the layer's output units). fp32: the float32 value. int8:
+    ``bias`` stored ``shift`` higher (in the layer's output units). fp32 / fp16: the float value. int8:
     the int32 value moves by round(shift / its bias scale), so the shift lands on the int32 grid
     (``details["shift"]`` is the one written)."""
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
-    old = np.ascontiguousarray(bias, dtype=np.float32)
     precision = _pte_precision(path, weight)
-    if precision == "fp32":
+    old = np.ascontiguousarray(bias, dtype=_PTE_FLOATS.get(precision, np.float32))
+    if precision in _PTE_FLOATS:
         new = old.copy()
-        new[channel] += np.float32(shift)
+        new[channel] += new.dtype.type(shift)
         _pte_patch_all(path, out, [(old, new)])
         written = float(new[channel] - old[channel])
     else:

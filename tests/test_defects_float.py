@@ -1,6 +1,7 @@
 """Issue 28: defects planted on every target and precision (tests/defects.py), beyond issue 15's int8.
 
-ONNX float artifacts (onnx at fp16, jetson at fp16 -- its default -- and fp32) and jetson's int8
+ONNX float artifacts (onnx at fp16, jetson at fp16 -- its default -- and fp32), float .tflite and
+Core ML fp16, and jetson's int8
 (the same 8-bit symmetric QDQ as onnx's int8, so issue 15's ONNX planters apply), and
 ``shift_bias`` on every format. The first tests read each planted file back (the planter changed
 exactly what it says, and onnxruntime still runs it); the verdict tests validate the digits CNN's
@@ -30,6 +31,8 @@ ARTIFACTS = {
     "jetson-int8": ("jetson", "int8"),
     "onnx-int8": ("onnx", "int8"),
     "tflite-int8": ("tflite", "int8"),
+    "tflite-fp16": ("tflite", "fp16"),
+    "coreml-fp16": ("coreml", "fp16"),
 }
 
 
@@ -68,9 +71,9 @@ def _runs(path):
 # --------------------------------------------------------------------------- reading the files back
 
 
-@pytest.mark.parametrize("name", ["onnx-fp16", "jetson-fp16", "jetson-fp32"])
-def test_float_formats_are_told_apart(digits, name):
-    assert defects._format(digits[1][name]) == "onnx-float"
+@pytest.mark.parametrize("name, kind", [("onnx-fp16", "onnx-float"), ("jetson-fp16", "onnx-float"), ("jetson-fp32", "onnx-float"), ("tflite-fp16", "tflite-float"), ("tflite-int8", "tflite"), ("coreml-fp16", "mlpackage-float")])
+def test_float_formats_are_told_apart(digits, name, kind):
+    assert defects._format(digits[1][name]) == kind
 
 
 @pytest.mark.parametrize("name", ["jetson-int8", "onnx-int8"])
@@ -194,6 +197,10 @@ VERDICTS = {
     "jetson-int8": (*_FLOAT, "output-scale-x4", "output-scale-x16"),
     "onnx-int8": _BIAS,
     "tflite-int8": _BIAS,
+    # float .tflite (the float16 constants DEQUANTIZE expands) and Core ML fp16 (const blobs in
+    # weight.bin): the other float formats, a defect of each kind across the two
+    "tflite-fp16": ("swap-middle", "shift-bias-last-ch1"),
+    "coreml-fp16": ("scale-middle-x1.5", "shift-bias-middle"),
 }
 
 
