@@ -178,6 +178,9 @@ class Reference:
             "palettize_bits": (quantization or {}).get("palettize_bits"),
             "activation_bits": int((quantization or {}).get("activation_bits", 8)),
             "on_input_grid": tuple(sorted((quantization or {}).get("on_input_grid", ()))),
+            "float_weights_up_to": int((quantization or {}).get("float_weights_up_to", 0)),
+            "bias_correction": bool((quantization or {}).get("bias_correction", False)),
+            "float_outputs": bool((quantization or {}).get("float_outputs", False)),
         }
         applied = rewritten.applied() if rewritten is not None else ()
         # how the artifact quantizes a recurrent op changes the graph simulated, so the calibration too

@@ -14,6 +14,10 @@ torch model alone, with the scheme the target uses:
   (int32 in an artifact, whose error is far below one output step).
 - ``dynamic-int8``: weights per output channel symmetric int8, activations float.
 
+Where an artifact quantizes otherwise it says so (``ArtifactIO.quantization``) and the simulation
+follows: 7-bit weights, symmetric or 16-bit activations, palettes, ops on their input's grid,
+small weights left float (Core ML), NNCF's bias correction and float model outputs (OpenVINO).
+
 The simulation runs an ``torch.fx`` interpreter over the ``torch.export`` graph, so programs
 loaded from ``.pt2`` work as nn.Modules do. A recurrent op (LSTM, GRU, RNN) is simulated the way
 the target says its artifact quantizes one (``ArtifactIO.quantization["recurrent"]``,
@@ -96,6 +100,10 @@ class SimulatedReference:
     palettize_bits: int | None = None
     #: 16: TFLite's 16x8 mode (int16 activations, symmetric, zero point 0; int8 weights)
     activation_bits: int = 8
+    #: conv/linear weights left float (at most ``float_weights_up_to`` elements), and biases corrected (NNCF)
+    float_weights: int = 0
+    corrected_biases: int = 0
+    float_outputs: bool = False
     #: every calibrated activation range (:func:`range_diagnostics`), with what is wrong with it
     ranges: tuple[dict[str, Any], ...] = ()
     #: how the model's recurrent ops were simulated (RECURRENT_FORMS), with how many; None without one
@@ -116,6 +124,10 @@ class SimulatedReference:
         weights = f"{self.quantized_weights} weights per-channel symmetric int8" + (f" ({self.weight_bits}-bit range)" if self.weight_bits != 8 else "")
         if self.palettize_bits:
             weights = f"{self.quantized_weights} weights palettized to {2 ** self.palettize_bits} k-means values per tensor"
+        if self.float_weights:
+            weights += f", {self.float_weights} small weights float"
+        if self.corrected_biases:
+            weights += f", {self.corrected_biases} biases corrected on the calibration data"
         if self.scheme == "fp16":
             how = "weights, inputs and every op's output rounded to fp16, arithmetic inside each op fp32"
         elif self.scheme == "dynamic-int8":
@@ -123,10 +135,11 @@ class SimulatedReference:
         else:
             kind = "symmetric int16" if self.activation_bits == 16 else f"{'symmetric ' if self.symmetric_activations else ''}int8"
             io = "int16" if self.activation_bits == 16 else "int8"
-            io += " outputs, inputs where not read by a float recurrent op only" if self.recurrent == "float" else ""
+            io = f"{io} inputs, float outputs" if self.float_outputs else f"{io} I/O"
+            io += " (inputs read only by a float recurrent op stay float)" if self.recurrent == "float" else ""
             how = (
                 f"{self.folded_batch_norms} BatchNorms folded, {weights}, "
-                f"{self.activation_points} activations per-tensor {kind} (min/max of {self.calibration_samples} calibration samples), {io} I/O"
+                f"{self.activation_points} activations per-tensor {kind} (min/max of {self.calibration_samples} calibration samples), {io}"
             )
         if self.recurrent_ops:
             how += (f"; {self.recurrent_ops} recurrent op(s) written out per step (PyTorch's decomposition), quantized like every op" if self.recurrent == "unrolled"
@@ -352,12 +365,14 @@ def _unroll_recurrent(exported: Any) -> tuple[Any, int]:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = ()) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False) -> Any:
     # ops whose int8 output the artifact keeps on its input's grid (ArtifactIO.quantization): an
     # average pool of 120 positions then uses ~19 of the 256 steps, which a simulation on the
     # pool's own narrow range does not see (a keyword-spotting CNN simulated 4.9 dB better than
     # any honest .tflite of it)
     on_input_grid = frozenset(on_input_grid)
+    # NNCF quantizes the inputs of the ops it quantizes, never a model output (quantize_outputs=False)
+    unquantized = _output_sources(graph_module) if float_outputs else frozenset()
     import torch
     from torch.utils._pytree import tree_map
 
@@ -373,6 +388,11 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             self.outside: dict[Any, list[int]] = {}
             self.calibrating = True
             self.weights: dict[Any, tuple[Any, Any]] = {}
+            #: per biased conv/linear: its float output's per-channel (sum, count) in calibration
+            self.channel_sums: dict[Any, tuple[Any, int]] = {}
+            #: per conv/linear: the shift bias correction added to its bias (:func:`_correct_biases`)
+            self.bias_shifts: dict[Any, Any] = {}
+            self.float_weights: set[Any] = set()
 
         def _weights(self, node: Any, weight: Any, bias: Any) -> tuple[Any, Any]:
             if node in self.weights:
@@ -385,10 +405,14 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
                 bias = (bias if bias is not None else 0.0) - mean
                 bias = bias * factor + (beta if beta is not None else 0.0)
-            if not self.calibrating:
-                if scheme == "fp16":
-                    weight, bias = to_fp16(weight), to_fp16(bias)
-                elif palettize_bits:
+            # a weight of at most float_weights_up_to elements stays float: Core ML's compression
+            # leaves tensors of 2048 elements or fewer dense (its weight_threshold)
+            if not self.calibrating and scheme == "fp16":
+                weight, bias = to_fp16(weight), to_fp16(bias)
+            elif not self.calibrating and weight.numel() <= float_weights_up_to:
+                self.float_weights.add(node)
+            elif not self.calibrating:
+                if palettize_bits:
                     weight = fake_palettize_weight(weight, palettize_bits)
                 else:
                     weight = fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
@@ -412,9 +436,15 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                     args.append(kwargs.pop("bias", None))
                 args[1], args[2] = self._weights(node, args[1], args[2])
                 result = node.target(*args, **kwargs)
+                if self.calibrating and args[2] is not None:
+                    sums, count = _channel_sums(result, node)
+                    seen = self.channel_sums.get(node)
+                    self.channel_sums[node] = (sums + seen[0], count + seen[1]) if seen else (sums, count)
+                elif node in self.bias_shifts:
+                    result = result + _on_channels(self.bias_shifts[node], result, node)
             else:
                 result = super().run_node(node)
-            if scheme == "int8" and (node in plan.points or node in plan.inputs):
+            if scheme == "int8" and (node in plan.points or node in plan.inputs) and node not in unquantized:
                 result = self._observe_or_quantize(node, result)
             elif scheme == "fp16" and not self.calibrating and node.op != "output":
                 result = tree_map(to_fp16, result)  # every value an fp16 backend stores: inputs, constants, op outputs
@@ -443,6 +473,77 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             return fake_quant_activation(value, low, high, symmetric_activations, activation_bits)
 
     return Simulator()
+
+
+def _channel_axis(node: Any) -> int:
+    """The output-channel axis of a conv/linear node's result."""
+    return -1 if _op_name(node) == "linear" else 1
+
+
+def _channel_sums(value: Any, node: Any) -> tuple[Any, int]:
+    """Per output channel: the sum of ``value`` (a conv/linear result) and how many values it holds."""
+    axis = _channel_axis(node) % value.ndim
+    reduce = [d for d in range(value.ndim) if d != axis]
+    return value.detach().double().sum(dim=reduce), value.numel() // value.shape[axis]
+
+
+def _on_channels(per_channel: Any, value: Any, node: Any) -> Any:
+    """``per_channel`` shaped to broadcast along the output channels of ``value``."""
+    axis = _channel_axis(node) % value.ndim
+    return per_channel.to(value.dtype).reshape([-1 if d == axis else 1 for d in range(value.ndim)])
+
+
+#: NNCF's BiasCorrection leaves a bias alone when its shift is this many times the bias or more
+_BIAS_SHIFT_LIMIT = 1000.0
+#: ... and measures on the first fifth of the calibration samples (its subset_size x 0.2)
+_BIAS_CORRECTION_SUBSET = 0.2
+
+
+def _correct_biases(weights_only: Any, graph_module: Any, plan: _Plan, calibration: Sequence[tuple[np.ndarray, ...]]) -> dict[Any, Any]:
+    """NNCF's full bias correction (``nncf.quantize(fast_bias_correction=False)``): the shift to
+    add to each biased conv/linear's bias. Layer after layer in graph order, the float model's
+    per-channel output mean minus that of the model with quantized weights (``weights_only``, an
+    interpreter quantizing weights as the simulation does; NNCF removes every activation
+    FakeQuantize while it corrects), the layers before it already corrected, on the first fifth of
+    the calibration samples. Runs the graph node by node over every batch at once."""
+    import torch
+
+    wanted, batches = max(int(sum(len(b[0]) for b in calibration) * _BIAS_CORRECTION_SUBSET), 1), []
+    for batch in calibration:
+        if wanted > 0:
+            batches.append(tuple(a[:wanted] for a in batch))
+            wanted -= len(batches[-1][0])
+    float_model = _make_interpreter(graph_module, plan, "dynamic-int8")  # calibrating: float, records channel_sums
+    with torch.no_grad():
+        for batch in batches:  # one call each (_run's stacked call would count the first batch twice)
+            float_model.run(*(torch.from_numpy(np.ascontiguousarray(a)) for a in batch))
+    channel_sums = float_model.channel_sums
+    envs: list[dict[Any, Any]] = [{} for _ in batches]
+    shifts: dict[Any, Any] = {}
+    with torch.no_grad():
+        for node in weights_only.graph.nodes:
+            if node.op == "output":
+                break
+            for env, batch in zip(envs, batches):
+                if node.op == "placeholder":
+                    env[node] = torch.from_numpy(np.ascontiguousarray(batch[plan.inputs.index(node)]))
+                    continue
+                weights_only.env = env
+                env[node] = weights_only.run_node(node)
+            if node in channel_sums:
+                sums = [_channel_sums(env[node], node) for env in envs]
+                quantized = sum(s for s, _ in sums) / sum(c for _, c in sums)
+                shift = channel_sums[node][0] / channel_sums[node][1] - quantized
+                bias = weights_only.weights[node][1] if node in weights_only.weights else None
+                if bias is None or float((shift / (bias.double() + torch.finfo(torch.float32).eps)).abs().max()) < _BIAS_SHIFT_LIMIT:
+                    shifts[node] = shift
+                    for env in envs:
+                        env[node] = env[node] + _on_channels(shift, env[node], node)
+            for env in envs:
+                for done in weights_only.user_to_last_uses.get(node, ()):
+                    env.pop(done, None)
+    weights_only.env = {}
+    return shifts
 
 
 def _run(simulator: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
@@ -488,6 +589,8 @@ class Calibration:
     samples: int
     seconds: float
     recurrent: str | None = None
+    #: the calibration batches (bias correction runs on them)
+    batches: Sequence[tuple[np.ndarray, ...]] = ()
 
 
 def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: Sequence[tuple[np.ndarray, ...]], scheme: str = "int8", recurrent: str | None = None) -> Calibration:
@@ -509,7 +612,7 @@ def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: 
     if scheme == "int8":
         _run(observer, calibration)
     samples = sum(len(b[0]) for b in calibration) if scheme == "int8" else 0
-    return Calibration(scheme, graph_module, plan, observer.ranges, observer.bulk, samples, time.perf_counter() - start, recurrent)
+    return Calibration(scheme, graph_module, plan, observer.ranges, observer.bulk, samples, time.perf_counter() - start, recurrent=recurrent, batches=list(calibration) if scheme == "int8" else [])
 
 
 def simulate(
@@ -525,6 +628,9 @@ def simulate(
     calibrated: Calibration | None = None,
     on_input_grid: Iterable[str] = (),
     recurrent: str | None = None,
+    float_weights_up_to: int = 0,
+    bias_correction: bool = False,
+    float_outputs: bool = False,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
@@ -536,7 +642,11 @@ def simulate(
     TFLite's 16x8 mode (int16 activations, int8 weights); ``on_input_grid`` names the ops quantized
     on their input's grid (``ArtifactIO.quantization``: average pooling in LiteRT and
     onnxruntime, ``adaptive_avg_pool2d`` in XNNPACK); ``recurrent`` how a recurrent op is
-    quantized (:data:`RECURRENT_FORMS`, ``ArtifactIO.quantization``). Raises
+    quantized (:data:`RECURRENT_FORMS`, ``ArtifactIO.quantization``); weights of at most
+    ``float_weights_up_to`` elements stay float (Core ML's weight_threshold); ``bias_correction`` is
+    NNCF's full bias correction on the calibration data (int8; :func:`_correct_biases`);
+    ``float_outputs`` leaves the model's outputs unquantized (NNCF's int8 IR computes its last
+    layer's output in float). Raises
     :class:`CannotSimulate` for what it cannot simulate.
     """
     if not batches:
@@ -547,9 +657,13 @@ def simulate(
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
         raise UsageError(f"a {calibrated.scheme} calibration (recurrent ops: {calibrated.recurrent}) cannot serve a {scheme} simulation (recurrent ops: {recurrent})")
     graph_module, plan = calibrated.graph_module, calibrated.plan
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs)
     simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
     simulator.calibrating = False
+    if bias_correction and scheme == "int8":
+        weights_only = _make_interpreter(graph_module, plan, "dynamic-int8", weight_bits, palettize_bits=palettize_bits, float_weights_up_to=float_weights_up_to)
+        weights_only.calibrating = False
+        simulator.bias_shifts = _correct_biases(weights_only, graph_module, plan, calibrated.batches)
     outputs = _run(simulator, batches)
     if scheme == "fp16" and not all(np.isfinite(o).all() for sample in outputs for o in sample):
         raise CannotSimulate("an fp16 execution of the model overflows to inf (the fp16 range check says where)")
@@ -559,14 +673,14 @@ def simulate(
     for source in _flat_nodes(output_node.args[0]):
         if _op_name(source) in frozenset(on_input_grid):  # an output pool keeps its input's grid too
             source = source.args[0]
-        ranges.append(_calibrated_range(source, simulator.ranges) if scheme == "int8" else None)
+        ranges.append(_calibrated_range(source, simulator.ranges) if scheme == "int8" and not float_outputs else None)
     if len(ranges) != len(outputs[0]):
         ranges = [None] * len(outputs[0])
     return SimulatedReference(
         scheme=scheme,
         outputs=outputs,
         output_ranges=tuple(ranges),
-        quantized_weights=len(plan.weight_axis),
+        quantized_weights=len(plan.weight_axis) - len(simulator.float_weights),
         folded_batch_norms=len(plan.folds) if scheme == "int8" else 0,
         activation_points=len(simulator.ranges) if scheme == "int8" else 0,
         calibration_samples=calibrated.samples,
@@ -575,6 +689,9 @@ def simulate(
         symmetric_activations=symmetric_activations,
         palettize_bits=palettize_bits,
         activation_bits=activation_bits,
+        float_weights=len(simulator.float_weights),
+        corrected_biases=len(simulator.bias_shifts),
+        float_outputs=float_outputs and scheme == "int8",
         ranges=range_diagnostics(simulator) if scheme == "int8" else (),
         recurrent=recurrent if plan.recurrent_ops else None,
         recurrent_ops=plan.recurrent_ops,
@@ -675,6 +792,17 @@ def _flat_nodes(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [n for item in value.values() for n in _flat_nodes(item)]
     return [value]
+
+
+def _output_sources(graph_module: Any) -> frozenset[Any]:
+    """The nodes whose values the model outputs: each output, through the ops that only move values."""
+    output_node = next(n for n in graph_module.graph.nodes if n.op == "output")
+    sources = set()
+    for node in _flat_nodes(output_node.args[0]):
+        while hasattr(node, "op") and _op_name(node) in _MOVES_VALUES and node.args:
+            node = node.args[0]
+        sources.add(node)
+    return frozenset(sources)
 
 
 def _calibrated_range(node: Any, ranges: dict[Any, tuple[float, float]]) -> tuple[float, float] | None:

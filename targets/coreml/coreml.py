@@ -25,6 +25,7 @@ import contextlib
 import functools
 import importlib.util
 import io as _io
+import math
 import re
 import sys
 import time
@@ -381,15 +382,30 @@ def describe_package(package: Any, reference: ReferenceModel, *, error: type[Exc
 
 
 def weight_scheme(package: Any) -> dict[str, Any]:
-    """How the package's weights are compressed, where that is not int8: a palette's size (the
-    look-up table of ``constexpr_lut_to_dense``, (2**bits,) or (..., 2**bits, 1) from iOS18 on)."""
+    """How the package's weights are compressed, where that is not plain int8: a palette's size
+    (the look-up table of ``constexpr_lut_to_dense``, (2**bits,) or (..., 2**bits, 1) from iOS18
+    on), and the largest conv/linear weight left dense in a compressed program
+    (``float_weights_up_to``): coremltools compresses only tensors of more than 2048 elements
+    (its ``weight_threshold``), so a small first convolution or classifier stays fp16, which a
+    simulation quantizing every weight does not see (digits' artifact sat 4.4 dB above it)."""
+    from edgex.targets.coreml.interpreter import program_precision
+
+    operations = package.program.functions[package.function].operations
+    scheme: dict[str, Any] = {}
     sizes = []
-    for op in package.program.functions[package.function].operations:
+    for op in operations:
         lut = op.inputs.get("lut") if op.op_type.startswith("constexpr_lut") else None
         shape = getattr(getattr(lut, "val", None), "shape", None)
         if shape:
             sizes.append(shape[-2] if len(shape) > 1 and shape[-1] == 1 else shape[-1])
-    return {"palettize_bits": max(int(size).bit_length() - 1 for size in sizes)} if sizes else {}
+    if sizes:
+        scheme["palettize_bits"] = max(int(size).bit_length() - 1 for size in sizes)
+    if program_precision(package.program, package.function) == "dynamic-int8":
+        weights = [op.inputs.get("weight") for op in operations if op.op_type in ("conv", "conv_transpose", "linear")]
+        dense = [math.prod(w.shape) for w in weights if w is not None and w.op is not None and w.op.op_type in ("const", "constexpr_cast")]
+        if dense:
+            scheme["float_weights_up_to"] = max(dense)
+    return scheme
 
 
 @hookimpl
