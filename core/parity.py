@@ -18,8 +18,9 @@ against a tolerance that follows the precision:
   model and the calibration data, never read from the artifact). An output passes when its max
   |error| is within max(3 x e_sim, 2 steps) -- a step being the smaller of the artifact's output
   scale and the reference output range / 255 -- *and* its SQNR is at least sqnr_sim - 6 dB.
-  Where no simulated reference can be built (an ONNX reference, an LSTM), the bound falls back to
-  a number of output steps and the report says the verdict is weaker.
+  Where no simulated reference can be built (an ONNX reference, a recurrent op the target does not
+  say how it quantizes), the bound falls back to a number of output steps and the report says the
+  verdict is weaker.
 
 Below fp32, an output whose SQNR is under ``MIN_SQNR_DB`` never passes, whatever the per-element
 bound says: the error is then as large as the signal. Every tolerance carries a ``source``

@@ -443,24 +443,8 @@ def scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int
             return Planted(Path(out), "scale_channel", _name(weight.name), {"channel": channel, "factor": factor})
 
         return _tflite_edit(path, out, edit)
-    if kind == "tflite-float":
-        def edit(model, subgraph, opnames):
-            weight, bias, axis = _tflite_float_layer(model, subgraph, opnames, layer)
-            for tensor, at in ((weight, axis), (bias, 0)):
-                if tensor is not None:
-                    _tflite_store(model, tensor, _channel_scaled(_tflite_floats(model, tensor), at, channel, factor))
-            return Planted(Path(out), "scale_channel", _name(weight.name), {"channel": channel, "factor": factor})
-
-        return _tflite_edit(path, out, edit)
-    if kind == "mlpackage-float":
-        def edit(block, blobs):
-            weight, bias, axis = _coreml_float_layer(block, layer)
-            blobs.put(weight, _channel_scaled(blobs.get(weight).reshape(_blob_shape(weight)), axis, channel, factor))
-            if bias is not None and bias.WhichOneof("value") == "blobFileValue":  # a small bias may sit in the program
-                blobs.put(bias, _channel_scaled(blobs.get(bias), 0, channel, factor))
-            return Planted(Path(out), "scale_channel", "weight", {"channel": channel, "factor": factor})
-
-        return _coreml_edit(path, out, edit)
+    if kind in ("tflite-float", "mlpackage-float"):
+        return _float_channels(path, out, kind, layer, lambda values, axis: _channel_scaled(values, axis, channel, factor), "scale_channel", {"channel": channel, "factor": factor})
     if kind == "onnx":
         def edit(model, inits):
             node, weight, _, bias = _onnx_layer(model, inits, layer)
@@ -514,24 +498,8 @@ def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0
             return Planted(Path(out), "swap_channels", _name(weight.name), details)
 
         return _tflite_edit(path, out, edit)
-    if kind == "tflite-float":
-        def edit(model, subgraph, opnames):
-            weight, bias, axis = _tflite_float_layer(model, subgraph, opnames, layer)
-            _tflite_store(model, weight, _swapped(_tflite_floats(model, weight), axis, a, b))
-            if bias is not None:
-                _tflite_store(model, bias, _swapped(_tflite_floats(model, bias), 0, a, b))
-            return Planted(Path(out), "swap_channels", _name(weight.name), details)
-
-        return _tflite_edit(path, out, edit)
-    if kind == "mlpackage-float":
-        def edit(block, blobs):
-            weight, bias, axis = _coreml_float_layer(block, layer)
-            blobs.put(weight, _swapped(blobs.get(weight).reshape(_blob_shape(weight)), axis, a, b))
-            if bias is not None and bias.WhichOneof("value") == "blobFileValue":  # a small bias may sit in the program
-                blobs.put(bias, _swapped(blobs.get(bias), 0, a, b))
-            return Planted(Path(out), "swap_channels", "weight", details)
-
-        return _coreml_edit(path, out, edit)
+    if kind in ("tflite-float", "mlpackage-float"):
+        return _float_channels(path, out, kind, layer, lambda values, axis: _swapped(values, axis, a, b), "swap_channels", details)
     if kind == "onnx":
         def edit(model, inits):
             _, weight, axis, bias = _onnx_layer(model, inits, layer)
@@ -567,6 +535,29 @@ def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0
         if bias is not None:
             blobs.put(bias, _swapped(blobs.get(bias), 0, a, b))
         return Planted(Path(out), "swap_channels", op.outputs[0].name, details)
+
+    return _coreml_edit(path, out, edit)
+
+
+def _float_channels(path: Path, out: Path, kind: str, layer: str | int, change: Callable[[np.ndarray, int], np.ndarray], defect: str, details: dict[str, Any]) -> Planted:
+    """``change(values, axis)`` applied to ``layer``'s float weight (at its output-channel axis)
+    and bias (axis 0), in their dtype: float .tflite and Core ML fp32 / fp16."""
+    if kind == "tflite-float":
+        def edit(model, subgraph, opnames):
+            weight, bias, axis = _tflite_float_layer(model, subgraph, opnames, layer)
+            for tensor, at in ((weight, axis), (bias, 0)):
+                if tensor is not None:
+                    _tflite_store(model, tensor, change(_tflite_floats(model, tensor), at))
+            return Planted(Path(out), defect, _name(weight.name), details)
+
+        return _tflite_edit(path, out, edit)
+
+    def edit(block, blobs):
+        weight, bias, axis = _coreml_float_layer(block, layer)
+        blobs.put(weight, change(blobs.get(weight).reshape(_blob_shape(weight)), axis))
+        if bias is not None and bias.WhichOneof("value") == "blobFileValue":  # a small bias may sit in the program
+            blobs.put(bias, change(blobs.get(bias), 0))
+        return Planted(Path(out), defect, "weight", details)
 
     return _coreml_edit(path, out, edit)
 

@@ -125,9 +125,9 @@ def test_planters_refuse_a_layer_not_in_the_file(artifacts, precision, tmp_path)
     """A weight that is not the file's (nor its int8 form) is refused; nothing is written."""
     path = artifacts[precision][0]
     stranger = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
-    with pytest.raises(ValueError, match="neither as float32 nor as XNNPACK int8"):
+    with pytest.raises(ValueError, match="neither as float32, float16 nor as XNNPACK int8"):
         defects.pte_swap_channels(path, tmp_path / "bad.pte", stranger, None, a=0, b=1)
-    with pytest.raises(ValueError, match="neither as float32 nor as XNNPACK int8"):
+    with pytest.raises(ValueError, match="neither as float32, float16 nor as XNNPACK int8"):
         defects.pte_shift_bias(path, tmp_path / "bad.pte", stranger, np.zeros(10, np.float32))
     assert not (tmp_path / "bad.pte").exists()
 

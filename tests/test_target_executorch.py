@@ -93,7 +93,7 @@ def test_int8_passes_against_edgex_reference_and_reads_back(digits_int8, tmp_pat
     again = _validate(path, tmp_path)
     assert (again.status, again.precision) == ("passed", "int8"), again.messages
     io = describe_pte(path, api.load_model("examples:digits"))
-    assert io.quantization == {"weight_bits": 8, "symmetric_activations": False, "on_input_grid": ["adaptive_avg_pool2d"]}
+    assert io.quantization == {"weight_bits": 8, "symmetric_activations": False, "on_input_grid": ["adaptive_avg_pool2d"], "recurrent": "float"}
     assert program_layout(path)["delegate_calls"] == {"XnnpackBackend": 1}
 
 
