@@ -10,16 +10,17 @@ against a tolerance that follows the precision:
   honest fp32 artifact differs from torch by about that much, and a real defect by far more.
 - fp16: the error of edgex's simulated fp16 reference (the torch model with its weights, inputs
   and every op's output rounded to fp16), judged by the same rule as int8 below with a 6 dB
-  margin and 2 fp16 steps at the output's peak. Without a simulation (an ONNX reference, an
-  export that fails): the fp32 noise floor scaled by the fp16/fp32 machine-epsilon ratio (2**13),
+  margin and 2 fp16 steps at the output's peak. Without a simulation (an ONNX reference with an
+  op edgex cannot write out, an export that fails): the fp32 noise floor scaled by the fp16/fp32 machine-epsilon ratio (2**13),
   and never below a few fp16 steps at the output's peak.
 - int8 and dynamic-int8 (int8 weights): the error honest quantization gives, measured on
   edgex's own simulated-quantized reference (``edgex.core.quant_reference``: built from the torch
-  model and the calibration data, never read from the artifact). An output passes when its max
+  model -- or an ONNX reference written out as torch ops, ``edgex.core.onnx_module`` -- and the
+  calibration data, never read from the artifact). An output passes when its max
   |error| is within max(3 x e_sim, 2 steps) -- a step being the smaller of the artifact's output
   scale and the reference output range / 255 -- *and* its SQNR is at least sqnr_sim - 6 dB.
-  Where no simulated reference can be built (an ONNX reference, a recurrent op the target does not
-  say how it quantizes), the bound falls back to a number of output steps and the report says the
+  Where no simulated reference can be built (an ONNX op edgex cannot write out, a recurrent op the
+  target does not say how it quantizes), the bound falls back to a number of output steps and the report says the
   verdict is weaker.
 
 Below fp32, an output whose SQNR is under ``MIN_SQNR_DB`` never passes, whatever the per-element

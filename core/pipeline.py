@@ -192,9 +192,10 @@ class Reference:
                 self._simulated[key] = (None, calibrated)
             else:
                 model = rewritten.model if applied else self.model
+                module = model.module if applied else self.simulated_module
                 parity_inputs = list(rewritten.cast(self.inputs.parity) or ()) if applied else list(self.inputs.parity)
                 try:
-                    sim = simulate(model.module, model.example_inputs, (), parity_inputs, scheme, **scheme_options, calibrated=calibrated)
+                    sim = simulate(module, model.example_inputs, (), parity_inputs, scheme, **scheme_options, calibrated=calibrated)
                     self._simulated[key] = (sim, how)
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}")
@@ -216,23 +217,45 @@ class Reference:
         key = (scheme, applied, recurrent)
         if key not in self._calibrated:
             model = rewritten.model if applied else self.model
-            if model.module is None:
-                self._calibrated[key] = (f"no simulated {scheme} reference: an ONNX reference has no torch model to quantize; {_WEAKER[scheme]}", "")
+            module = model.module if applied else self.simulated_module
+            if isinstance(module, str):
+                self._calibrated[key] = (f"no simulated {scheme} reference ({module}); {_WEAKER[scheme]}", "")
             else:
                 calibration, how = self.calibration() if scheme == "int8" else ([], "no calibration" if scheme == "fp16" else "weights only")
+                if model.module is None:
+                    how += "; the ONNX reference written out as torch ops (edgex.core.onnx_module), which reproduce onnxruntime's outputs"
                 if applied:  # the rewritten model's input dtypes (int64 ids as int32)
                     calibration = list(rewritten.cast(calibration) or ())
                     how += f"; simulated on the model as rewritten for this target ({', '.join(applied)}), compared with the un-rewritten one"
                 try:
-                    self._calibrated[key] = (calibrate(model.module, model.example_inputs, calibration, scheme, recurrent), how)
+                    self._calibrated[key] = (calibrate(module, model.example_inputs, calibration, scheme, recurrent), how)
                 except CannotSimulate as exc:  # (why, and for a recurrent op the target may say how to simulate: RecurrentOp)
                     self._calibrated[key] = (f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}", type(exc).__name__ if isinstance(exc, RecurrentOp) else "")
         return self._calibrated[key]
 
     @cached_property
+    def simulated_module(self) -> Any:
+        """The torch module the simulations quantize: the reference's own, or an ONNX reference
+        written out as torch ops (:mod:`edgex.core.onnx_module`) once it reproduces onnxruntime's
+        outputs on the parity inputs; in its place, why there is none (a str)."""
+        if self.model.module is not None:
+            return self.model.module
+        from edgex.core.onnx_module import check_translation, onnx_module
+
+        try:
+            module = onnx_module(self.model.onnx_path)
+            check_translation(module, self.outputs, self.inputs.parity)
+        except CannotSimulate as exc:
+            return f"an ONNX reference: {exc.message}"
+        except Exception as exc:  # an op written out wrongly for these shapes: the translation's fault, named
+            return f"an ONNX reference whose graph edgex cannot write out as torch ops ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        return module
+
+    @cached_property
     def fp16_overflow(self) -> str | None:
         """Why an honest fp16 execution of the reference overflows, or None (one forward pass, on first use)."""
-        return fp16_overflow(self.model.module, self.inputs.parity) if self.model.module is not None else None
+        module = self.simulated_module
+        return None if isinstance(module, str) else fp16_overflow(module, self.inputs.parity)
 
 
 def simulated_details(sim: SimulatedReference, how: str, reference: Outputs, names: Sequence[str]) -> dict[str, Any]:
