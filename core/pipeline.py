@@ -181,6 +181,7 @@ class Reference:
             "float_weights_up_to": int((quantization or {}).get("float_weights_up_to", 0)),
             "bias_correction": bool((quantization or {}).get("bias_correction", False)),
             "float_outputs": bool((quantization or {}).get("float_outputs", False)),
+            "dynamic_inputs": bool((quantization or {}).get("dynamic_inputs", False)),
         }
         applied = rewritten.applied() if rewritten is not None else ()
         # how the artifact quantizes a recurrent op changes the graph simulated, so the calibration too

@@ -104,6 +104,8 @@ class SimulatedReference:
     float_weights: int = 0
     corrected_biases: int = 0
     float_outputs: bool = False
+    #: dynamic-int8: each weighted op's input quantized at run time (a dynamic-range kernel's)
+    dynamic_inputs: bool = False
     #: every calibrated activation range (:func:`range_diagnostics`), with what is wrong with it
     ranges: tuple[dict[str, Any], ...] = ()
     #: how the model's recurrent ops were simulated (RECURRENT_FORMS), with how many; None without one
@@ -131,7 +133,7 @@ class SimulatedReference:
         if self.scheme == "fp16":
             how = "weights, inputs and every op's output rounded to fp16, arithmetic inside each op fp32"
         elif self.scheme == "dynamic-int8":
-            how = f"{weights}, activations float"
+            how = f"{weights}, " + ("each weighted op's input int8 on its own range per row / sample as the kernel runs, other activations float" if self.dynamic_inputs else "activations float")
         else:
             kind = "symmetric int16" if self.activation_bits == 16 else f"{'symmetric ' if self.symmetric_activations else ''}int8"
             io = "int16" if self.activation_bits == 16 else "int8"
@@ -161,6 +163,21 @@ def fake_quant_weight(weight: Any, axis: int = 0, bits: int = 8) -> Any:
     scale = torch.where(peak > 0, peak / top, torch.ones_like(peak)).to(torch.float32)
     zero = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight.to(torch.float32), scale, zero, axis, -top, top).to(weight.dtype)
+
+
+def fake_quant_dynamic(x: Any, per_row: bool) -> Any:
+    """What a dynamic-range (hybrid) kernel does to its float input as it runs: int8, asymmetric,
+    on the range of each row (a fully connected layer's, TFLite's FULLY_CONNECTED and XNNPACK's
+    qd8) or of each sample (a convolution's: TFLite's EvalHybridPerChannel quantizes each batch
+    element with AsymmetricQuantizeFloats)."""
+    import torch
+
+    flat = x.reshape(-1, x.shape[-1]) if per_row else x.reshape(x.shape[0], -1)
+    low = flat.amin(dim=1, keepdim=True).clamp(max=0.0)
+    high = flat.amax(dim=1, keepdim=True).clamp(min=0.0)
+    scale = ((high - low) / 255.0).clamp(min=1e-12)
+    zero = -128.0 - torch.round(low / scale)
+    return ((torch.clamp(torch.round(flat / scale) + zero, -128, 127) - zero) * scale).reshape(x.shape)
 
 
 def to_fp16(value: Any) -> Any:
@@ -365,7 +382,7 @@ def _unroll_recurrent(exported: Any) -> tuple[Any, int]:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False, dynamic_inputs: bool = False) -> Any:
     # ops whose int8 output the artifact keeps on its input's grid (ArtifactIO.quantization): an
     # average pool of 120 positions then uses ~19 of the 256 steps, which a simulation on the
     # pool's own narrow range does not see (a keyword-spotting CNN simulated 4.9 dB better than
@@ -435,6 +452,8 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 if len(args) == 2:  # conv/linear(input, weight, bias=None, ...): bias is the third argument
                     args.append(kwargs.pop("bias", None))
                 args[1], args[2] = self._weights(node, args[1], args[2])
+                if dynamic_inputs and not self.calibrating and node not in self.float_weights:
+                    args[0] = fake_quant_dynamic(args[0], per_row=_op_name(node) == "linear")
                 result = node.target(*args, **kwargs)
                 if self.calibrating and args[2] is not None:
                     sums, count = _channel_sums(result, node)
@@ -631,6 +650,7 @@ def simulate(
     float_weights_up_to: int = 0,
     bias_correction: bool = False,
     float_outputs: bool = False,
+    dynamic_inputs: bool = False,
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
@@ -646,7 +666,8 @@ def simulate(
     ``float_weights_up_to`` elements stay float (Core ML's weight_threshold); ``bias_correction`` is
     NNCF's full bias correction on the calibration data (int8; :func:`_correct_biases`);
     ``float_outputs`` leaves the model's outputs unquantized (NNCF's int8 IR computes its last
-    layer's output in float). Raises
+    layer's output in float); ``dynamic_inputs`` quantizes each weighted op's input as a
+    dynamic-range kernel does at run time (dynamic-int8; :func:`fake_quant_dynamic`). Raises
     :class:`CannotSimulate` for what it cannot simulate.
     """
     if not batches:
@@ -657,7 +678,7 @@ def simulate(
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
         raise UsageError(f"a {calibrated.scheme} calibration (recurrent ops: {calibrated.recurrent}) cannot serve a {scheme} simulation (recurrent ops: {recurrent})")
     graph_module, plan = calibrated.graph_module, calibrated.plan
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs)
+    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8")
     simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
     simulator.calibrating = False
     if bias_correction and scheme == "int8":
@@ -692,6 +713,7 @@ def simulate(
         float_weights=len(simulator.float_weights),
         corrected_biases=len(simulator.bias_shifts),
         float_outputs=float_outputs and scheme == "int8",
+        dynamic_inputs=dynamic_inputs and scheme == "dynamic-int8",
         ranges=range_diagnostics(simulator) if scheme == "int8" else (),
         recurrent=recurrent if plan.recurrent_ops else None,
         recurrent_ops=plan.recurrent_ops,

@@ -228,7 +228,7 @@ def describe_tflite(path: Path, reference: ReferenceModel) -> ArtifactIO:
     except TargetError as exc:
         raise UsageError(exc.message) from exc
     precision = (stamp or {}).get("precision") or _infer_precision(graph, inputs)
-    return ArtifactIO(path, precision, inputs, outputs, _quantization(graph))
+    return ArtifactIO(path, precision, inputs, outputs, _quantization(graph, precision))
 
 
 # --------------------------------------------------------------------------- int8 checks
@@ -631,7 +631,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         messages.append(recipe["message"])
     if checks:
         details["int8_checks"] = checks
-    io = ArtifactIO(final, precision, inputs, outputs, _quantization(graph))
+    io = ArtifactIO(final, precision, inputs, outputs, _quantization(graph, precision))
     return ConversionResult((Artifact(final, "tflite"),), io, result.converter, tuple(messages), details)
 
 
@@ -770,16 +770,16 @@ def _search_recipes(
     return artifacts[best], details
 
 
-def _quantization(graph: Any) -> dict[str, Any]:
+def _quantization(graph: Any, precision: str) -> dict[str, Any]:
     """``ArtifactIO.quantization`` of a .tflite, which its simulated reference quantizes likewise
     (``pipeline.Reference.simulated``): a 16x8 model's int16 activations; AVERAGE_POOL_2D's
     output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE); a recurrent op written out per
     step, int8 throughout (litert-torch lowers aten.lstm / aten.gru by PyTorch's decomposition
     into FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD), unless the file holds a fused recurrent
     kernel (another converter's UNIDIRECTIONAL_SEQUENCE_LSTM, whose int16 cell state edgex does
-    not simulate)."""
+    not simulate); at dynamic-int8, the hybrid kernels' int8 inputs, quantized as they run."""
     fused = any(op.name in FUSED_RECURRENT for op in graph.operators)
-    return {"on_input_grid": list(AVERAGE_POOLS), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+    return {"on_input_grid": list(AVERAGE_POOLS), **({"dynamic_inputs": True} if precision == "dynamic-int8" else {}), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
 
 
 #: LiteRT's fused recurrent kernels (not what litert-torch writes)

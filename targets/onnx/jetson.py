@@ -114,7 +114,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         engine = work / "model.engine"
         _build_engine(final, engine, request.precision)
         artifacts.append(Artifact(engine, "engine"))
-        io = ArtifactIO(engine, io.precision, io.inputs, io.outputs)
+        io = ArtifactIO(engine, io.precision, io.inputs, io.outputs, io.quantization)
         details["tensorrt"]["engine"] = engine.name
     else:
         messages.append("TensorRT is not installed here: no .engine was built; parity ran on onnxruntime emulating the precision TensorRT would use (TensorRT not run)")
@@ -127,7 +127,7 @@ def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) 
         if not _tensorrt_available():
             raise UsageError(f"validating {path} needs TensorRT, which is not installed here; validate the .onnx it was built from")
         io = describe_onnx(path.with_suffix(".onnx") if path.with_suffix(".onnx").exists() else path.with_name("model.trt.onnx"), reference)
-        return ArtifactIO(path, io.precision, io.inputs, io.outputs)
+        return ArtifactIO(path, io.precision, io.inputs, io.outputs, io.quantization)
     if path.suffix != ".onnx":
         raise UsageError(f"{path} is not an .onnx file")
     return describe_onnx(path, reference)
