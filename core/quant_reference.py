@@ -539,13 +539,15 @@ def _correct_biases(weights_only: Any, graph_module: Any, plan: _Plan, calibrati
     channel_sums = float_model.channel_sums
     envs: list[dict[Any, Any]] = [{} for _ in batches]
     shifts: dict[Any, Any] = {}
+    # every input, quantized or not (plan.inputs leaves out one only a float recurrent op reads)
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     with torch.no_grad():
         for node in weights_only.graph.nodes:
             if node.op == "output":
                 break
             for env, batch in zip(envs, batches):
                 if node.op == "placeholder":
-                    env[node] = torch.from_numpy(np.ascontiguousarray(batch[plan.inputs.index(node)]))
+                    env[node] = torch.from_numpy(np.ascontiguousarray(batch[placeholders.index(node)]))
                     continue
                 weights_only.env = env
                 env[node] = weights_only.run_node(node)

@@ -128,6 +128,9 @@ def test_recurrent_ops_are_simulated_as_the_target_quantizes_them(cell):
     assert unrolled.activation_points > 6 * 4 and kept.activation_points == 2  # per step / the head's input and output
     assert 20 < _sqnr(reference, unrolled.outputs) < _sqnr(reference, kept.outputs) < 80
     assert not [r for r in unrolled.ranges if "degenerate" in r["flags"]]  # the zero initial state is no range
+    # bias correction runs the model on every input, the float op's unquantized one too
+    corrected = simulate(model, batches[0], calibration, batches, "int8", recurrent="float", bias_correction=True)
+    assert corrected.corrected_biases == 1  # the head's
 
 
 def test_unknown_scheme_is_a_usage_error():
