@@ -406,7 +406,8 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             self.calibrating = True
             self.weights: dict[Any, tuple[Any, Any]] = {}
             #: per biased conv/linear: its float output's per-channel (sum, count) in calibration
-            self.channel_sums: dict[Any, tuple[Any, int]] = {}
+            #: (bias correction's interpreter only; None elsewhere, which do not pay for it)
+            self.channel_sums: dict[Any, tuple[Any, int]] | None = None
             #: per conv/linear: the shift bias correction added to its bias (:func:`_correct_biases`)
             self.bias_shifts: dict[Any, Any] = {}
             self.float_weights: set[Any] = set()
@@ -455,7 +456,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 if dynamic_inputs and not self.calibrating and node not in self.float_weights:
                     args[0] = fake_quant_dynamic(args[0], per_row=_op_name(node) == "linear")
                 result = node.target(*args, **kwargs)
-                if self.calibrating and args[2] is not None:
+                if self.channel_sums is not None and self.calibrating and args[2] is not None:
                     sums, count = _channel_sums(result, node)
                     seen = self.channel_sums.get(node)
                     self.channel_sums[node] = (sums + seen[0], count + seen[1]) if seen else (sums, count)
@@ -532,7 +533,8 @@ def _correct_biases(weights_only: Any, graph_module: Any, plan: _Plan, calibrati
         if wanted > 0:
             batches.append(tuple(a[:wanted] for a in batch))
             wanted -= len(batches[-1][0])
-    float_model = _make_interpreter(graph_module, plan, "dynamic-int8")  # calibrating: float, records channel_sums
+    float_model = _make_interpreter(graph_module, plan, "dynamic-int8")  # calibrating: float
+    float_model.channel_sums = {}  # ... and recording each biased layer's output per channel
     with torch.no_grad():
         for batch in batches:  # one call each (_run's stacked call would count the first batch twice)
             float_model.run(*(torch.from_numpy(np.ascontiguousarray(a)) for a in batch))
@@ -675,6 +677,8 @@ def simulate(
     if not batches:
         raise UsageError("the simulated int8 reference needs at least one batch")
     start = time.perf_counter()
+    if scheme == "fp16":  # as calibrate: fp16 backends store each step's values
+        recurrent = "unrolled"
     if calibrated is None:
         calibrated = calibrate(module, example_inputs, calibration, scheme, recurrent)
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
