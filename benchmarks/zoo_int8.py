@@ -1,7 +1,7 @@
 """The shipped zoo at int8 on every target: how far each honest artifact lands from edgex's
 simulated reference, and which rows are judged by output steps alone (issue 28, part 4).
 
-    python benchmarks/zoo_int8.py [--models digits,resnet18,...] [--samples 16] [--json rows.json]
+    python benchmarks/zoo_int8.py [--models digits,resnet18,...] [--targets openvino,...] [--samples 16] [--json rows.json]
 
 For each zoo model (examples/zoo.py, and digits) every int8 target converts it in one run (one
 export, one simulation per scheme, shared), and the dynamic-int8 targets in a second run. The
@@ -37,6 +37,7 @@ RUNS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--targets", help="comma-separated: only these targets (default: every one installed here)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -54,7 +55,9 @@ def main() -> None:
             data = model.calibration[0][:64] if model.calibration is not None else np.random.default_rng(0).standard_normal((64, *model.example_inputs[0].shape[1:])).astype(np.float32)
             np.save(calibration, data)
             for precision, targets in RUNS.items():
-                wanted = [t for t in targets if t in manager.targets() and manager.backend_status(t).available]
+                wanted = [t for t in targets if t in manager.targets() and manager.backend_status(t).available and (not args.targets or t in args.targets.split(","))]
+                if not wanted:
+                    continue
                 report = api.convert(spec, wanted, out=Path(tmp) / name / precision, precision=precision, samples=args.samples, calibration=str(calibration), plugins=manager)
                 for target, row in report.targets.items():
                     reference = row.details.get("int8_reference") or {}
