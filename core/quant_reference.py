@@ -67,7 +67,7 @@ _RECURRENT = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru
 #: ``unrolled``: written out per step into int8 linear, sigmoid, tanh, mul, add (LiteRT);
 #: ``float``: kept one float32 op, weights float too, its output quantized where it is read
 #: (XNNPACK's quantizer, onnxruntime's static QDQ quantizer)
-RECURRENT_FORMS = ("unrolled", "float")
+RECURRENT_FORMS = ("unrolled", "float", "int8_weights")
 #: ops that make a tensor of zeros (nn.LSTM's initial state): zeros need no quantization point,
 #: and a converter folds what multiplies or adds them away (LiteRT's unrolled LSTM has no f * c0)
 _ZEROS = frozenset({"zeros", "zeros_like", "new_zeros"})
@@ -145,6 +145,7 @@ class SimulatedReference:
             )
         if self.recurrent_ops:
             how += (f"; {self.recurrent_ops} recurrent op(s) written out per step (PyTorch's decomposition), quantized like every op" if self.recurrent == "unrolled"
+                    else f"; {self.recurrent_ops} recurrent op(s) kept whole, on int8 weights per gate row" if self.recurrent == "int8_weights"
                     else f"; {self.recurrent_ops} recurrent op(s) kept float32, weights too, quantized where their outputs are read")
         return f"edgex's own simulated {self.scheme} reference: {how}"
 
@@ -266,6 +267,9 @@ class _Plan:
     #: a recurrent op is run as one op: batches are never stacked into one call (aten.lstm does not
     #: check its initial state's batch against its input's, baked at batch 1 by the export, and crashes)
     unstackable: bool = False
+    #: ``int8_weights``: a recurrent op kept whole computes in float on its weights quantized per
+    #: gate row (those over ``float_weights_up_to`` elements), as Core ML's compressed lstm does
+    recurrent_weights: bool = False
 
 
 def _constant(node: Any) -> bool:
@@ -277,7 +281,7 @@ def _plan(graph_module: Any, recurrent: str | None = None, decomposed: int = 0) 
     floats = set()  # float32 values: a recurrent op kept float, its results and what only moves them
     for node in graph.nodes:
         if _op_name(node) in _RECURRENT:
-            if recurrent != "float":
+            if recurrent not in ("float", "int8_weights"):
                 raise (RecurrentOp if recurrent is None else CannotSimulate)(
                     f"edgex cannot build its own int8 reference for this model: it holds a recurrent op ({_op_name(node)}) "
                     + ("that PyTorch's decomposition did not write out" if recurrent == "unrolled" else
@@ -335,9 +339,9 @@ def _plan(graph_module: Any, recurrent: str | None = None, decomposed: int = 0) 
         users = list(node.users)
         return bool(users) and all(_op_name(u) in _RECURRENT or (_op_name(u) in _MOVES_VALUES and read_as_float(u)) for u in users)
 
-    inputs = [n for n in graph.nodes if n.op == "placeholder" and not (floats and read_as_float(n))]
+    inputs = [n for n in graph.nodes if n.op == "placeholder" and not (recurrent == "float" and floats and read_as_float(n))]
     kept = len(floats & {n for n in graph.nodes if _op_name(n) in _RECURRENT})
-    return _Plan(weight_axis, folds, folded, points, inputs, kept or decomposed, bool(kept))
+    return _Plan(weight_axis, folds, folded, points, inputs, kept or decomposed, bool(kept), recurrent == "int8_weights" and bool(kept))
 
 
 def _export(module: Any, example_inputs: tuple[np.ndarray, ...], recurrent: str | None = None) -> tuple[Any, int]:
@@ -447,6 +451,11 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
         def run_node(self, node: Any) -> Any:
             if node in plan.folded:
                 result = self.env[node.args[0]]  # the conv already carries this BatchNorm
+            elif plan.recurrent_weights and not self.calibrating and _op_name(node) in _RECURRENT:
+                args, kwargs = self.fetch_args_kwargs_from_env(node)
+                args = list(args)  # aten.lstm / gru (input, hx, params, ...): each 2-D param a weight
+                args[2] = [fake_quant_weight(p, 0, weight_bits) if p.ndim == 2 and p.numel() > float_weights_up_to else p for p in args[2]]
+                result = node.target(*args, **kwargs)
             elif node in plan.weight_axis:
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
                 args, kwargs = list(args), dict(kwargs)

@@ -128,6 +128,11 @@ def test_recurrent_ops_are_simulated_as_the_target_quantizes_them(cell):
     assert unrolled.activation_points > 6 * 4 and kept.activation_points == 2  # per step / the head's input and output
     assert 20 < _sqnr(reference, unrolled.outputs) < _sqnr(reference, kept.outputs) < 80
     assert not [r for r in unrolled.ranges if "degenerate" in r["flags"]]  # the zero initial state is no range
+    # int8_weights (Core ML's compressed lstm): kept whole, its weights over the threshold int8 per gate row
+    whole = simulate(model, batches[0], calibration, batches, "dynamic-int8", recurrent="int8_weights", float_weights_up_to=4 * 8 * 4)
+    dense = simulate(model, batches[0], calibration, batches, "dynamic-int8", recurrent="int8_weights", float_weights_up_to=4 * 8 * 8)
+    assert "kept whole, on int8 weights" in whole.describe()
+    assert _sqnr(reference, whole.outputs) < 80 < 200 < _sqnr(reference, dense.outputs)  # weight_hh (gates x 8 x 8) int8 / every weight under the threshold
     # bias correction runs the model on every input, the float op's unquantized one too
     corrected = simulate(model, batches[0], calibration, batches, "int8", recurrent="float", bias_correction=True)
     assert corrected.corrected_biases == 1  # the head's

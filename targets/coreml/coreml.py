@@ -381,13 +381,21 @@ def describe_package(package: Any, reference: ReferenceModel, *, error: type[Exc
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), weight_scheme(package))
 
 
+#: MIL ops with weights, and the inputs that hold them
+_RECURRENT_OPS = {"lstm": ("weight_ih", "weight_hh", "weight_ih_back", "weight_hh_back"), "gru": ("weight_ih", "weight_hh"), "rnn": ("weight_ih", "weight_hh")}
+_WEIGHT_INPUTS = {"conv": ("weight",), "conv_transpose": ("weight",), "linear": ("weight",), **_RECURRENT_OPS}
+
+
 def weight_scheme(package: Any) -> dict[str, Any]:
     """How the package's weights are compressed, where that is not plain int8: a palette's size
     (the look-up table of ``constexpr_lut_to_dense``, (2**bits,) or (..., 2**bits, 1) from iOS18
     on), and the largest conv/linear weight left dense in a compressed program
     (``float_weights_up_to``): coremltools compresses only tensors of more than 2048 elements
     (its ``weight_threshold``), so a small first convolution or classifier stays fp16, which a
-    simulation quantizing every weight does not see (digits' artifact sat 4.4 dB above it)."""
+    simulation quantizing every weight does not see (digits' artifact sat 4.4 dB above it); an
+    LSTM / GRU / RNN op's weights count (the zoo's LSTM keeps weight_ih, 2048 elements, dense).
+    A program holding such an op keeps it whole on its compressed weights (``int8_weights``: the
+    zoo's LSTM, weight_hh int8, computed in fp32 between fp16 casts)."""
     from edgex.targets.coreml.interpreter import program_precision
 
     operations = package.program.functions[package.function].operations
@@ -401,10 +409,12 @@ def weight_scheme(package: Any) -> dict[str, Any]:
     if sizes:
         scheme["palettize_bits"] = max(int(size).bit_length() - 1 for size in sizes)
     if program_precision(package.program, package.function) == "dynamic-int8":
-        weights = [op.inputs.get("weight") for op in operations if op.op_type in ("conv", "conv_transpose", "linear")]
+        weights = [op.inputs.get(name) for op in operations for name in _WEIGHT_INPUTS.get(op.op_type, ())]
         dense = [math.prod(w.shape) for w in weights if w is not None and w.op is not None and w.op.op_type in ("const", "constexpr_cast")]
         if dense:
             scheme["float_weights_up_to"] = max(dense)
+        if any(op.op_type in _RECURRENT_OPS for op in operations):
+            scheme["recurrent"] = "int8_weights"
     return scheme
 
 
