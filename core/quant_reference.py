@@ -453,8 +453,9 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 result = self.env[node.args[0]]  # the conv already carries this BatchNorm
             elif plan.recurrent_weights and not self.calibrating and _op_name(node) in _RECURRENT:
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
-                args = list(args)  # aten.lstm / gru (input, hx, params, ...): each 2-D param a weight
-                args[2] = [fake_quant_weight(p, 0, weight_bits) if p.ndim == 2 and p.numel() > float_weights_up_to else p for p in args[2]]
+                args = list(args)  # aten.lstm / gru (input, hx, params, ...): each 2-D param a weight, 8-bit
+                # (weight_bits is the conv/linear weights': NNCF's 7-bit overflow fix leaves LSTMSequence's)
+                args[2] = [fake_quant_weight(p, 0, 8) if p.ndim == 2 and p.numel() > float_weights_up_to else p for p in args[2]]
                 result = node.target(*args, **kwargs)
             elif node in plan.weight_axis:
                 args, kwargs = self.fetch_args_kwargs_from_env(node)

@@ -150,3 +150,29 @@ def test_listing_targets_imports_no_framework():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in done.stdout and "edgex-openvino" in done.stdout, done.stdout[-800:]
+
+
+def test_an_int8_lstm_is_judged_by_its_simulation(tmp_path):
+    """NNCF keeps an LSTMSequence whole (input and output FakeQuantized, W and R int8 per gate row,
+    8-bit where the overflow fix gives the rest 7): the IR says so and edgex simulates that form,
+    instead of judging the row by output steps alone."""
+    import torch
+
+    from edgex.core import api
+
+    class Sequence(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lstm, self.head = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, np.random.default_rng(0).standard_normal((48, 10, 8)).astype(np.float32))
+    report = api.convert(Sequence().eval(), ["openvino"], out=tmp_path / "out", example_inputs=(torch.zeros(1, 10, 8),), precision="int8", samples=8, calibration=str(calibration))
+    row = report.targets["openvino"]
+    assert row.status == "passed", row.messages
+    assert "kept whole, on int8 weights per gate row" in row.details["int8_reference"]["description"]
+    assert not any("output steps alone" in m for m in row.messages)

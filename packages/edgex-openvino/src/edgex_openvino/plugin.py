@@ -387,10 +387,12 @@ def quantization_scheme(model: Any) -> dict[str, Any]:
     import numpy as np
 
     ov = _openvino()
+    recurrent = _recurrent_weights(model)  # 8-bit whatever the rest: the overflow fix leaves them
     peaks = [
         int(np.abs(op.get_data().astype(np.int32)).max(initial=0))
         for op in model.get_ordered_ops()
         if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8 and len(op.get_output_shape(0)) >= 2
+        and op.get_friendly_name() not in recurrent
     ]
     scheme = {"weight_bits": 7 if peaks and max(peaks) <= 64 else 8, "quantizer": "nncf"}
     try:
@@ -402,7 +404,30 @@ def quantization_scheme(model: Any) -> dict[str, Any]:
             scheme["float_outputs"] = True
     except (RuntimeError, ValueError, SyntaxError):  # no NNCF rt_info (an IR quantized elsewhere): none declared
         pass
+    if any(op.get_type_name() in RECURRENT_OPS for op in model.get_ordered_ops()):
+        # NNCF keeps an LSTMSequence whole: input and output FakeQuantized, W and R int8 per gate row
+        scheme["recurrent"] = "int8_weights" if recurrent else "float"
     return scheme
+
+
+#: OpenVINO's recurrent ops (what ov.convert_model makes of aten.lstm / gru / rnn)
+RECURRENT_OPS = frozenset({"LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell"})
+
+
+def _recurrent_weights(model: Any) -> set[str]:
+    """The friendly names of the int8 Constants a recurrent op reads its weights from (through
+    their dequantizing Convert and Multiply)."""
+    found: set[str] = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in RECURRENT_OPS:
+            continue
+        for port in list(op.inputs())[1:]:
+            node = port.get_source_output().get_node()
+            while node.get_type_name() in ("Multiply", "Convert", "Subtract"):
+                node = node.input(0).get_source_output().get_node()
+            if node.get_type_name() == "Constant" and str(node.get_output_element_type(0)) == "<Type: 'int8_t'>":
+                found.add(node.get_friendly_name())
+    return found
 
 
 def precision_of(model: Any) -> str:
