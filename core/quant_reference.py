@@ -22,10 +22,11 @@ The simulation runs an ``torch.fx`` interpreter over the ``torch.export`` graph,
 loaded from ``.pt2`` work as nn.Modules do. A recurrent op (LSTM, GRU, RNN) is simulated the way
 the target says its artifact quantizes one (``ArtifactIO.quantization["recurrent"]``,
 :data:`RECURRENT_FORMS`): ``unrolled`` (LiteRT: written out per step by PyTorch's own
-decomposition, every linear, sigmoid, tanh, mul and add an int8 op like any other) or ``float``
+decomposition, every linear, sigmoid, tanh, mul and add an int8 op like any other), ``float``
 (XNNPACK's and onnxruntime's QDQ quantizers annotate no recurrent op: it runs in float32, its
-weights too, and what reads its output quantizes it). A target that declares neither gets
-:class:`CannotSimulate`, naming the op. (A target that converts an LSTM written out per step,
+weights too, and what reads its output quantizes it) or ``int8_weights`` (NNCF and Core ML keep
+the op whole on weights int8 per gate row). fp16 always writes recurrences out per step. A target
+that declares none gets :class:`CannotSimulate`, naming the op. (A target that converts an LSTM written out per step,
 ``lstm-steps``, gets the simulation of that rewritten model: ``pipeline.Reference.simulated``.)
 
 :func:`vacuous_reference` says when a reference's outputs cannot judge any artifact at all.
@@ -66,7 +67,8 @@ _RECURRENT = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru
 #: how an artifact quantizes a recurrent op (``ArtifactIO.quantization["recurrent"]``):
 #: ``unrolled``: written out per step into int8 linear, sigmoid, tanh, mul, add (LiteRT);
 #: ``float``: kept one float32 op, weights float too, its output quantized where it is read
-#: (XNNPACK's quantizer, onnxruntime's static QDQ quantizer)
+#: (XNNPACK's quantizer, onnxruntime's static QDQ quantizer);
+#: ``int8_weights``: kept one op on weights int8 per gate row (NNCF's LSTMSequence, Core ML's lstm)
 RECURRENT_FORMS = ("unrolled", "float", "int8_weights")
 #: ops that make a tensor of zeros (nn.LSTM's initial state): zeros need no quantization point,
 #: and a converter folds what multiplies or adds them away (LiteRT's unrolled LSTM has no f * c0)
@@ -427,10 +429,10 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
                 bias = (bias if bias is not None else 0.0) - mean
                 bias = bias * factor + (beta if beta is not None else 0.0)
-            # a weight of at most float_weights_up_to elements stays float: Core ML's compression
-            # leaves tensors of 2048 elements or fewer dense (its weight_threshold)
             if not self.calibrating and scheme == "fp16":
                 weight, bias = to_fp16(weight), to_fp16(bias)
+            # a weight of at most float_weights_up_to elements stays float: Core ML's compression
+            # leaves tensors of 2048 elements or fewer dense (its weight_threshold)
             elif not self.calibrating and weight.numel() <= float_weights_up_to:
                 self.float_weights.add(node)
             elif not self.calibrating:
@@ -635,7 +637,7 @@ def _run(simulator: Any, batches: Sequence[tuple[np.ndarray, ...]]) -> Outputs:
 
     with torch.no_grad():
         first = call(batches[0])
-        if len(batches) > 1 and not getattr(simulator, "unstackable", False):
+        if len(batches) > 1 and not simulator.unstackable:
             size = len(batches[0][0])
             try:
                 stacked = call([np.concatenate(parts) for parts in zip(*batches)])
@@ -670,14 +672,19 @@ class Calibration:
     batches: Sequence[tuple[np.ndarray, ...]] = ()
 
 
+def _recurrent_form(scheme: str, recurrent: str | None) -> str | None:
+    """How ``scheme`` simulates a recurrent op: as the artifact says, but written out per step at
+    fp16, where backends store each step's values."""
+    return "unrolled" if scheme == "fp16" else recurrent
+
+
 def calibrate(module: Any, example_inputs: tuple[np.ndarray, ...], calibration: Sequence[tuple[np.ndarray, ...]], scheme: str = "int8", recurrent: str | None = None) -> Calibration:
     """Export ``module`` and record each activation's range on ``calibration`` (``dynamic-int8``:
     no activation is quantized, nothing is run). ``recurrent``: how the artifact quantizes a
     recurrent op (:data:`RECURRENT_FORMS`; None: it does not say). Raises :class:`CannotSimulate`."""
     if scheme not in SCHEMES:
         raise UsageError(f"no simulated reference for scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
-    if scheme == "fp16":  # fp16 backends store each step's values: the recurrence written out
-        recurrent = "unrolled"
+    recurrent = _recurrent_form(scheme, recurrent)
     if recurrent is not None and recurrent not in RECURRENT_FORMS:
         raise UsageError(f"no simulated recurrent form {recurrent!r}; forms: {', '.join(RECURRENT_FORMS)}")
     if scheme == "int8" and not calibration:
@@ -731,8 +738,7 @@ def simulate(
     if not batches:
         raise UsageError("the simulated int8 reference needs at least one batch")
     start = time.perf_counter()
-    if scheme == "fp16":  # as calibrate: fp16 backends store each step's values
-        recurrent = "unrolled"
+    recurrent = _recurrent_form(scheme, recurrent)
     if calibrated is None:
         calibrated = calibrate(module, example_inputs, calibration, scheme, recurrent)
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:

@@ -417,6 +417,7 @@ RECURRENT_OPS = frozenset({"LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCe
 def _recurrent_weights(model: Any) -> set[str]:
     """The friendly names of the int8 Constants a recurrent op reads its weights from (through
     their dequantizing Convert and Multiply)."""
+    i8 = _openvino().Type.i8
     found: set[str] = set()
     for op in model.get_ordered_ops():
         if op.get_type_name() not in RECURRENT_OPS:
@@ -425,7 +426,7 @@ def _recurrent_weights(model: Any) -> set[str]:
             node = port.get_source_output().get_node()
             while node.get_type_name() in ("Multiply", "Convert", "Subtract"):
                 node = node.input(0).get_source_output().get_node()
-            if node.get_type_name() == "Constant" and str(node.get_output_element_type(0)) == "<Type: 'int8_t'>":
+            if node.get_type_name() == "Constant" and node.get_output_element_type(0) == i8:
                 found.add(node.get_friendly_name())
     return found
 
