@@ -157,6 +157,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                 "backend": status.backend,
                 "install_hint": status.install_hint or None,
                 "precisions": list(target.spec.precisions),
+                "refuses": dict(target.spec.refuses),
                 "default_precision": target.spec.default_precision,
                 "artifacts": list(target.spec.artifact_kinds),
                 "description": target.spec.description,
@@ -170,7 +171,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
     lines = []
     for r in rows:
         backend = r["backend"] if r["status"] != "unavailable" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
-        lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], ",".join(r["precisions"]), f"{r['plugin']} ({r['package']} {r['version']})", backend))
+        precisions = ",".join(r["precisions"]) + "".join(f" (no {p})" for p in r["refuses"])
+        lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], precisions, f"{r['plugin']} ({r['package']} {r['version']})", backend))
     print("\n".join(table(("target", "aliases", "status", "precisions", "plugin", "backend"), lines)))
     return 0
 

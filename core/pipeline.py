@@ -92,8 +92,9 @@ def plan_targets(manager: PluginManager, names: Sequence[str], precision: str | 
         spec = registered.spec
         wanted = precision or spec.default_precision
         reason = ""
+        refused = dict(spec.refuses).get(wanted)
         if wanted not in spec.precisions:
-            reason = f"{name} offers {', '.join(spec.precisions)}, not {wanted}"
+            reason = f"{name} offers {', '.join(spec.precisions)}, not {wanted}" + (f": {refused}" if refused else "")
         elif model.kind not in spec.accepts:
             reason = f"{name} converts from a {' or '.join(spec.accepts)} model, and MODEL is {model.kind}"
         if reason and requested:

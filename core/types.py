@@ -62,6 +62,10 @@ class TargetSpec:
     #: what the target's runtime or converter lacks (keys of ``edgex.core.rewrites.GAPS``, e.g.
     #: "gelu"): ``--rewrite auto`` rewrites those parts of a torch model, each rewrite proven first
     lacks: tuple[str, ...] = ()
+    #: precisions it cannot produce for a reason the user should read, as (precision, why) pairs,
+    #: e.g. ("int8", "ncnn's quantization tools are not in the ncnn wheel"): ``--quantize`` with
+    #: that precision is refused with the reason (a ``skipped`` row under ``--target all``)
+    refuses: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
