@@ -1,0 +1,1 @@
+"""edgex check for ncnn: placeholder replaced below."""
