@@ -171,7 +171,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     lines = []
     for r in rows:
         backend = r["backend"] if r["status"] != "unavailable" else f"{r['backend']} -- {r['install_hint'] or 'unavailable'}"
-        precisions = ",".join(r["precisions"]) + "".join(f" (no {p})" for p in r["refuses"])
+        precisions = ",".join(r["precisions"]) + (f" (no {', '.join(r['refuses'])})" if r["refuses"] else "")
         lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], precisions, f"{r['plugin']} ({r['package']} {r['version']})", backend))
     print("\n".join(table(("target", "aliases", "status", "precisions", "plugin", "backend"), lines)))
     return 0

@@ -951,3 +951,68 @@ def pte_shift_bias(path: Path, out: Path, weight: np.ndarray, bias: np.ndarray, 
         _pte_patch_all(path, out, [(ints, new)])
         written = step * float(bias_scales[channel])
     return Planted(Path(out), "shift_bias", f"bias {tuple(old.shape)}", {"channel": channel, "shift": written, "precision": precision})
+
+
+# --------------------------------------------------------------------------- ncnn .param + .bin
+
+#: ncnn layers whose weight is [output channel][...] in the .bin
+NCNN_WEIGHT_LAYERS = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+
+
+def _ncnn_edit(path: Path, out: Path, layer: str | int, change: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]], defect: str, details: dict[str, Any]) -> Planted:
+    """``change(weight [channels, ...], bias)`` applied to ``layer`` (an index into the weight
+    layers, "last" or "middle") of an ncnn pair, in the weight's stored dtype (float32 or float16,
+    after its flag tag) and the bias's float32; written to ``out`` and the .bin beside it."""
+    from edgex.targets.ncnn.model import bin_path, read_param, weight_blobs
+
+    layers = read_param(path)
+    data = bytearray(bin_path(path).read_bytes())
+    blobs, _ = weight_blobs(layers, bytes(data))
+    chosen = [l for l in layers if l.type in NCNN_WEIGHT_LAYERS]
+    target = chosen[_pick(chosen, layer)]
+    mine = {b.role: b for b in blobs if b.layer == target.name}
+    weight = mine["weight"]
+    channels = target.int(0)
+    values = np.frombuffer(bytes(data), weight.dtype, weight.count, weight.offset).reshape(channels, -1)
+    bias_blob = mine.get("bias")
+    bias = np.frombuffer(bytes(data), "float32", bias_blob.count, bias_blob.offset) if bias_blob else None
+    new_weight, new_bias = change(values.copy(), None if bias is None else bias.copy())
+    data[weight.offset : weight.offset + values.nbytes] = np.ascontiguousarray(new_weight, values.dtype).tobytes()
+    if bias_blob is not None and new_bias is not None:
+        data[bias_blob.offset : bias_blob.offset + bias.nbytes] = np.ascontiguousarray(new_bias, np.float32).tobytes()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out)
+    bin_path(Path(out)).write_bytes(bytes(data))
+    return Planted(Path(out), defect, target.name, {**details, "dtype": weight.dtype})
+
+
+def ncnn_scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int = 0, factor: float = 1.5) -> Planted:
+    """Output channel ``channel`` of the layer computes ``factor`` x its value (weights and bias)."""
+    def change(weight, bias):
+        weight[channel] *= weight.dtype.type(factor)
+        if bias is not None:
+            bias[channel] *= factor
+        return weight, bias
+
+    return _ncnn_edit(path, out, layer, change, "scale_channel", {"channel": channel, "factor": factor})
+
+
+def ncnn_swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0, b: int = 1) -> Planted:
+    """Output channels ``a`` and ``b`` of the layer swapped (weights and bias)."""
+    return _ncnn_edit(path, out, layer, lambda w, bias: (_swapped(w, 0, a, b), None if bias is None else _swapped(bias, 0, a, b)),
+                      "swap_channels", {"channels": (a, b)})
+
+
+def ncnn_shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int | None = None, shift: float = 1.0) -> Planted:
+    """``shift`` x the spread of the layer's bias added to channel ``channel`` (every channel when None)."""
+    found: dict[str, float] = {}
+
+    def change(weight, bias):
+        if bias is None:
+            raise ValueError("the layer has no bias")
+        shifted, found["delta"] = _shifted(bias, channel, shift)
+        return weight, shifted.astype(np.float32)
+
+    planted = _ncnn_edit(path, out, layer, change, "shift_bias", {"channel": channel, "shift": shift})
+    planted.details["delta"] = found["delta"]
+    return planted

@@ -101,6 +101,14 @@ def _weights(layer: Layer) -> list[tuple[str, int, bool]] | None:
         qdim = layer.int(2) // max(embed, 1)
         return [("q_weight", layer.int(2), True), ("q_bias", embed, False), ("k_weight", embed * layer.int(3, embed), True), ("k_bias", embed, False),
                 ("v_weight", embed * layer.int(4, embed), True), ("v_bias", embed, False), ("out_weight", qdim * embed, True), ("out_bias", qdim, False)]
+    if t == "Gemm":  # 4/5/6=constant A/B/C, 7/8/9=M/N/K, 10=C's broadcast (0 scalar, 1-2 M, 3 MxN, 4 N)
+        m, n, k = layer.int(7), layer.int(8), layer.int(9)
+        blobs = [("A", m * k, True)] if layer.int(4) else []
+        blobs += [("B", n * k, True)] if layer.int(5) else []
+        broadcast = layer.int(10)
+        if layer.int(6) and broadcast != -1:
+            blobs.append(("C", {0: 1, 1: m, 2: m, 3: m * n, 4: n}.get(broadcast, 0), True))
+        return blobs
     if t == "BatchNorm":
         return [(r, layer.int(0), False) for r in ("slope", "mean", "var", "bias")]
     if t == "PReLU":
@@ -123,7 +131,7 @@ NO_WEIGHTS = frozenset({
     "UnaryOp", "Flatten", "Reshape", "Permute", "Softmax", "Clip", "HardSigmoid", "HardSwish", "Swish", "Mish", "GELU",
     "ELU", "SELU", "Dropout", "Interp", "Crop", "Slice", "Padding", "ExpandDims", "Squeeze", "Noop", "Reduction",
     "ShuffleChannel", "PixelShuffle", "Reorg", "Erf", "Exp", "Log", "Power", "AbsVal", "Bias", "Tile", "Shrink",
-    "CopyTo", "Gemm", "MatMul", "CumulativeSum", "Flip", "Yolov3DetectionOutput", "Threshold",
+    "CopyTo", "MatMul", "CumulativeSum", "Flip", "Yolov3DetectionOutput", "Threshold",
 })
 
 

@@ -103,8 +103,9 @@ def _run_pnnx(model: ReferenceModel, scratch: Path, fp16: bool) -> None:
             raise UnsupportedModel(f"ncnn takes float inputs only (an ncnn Mat holds floats); input {spec.name!r} is {spec.dtype}")
     example = tuple(torch.from_numpy(np.array(a[:1], copy=True, order="C")) for a in model.example_inputs)
     try:
-        with torch.no_grad():
-            traced = torch.jit.trace(model.module, example, check_trace=False)
+        # not under no_grad: there nn.TransformerEncoderLayer takes its fused fast path, which
+        # pnnx leaves as unconvertible pnnx.Expression layers (as pnnx.export traces, with grad)
+        traced = torch.jit.trace(model.module, example, check_trace=False)
         traced.save(str(scratch / "model.pt"))
     except Exception as exc:
         raise TargetError(f"torch.jit.trace (pnnx's input) failed: {one_line(exc)}", stage="convert") from exc
@@ -251,11 +252,14 @@ class NcnnNet:
             + (" (fp16 where this CPU's kernels have it)" if fp16 else "")
         )
 
-    def extract(self, sample: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        """One sample (no batch axis) in, the named blobs out."""
+    def extract(self, sample: Sequence[np.ndarray], names: Sequence[str], keep_all: bool = False) -> list[np.ndarray]:
+        """One sample (no batch axis) in, the named blobs out; ``keep_all``: light mode off, so
+        that every intermediate blob stays readable (ncnn frees a blob once it is consumed)."""
         import ncnn
 
         extractor = self.net.create_extractor()
+        if keep_all:
+            extractor.set_light_mode(False)
         # ncnn.Mat(array) borrows the array's memory: keep each one alive until extraction ends
         kept = [np.ascontiguousarray(a, dtype=np.float32) for a in sample]
         for name, array in zip(self.inputs, kept):
@@ -378,7 +382,7 @@ class NcnnTracer:
 
     def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
         names = [top for top, _, _ in self.steps]
-        values = self.net.extract([a[0] for a in inputs], self.outputs + names)
+        values = self.net.extract([a[0] for a in inputs], self.outputs + names, keep_all=True)
         outputs, blobs = values[: len(self.outputs)], values[len(self.outputs) :]
         tensors = tuple(
             TracedTensor(f"{layer.name}:{top}", value[None], mods, tuple(range(value.ndim + 1)), None, layer.type)
