@@ -311,6 +311,12 @@ _WEIGHT_LAYERS = {
     "Deconvolution": ("ConvTranspose2d",), "DeconvolutionDepthWise": ("ConvTranspose2d",), "InnerProduct": ("Linear",),
 }
 _NORMS = ("BatchNorm1d", "BatchNorm2d")
+#: ncnn layers without weights -> the module classes one of them computes alone
+_SIMPLE_LAYERS = {
+    "Pooling": ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"), "ReLU": ("ReLU", "LeakyReLU"),
+    "Sigmoid": ("Sigmoid",), "TanH": ("Tanh",), "HardSwish": ("Hardswish",), "HardSigmoid": ("Hardsigmoid",), "Clip": ("ReLU6", "Hardtanh"),
+    "Softmax": ("Softmax",), "GELU": ("GELU",), "Swish": ("SiLU",), "Flatten": ("Flatten",),
+}
 _ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Hardswish", "Hardsigmoid", "Mish", "SiLU", "Tanh", "ELU", "GELU")
 
 
@@ -333,34 +339,70 @@ def _execution_order(module: Any, example_inputs: Sequence[np.ndarray]) -> list[
 
 
 def layer_modules(layers: Sequence[Any], reference: ReferenceModel) -> dict[str, tuple[str, ...]]:
-    """Torch modules of the ncnn layers that hold weights, by aligning them in order with the
-    reference's weight modules of the class pnnx converts them from, each match checked by its
-    weight count; a convolution also names the batch norm pnnx folds into it and the activation
-    ncnn fuses (``9=``) when they are the modules run next. The alignment stops at the first
-    layer that does not match: later layers name no module rather than a wrong one."""
+    """Torch modules of ncnn layers, by aligning the layers in order with the reference's modules
+    in the order they run: a layer with weights takes the next module of the class pnnx converts
+    it from, checked by its weight count, and a convolution also names the batch norm pnnx folds
+    into it and the activation ncnn fuses (``9=``) when they are the modules run next; a pooling
+    or activation layer takes the module run right after the last one taken, if it is of its
+    kind. Modules called more than once (a ReLU reused in a block) are never named: which call a
+    layer holds is unknown. The alignment stops at the first weight layer that does not match:
+    later layers name no module rather than a wrong one."""
     if reference.module is None:
         return {}
     order = _execution_order(reference.module, reference.example_inputs)
+    calls: dict[str, int] = {}
+    for path, _ in order:
+        calls[path] = calls.get(path, 0) + 1
+    kind = [type(m).__name__ for _, m in order]
     mapped: dict[str, tuple[str, ...]] = {}
-    used: set[str] = set()
+    cursor = 0  # the first module not yet passed
     for layer in layers:
         classes = _WEIGHT_LAYERS.get(layer.type)
         if classes is None:
+            simple = _SIMPLE_LAYERS.get(layer.type, ())
+            if cursor < len(order) and kind[cursor] in simple and calls[order[cursor][0]] == 1:
+                mapped[layer.name] = (order[cursor][0],)
+                cursor += 1
             continue
         count = layer.int(6 if layer.type != "InnerProduct" else 2)
-        index = next((i for i, (p, m) in enumerate(order) if p not in used and type(m).__name__ in classes), None)
-        if index is None or order[index][1].weight.numel() != count:
+        index = next((i for i in range(cursor, len(order)) if kind[i] in classes), None)
+        if index is None or order[index][1].weight.numel() != count or calls[order[index][0]] != 1:
             break
-        names = [order[index][0]]
-        used.add(order[index][0])
-        following = order[index + 1 :]
-        if following and type(following[0][1]).__name__ in _NORMS:
-            names.append(following[0][0])
-            following = following[1:]
-        if layer.int(9) and following and type(following[0][1]).__name__ in _ACTIVATIONS:
-            names.append(following[0][0])
+        names, cursor = [order[index][0]], index + 1
+        if cursor < len(order) and kind[cursor] in _NORMS:
+            names.append(order[cursor][0])
+            cursor += 1
+        if layer.int(9):
+            if cursor < len(order) and kind[cursor] in _ACTIVATIONS and calls[order[cursor][0]] == 1:
+                names.append(order[cursor][0])
+                cursor += 1
+            else:
+                # the fused activation is a module run more than once (or none): the tensor holds
+                # its output, which no module path names; the layer stays in its scope, unmatched
+                names = [f"{scope(names[0])}{layer.name}"]
         mapped[layer.name] = tuple(names)
     return mapped
+
+
+def scope(path: str) -> str:
+    """The parent module's path with a trailing dot ("layers.6.conv1" -> "layers.6."), "" at the top."""
+    return path.rpartition(".")[0] + "." if "." in path else ""
+
+
+def scoped(layers: Sequence[Any], mapped: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Every layer named: aligned layers by their modules, the others by a name in the scope of
+    the last aligned module before them ("layers.6.add_3"), a path the reference lacks. explain
+    takes a block's output from the last tensor inside the block, so the add and ReLU that end a
+    residual block must be inside it, not left unnamed."""
+    named: dict[str, tuple[str, ...]] = {}
+    where = ""
+    for layer in layers:
+        if layer.name in mapped:
+            named[layer.name] = mapped[layer.name]
+            where = scope(mapped[layer.name][0])
+        else:
+            named[layer.name] = (f"{where}{layer.name}",) if where else ()
+    return named
 
 
 class NcnnTracer:
@@ -372,12 +414,12 @@ class NcnnTracer:
         self.io = io
         self.outputs = _names(layers, "output")
         self.net = NcnnNet(Path(io.path), _names(layers, "input"), self.outputs, io.precision)
-        modules = layer_modules(layers, reference)
+        modules = scoped(layers, layer_modules(layers, reference))
         self.steps = [(top, layer, modules.get(layer.name, ())) for layer in layers if layer.type != "Input" for top in layer.tops]
         self.backend = self.net.backend + ", every blob extracted by name"
         self.notes = (
-            "ncnn's .param names no torch module: layers with weights are aligned in order with the reference's "
-            "modules (weight counts checked); the others name none",
+            "ncnn's .param names no torch module: its layers are aligned in order with the reference's modules as they run "
+            "(weight layers checked by their weight counts; modules called more than once are not named)",
         )
 
     def trace(self, inputs: Sequence[np.ndarray]) -> ArtifactTrace:
