@@ -4,7 +4,7 @@
 
 For each (target, precision) edgex offers here, the digits CNN is converted once (the honest
 artifact), then each defect kind is planted in a copy *of the file* (tests/defects.py for
-.tflite, .onnx, .mlpackage and .pte; tests/defects_openvino.py for OpenVINO IR) and
+.tflite, .onnx, .mlpackage, .pte and ncnn's .bin; tests/defects_openvino.py for OpenVINO IR) and
 ``edgex.core.api.validate`` judges it on the target's runtime:
 
 - kinds: one output channel's weights scaled x1.5, two output channels swapped (weights, bias,
@@ -35,7 +35,7 @@ TESTS = HERE.parent / "tests"
 MODEL = "examples:digits"
 #: a defect must cost at least this much SQNR (dB) on the honest artifact to be counted
 MATERIAL_DB = 6.0
-#: (target, precision) -> the planters' module ("defects" or "defects_openvino" or "pte")
+#: (target, precision) -> the planters' module ("defects" or "defects_openvino"), or "pte" / "ncnn" (defects.py's pte_* / ncnn_*)
 CELLS = {
     ("tflite", "fp32"): "defects", ("tflite", "fp16"): "defects", ("tflite", "dynamic-int8"): "defects", ("tflite", "int8"): "defects",
     ("coral", "int8"): "defects", ("mcu", "int8"): "defects",
@@ -43,6 +43,7 @@ CELLS = {
     ("jetson", "fp32"): "defects", ("jetson", "fp16"): "defects", ("jetson", "int8"): "defects",
     ("coreml", "fp32"): "defects", ("coreml", "fp16"): "defects", ("coreml", "dynamic-int8"): "defects",
     ("executorch", "fp32"): "pte", ("executorch", "fp16"): "pte", ("executorch", "int8"): "pte",
+    ("ncnn", "fp32"): "ncnn", ("ncnn", "fp16"): "ncnn",
     ("openvino", "fp32"): "defects_openvino", ("openvino", "fp16"): "defects_openvino", ("openvino", "int8"): "defects_openvino",
 }
 
@@ -81,6 +82,14 @@ def plants(kind: str, precision: str, row: Any) -> dict[str, Plant]:
             scale = row.io["outputs"][0]["quantization"]["scale"]
             found["coarsen-output-x16"] = lambda p, o: d.pte_coarsen_output(p, o, scale, factor=16.0)
         return found
+    if kind == "ncnn":  # the .bin's weights and biases, in their stored dtype (tests/defects.py ncnn_*)
+        d = _load("defects")
+        return {
+            "scale-ch-x1.5": lambda p, o: d.ncnn_scale_channel(p, o, layer="middle", channel=1, factor=1.5),
+            "swap-ch": lambda p, o: d.ncnn_swap_channels(p, o, layer="middle", a=0, b=1),
+            "shift-bias": lambda p, o: d.ncnn_shift_bias(p, o, layer="middle", channel=1),
+            "shift-bias-last": lambda p, o: d.ncnn_shift_bias(p, o, layer="last", channel=1),
+        }
     _load("defects")  # first: defects_openvino builds on its Planted
     d = _load(kind)
     found = {
