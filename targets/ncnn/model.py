@@ -160,6 +160,8 @@ def weight_blobs(layers: list[Layer], data: bytes) -> tuple[list[Blob], str | No
             if offset + size > len(data):
                 raise ParamError(f"the .bin ends inside layer {layer.name}'s {role} (needs {offset + size} bytes, has {len(data)})")
             blobs.append(Blob(layer.name, role, offset, count, dtype))
+            if dtype == "int8":  # ncnn2int8's layers add scales edgex does not size: stop here
+                return blobs, f"{layer.name} ({layer.type}, int8)"
             offset += (size + 3) // 4 * 4
     if offset != len(data):
         raise ParamError(f"the .bin has {len(data)} bytes and its layers read {offset}: it is not this .param's weights")

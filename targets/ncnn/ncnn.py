@@ -17,6 +17,7 @@ the artifact's bindings keep the reference's batched shapes.
 from __future__ import annotations
 
 import importlib.util
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ INT8_REFUSED = (
 TARGET = TargetSpec(
     name="ncnn",
     description="Tencent ncnn (.ncnn.param + .ncnn.bin) by pnnx, validated on the ncnn runtime (CPU)",
-    artifact_kinds=(".ncnn.param",),
+    artifact_kinds=(".ncnn.param", ".param"),  # pnnx writes model.ncnn.param; ncnn's own tools write model.param
     precisions=("fp32", "fp16"),
     default_precision="fp32",
     accepts=("torch",),
@@ -187,7 +188,9 @@ def _names(layers: Sequence[Any], kind: str) -> list[str]:
     if kind == "input":
         return [top for layer in layers if layer.type == "Input" for top in layer.tops]
     consumed = {b for layer in layers for b in layer.bottoms}
-    return [top for layer in layers for top in layer.tops if top not in consumed]
+    found = [top for layer in layers for top in layer.tops if top not in consumed]
+    # pnnx names the model's outputs out0, out1, ... in torch's order, which layer order need not keep
+    return sorted(found, key=lambda n: int(n[3:])) if all(re.fullmatch(r"out\d+", n) for n in found) else found
 
 
 def describe_ncnn(path: Path, reference: ReferenceModel, precision: str | None = None) -> ArtifactIO:
@@ -198,7 +201,7 @@ def describe_ncnn(path: Path, reference: ReferenceModel, precision: str | None =
     inputs, outputs = _names(layers, "input"), _names(layers, "output")
     if len(inputs) != len(reference.inputs):
         raise UsageError(f"{Path(path).name} has {len(inputs)} input(s) and the reference {len(reference.inputs)}: is it this model's artifact?")
-    stored = {b.dtype for b in blobs if b.dtype != "float32" or b.role.endswith("weight")}
+    stored = {b.dtype for b in blobs}
     if "int8" in stored:
         raise UsageError(f"{Path(path).name} stores int8 weights (ncnn2int8): edgex validates ncnn at fp32 and fp16 only")
     found = "fp16" if "float16" in stored else "fp32"
