@@ -167,3 +167,16 @@ def test_explain_locates_a_channel_scaled_in_the_bin(digits_fp32, tmp_path, caps
     flagged = report["first_flagged"]
     assert "features.3" in [flagged, *layers[flagged]["fused_with"]], report["verdict"]
     assert layers["features.2"]["passed"]  # the first convolution, before it, is fine
+
+
+def test_a_pnnx_crash_is_one_line(tmp_path, monkeypatch):
+    from edgex.core.errors import TargetError
+    from edgex.targets.ncnn import ncnn as plugin
+
+    crashing = tmp_path / "pnnx"
+    crashing.write_text("#!/bin/sh\necho converting\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr(plugin, "_pnnx_executable", lambda: crashing)
+    (tmp_path / "scratch").mkdir()
+    with pytest.raises(TargetError, match=r"pnnx crashed \(SIGSEGV\)"):
+        plugin._run_pnnx(api.load_model("examples:digits"), tmp_path / "scratch", fp16=False)
