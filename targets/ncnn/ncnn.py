@@ -119,7 +119,10 @@ def _run_pnnx(model: ReferenceModel, scratch: Path, fp16: bool) -> None:
     sys.stdout.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
     sys.stdout.flush()
     if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name if -done.returncode in signal.Signals._value2member_map_ else str(-done.returncode)
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
         raise TargetError(f"pnnx crashed ({name}) converting the traced model (its output is in the run's log)", stage="convert")
     if done.returncode != 0 or not (scratch / "model.ncnn.param").is_file():
         last = next((line for line in reversed((done.stderr or done.stdout).splitlines()) if line.strip()), "no message")
