@@ -57,6 +57,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.coreml.coreml",
     "edgex.targets.mcu.mcu",
     "edgex.targets.executorch",
+    "edgex.targets.mnn.mnn",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",
 )
