@@ -16,7 +16,8 @@ MNN makes a Gemm/MatMul with constant weights a convolution too):
 - ``scale_channel``: output channel ``channel`` computes ``factor`` x its value: its float weights
   (fp32, fp16) or its int8 scale (the int8 values kept), and its bias, ``factor`` x.
 - ``swap_channels``: output channels ``a`` and ``b`` swapped: weights (int8 values), scales, bias.
-- ``shift_bias``: every output channel's bias moved by ``shift`` x the layer's largest |bias|.
+- ``shift_bias``: every output channel's bias (or channel ``channel``'s) moved by ``shift`` x the
+  layer's largest |bias|; ``drop_bias``: the layer's bias all zeros.
 - int8 only: ``scale_output``: the int8 grid of the last convolution's output (its tensor's
   ``TensorQuantInfo.scale``, which MNN's CPU runtime quantizes with, and the convolution's
   ``scaleOut``, which it does not read) written ``factor`` x: that tensor is rounded to a grid
@@ -120,17 +121,29 @@ def _order(count: int, a: int, b: int) -> np.ndarray:
     return order
 
 
-def shift_bias(path: Path, out: Path, layer: str | int = "middle", shift: float = 0.5) -> Planted:
+def shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int | None = None, shift: float = 0.5) -> Planted:
     def edit(model, conv, buf):
         bias = conv.bias.read(model.buf)
         largest = float(np.abs(bias).max())
         if largest == 0.0:
             raise ValueError(f"{conv.name}: its biases are all zero, nothing to measure a shift by")
         amount = shift * largest
-        conv.bias.write(buf, bias + np.float32(amount))
-        return {"amount": amount}
+        if channel is None:
+            bias = bias + np.float32(amount)
+        else:
+            bias[channel] += np.float32(amount)
+        conv.bias.write(buf, bias)
+        return {"amount": amount, "channel": channel}
 
     return _edit(path, out, layer, edit, "shift_bias")
+
+
+def drop_bias(path: Path, out: Path, layer: str | int = "last") -> Planted:
+    def edit(model, conv, buf):
+        conv.bias.write(buf, np.zeros(conv.bias.count, np.float32))
+        return {}
+
+    return _edit(path, out, layer, edit, "drop_bias")
 
 
 def scale_output(path: Path, out: Path, factor: float = 4.0) -> Planted:
