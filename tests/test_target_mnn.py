@@ -30,34 +30,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """precision -> (the .mnn edgex wrote for examples:digits, its report row), converted once."""
+    """precision -> (the .mnn the mnn target writes for examples:digits, its ConversionResult):
+    the target's own hook, once per precision, all four reading one shared ONNX export (as a
+    run's targets do); the parity tests then validate each file through edgex's API."""
+    from edgex.core.types import ConversionRequest
+    from edgex.plugins import ExportStore
+    from edgex.targets.mnn import mnn
+
     reference = api.load_model("examples:digits")
     out = tmp_path_factory.mktemp("mnn")
-    rows = {}
+    store = ExportStore(out / "exports")
+    calibration = tuple((reference.calibration[0][i:i + 1],) for i in range(len(reference.calibration[0])))
+    results = {}
     for precision in PRECISIONS:
-        report = api.convert(reference, ["mnn"], out=out / precision, precision=precision, samples=SAMPLES)
-        row = report.targets["mnn"]
-        assert row.status == "passed", (precision, row.messages)
-        rows[precision] = (out / precision / row.artifacts[0], row)
-    return reference, rows
+        (out / precision).mkdir()
+        request = ConversionRequest("mnn", precision, reference, out / precision, calibration if precision == "int8" else None, exports=store)
+        result = mnn.edgex_convert(request)
+        results[precision] = (result.io.path, result)
+    return reference, results
 
 
-def test_rows_say_what_ran(artifacts):
+def test_artifacts_say_what_they_are(artifacts):
     from edgex.targets.mnn import mnnfile
 
-    _, rows = artifacts
-    for precision, (path, row) in rows.items():
-        assert path.suffix == ".mnn" and mnnfile.precision_of(mnnfile.read(path)) == precision
-        assert row.backend.startswith("MNN 3.6.1 CPU backend (precision high")  # the backend and precision mode
-        assert row.converter.startswith("torch.onnx.export") and "mnnconvert" in row.converter
-    assert "fp16 weights decoded to fp32" in rows["fp16"][1].backend
-    report = json.loads((rows["int8"][0].parent.parent / "report.json").read_text())["targets"]["mnn"]
-    assert report["mnn"]["quantization"] == {"quantizer": "mnnquant", "symmetric_activations": True}  # read from the file
-    assert "activations per-tensor symmetric int8" in report["int8_reference"]["description"]  # and simulated so
-    int8 = mnnfile.read(rows["int8"][0])
+    _, results = artifacts
+    for precision, (path, result) in results.items():
+        assert path.suffix == ".mnn" and mnnfile.precision_of(mnnfile.read(path)) == precision == result.io.precision
+        assert result.converter.startswith("torch.onnx.export") and "mnnconvert 3.6.1" in result.converter
+        assert sorted(p.name for p in path.parent.iterdir()) == ["model.mnn"]  # the export, calibration and mnnquant's dump removed
+    assert results["int8"][1].io.quantization == {"quantizer": "mnnquant", "symmetric_activations": True}  # read from the file
+    assert "activation scales set to max|x|/127" in results["int8"][1].converter
+    int8 = mnnfile.read(results["int8"][0])
     assert all(conv.clamp == (-127, 127) and conv.activations_int8 for conv in int8.convolutions)
     assert int8.grids and all(grid.zero == 0.0 for grid in int8.grids)  # symmetric activations, declared
-    sizes = {p: path.stat().st_size for p, (path, _) in rows.items()}
+    assert all(not conv.asymmetric_weights for conv in mnnfile.read(results["dynamic-int8"][0]).convolutions)  # as simulated
+    sizes = {p: path.stat().st_size for p, (path, _) in results.items()}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"] and sizes["dynamic-int8"] < sizes["fp16"]
 
 
@@ -107,6 +114,11 @@ def test_parity_verdict(artifacts, tmp_path, precision, defect):
     row = report.targets["mnn"]
     sqnr = row.parity.sqnr_db if row.parity else None
     assert row.status == ("passed" if defect == "honest" else "failed"), (sqnr, row.messages)
+    assert row.backend.startswith("MNN 3.6.1 CPU backend (precision high, memory normal, 1 thread)")  # what ran, and how
+    if precision == "fp16":
+        assert "fp16 weights decoded to fp32, fp32 arithmetic" in row.backend
+    if precision == "int8" and defect == "honest":
+        assert "activations per-tensor symmetric int8" in row.details["int8_reference"]["description"]  # the declared scheme, simulated
 
 
 def test_validate_refuses_a_file_that_is_not_mnn(artifacts, tmp_path):
@@ -163,31 +175,50 @@ def _audited(body: str, tmp_path: Path) -> list[str]:
     return json.loads(line[len("AUDIT "):])
 
 
+def _tiny_onnx(path: Path) -> None:
+    """conv, ReLU, global average pool, flatten, linear: an ONNX reference needing no torch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((4, 1, 3, 3)), "b1": rng.standard_normal(4), "w2": rng.standard_normal((10, 4)), "b2": rng.standard_normal(10)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
 def test_a_conversion_starts_no_process_and_opens_no_socket(tmp_path):
     """MNN.tools' wrappers run ``pip install`` through os.system and post usage logs; the mnn
     target calls MNN's C converter and quantizer and its runtime (in-process here:
-    EDGEX_ISOLATION=none), and the audit hook sees nothing while it converts (int8: mnnconvert,
-    mnnquant, MNN's runtime measuring scales) and runs. The same hook does see an os.system call,
-    so the test can fail."""
+    EDGEX_ISOLATION=none), and the audit hook sees nothing while it converts at int8
+    (mnnconvert, mnnquant, MNN's runtime measuring scales) and runs the file. The same hook does
+    see an os.system call, so the test can fail."""
     assert _audited("import os\nos.system('true')\n", tmp_path) == ["os.system"]
+    _tiny_onnx(tmp_path / "tiny.onnx")
     seen = _audited(f'''
         import os
         from pathlib import Path
+        import numpy as np
         os.environ["EDGEX_ISOLATION"] = "none"
-        recording[0] = False  # loading the model and exporting ONNX are not the target's
-        from edgex.core import api
-        from edgex.core.types import ConversionRequest
-        from edgex.plugins import ExportStore
+        from edgex.core.types import ConversionRequest, ReferenceModel, TensorSpec
         from edgex.targets.mnn import mnn
-        reference = api.load_model("examples:digits")
         work = Path({str(tmp_path)!r})
         (work / "out").mkdir()
-        calibration = tuple((reference.calibration[0][i:i + 1],) for i in range(32))
-        request = ConversionRequest("mnn", "int8", reference, work / "out", calibration, exports=ExportStore(work / "exports"))
-        request.onnx_export(work / "warm.onnx", opset=mnn.ONNX_OPSET)  # the shared export, made before recording
-        recording[0] = True
+        x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+        reference = ReferenceModel("tiny.onnx", (TensorSpec("x", (1, 1, 8, 8), "float32"),), ("y",), (x,), onnx_path=work / "tiny.onnx")
+        calibration = tuple((np.random.default_rng(i).standard_normal((1, 1, 8, 8)).astype(np.float32),) for i in range(1, 9))
+        request = ConversionRequest("mnn", "int8", reference, work / "out", calibration)
         result = mnn.edgex_convert(request)
-        outputs = mnn.MnnRuntime(result.io).run(reference.example_inputs)
+        outputs = mnn.MnnRuntime(result.io).run([x])
         recording[0] = False
         assert result.io.precision == "int8" and outputs[0].shape == (1, 10)
         assert not any(name.startswith("MNN.tools") for name in sys.modules)
