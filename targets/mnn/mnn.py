@@ -87,9 +87,9 @@ _RUNTIME_CONFIG = {"backend": "CPU", "precision": _PRECISION_HIGH, "memory": _ME
 @contextlib.contextmanager
 def _captured() -> Iterator[list[str]]:
     """Everything written to file descriptors 1 and 2 inside (MNN's C++ prints there, past
-    Python's streams), kept out of the user's terminal: appended to ``text[0]`` at the end, and
-    passed on to the process's own stdout when that is not a terminal (a target's log, where the
-    supervisor's conversion child writes)."""
+    Python's streams), kept out of the user's terminal: put in ``text[0]`` at the end, and passed
+    on to the process's stderr when that is not a terminal (a target's log, where the supervisor's
+    conversion child writes both streams); never to stdout, which may carry ``--json``."""
     text = [""]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -109,8 +109,8 @@ def _captured() -> Iterator[list[str]]:
                 os.close(fd)
             sink.seek(0)
             text[0] = sink.read().decode("utf-8", "replace")
-            if text[0] and not os.isatty(1):
-                os.write(1, text[0].encode())
+            if text[0] and not os.isatty(2):  # stderr: stdout may carry --json
+                os.write(2, text[0].encode())
 
 
 _DEVICE: dict[str, str] = {}
@@ -121,7 +121,7 @@ def _mnn() -> Any:
     what the report says the device supports). Never ``MNN.tools``."""
     if "MNN" not in sys.modules:
         with _captured() as text:
-            import MNN  # noqa: F401  (sys.modules below)
+            importlib.import_module("MNN")
         found = re.search(r"The device supports: ([^\n]*)", text[0])
         _DEVICE["supports"] = found.group(1).strip() if found else ""
     return sys.modules["MNN"]
@@ -478,11 +478,12 @@ class MnnRuntime:
 
         F = self.F
         values = [F.const(np.ascontiguousarray(x, dtype=np.float32), list(np.shape(x)), F.NCHW) for x in inputs]
-        with _captured():
-            outputs = self.module.forward(values if len(values) > 1 else values[0])
-            if not isinstance(outputs, (list, tuple)):
-                outputs = [outputs]
-            return [np.array(F.convert(out, F.NCHW).read(), copy=True) for out in outputs]
+        # not captured: forward prints nothing, and a capture here would swallow a progress
+        # display's output in between; each output copied (MNN reuses its memory next run)
+        outputs = self.module.forward(values if len(values) > 1 else values[0])
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return [np.array(F.convert(out, F.NCHW).read(), copy=True) for out in outputs]
 
 
 @hookimpl
