@@ -372,7 +372,9 @@ def _read(path: Path) -> Any:
         raise UsageError(f"{path} is not an .mnn file (MNN's model format)")
     try:
         return mnnfile.read(path)
-    except (OSError, mnnfile.NotMnn) as exc:
+    except mnnfile.NotMnn as exc:
+        raise UsageError(f"cannot read {path} as an MNN model (not MNN's flatbuffer: {exc}); give a .mnn file MNN's converter wrote") from exc
+    except OSError as exc:
         raise UsageError(f"cannot read {path} as an MNN model: {one_line(exc)}") from exc
 
 

@@ -279,7 +279,7 @@ def read(path: Path) -> MnnModel:
                 names.append(buf[at + 4:at + 4 + size].decode("utf-8", "replace"))
         return MnnModel(path, buf, root.string(0), ops, convolutions, grids, names)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise NotMnn(str(exc)) from exc
+        raise NotMnn("its offsets point outside the file") from exc
 
 
 def precision_of(model: MnnModel) -> str:
