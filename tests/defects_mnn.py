@@ -21,7 +21,9 @@ MNN makes a Gemm/MatMul with constant weights a convolution too):
 - int8 only: ``scale_output``: the int8 grid of the last convolution's output (its tensor's
   ``TensorQuantInfo.scale``, which MNN's CPU runtime quantizes with, and the convolution's
   ``scaleOut``, which it does not read) written ``factor`` x: that tensor is rounded to a grid
-  ``factor`` x coarser. (Only ``scaleOut`` x4 changes nothing MNN computes: measured.)
+  ``factor`` x coarser. (Only ``scaleOut`` x4 changes nothing MNN computes: measured.) A
+  dynamic-int8 file has no activation grid: there the last layer's int8 weight scales are
+  written ``factor`` x (for the conformance kit, which plants ``scale_output`` at both).
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def scale_output(path: Path, out: Path, factor: float = 4.0) -> Planted:
         if conv.scale_out_at is None:
             raise ValueError(f"{conv.name} has no int8 output scale (not a full-int8 .mnn)")
         grid = next((g for g in model.grids if g.index == conv.output_index), None)
+        if grid is None and conv.stored == "int8" and not model.grids:
+            # dynamic-int8: no activation grid; the scale nearest the output is the last layer's
+            # weight scale, every channel's written ``factor`` x (the int8 weights kept)
+            conv.alpha.write(buf, conv.alpha.read(model.buf) * np.float32(factor))
+            return {"factor": factor, "weight_scales": True}
         if grid is None or grid.scale_at is None:
             raise ValueError(f"{conv.name}: its output tensor has no int8 grid")
         struct.pack_into("<f", buf, grid.scale_at, grid.scale * factor)

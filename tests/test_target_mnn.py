@@ -23,6 +23,8 @@ from edgex.core.errors import UsageError  # noqa: E402
 
 import defects_mnn  # noqa: E402  loaded by tests/conftest.py (no test folder is on sys.path)
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = 8
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
 ROOT = Path(__file__).resolve().parents[1]
