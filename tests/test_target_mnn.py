@@ -27,7 +27,6 @@ pytestmark = pytest.mark.slow
 
 SAMPLES = 8
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -258,6 +258,11 @@ def _quantize(request: ConversionRequest, fp32: Path, dest: Path, names: Sequenc
         raise TargetError(f"mnnquant wrote no int8 model (it said: {last[0]})", stage="convert")
     if "use EMA quantize method instead" in text:  # a BatchNorm op left after conversion
         raise TargetError("mnnquant switched to its EMA ranges (the model keeps a BatchNorm op MNN did not fold), which edgex cannot reproduce", stage="convert")
+    # mnnquant can write a model MNN's runtime computes nothing for (the zoo's LSTM: "Compute
+    # Shape Error for Convolution"), and reading that nothing segfaults: one checked run first.
+    # In this process: MNN's runtime in a child forked after MNN ran here spins forever
+    with _captured():
+        _trial_run(scratch, names, calibration[0])
     if method == "max":
         _max_abs_scales(scratch, fp32, request.calibration, names)
         how = f"int8 by mnnquant (ADMM on {samples} samples, MAX_ABS per-channel weights), activation scales set to max|x|/127 over {len(request.calibration)} calibration samples"
@@ -268,6 +273,19 @@ def _quantize(request: ConversionRequest, fp32: Path, dest: Path, names: Sequenc
 
     shutil.rmtree(work, ignore_errors=True)
     return how, method
+
+
+def _trial_run(path: Path, names: Sequence[str], sample: Sequence[Any]) -> None:
+    import numpy as np
+
+    MNN = _mnn()
+    F = MNN.expr
+    module = MNN.nn.load_module_from_file(str(path), list(names), [])
+    outputs = module.forward([F.const(np.ascontiguousarray(x, dtype=np.float32), list(np.shape(x)), F.NCHW) for x in sample])
+    if not outputs:  # MNN printed why (a shape error in a quantized layer) and computed nothing
+        raise TargetError("MNN's runtime cannot run mnnquant's int8 model: it computes no output (a shape error in a layer mnnquant quantized; see the target's log)", stage="convert")
+    for out in outputs:
+        F.convert(out, F.NCHW).read()
 
 
 #: samples mnnquant itself sees under ``max`` (its thresholds are then replaced)
@@ -317,14 +335,26 @@ def _max_abs_scales(int8: Path, fp32: Path, calibration: Sequence[Sequence[Any]]
 def edgex_convert(request: ConversionRequest) -> ConversionResult:
     work = request.workdir
     onnx_path = work / "model.export.onnx"
-    exporter, messages = request.onnx_export(onnx_path, opset=ONNX_OPSET)
     mnn_version = package_version("MNN") or "?"
-    converter = f"{exporter} -> mnnconvert {mnn_version}"
     final = work / "model.mnn"
+    extra = {"fp16": ["--fp16"], "dynamic-int8": ["--weightQuantBits", "8", "--weightQuantAsymmetric=false"]}.get(request.precision, [])
+    fp32 = work / "model.fp32.mnn" if request.precision == "int8" else final
     try:
+        exporter, messages = request.onnx_export(onnx_path, opset=ONNX_OPSET)
+        try:
+            _convert(onnx_path, fp32, extra)
+        except UnsupportedModel:
+            raise
+        except TargetError as exc:
+            if request.model.onnx_path is not None:
+                raise
+            # MNN 3.6.1's converter segfaults on the dynamo exporter's LSTM (the zoo's); the
+            # TorchScript exporter's ONNX of the same model converts: tried once, and said
+            exporter, more = request.onnx_export(onnx_path, opset=ONNX_OPSET, exporter="torchscript")
+            _convert(onnx_path, fp32, extra)
+            messages = [*messages, *more, f"mnnconvert failed on the first export ({one_line(exc)}); converted the TorchScript exporter's instead"]
+        converter = f"{exporter} -> mnnconvert {mnn_version}"
         if request.precision == "int8":
-            fp32 = work / "model.fp32.mnn"
-            _convert(onnx_path, fp32, [])
             from edgex.targets.mnn import mnnfile
 
             # read from the file, not by MNN: MNN loaded here before mnnquant's fork crashes the child
@@ -333,8 +363,6 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             fp32.unlink(missing_ok=True)
             converter += f"; {how}"
         else:
-            extra = {"fp16": ["--fp16"], "dynamic-int8": ["--weightQuantBits", "8", "--weightQuantAsymmetric=false"]}.get(request.precision, [])
-            _convert(onnx_path, final, extra)
             converter += {"fp16": " --fp16 (fp16 weights)", "dynamic-int8": " --weightQuantBits 8 (symmetric per-channel int8 weights)"}.get(request.precision, "")
     finally:
         onnx_path.unlink(missing_ok=True)
@@ -482,9 +510,9 @@ class MnnRuntime:
         values = [F.const(np.ascontiguousarray(x, dtype=np.float32), list(np.shape(x)), F.NCHW) for x in inputs]
         # not captured: forward prints nothing, and a capture here would swallow a progress
         # display's output in between; each output copied (MNN reuses its memory next run)
-        outputs = self.module.forward(values if len(values) > 1 else values[0])
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
+        outputs = self.module.forward(values)
+        if len(outputs) != len(self.output_names) and self.output_names:
+            raise TargetError(f"MNN's runtime computed {len(outputs)} of the model's {len(self.output_names)} outputs (it logs why)", stage="validate")
         return [np.array(F.convert(out, F.NCHW).read(), copy=True) for out in outputs]
 
 
