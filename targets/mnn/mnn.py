@@ -225,8 +225,8 @@ def _quantize(request: ConversionRequest, fp32: Path, dest: Path, names: Sequenc
     thresholds are clipped (KL divergence of a histogram, or ADMM), and measured on the digits
     CNN against torch they cost 5-8 dB below edgex's min/max simulation (KL 31.6 dB, ADMM 29.1,
     simulated 37-39.6); EMA, its third method, gave 3.9-19.8 dB there (one output grid it wrote
-    covered [-4.1, 0] for logits reaching +10; the cause was not pursued). So the default, ``max``, runs mnnquant (on a few samples: its
-    file, weights and which tensors are int8; ADMM, see below) and then sets each int8
+    covered [-4.1, 0] for logits reaching +10; the cause was not pursued). So the default,
+    ``max``, runs mnnquant (on a few samples: its file, weights and which tensors are int8; ADMM, see below) and then sets each int8
     tensor's scale to max|x| / 127 over all the calibration data, measured by MNN itself on the fp32 model (37.1 dB on
     digits): the symmetric max-abs grid edgex simulates (``symmetric_activations``). ADMM makes
     that file: KL segfaults on the dynamo export's graph of the digits CNN.
