@@ -4,8 +4,8 @@
                                       [--samples 32] [--json results.json]
 
 Each model is converted once per artifact kind (full-int8 .tflite, shared by tflite, coral and mcu,
-which all validate that file; ONNX int8 QDQ; Core ML dynamic-int8), then every defect of
-``tests/defects.py`` is planted in a copy and ``edgex.core.api.validate`` judges it against the
+which all validate that file; ONNX int8 QDQ; Core ML dynamic-int8; MNN full int8), then every defect of
+``tests/defects.py`` (``tests/defects_mnn.py`` for .mnn) is planted in a copy and ``edgex.core.api.validate`` judges it against the
 torch reference on the target's runtime. Caught = status "failed"; the honest artifact's row must
 pass (anything else is a false alarm). Nothing is asserted: the same script measures the
 criterion before and after issue 15's fix.
@@ -27,14 +27,17 @@ HERE = Path(__file__).resolve().parent
 MODELS = {"digits": "examples:digits", "resnet_tiny": f"{HERE.parent / 'tests' / 'models.py'}:resnet_tiny"}
 #: target -> (artifact kind converted for it, precision)
 TARGETS = {"tflite": ("tflite", "int8"), "coral": ("tflite", "int8"), "mcu": ("tflite", "int8"),
-           "onnx": ("onnx", "int8"), "coreml": ("coreml", "dynamic-int8")}
+           "onnx": ("onnx", "int8"), "coreml": ("coreml", "dynamic-int8"), "mnn": ("mnn", "int8")}
 
 
-def _load_defects() -> Any:
-    """tests/defects.py, loaded by path as the tests do (the tests folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("defects", HERE.parent / "tests" / "defects.py")
+def _load_defects(name: str = "defects") -> Any:
+    """tests/defects.py (or tests/defects_mnn.py, the .mnn planters, with the same defects),
+    loaded by path as the tests do (the tests folder is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "tests" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["defects"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -61,7 +64,7 @@ def defect_kinds(defects: Any, channel: int = 1) -> dict[str, Callable[[Path, Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,resnet_tiny", help=f"comma-separated, of {sorted(MODELS)}")
-    parser.add_argument("--targets", default="tflite,mcu,onnx", help=f"comma-separated, of {sorted(TARGETS)}")
+    parser.add_argument("--targets", default="tflite,mcu,onnx,mnn", help=f"comma-separated, of {sorted(TARGETS)}")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args()
@@ -89,7 +92,8 @@ def main() -> None:
                     report = api.convert(reference, [kind], out=out, precision=precision, samples=args.samples, calibration=calibration, plugins=manager)
                     converted[kind] = out / report.targets[kind].artifacts[0]
                 artifact = converted[kind]
-                plants: dict[str, Callable[[Path, Path], Any] | None] = {"honest": None, **defect_kinds(defects)}
+                planters = _load_defects("defects_mnn") if kind == "mnn" else defects
+                plants: dict[str, Callable[[Path, Path], Any] | None] = {"honest": None, **defect_kinds(planters)}
                 for defect, plant in plants.items():
                     planted = artifact
                     if plant is not None:

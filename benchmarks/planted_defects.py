@@ -4,7 +4,8 @@
 
 For each (target, precision) edgex offers here, the digits CNN is converted once (the honest
 artifact), then each defect kind is planted in a copy *of the file* (tests/defects.py for
-.tflite, .onnx, .mlpackage, .pte and ncnn's .bin; tests/defects_openvino.py for OpenVINO IR) and
+.tflite, .onnx, .mlpackage, .pte and ncnn's .bin; tests/defects_openvino.py for OpenVINO IR;
+tests/defects_mnn.py for .mnn) and
 ``edgex.core.api.validate`` judges it on the target's runtime:
 
 - kinds: one output channel's weights scaled x1.5, two output channels swapped (weights, bias,
@@ -35,7 +36,7 @@ TESTS = HERE.parent / "tests"
 MODEL = "examples:digits"
 #: a defect must cost at least this much SQNR (dB) on the honest artifact to be counted
 MATERIAL_DB = 6.0
-#: (target, precision) -> the planters' module ("defects" or "defects_openvino"), or "pte" / "ncnn" (defects.py's pte_* / ncnn_*)
+#: (target, precision) -> the planters' module ("defects", "defects_openvino" or "defects_mnn"), or "pte" / "ncnn" (defects.py's pte_* / ncnn_*)
 CELLS = {
     ("tflite", "fp32"): "defects", ("tflite", "fp16"): "defects", ("tflite", "dynamic-int8"): "defects", ("tflite", "int8"): "defects",
     ("coral", "int8"): "defects", ("mcu", "int8"): "defects",
@@ -45,6 +46,7 @@ CELLS = {
     ("executorch", "fp32"): "pte", ("executorch", "fp16"): "pte", ("executorch", "int8"): "pte",
     ("ncnn", "fp32"): "ncnn", ("ncnn", "fp16"): "ncnn",
     ("openvino", "fp32"): "defects_openvino", ("openvino", "fp16"): "defects_openvino", ("openvino", "int8"): "defects_openvino",
+    ("mnn", "fp32"): "defects_mnn", ("mnn", "fp16"): "defects_mnn", ("mnn", "dynamic-int8"): "defects_mnn", ("mnn", "int8"): "defects_mnn",
 }
 
 
@@ -90,7 +92,7 @@ def plants(kind: str, precision: str, row: Any) -> dict[str, Plant]:
             "shift-bias": lambda p, o: d.ncnn_shift_bias(p, o, layer="middle", channel=1),
             "shift-bias-last": lambda p, o: d.ncnn_shift_bias(p, o, layer="last", channel=1),
         }
-    _load("defects")  # first: defects_openvino builds on its Planted
+    _load("defects")  # first: defects_openvino and defects_mnn build on its Planted
     d = _load(kind)
     found = {
         "scale-ch-x1.5": lambda p, o: d.scale_channel(p, o, layer="middle", channel=1, factor=1.5),

@@ -58,6 +58,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "edgex.targets.mcu.mcu",
     "edgex.targets.executorch",
     "edgex.targets.ncnn.ncnn",
+    "edgex.targets.mnn.mnn",
     "edgex.core.compression.pruning",
     "edgex.core.compression.distill",
 )

@@ -23,7 +23,7 @@ def _helper_module(name: str) -> None:
 
 
 # the artifact planters (tests/defects.py first: defects_openvino builds on its Planted)
-for _name in ("defects", "defects_openvino"):
+for _name in ("defects", "defects_openvino", "defects_mnn"):
     _helper_module(_name)
 
 

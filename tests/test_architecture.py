@@ -172,3 +172,19 @@ def test_private_names_do_not_cross_modules():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgex"):
                 offenders += [f"{name}: from {node.module} import {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- MNN's telemetry
+
+
+def _mnn_tools_imports(source: str) -> list[str]:
+    """Imports of MNN's Python wrappers (``MNN.tools``: their logger pip-installs a package and
+    posts usage logs), lazy ones included."""
+    return [f"line {line}: {name}" for line, name in _imports([ast.parse(source)]) if name == "MNN.tools" or name.startswith("MNN.tools.")]
+
+
+def test_no_edgex_module_imports_mnn_tools():
+    planted = "import MNN\ndef f():\n    from MNN import tools\n    import MNN.tools.mnnconvert\nfrom MNN.tools.utils import log\n"
+    assert _mnn_tools_imports(planted) == ["line 3: MNN.tools", "line 4: MNN.tools.mnnconvert", "line 5: MNN.tools.utils", "line 5: MNN.tools.utils.log"]
+    offenders = {name: found for name, path in _module_files().items() if (found := _mnn_tools_imports(path.read_text(encoding="utf-8")))}
+    assert not offenders, f"edgex modules import MNN.tools (call the C extension _tools instead): {offenders}"
