@@ -156,7 +156,7 @@ def test_readme_int8_commands_pass_on_a_pt2_from_compress(calibration, tmp_path)
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["targets"]
     assert {name: row["status"] for name, row in rows.items()} == {
         "onnx": "passed", "jetson": "passed", "tflite": "passed", "coral": "passed", "coreml": "skipped", "mcu": "passed",
-        "executorch": "passed", "ncnn": "skipped",
+        "executorch": "passed", "ncnn": "skipped", "mnn": "passed",
     }
     # coreml has no full-int8 scheme: its row says so instead of the target vanishing
     assert rows["coreml"]["messages"] == ["coreml offers fp32, fp16, dynamic-int8, not int8"]
