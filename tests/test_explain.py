@@ -264,12 +264,16 @@ def test_a_layout_the_artifact_does_not_state_is_never_guessed():
     assert match_layers(runs[:1], stated, _io((1, 2)), [])["conv"].binding.layout == "NHWC"
 
 
+#: built-in targets without a tracer, and why (their docs say so too)
+UNTRACED = {"mnn": "an int8 MNN module's intermediate outputs read back as int8 buffers taken for float (docs/targets/mnn.md)"}
+
+
 def test_edgex_load_tracer_is_optional_and_declared_by_every_builtin_target(edgex_manager):
     builtin = {p.name for p in edgex_manager.plugins() if p.builtin}
     targets = [name for name, registered in edgex_manager.targets().items() if registered.plugin in builtin]
     assert {"onnx", "jetson", "tflite", "coral", "coreml", "mcu", "executorch"} <= set(targets)
     for target in targets:
-        assert edgex_manager.can_trace(target), target
+        assert edgex_manager.can_trace(target) == (target not in UNTRACED), target
     hooks = {p.name: p.hooks for p in edgex_manager.plugins()}
     assert "edgex_load_tracer" in hooks["edgex.targets.onnx.onnx"]
     assert "edgex_load_tracer" not in hooks["edgex.core.compression.pruning"]

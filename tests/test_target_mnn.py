@@ -197,6 +197,14 @@ def _tiny_onnx(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def test_the_converter_loads_beside_tensorflow():
+    """MNN's C extension links its own protobuf: imported plainly after TensorFlow (a conversion
+    child forked from a run that imported it) it aborts the process; edgex loads it so it does not."""
+    code = "import tensorflow\nfrom edgex.targets.mnn.mnn import _tools\nassert callable(_tools().mnnconvert)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_conversion_starts_no_process_and_opens_no_socket(tmp_path):
     """MNN.tools' wrappers run ``pip install`` through os.system and post usage logs; the mnn
     target calls MNN's C converter and quantizer and its runtime (in-process here:

@@ -128,10 +128,20 @@ def _mnn() -> Any:
 
 
 def _tools() -> Any:
-    """MNN's converter and quantizer, the C extension (never the MNN.tools wrappers)."""
-    import _tools
+    """MNN's converter and quantizer, the C extension (never the MNN.tools wrappers).
 
-    return _tools
+    Loaded with RTLD_DEEPBIND where the platform has it: the extension links its own protobuf,
+    and in a process that already holds TensorFlow's or coremltools' (a conversion child forked
+    from a run that imported them) its symbols otherwise bind to theirs and the import aborts.
+    """
+    if "_tools" not in sys.modules:
+        flags = sys.getdlopenflags()
+        sys.setdlopenflags(os.RTLD_NOW | getattr(os, "RTLD_DEEPBIND", 0))
+        try:
+            importlib.import_module("_tools")
+        finally:
+            sys.setdlopenflags(flags)
+    return sys.modules["_tools"]
 
 
 # --------------------------------------------------------------------------- declaring
