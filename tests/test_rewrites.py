@@ -455,12 +455,23 @@ def test_hard_activations_map_to_the_edge_tpu_only_after_rewriting(tmp_path):
     assert mapped["auto"][0] == mapped["auto"][1]
 
 
-@pytest.mark.slow
-def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(tmp_path):
+@pytest.fixture(scope="module")
+def long_lstm_reports(tmp_path_factory):
+    """rewrite ("auto", "none") -> the report of converting lstm_long for mcu and coral: read by
+    the rewrite tests below and by edgex check's predictions of the same conversions."""
     pytest.importorskip("tflite_micro")
-    module, example = lstm_long()
-    model = load_model("lstm", module=module, example_inputs=list(example))
-    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8), tmp_path / "out")
+    reports = {}
+    for rewrite in ("auto", "none"):
+        module, example = lstm_long()
+        model = load_model("lstm", module=module, example_inputs=list(example))
+        settings = make_settings(targets=("mcu", "coral"), samples=8, rewrite=rewrite)
+        reports[rewrite] = pipeline.convert(PluginManager(), model, settings, tmp_path_factory.mktemp(f"lstm-{rewrite}"))
+    return reports
+
+
+@pytest.mark.slow
+def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(long_lstm_reports):
+    report = long_lstm_reports["auto"]
     for name in ("mcu", "coral"):
         row = report.targets[name]
         assert row.status == "passed", (name, row.messages)
@@ -475,13 +486,23 @@ def test_a_20_step_lstm_passes_on_mcu_and_coral_with_rewrites(tmp_path):
 
 
 @pytest.mark.slow
-def test_rewrite_none_reproduces_the_long_lstm_errors(tmp_path):
-    pytest.importorskip("tflite_micro")
-    module, example = lstm_long()
-    model = load_model("lstm", module=module, example_inputs=list(example))
-    report = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu", "coral"), samples=8, rewrite="none"), tmp_path / "out")
+def test_rewrite_none_reproduces_the_long_lstm_errors(long_lstm_reports):
+    report = long_lstm_reports["none"]
     row = report.targets["mcu"]
     assert row.status == "error" and any("CONCATENATION" in m and "kMaxInputNum" in m for m in row.messages), row.messages
     assert {e["name"]: e["reason"] for e in row.details["rewrites"]}["lstm-steps"] == "--rewrite none"
     edgetpu = report.targets["coral"].details["edgetpu"]
     assert edgetpu["first_unmapped"]["op"] == "FULLY_CONNECTED" and "not one-dimensional" in edgetpu["first_unmapped"]["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rewrite, targets", [("auto", ("mcu", "coral")), ("none", ("mcu",))], ids=["auto", "none"])
+def test_check_predicts_the_long_lstm_conversions(long_lstm_reports, rewrite, targets):
+    """edgex check's prediction held against the real conversions above (tests/test_check.py holds
+    the other models' cells): an artifact written, or the target errored."""
+    from edgex.core import api
+
+    module, example = lstm_long()
+    predicted = api.check(module, targets, example_inputs=example, rewrite=rewrite)
+    real = {name: "error" if row.status in ("error", "skipped") else "converts" for name, row in long_lstm_reports[rewrite].targets.items()}
+    assert {t.target: t.outcome for t in predicted.targets} == {name: real[name] for name in targets}
