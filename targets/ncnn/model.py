@@ -173,9 +173,35 @@ def bin_path(param: Path) -> Path:
     return Path(param).with_suffix(".bin")
 
 
+#: whether this process's ncnn was loaded by ``load_ncnn`` (bound to its own OpenMP)
+_OWN_OPENMP: list[bool] = []
+
+
+def load_ncnn() -> tuple[object, bool]:
+    """ncnn's module, and whether it may run several threads in a forked child.
+
+    ncnn's wheel bundles its own libgomp, but torch loads libgomp with RTLD_GLOBAL first, so a
+    plainly imported ncnn runs on torch's OpenMP, whose thread pool does not survive fork: in a
+    child forked after torch started its threads, two ncnn threads never return (one does).
+    Loaded with RTLD_DEEPBIND, ncnn binds its own libgomp and runs threaded in such a child. An
+    ncnn this process imported before edgex did (a user's own ``import ncnn``) keeps one thread.
+    """
+    import os
+    import sys
+
+    if "ncnn" not in sys.modules:
+        flags = sys.getdlopenflags()
+        sys.setdlopenflags(os.RTLD_NOW | getattr(os, "RTLD_DEEPBIND", 0))
+        try:
+            __import__("ncnn")
+        finally:
+            sys.setdlopenflags(flags)
+        _OWN_OPENMP.append(hasattr(os, "RTLD_DEEPBIND"))
+    return sys.modules["ncnn"], bool(_OWN_OPENMP and _OWN_OPENMP[0])
+
+
 def is_unknown_layer(kind: str) -> bool:
     """Whether ncnn has no layer of this type (pnnx leaves an op it cannot convert as
     ``aten::erfinv``, ``torch.xxx``, ``pnnx.Expression``...)."""
-    import ncnn
-
+    ncnn, _ = load_ncnn()
     return ncnn.layer_to_index(kind) < 0

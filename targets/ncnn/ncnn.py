@@ -46,7 +46,7 @@ from edgex.plugins import (
     UsageError,
     hookimpl,
 )
-from edgex.targets.ncnn.model import ParamError, bin_path, read_param, weight_blobs
+from edgex.targets.ncnn.model import ParamError, bin_path, load_ncnn, read_param, weight_blobs
 
 INT8_REFUSED = (
     "ncnn's int8 quantizers (ncnn2table, ncnn2int8) are C++ programs of ncnn's source tree that neither the ncnn "
@@ -131,8 +131,7 @@ def _run_pnnx(model: ReferenceModel, scratch: Path, fp16: bool) -> None:
 
 def _unknown_layers(param: Path) -> list[str]:
     """Layers of the .param ncnn has no implementation for, as ``name (type)``."""
-    import ncnn
-
+    ncnn, _ = load_ncnn()
     return [f"{layer.name} ({layer.type})" for layer in read_param(param) if ncnn.layer_to_index(layer.type) < 0]
 
 
@@ -236,8 +235,7 @@ class NcnnNet:
     """An ncnn pair loaded with the fp16 options the precision means, run one sample at a time."""
 
     def __init__(self, param: Path, inputs: Sequence[str], outputs: Sequence[str], precision: str):
-        import ncnn
-
+        ncnn, threaded = load_ncnn()
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.net = ncnn.Net()
         fp16 = precision == "fp16"
@@ -245,23 +243,25 @@ class NcnnNet:
             setattr(self.net.opt, option, fp16)
         # bf16 is a storage format of its own: off, so fp32 means float32 throughout
         self.net.opt.use_bf16_storage = False
-        # one thread: edgex runs artifacts in a forked child, and ncnn's OpenMP team hangs there
-        # once the parent's torch has started its own (measured: 2 threads never return)
-        self.net.opt.num_threads = 1
+        # edgex runs artifacts in a forked child: ncnn's default threads where it runs on its own
+        # OpenMP, else one (on torch's, its team never returns there: see load_ncnn)
+        if not threaded:
+            self.net.opt.num_threads = 1
+        threads = self.net.opt.num_threads
         if self.net.load_param(str(param)) != 0:
             raise TargetError(f"ncnn cannot load {param.name} (a layer type this ncnn build lacks?)", stage="validate")
         if self.net.load_model(str(bin_path(param))) != 0:
             raise TargetError(f"ncnn cannot load {bin_path(param).name}: it is shorter than {param.name}'s layers need", stage="validate")
         state = "on" if fp16 else "off"
         self.backend = (
-            f"ncnn {package_version('ncnn')} CPU (Python bindings, 1 thread), {'+'.join(_FP16_OPTIONS)} {state}"
+            f"ncnn {package_version('ncnn')} CPU (Python bindings, {threads} thread{'s' if threads != 1 else ''}), {'+'.join(_FP16_OPTIONS)} {state}"
             + (" (fp16 where this CPU's kernels have it)" if fp16 else "")
         )
 
     def extract(self, sample: Sequence[np.ndarray], names: Sequence[str], keep_all: bool = False) -> list[np.ndarray]:
         """One sample (no batch axis) in, the named blobs out; ``keep_all``: light mode off, so
         that every intermediate blob stays readable (ncnn frees a blob once it is consumed)."""
-        import ncnn
+        ncnn, _ = load_ncnn()
 
         extractor = self.net.create_extractor()
         if keep_all:
