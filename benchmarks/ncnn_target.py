@@ -3,10 +3,11 @@
 1. Every shipped zoo model (``edgex.examples.zoo``, and digits) on ncnn at fp32 and fp16: the
    row's status and SQNR, or the honest reason it did not pass; and the ATen operators of the
    models that passed (``--ops``: the data ``targets/ncnn/ops.py`` judges ``edgex check`` by).
-2. ``edgex convert`` (trace, pnnx, the ncnn runtime on the parity samples, the torch reference
-   and its noise floor, parity, report) against the raw steps it wraps as a user's script does
-   them (``pnnx.export(..., fp16=False)``, then ncnn with its fp16 options off on the same
-   samples), alternating, best of ``--repeats`` each. Goal: at most 1.2x.
+2. ``edgex convert`` on the command line (trace, pnnx, the ncnn runtime on the parity samples,
+   the torch reference and its noise floor, parity, report) against the raw steps it wraps as a
+   user's script does them (``pnnx.export(..., fp16=False)``, then ncnn with its fp16 options off
+   on the same number of samples), each a fresh process, alternating, best of ``--repeats``.
+   Goal: at most 1.2x.
 
     PYTHONPATH=... python benchmarks/ncnn_target.py [--models digits,resnet18,...] [--samples 8] [--repeats 2] [--ops]
 """
@@ -14,14 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 from edgex.core import api
 from edgex.core.plugin_manager import PluginManager
@@ -54,56 +53,49 @@ def zoo(models: list[str], samples: int, ops: bool) -> None:
         print("\nATen operators of the models that passed at fp32:\n" + ", ".join(sorted(passed_ops)))
 
 
-def edgex_run(spec: str, samples: int) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        report = api.convert(spec, ["ncnn"], out=out, samples=samples, plugins=_manager())
-        seconds = time.perf_counter() - start
-    row = report.targets["ncnn"]
-    assert row.status == "passed", row.messages
+#: what a user's own script does, run as its own process: pnnx.export (its output swallowed), then
+#: ncnn with its fp16 options off on the samples (ncnn's default thread count)
+RAW_SCRIPT = """
+import contextlib, io, sys, tempfile
+from pathlib import Path
+import importlib
+import numpy as np, ncnn, pnnx
+module_name, _, factory = sys.argv[1].partition(":")  # the user's own model code, no edgex
+model, example = getattr(importlib.import_module(module_name), factory)()
+model.eval(); samples = int(sys.argv[2])
+rng = np.random.default_rng(0)
+inputs = [rng.standard_normal(tuple(example[0].shape[1:])).astype(np.float32) for _ in range(samples)]
+with tempfile.TemporaryDirectory() as out:
+    with contextlib.redirect_stdout(io.StringIO()):
+        pnnx.export(model, str(Path(out) / "model.pt"), tuple(example), fp16=False)
+    net = ncnn.Net()
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.load_param(str(Path(out) / "model.ncnn.param")); net.load_model(str(Path(out) / "model.ncnn.bin"))
+    for x in inputs:
+        extractor = net.create_extractor(); extractor.input("in0", ncnn.Mat(x)); extractor.extract("out0")
+"""
+
+
+def _seconds(argv: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-2000:]
     return seconds
 
 
-def raw_run(model, samples: int, threads: int | None = None) -> float:
-    """What a user's own script does: pnnx.export (its output swallowed), ncnn on the samples
-    (ncnn's default thread count, or ``threads``: edgex's runtime runs 1, see docs/targets/ncnn.md)."""
-    import ncnn
-    import pnnx
-    import torch
-
-    rng = np.random.default_rng(0)
-    inputs = [rng.standard_normal(model.inputs[0].shape[1:]).astype(np.float32) for _ in range(samples)]
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        example = tuple(torch.from_numpy(np.array(a, copy=True)) for a in model.example_inputs)
-        with contextlib.redirect_stdout(io.StringIO()):
-            pnnx.export(model.module, str(Path(out) / "model.pt"), example, fp16=False)
-        net = ncnn.Net()
-        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
-        if threads:
-            net.opt.num_threads = threads
-        net.load_param(str(Path(out) / "model.ncnn.param"))
-        net.load_model(str(Path(out) / "model.ncnn.bin"))
-        for x in inputs:
-            extractor = net.create_extractor()
-            extractor.input("in0", ncnn.Mat(x))
-            extractor.extract("out0")
-        return time.perf_counter() - start
-
-
 def timing(spec: str, samples: int, repeats: int) -> None:
-    model = api.load_model(spec)
-    raw_run(model, 1)  # warm-up: the first trace in a process
-    times: dict[str, list[float]] = {"edgex": [], "raw": [], "raw1": []}
+    """Both sides as fresh processes, as a user runs them (``edgex convert`` on the command line,
+    a script of their own): neither side's ``import ncnn`` decides the other's threads."""
+    times: dict[str, list[float]] = {"edgex": [], "raw": []}
     for _ in range(repeats):
-        times["raw"].append(raw_run(model, samples))
-        times["edgex"].append(edgex_run(spec, samples))
-        times["raw1"].append(raw_run(model, samples, threads=1))
-        print(f"  raw {times['raw'][-1]:.2f} s, edgex {times['edgex'][-1]:.2f} s, raw on 1 thread {times['raw1'][-1]:.2f} s", flush=True)
-    best_edgex, best_raw, best_raw1 = min(times["edgex"]), min(times["raw"]), min(times["raw1"])
-    print(f"{spec}, {samples} samples, best of {repeats}: edgex convert+validate {best_edgex:.2f} s / "
-          f"raw pnnx.export+ncnn {best_raw:.2f} s = {best_edgex / best_raw:.2f}x; against raw on 1 thread as edgex runs "
-          f"{best_raw1:.2f} s = {best_edgex / best_raw1:.2f}x (goal <= 1.2x)\n")
+        times["raw"].append(_seconds([sys.executable, "-c", RAW_SCRIPT, spec, str(samples)]))
+        with tempfile.TemporaryDirectory() as out:
+            times["edgex"].append(_seconds([sys.executable, "-m", "edgex.core.cli", "convert", spec, "-t", "ncnn", "--samples", str(samples), "--out", out]))
+        print(f"  raw {times['raw'][-1]:.2f} s, edgex {times['edgex'][-1]:.2f} s", flush=True)
+    best_edgex, best_raw = min(times["edgex"]), min(times["raw"])
+    print(f"{spec}, {samples} samples, fresh processes, best of {repeats}: edgex convert+validate {best_edgex:.2f} s / "
+          f"raw pnnx.export+ncnn {best_raw:.2f} s = {best_edgex / best_raw:.2f}x (goal <= 1.2x)\n")
 
 
 def main() -> None:
@@ -111,7 +103,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--timing", default="examples:digits,edgex.examples.zoo:resnet18", help="models for part 2")
+    parser.add_argument("--timing", default="edgex.examples.zoo:resnet18,edgex.examples.zoo:resnet_small", help="models for part 2: module:factory returning (model, example inputs)")
     parser.add_argument("--ops", action="store_true")
     parser.add_argument("--skip-zoo", action="store_true")
     args = parser.parse_args()
