@@ -93,6 +93,31 @@ def package_version(package: str) -> str | None:
         return None
 
 
+def import_native(name: str) -> tuple[Any, bool]:
+    """Import the extension module ``name`` bound to its own bundled libraries, once per process.
+
+    Returns the module and whether this call loaded it so. A wheel's extension that bundles its
+    own libgomp or protobuf otherwise binds to the copy torch (``RTLD_GLOBAL``), TensorFlow or
+    coremltools loaded first: MNN's converter then aborts on import, and ncnn's OpenMP team never
+    returns in a child forked after torch started its threads. ``RTLD_DEEPBIND`` (Linux) makes
+    the extension resolve its own symbols first. ``False`` when the process had imported it before
+    (bound however it was), or on a platform without ``RTLD_DEEPBIND``.
+    """
+    import importlib
+    import os
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name], False
+    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_NOW | deepbind)
+    try:
+        return importlib.import_module(name), bool(deepbind)
+    finally:
+        sys.setdlopenflags(flags)
+
+
 def target_status(name: str) -> BackendStatus:
     """Whether another target's backend is here, as its own plugin answers (a target built on
     another one's conversion asks this instead of calling that plugin's hook)."""
@@ -113,6 +138,7 @@ __all__ = [
     "__version__",
     "AVERAGE_POOLS",
     "hookimpl",
+    "import_native",
     "aten_reach",
     "contained",
     "convert_opset",

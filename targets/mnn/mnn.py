@@ -45,6 +45,7 @@ from edgex.plugins import (
     UnsupportedModel,
     UsageError,
     hookimpl,
+    import_native,
     infer_permutation,
     layout_name,
     one_line,
@@ -130,18 +131,11 @@ def _mnn() -> Any:
 def _tools() -> Any:
     """MNN's converter and quantizer, the C extension (never the MNN.tools wrappers).
 
-    Loaded with RTLD_DEEPBIND where the platform has it: the extension links its own protobuf,
-    and in a process that already holds TensorFlow's or coremltools' (a conversion child forked
-    from a run that imported them) its symbols otherwise bind to theirs and the import aborts.
+    It links its own protobuf: in a process that already holds TensorFlow's or coremltools' (a
+    conversion child forked from a run that imported them) a plain import binds to theirs and
+    aborts, so it is imported by ``import_native``.
     """
-    if "_tools" not in sys.modules:
-        flags = sys.getdlopenflags()
-        sys.setdlopenflags(os.RTLD_NOW | getattr(os, "RTLD_DEEPBIND", 0))
-        try:
-            importlib.import_module("_tools")
-        finally:
-            sys.setdlopenflags(flags)
-    return sys.modules["_tools"]
+    return import_native("_tools")[0]
 
 
 # --------------------------------------------------------------------------- declaring

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgex.plugins import import_native
+
 MAGIC = "7767517"
 FLAG_FP32 = 0
 FLAG_FP16 = 0x01306B47
@@ -173,7 +175,7 @@ def bin_path(param: Path) -> Path:
     return Path(param).with_suffix(".bin")
 
 
-#: whether this process's ncnn was loaded by ``load_ncnn`` (bound to its own OpenMP)
+#: whether this process's ncnn is bound to its own OpenMP (``load_ncnn``)
 _OWN_OPENMP: list[bool] = []
 
 
@@ -181,23 +183,16 @@ def load_ncnn() -> tuple[object, bool]:
     """ncnn's module, and whether it may run several threads in a forked child.
 
     ncnn's wheel bundles its own libgomp, but torch loads libgomp with RTLD_GLOBAL first, so a
-    plainly imported ncnn runs on torch's OpenMP, whose thread pool does not survive fork: in a
-    child forked after torch started its threads, two ncnn threads never return (one does).
-    Loaded with RTLD_DEEPBIND, ncnn binds its own libgomp and runs threaded in such a child. An
-    ncnn this process imported before edgex did (a user's own ``import ncnn``) keeps one thread.
+    plainly imported ncnn runs its OpenMP team on torch's, whose thread pool does not survive
+    fork: in a child forked after torch started its threads, two ncnn threads never return (one
+    does). Imported by ``import_native``, ncnn binds its own libgomp and runs threaded in such a
+    child. An ncnn this process imported before edgex did (a user's own ``import ncnn``) keeps
+    one thread.
     """
-    import os
-    import sys
-
-    if "ncnn" not in sys.modules:
-        flags = sys.getdlopenflags()
-        sys.setdlopenflags(os.RTLD_NOW | getattr(os, "RTLD_DEEPBIND", 0))
-        try:
-            __import__("ncnn")
-        finally:
-            sys.setdlopenflags(flags)
-        _OWN_OPENMP.append(hasattr(os, "RTLD_DEEPBIND"))
-    return sys.modules["ncnn"], bool(_OWN_OPENMP and _OWN_OPENMP[0])
+    ncnn, bound_here = import_native("ncnn")
+    if not _OWN_OPENMP:
+        _OWN_OPENMP.append(bound_here)
+    return ncnn, _OWN_OPENMP[0]
 
 
 def is_unknown_layer(kind: str) -> bool:
