@@ -436,7 +436,7 @@ def describe_mnn(path: Path, reference: ReferenceModel, precision: str | None = 
     inputs_named, outputs_named = _mnn_io_names(path)
     if len(inputs_named) != len(reference.inputs):
         raise UsageError(f"{path} takes {len(inputs_named)} inputs but the reference model takes {len(reference.inputs)}")
-    shapes = _input_shapes(model)
+    shapes = model.input_shapes
     inputs = []
     for name, spec in zip(inputs_named, reference.inputs):
         shape = tuple(shapes.get(name) or spec.shape)
@@ -449,24 +449,6 @@ def describe_mnn(path: Path, reference: ReferenceModel, precision: str | None = 
     precision = precision or mnnfile.precision_of(model)
     scheme = quantization_scheme(model) if precision == "int8" else {}
     return ArtifactIO(path, precision, tuple(inputs), outputs, scheme)
-
-
-def _input_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    """Each Input op's dims, from the file."""
-    import struct
-
-    from edgex.targets.mnn import mnnfile
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    root = mnnfile._Table(model.buf, struct.unpack_from("<I", model.buf, 0)[0])
-    for op in root.tables(3):
-        if op.scalar(5, "i", 0) != mnnfile.OP_INPUT:
-            continue
-        main = op.table(2)
-        dims = main.array(0, "<i4") if main is not None else None
-        if dims is not None:
-            shapes[op.string(3) or ""] = tuple(int(d) for d in dims.read(model.buf))
-    return shapes
 
 
 @hookimpl

@@ -195,6 +195,7 @@ class MnnModel:
     convolutions: list[Conv]
     grids: list[TensorGrid] = field(default_factory=list)
     tensor_names: list[str] = field(default_factory=list)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # each Input op's dims
 
     @property
     def input_names(self) -> list[str]:
@@ -230,11 +231,16 @@ def read(path: Path) -> MnnModel:
         ops_tables = root.tables(3)
         if not ops_tables:
             raise NotMnn("no ops")
-        ops, convolutions = [], []
+        ops, convolutions, input_shapes = [], [], {}
         for op in ops_tables:
             name = op.string(3) or ""
             op_type = op.scalar(5, "i", 0)
             ops.append((name, op_type))
+            if op_type == OP_INPUT:
+                main = op.table(2)
+                dims = main.array(0, "<i4") if main is not None else None
+                if dims is not None:
+                    input_shapes[name] = tuple(int(d) for d in dims.read(buf))
             if op_type not in CONVOLUTIONS or op.scalar(1, "B", 0) != _CONVOLUTION_2D:
                 continue
             main = op.table(2)
@@ -277,7 +283,7 @@ def read(path: Path) -> MnnModel:
                 at = start + 4 * i + struct.unpack_from("<I", buf, start + 4 * i)[0]
                 size = struct.unpack_from("<I", buf, at)[0]
                 names.append(buf[at + 4:at + 4 + size].decode("utf-8", "replace"))
-        return MnnModel(path, buf, root.string(0), ops, convolutions, grids, names)
+        return MnnModel(path, buf, root.string(0), ops, convolutions, grids, names, input_shapes)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise NotMnn("its offsets point outside the file") from exc
 
