@@ -38,14 +38,13 @@ import numpy as np
 
 from edgex.targets.mnn import mnnfile
 
-if "defects" in sys.modules:
-    Planted = sys.modules["defects"].Planted
-else:  # loaded on its own (a benchmark): tests/defects.py's Planted, by path
+if "defects" not in sys.modules:  # loaded on its own (a benchmark): tests/defects.py, by path
     _spec = importlib.util.spec_from_file_location("defects", Path(__file__).with_name("defects.py"))
     _defects = importlib.util.module_from_spec(_spec)
     sys.modules["defects"] = _defects
     _spec.loader.exec_module(_defects)
-    Planted = _defects.Planted
+Planted = sys.modules["defects"].Planted
+_swapped = sys.modules["defects"]._swapped  # the channel swap every other format's planter makes
 
 
 def _pick(count: int, layer: str | int) -> int:
@@ -103,24 +102,18 @@ def scale_channel(path: Path, out: Path, layer: str | int = "last", channel: int
 def swap_channels(path: Path, out: Path, layer: str | int = "middle", a: int = 0, b: int = 1) -> Planted:
     def edit(model, conv, buf):
         span, rows = _rows(model, conv)
-        span.write(buf, rows[_order(conv.out_channels, a, b)])
+        span.write(buf, _swapped(rows, 0, a, b))
         if conv.stored == "int8":
             alpha = conv.alpha.read(model.buf)
             if conv.asymmetric_weights:
-                conv.alpha.write(buf, alpha.reshape(-1, 2)[_order(conv.out_channels, a, b)].ravel())
+                conv.alpha.write(buf, _swapped(alpha.reshape(-1, 2), 0, a, b).ravel())
             else:
-                conv.alpha.write(buf, alpha[_order(conv.out_channels, a, b)])
+                conv.alpha.write(buf, _swapped(alpha, 0, a, b))
         if conv.bias is not None:
-            conv.bias.write(buf, conv.bias.read(model.buf)[_order(conv.out_channels, a, b)])
+            conv.bias.write(buf, _swapped(conv.bias.read(model.buf), 0, a, b))
         return {"channels": [a, b]}
 
     return _edit(path, out, layer, edit, "swap_channels")
-
-
-def _order(count: int, a: int, b: int) -> np.ndarray:
-    order = np.arange(count)
-    order[[a, b]] = order[[b, a]]
-    return order
 
 
 def shift_bias(path: Path, out: Path, layer: str | int = "middle", channel: int | None = None, shift: float = 0.5) -> Planted:
