@@ -436,15 +436,37 @@ def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
 
 
 def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
-    """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), ``None`` if uncountable.
+    """Multiply-accumulates of one forward pass (torch's FLOP formulas / 2), ``None`` if uncountable.
 
-    Not done while loading: the counter's first use costs seconds of set-up, so the pipeline
-    counts while a target converts in its child process.
+    Counted by a dispatch mode of our own over torch's formulas (``flop_registry``), not
+    ``FlopCounterMode``: torch wraps that mode in dynamo's ``disable``, whose first use imports
+    torch._dynamo (1.3 s here), and its module tracking is not needed for a total.
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    counter = FlopCounterMode(display=False)
+    class Macs(TorchDispatchMode):
+        flops = 0
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return False  # nothing is compiled inside; keeps torch._dynamo unimported
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            packet = func._overloadpacket
+            if packet not in flop_registry and func is not torch.ops.prim.device.default:
+                with self:  # as torch's counter: an op without a formula is counted by its parts
+                    decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+            out = func(*args, **kwargs)
+            if packet in flop_registry:
+                self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
+            return out
+
+    counter = Macs()
     # the fused transformer fast path is one opaque op the counter does not see
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -455,7 +477,7 @@ def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
         return None  # some modules (TorchScript) resist counting
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return counter.get_total_flops() // 2
+    return counter.flops // 2
 
 
 # --------------------------------------------------------------------------- the ONNX form

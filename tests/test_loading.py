@@ -200,3 +200,20 @@ def test_example_inputs_file_fixes_shape_and_rows(tmp_path, factory_file):
 def test_parse_shape_rejects_nonsense(text):
     with pytest.raises(UsageError):
         parse_shape(text)
+
+
+def test_loading_and_counting_macs_leave_torch_dynamo_unimported():
+    """The memory probe and the MAC count are torch dispatch modes: unless a mode says it
+    compiles nothing, torch's first call into it imports torch._dynamo, 1.3 s of every run."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from edgex.core.loading import load_model, count_macs\n"
+        "m = load_model('examples:resnet-small'); macs = count_macs(m.module, m.example_inputs)\n"
+        "print(macs, 'torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    macs, dynamo = done.stdout.split()
+    assert int(macs) > 10**8 and dynamo == "False"
