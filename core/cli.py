@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -174,6 +175,62 @@ def cmd_targets(args: argparse.Namespace) -> int:
         precisions = ",".join(r["precisions"]) + (f" (no {', '.join(r['refuses'])})" if r["refuses"] else "")
         lines.append((r["name"], ",".join(r["aliases"]) or "-", r["status"], precisions, f"{r['plugin']} ({r['package']} {r['version']})", backend))
     print("\n".join(table(("target", "aliases", "status", "precisions", "plugin", "backend"), lines)))
+    return 0
+
+
+def _toolchain_specs() -> dict[str, tuple[Any, list[str]]]:
+    """Each toolchain the installed targets declare, with the targets that run in it."""
+    specs: dict[str, tuple[Any, list[str]]] = {}
+    for target in _manager().targets().values():
+        spec = target.spec.toolchain
+        if spec is not None:
+            specs.setdefault(spec.name, (spec, []))[1].append(target.name)
+    return specs
+
+
+def cmd_toolchains(args: argparse.Namespace) -> int:
+    """List, build or remove the environments targets declare (docs/toolchains.md)."""
+    from edgex.core import toolchains
+
+    specs = _toolchain_specs()
+    if args.action in ("build", "remove"):
+        if not args.name:
+            raise UsageError(f"edgex toolchains {args.action} needs a NAME: one of {', '.join(specs) or '(none: no installed target declares a toolchain)'}")
+        if args.name not in specs and args.action == "build":
+            raise toolchains.unknown(args.name, list(specs))
+    if args.action == "build":
+        started = time.monotonic()
+        toolchain, made = toolchains.build(specs[args.name][0], say=lambda line: print(line, file=sys.stderr))
+        if made:
+            print(f"toolchain {args.name} built in {time.monotonic() - started:.0f} s: {toolchain.path}")
+        else:
+            print(f"toolchain {args.name} is built: {toolchain.path}")
+        return 0
+    if args.action == "remove":
+        removed = toolchains.remove(args.name)
+        print("\n".join(f"removed {path}" for path in removed) if removed else f"toolchain {args.name} has no environment in {toolchains.root()}")
+        return 0
+    rows = []
+    for name, (spec, targets) in specs.items():
+        toolchain = toolchains.locate(spec)
+        others = [p for p in toolchains.folders(name) if p != toolchain.path]
+        state = "built" if toolchain.built else ("unfinished (build again)" if toolchain.path.exists() else "not built")
+        rows.append({"name": name, "targets": targets, "state": state, "python": toolchain.version, "requirements": list(spec.requirements), "path": str(toolchain.path), "stale": [str(p) for p in others]})
+    if args.json:
+        from edgex.core.report import dumps
+
+        print(dumps(rows))
+        return 0
+    from edgex.core.tables import table
+
+    if not rows:
+        print(f"no installed target declares a toolchain (they live in {toolchains.root()})")
+        return 0
+    lines = [(r["name"], ",".join(r["targets"]), r["state"], r["python"], " ".join(r["requirements"]), r["path"]) for r in rows]
+    print("\n".join(table(("toolchain", "targets", "state", "python", "requirements", "path"), lines)))
+    for r in rows:
+        for path in r["stale"]:
+            print(f"{r['name']}: {path} is of an older spec (edgex toolchains remove {r['name']} removes every environment of it)")
     return 0
 
 
@@ -371,6 +428,12 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     p = sub.add_parser("targets", help="list every target and whether its backend is available", epilog=EPILOG)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_targets)
+
+    p = sub.add_parser("toolchains", help="list, build or remove the environments of targets whose toolkits cannot share yours", epilog=EPILOG)
+    p.add_argument("action", choices=("list", "build", "remove"), nargs="?", default="list")
+    p.add_argument("name", nargs="?", help="the toolchain (edgex toolchains list names them)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_toolchains)
 
     p = sub.add_parser("plugins", help="list every plugin module and the hooks it implements", epilog=EPILOG)
     p.add_argument("--json", action="store_true")

@@ -294,6 +294,13 @@ class PluginManager:
 
     def backend_status(self, target: str) -> BackendStatus:
         registered = self.resolve_target(target)
+        if registered.spec.toolchain is not None:  # unbuilt: unavailable, whatever the plugin says
+            from edgex.core.toolchains import locate
+
+            toolchain = locate(registered.spec.toolchain)
+            if not toolchain.built:
+                name = toolchain.spec.name
+                return BackendStatus(False, f"toolchain {name}", install_hint=f"edgex toolchains build {name}", detail=f"toolchain {name!r} ({', '.join(toolchain.spec.requirements)}) is not built")
         try:
             return self._dispatch("edgex_backend_status", registered.plugin, f"target {registered.name!r}", target=registered.name)
         except Exception as exc:

@@ -40,6 +40,16 @@ def offline() -> Iterator[None]:
         socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved  # type: ignore[method-assign]
 
 
+#: the redirected variables as they were outside every ``contained`` block (a stack: blocks nest)
+_OUTSIDE: list[dict[str, str | None]] = []
+
+
+def outside_env(name: str) -> str | None:
+    """An environment variable ``contained`` redirects, as the user set it (toolchains live in
+    the user's cache folder, not a run's scratch)."""
+    return _OUTSIDE[0].get(name) if _OUTSIDE else os.environ.get(name)
+
+
 @contextlib.contextmanager
 def contained(scratch: Path, *, chdir: bool = False) -> Iterator[None]:
     """Point temporary files and library caches into ``scratch`` (and ``chdir`` into it)."""
@@ -47,6 +57,7 @@ def contained(scratch: Path, *, chdir: bool = False) -> Iterator[None]:
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     saved_cwd, saved_tempdir = os.getcwd(), tempfile.tempdir
     saved_env = {name: os.environ.get(name) for name in _REDIRECTED}
+    _OUTSIDE.append(saved_env)
     os.environ["TMPDIR"] = tempfile.tempdir = str(scratch / "tmp")
     os.environ["KERAS_HOME"] = str(scratch / "keras")
     os.environ["XDG_CACHE_HOME"] = str(scratch / "cache")
@@ -59,6 +70,7 @@ def contained(scratch: Path, *, chdir: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
+        _OUTSIDE.pop()
         os.chdir(saved_cwd)
         tempfile.tempdir = saved_tempdir
         for name, value in saved_env.items():

@@ -44,6 +44,29 @@ class TargetOption:
 
 
 @dataclass(frozen=True)
+class ToolchainSpec:
+    """A Python environment of its own for a target whose converter or runtime pins packages
+    that cannot live beside the user's (a vendor toolkit wanting an old torch or numpy).
+
+    ``edgex toolchains build NAME`` makes it (the one step that uses the package registry);
+    conversion and runtime then run in its interpreter, inside the target's isolated child
+    (``edgex.plugins.toolchain``). An environment is named by a hash of this spec: a changed spec
+    gets a new one. See docs/toolchains.md.
+    """
+
+    name: str
+    #: pip requirement strings, e.g. ("rknn-toolkit2==2.5.0",)
+    requirements: tuple[str, ...]
+    #: acceptable Python versions ("3.11"), preferred first; edgex's own version where it is one
+    #: of them. Empty: edgex's own version
+    python: tuple[str, ...] = ()
+    #: shared libraries the packages load that pip cannot install, as (library, how to install
+    #: it) pairs, e.g. ("libGL.so.1", "apt install libgl1"): checked before a build
+    system: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """What a plugin declares for one target it offers."""
 
@@ -66,6 +89,9 @@ class TargetSpec:
     #: e.g. ("int8", "ncnn's quantization tools are not in the ncnn wheel"): ``--quantize`` with
     #: that precision is refused with the reason (a ``skipped`` row under ``--target all``)
     refuses: tuple[tuple[str, str], ...] = ()
+    #: the environment its converter and runtime run in, when they cannot share the user's: the
+    #: target is ``unavailable`` until ``edgex toolchains build NAME`` made it
+    toolchain: ToolchainSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from edgex.core.types import (
     TargetOption,
     TargetSpec,
     TensorBinding,
+    ToolchainSpec,
     TensorSpec,
     TracedTensor,
     Tracer,
@@ -56,11 +57,13 @@ if TYPE_CHECKING:
     from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
     from edgex.core.parity import output_error, reference_outputs
     from edgex.core.quant_reference import simulated_floor
+    from edgex.core.toolchains import ToolchainError
 
 hookimpl = pluggy.HookimplMarker("edgex")
 
 #: helpers loaded on first use, by the module that holds them (they import numpy or torch)
 _LAZY = {
+    "ToolchainError": "edgex.core.toolchains",
     "aten_reach": "edgex.core.check",
     "convert_opset": "edgex.core.exports",
     "export_onnx": "edgex.core.exports",
@@ -118,6 +121,17 @@ def import_native(name: str) -> tuple[Any, bool]:
         sys.setdlopenflags(flags)
 
 
+def toolchain(spec: ToolchainSpec) -> Any:
+    """The environment ``spec`` names on this machine (``edgex.core.toolchains.Toolchain``):
+    ``.built``, ``.require()`` (the one-line error naming ``edgex toolchains build``), and
+    ``.start(module_file)``, whose ``call(function, *args)`` runs a function of that file in the
+    toolchain's interpreter (files, JSON values and numpy arrays cross; errors come back as
+    ``ToolchainError``). Call it from the target's hooks, which run in its isolated child."""
+    from edgex.core.toolchains import locate
+
+    return locate(spec)
+
+
 def target_status(name: str) -> BackendStatus:
     """Whether another target's backend is here, as its own plugin answers (a target built on
     another one's conversion asks this instead of calling that plugin's hook)."""
@@ -158,6 +172,7 @@ __all__ = [
     "target_check",
     "to_artifact",
     "target_status",
+    "toolchain",
     "Artifact",
     "ArtifactIO",
     "ArtifactTrace",
@@ -184,6 +199,8 @@ __all__ = [
     "TargetSpec",
     "TensorBinding",
     "TensorSpec",
+    "ToolchainError",
+    "ToolchainSpec",
     "TracedTensor",
     "Tracer",
     "UnsupportedModel",

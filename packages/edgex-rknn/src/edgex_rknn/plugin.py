@@ -1,0 +1,315 @@
+"""Target ``rknn`` (alias ``rockchip``): an RKNN model (``.rknn``) for Rockchip NPUs.
+
+Rockchip's rknn-toolkit2 2.5.0 pins torch <= 2.4, numpy <= 1.26.4, protobuf <= 4.25.4 and
+onnx <= 1.18: it cannot live in the user's environment. So the target declares a toolchain
+(``edgex toolchains build rknn`` makes it once) and drives the toolkit there
+(:mod:`edgex_rknn.toolkit`, started through ``edgex.plugins.toolchain`` from the target's
+isolated child). The model reaches it as edgex's shared ONNX export (opset 17); the toolkit
+converts it for ``--rknn-platform`` at fp16, or int8 calibrated on the user's data with one of
+its quantization algorithms (``normal``, ``mmse``, ``kl_divergence``), chosen as the LiteRT recipes
+are: the default unless it measures short of edgex's simulated int8 reference.
+
+Parity runs on the toolkit's **simulator** (``init_runtime()`` without a board) of the very build
+that wrote the artifact: no Rockchip NPU is run, and the report says so (``emulated``).
+
+Imports only ``edgex.plugins``; numpy and torch are imported inside the hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgex.plugins import (
+    AVERAGE_POOLS,
+    Artifact,
+    ArtifactIO,
+    BackendStatus,
+    ConversionRequest,
+    ConversionResult,
+    ReferenceModel,
+    TargetError,
+    TargetOption,
+    TargetSpec,
+    TensorBinding,
+    ToolchainSpec,
+    UnsupportedModel,
+    UsageError,
+    hookimpl,
+    one_line,
+    toolchain,
+)
+
+TOOLKIT_VERSION = "2.5.0"
+TOOLCHAIN = ToolchainSpec(
+    name="rknn",
+    requirements=(f"rknn-toolkit2=={TOOLKIT_VERSION}",),
+    # the toolkit's wheels are cp38-cp312; edgex's own Python first where it is one of them
+    python=("3.11", "3.12", "3.10", "3.9", "3.8"),
+    # the toolkit imports cv2 (opencv-python, not the headless build), which loads these
+    system=(("libGL.so.1", "apt install libgl1"), ("libgthread-2.0.so.0", "apt install libglib2.0-0")),
+    description="Rockchip rknn-toolkit2 with its own torch 2.4 and numpy 1.26",
+)
+#: what ``config(target_platform=...)`` of rknn-toolkit2 2.5.0 takes
+PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1126b", "rv1106", "rv1106b", "rv1103", "rv1103b", "rk2118")
+#: NPUs without float: the toolkit's fp16 build fails for them
+INT8_ONLY = frozenset({"rv1106", "rv1106b", "rv1103", "rv1103b"})
+#: the toolkit's quantization algorithms, its default first: the recipes an int8 conversion chooses from
+ALGORITHMS = ("normal", "mmse", "kl_divergence")
+#: an int8 build measuring at least this (and its simulated floor) keeps the default algorithm
+SEARCH_BELOW_DB = 30.0
+#: calibration samples the algorithms are measured on (the last ones), as the LiteRT recipes
+CHECK_SAMPLES = 8
+ONNX_OPSET = 17
+_TOOLKIT = Path(__file__).with_name("toolkit.py")
+
+TARGET = TargetSpec(
+    name="rknn",
+    aliases=("rockchip",),
+    description="RKNN model (.rknn) for Rockchip NPUs (rk3588, rk3576, rk3568/rk3566, rv1106, ...) by rknn-toolkit2 in its own toolchain, validated on the toolkit's simulator",
+    artifact_kinds=(".rknn",),
+    precisions=("fp16", "int8"),
+    default_precision="fp16",
+    accepts=("torch", "onnx"),
+    options=(
+        TargetOption("rknn_platform", "the Rockchip SoC the .rknn is built for", str, "rk3588", PLATFORMS),
+        TargetOption("rknn_algorithm", "int8 calibration: auto (normal, and the others when it falls short), or one of normal, mmse, kl_divergence", str, "auto", ("auto", *ALGORITHMS)),
+    ),
+    toolchain=TOOLCHAIN,
+)
+
+#: the toolkit processes whose simulator holds a built artifact, by the artifact's path: the
+#: runtime of a conversion runs on the session that built it (the same child process)
+_LIVE: dict[str, tuple[Any, str, str]] = {}
+
+
+@hookimpl
+def edgex_targets():
+    return [TARGET]
+
+
+@hookimpl
+def edgex_backend_status(target: str) -> BackendStatus:
+    built = toolchain(TOOLCHAIN)  # edgex reports an unbuilt toolchain before asking here
+    return BackendStatus(True, f"rknn-toolkit2 {TOOLKIT_VERSION} simulator (toolchain Python {built.version}; no Rockchip NPU is run)", emulated=True)
+
+
+def _platform(options: Mapping[str, Any], precision: str) -> str:
+    platform = str(options.get("rknn_platform") or "rk3588").lower()
+    if platform not in PLATFORMS:
+        raise UsageError(f"unknown --rknn-platform {platform!r}: rknn-toolkit2 {TOOLKIT_VERSION} builds for {', '.join(PLATFORMS)}")
+    if precision != "int8" and platform in INT8_ONLY:
+        raise UsageError(f"{platform}'s NPU computes in int8 only: pass --quantize int8 (with --calibration data), or choose another --rknn-platform")
+    return platform
+
+
+def _dataset(calibration: Sequence[tuple[Any, ...]], folder: Path) -> tuple[str, list[tuple[Any, ...]]]:
+    """The calibration as the toolkit reads it: one line per sample, the ``.npy`` of each input
+    on it (the batches split into samples of one, the model's batch)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = [tuple(x[i : i + 1] for x in batch) for batch in calibration for i in range(len(batch[0]))]
+    lines = []
+    for index, sample in enumerate(samples):
+        paths = []
+        for position, array in enumerate(sample):
+            path = folder / f"sample{index}_input{position}.npy"
+            np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+            paths.append(str(path))
+        lines.append(" ".join(paths))
+    listing = folder / "dataset.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return str(listing), samples
+
+
+#: the toolkit names an op it cannot build as ``Op('/onnx/node/name')``
+_OP = re.compile(r"\b([A-Z]\w*)\('([^']+)'\)")
+
+
+def _failed(exc: Exception, what: str) -> Exception:
+    """The toolkit's own words, shortened. An op it cannot build is the model's (an unsupported
+    model, exit 3), named with its layer: the ONNX node's path is the torch module's."""
+    message = one_line(exc).removeprefix("ToolkitError: ")
+    op = _OP.search(message)
+    if op and any(word in message for word in ("need to be constant", "not support", "Unsupport", "unsupport")):
+        node = op.group(2)
+        scopes = [part for part in node.split("/")[:-1] if part] if node.startswith("/") else []  # /features/features.0/Conv: features.0
+        where = f"layer {scopes[-1]} (ONNX node {node})" if scopes else f"ONNX node {node}"
+        said = message.split(": ")[-1].split("!")[0].strip()  # the toolkit's first sentence, without the step names
+        why = "; its output shape depends on the data, and the NPU needs a static graph" if "need to be constant" in message else ""
+        return UnsupportedModel(f"rknn-toolkit2 cannot build op {op.group(1)} at {where}: \"{said}\"{why}")
+    return TargetError(f"rknn-toolkit2 {what}: {message}")
+
+
+@hookimpl
+def edgex_convert(request: ConversionRequest) -> ConversionResult:
+    from edgex.plugins import ToolchainError
+
+    if request.precision not in TARGET.precisions:
+        raise UsageError(f"rknn converts at fp16 or int8, not {request.precision}")
+    platform = _platform(request.options, request.precision)
+    chosen = str(request.options.get("rknn_algorithm") or "auto")
+    if chosen not in ("auto", *ALGORITHMS):
+        raise UsageError(f"unknown --rknn-algorithm {chosen!r}: auto, {', '.join(ALGORITHMS)}")
+    if request.precision == "int8" and not request.calibration:
+        raise UsageError("rknn int8 needs calibration data (--calibration)")
+    process = toolchain(TOOLCHAIN).require().start(_TOOLKIT, what="rknn-toolkit2 (in the rknn toolchain)")
+    try:
+        onnx, exporter, messages = _toolkit_input(request)
+        artifact = request.workdir / "model.rknn"
+        details: dict[str, Any] = {"platform": platform, "simulator": True}
+        if request.precision == "fp16":
+            algorithm = "-"
+            try:
+                process.call("build", "artifact", onnx, artifact, platform, "fp16", "normal", None)
+            except ToolchainError as exc:
+                raise _failed(exc, "build") from None
+        else:
+            dataset, samples = _dataset(request.calibration, request.workdir / "calibration")
+            algorithm, search = _int8(process, request, onnx, artifact, platform, dataset, samples, chosen)
+            details["int8_recipe"] = search
+            messages.append(search["message"])
+        details["toolkit"] = f"rknn-toolkit2 {process.call('version')}"
+        onnx.unlink(missing_ok=True)  # the artifact is the .rknn; the ONNX was the toolkit's input
+        shutil.rmtree(request.workdir / "calibration", ignore_errors=True)
+    except BaseException:
+        process.close()
+        raise
+    try:  # the outputs' shapes: one run of the example inputs on the built model
+        shapes = [tuple(o.shape) for o in process.call("infer", "artifact", list(request.model.example_inputs))]
+    except BaseException:
+        process.close()
+        raise
+    io = _io(artifact, request.model, request.precision, shapes)
+    _LIVE[str(artifact)] = (process, "artifact", f"rknn-toolkit2 {TOOLKIT_VERSION} simulator ({platform}, {request.precision}{'' if algorithm == '-' else ', ' + algorithm}; no Rockchip NPU was run)")
+    return ConversionResult(artifacts=(Artifact(artifact, "rknn"),), io=io, converter=f"{exporter} -> rknn-toolkit2 {TOOLKIT_VERSION} ({platform})", messages=tuple(messages), details=details)
+
+
+def _toolkit_input(request: ConversionRequest) -> tuple[Path, str, list[str]]:
+    """The model the toolkit converts: edgex's shared ONNX export, in the workdir (the .rknn
+    format is not published, so the tests plant their defects here, in what the toolkit is handed)."""
+    onnx = request.workdir / "model.onnx"
+    try:  # the TorchScript exporter first, as Rockchip's examples: 4x faster on a ResNet-18 than
+        # dynamo's, and its node names (/layer1/layer1.0/conv1/Conv) name the toolkit's errors' modules
+        exporter, messages = request.onnx_export(onnx, opset=ONNX_OPSET, exporter="torchscript")
+    except TargetError:
+        exporter, messages = request.onnx_export(onnx, opset=ONNX_OPSET, exporter="dynamo")
+    return onnx, exporter, list(messages)
+
+
+def _int8(process: Any, request: ConversionRequest, onnx: Path, artifact: Path, platform: str, dataset: str, samples: list[tuple[Any, ...]], chosen: str) -> tuple[str, dict[str, Any]]:
+    """Build with the toolkit's default algorithm and measure it on the simulator against the
+    torch model on the last calibration samples; short of SEARCH_BELOW_DB or of the parity floor
+    of edgex's simulated int8 reference there, build with the others and keep the best."""
+    from edgex.plugins import ToolchainError, output_error, reference_outputs, simulated_floor
+
+    check = samples[-CHECK_SAMPLES:]
+    first = ALGORITHMS[0] if chosen == "auto" else chosen
+    # the toolkit builds the first candidate while the torch reference and edgex's simulated
+    # int8 floor are computed here, on the other core
+    building = process.submit("build", f"candidate-{first}", onnx, request.workdir / f"{first}.rknn", platform, "int8", first, dataset)
+    reference = reference_outputs(request.model, check)
+    floor = None
+    if request.model.module is not None:
+        try:
+            floor = simulated_floor(request.model.module, tuple(request.model.example_inputs), request.calibration, check, reference, 8, on_input_grid=AVERAGE_POOLS)
+        except Exception:  # an aid to the choice: without it the aim is SEARCH_BELOW_DB alone
+            floor = None
+    rows: list[dict[str, Any]] = []
+
+    def tried(algorithm: str) -> None:
+        session = f"candidate-{algorithm}"
+        path = request.workdir / f"{algorithm}.rknn"
+        try:
+            if algorithm == first:
+                building()
+            else:
+                process.call("build", session, onnx, path, platform, "int8", algorithm, dataset)
+            got = [process.call("infer", session, list(sample)) for sample in check]
+        except ToolchainError as exc:
+            if not rows and chosen == "auto" and algorithm == ALGORITHMS[0]:
+                raise _failed(exc, "build") from None
+            rows.append({"recipe": algorithm, "outcome": "failed", "reason": one_line(exc)})
+            return
+        sqnr = min(output_error(reference, got, index)[1] for index in range(len(reference[0])))
+        row = {"recipe": algorithm, "outcome": "measured", "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else sqnr}
+        if floor is not None:
+            row.update(reference_sqnr_db=round(floor[1], 2), reference_floor_db=round(floor[0], 2), meets_reference=bool(sqnr >= floor[0]))
+        rows.append(row)
+
+    def short(row: dict[str, Any]) -> bool:
+        return row.get("sqnr_db", -math.inf) < SEARCH_BELOW_DB or not row.get("meets_reference", True)
+
+    tried(first)
+    if chosen == "auto":
+        if short(rows[0]):
+            for algorithm in ALGORITHMS[1:]:
+                tried(algorithm)
+    measured = [r for r in rows if r["outcome"] == "measured"]
+    if not measured:
+        raise TargetError(f"rknn-toolkit2 build failed with every algorithm tried: {'; '.join(r['recipe'] + ': ' + r['reason'] for r in rows)}")
+    best = max(measured, key=lambda r: r["sqnr_db"])
+    for row in rows:  # the chosen build becomes the artifact, its session the runtime's
+        if row is best:
+            shutil.move(str(request.workdir / f"{row['recipe']}.rknn"), artifact)
+            process.call("rename", f"candidate-{row['recipe']}", "artifact")
+        else:
+            (request.workdir / f"{row['recipe']}.rknn").unlink(missing_ok=True)
+            process.call("release", f"candidate-{row['recipe']}")
+    where = f"{len(check)} calibration samples, against the torch model" if request.model.module is not None else f"{len(check)} calibration samples, against the ONNX reference"
+    against = f"; edgex's simulated int8 reference reaches {floor[1]:.1f} dB there, its parity floor {floor[0]:.1f} dB" if floor else "; no simulated int8 reference for this model: aimed at 30 dB alone"
+    tried_text = ", ".join(f"{r['recipe']} {r['sqnr_db']:.1f} dB" if "sqnr_db" in r else f"{r['recipe']} failed" for r in rows)
+    searched = len(rows) > 1
+    message = f"int8 algorithm: {best['recipe']} {best['sqnr_db']:.1f} dB ({where}{against})" + (f"; the default fell short, so each was tried: {tried_text}" if searched else ("; chosen by --rknn-algorithm" if chosen != "auto" else "; at or above the aim, no other tried"))
+    search = {"chosen": {"recipe": best["recipe"], "sqnr_db": best["sqnr_db"]}, "candidates": rows, "searched": searched, "measured_on": where, "message": message}
+    return best["recipe"], search
+
+
+def _io(path: Path, reference: ReferenceModel, precision: str, shapes: Sequence[tuple[int, ...]]) -> ArtifactIO:
+    """The simulator takes and returns float tensors in the ONNX model's own layout (NCHW, as
+    ``inference(data_format="nchw")``), so every binding is the reference's. At int8 the toolkit
+    quantizes weights per channel (``quantized_method="channel"``) and activations asymmetrically
+    (w8a8 with zero points): edgex's plain int8 scheme."""
+    inputs = tuple(TensorBinding(s.name, tuple(s.shape), "float32") for s in reference.inputs)
+    outputs = tuple(TensorBinding(name, shape, "float32") for name, shape in zip(reference.output_names, shapes))
+    scheme = {"on_input_grid": tuple(AVERAGE_POOLS)} if precision == "int8" else {}
+    return ArtifactIO(path, precision, inputs, outputs, scheme)
+
+
+class RknnRuntime:
+    """A conversion's artifact on the toolkit's simulator, in the session that built it."""
+
+    def __init__(self, process: Any, session: str, backend: str):
+        self.process, self.session, self.backend = process, session, backend
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        from edgex.plugins import ToolchainError
+
+        try:
+            return self.process.call("infer", self.session, list(inputs))
+        except ToolchainError as exc:
+            raise _failed(exc, "inference") from None
+
+    def details(self) -> dict[str, Any]:
+        return {"emulated": True}
+
+
+@hookimpl
+def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
+    raise UsageError(
+        f"{path}: rknn-toolkit2's simulator runs only a model it has just built (load_rknn then init_runtime() "
+        "needs a Rockchip board), so edgex validates an RKNN artifact when it converts it: edgex convert MODEL -t rknn"
+    )
+
+
+@hookimpl
+def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> RknnRuntime:
+    live = _LIVE.get(str(io.path))
+    if live is None:
+        edgex_describe_artifact(target, io.path, None)  # raises: no session built it here
+    process, session, backend = live
+    return RknnRuntime(process, session, backend)
