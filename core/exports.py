@@ -24,15 +24,17 @@ same opset, the same graph.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import io as _io
 import json
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -269,3 +271,86 @@ def export_onnx(model: ReferenceModel, path: Path, *, opset: int = DEFAULT_OPSET
     removed afterwards."""
     with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=".edgex-export-") as folder:
         return ExportStore(Path(folder)).onnx(model, Path(path), opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+
+
+# --------------------------------------------------------------------------- node names
+
+
+def onnx_node_scope(node: Any, by_name: bool = True) -> str | None:
+    """The torch module an ONNX node of edgex's export belongs to, as the exporter recorded it:
+    the dynamo exporter's name-scope metadata, else (``by_name``) the TorchScript exporter's node
+    name (``/layers/layers.1/downsample/downsample.0/Conv`` -> ``layers.1.downsample.0``). A
+    target whose converter keeps the ONNX node names (rknn's per-layer analysis) maps them back
+    to torch modules with this; None where the node carries neither."""
+    if isinstance(node, str):  # a node's name alone
+        return _torchscript_scope(node) if by_name else None
+    scope = _dynamo_scope(node)
+    return _torchscript_scope(node.name) if scope is None and by_name else scope
+
+
+def _dynamo_scope(node: Any) -> str | None:
+    """The module the dynamo exporter recorded for a node: its innermost name scope.
+
+    ``pkg.torch.onnx.name_scopes`` lists full module paths outermost first and ends with the fx
+    node's own name: ``['', 'features', 'features.1', '_native_batch_norm_legit_no_training']``.
+    Its rewriter keeps the metadata of the op a fusion ends with (a Conv with batch norm folded
+    in carries the batch norm's scope), so the scope names the module whose output the node holds.
+    """
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return scopes[-2] if isinstance(scopes, list) and len(scopes) >= 2 and scopes[-2] else None
+    return None
+
+
+def _torchscript_scope(node_name: str) -> str | None:
+    """The module path in a TorchScript-exporter node name.
+
+    ``/layers/layers.1/downsample/downsample.0/Conv`` -> ``layers.1.downsample.0``: a component is
+    an attribute of the one before, except that a container's child repeats the container's
+    name (``layers.1`` inside ``layers``).
+    """
+    if not node_name.startswith("/"):
+        return None
+    parts = [p for p in node_name.split("/")[1:-1] if p]
+    paths: list[str] = []
+    for index, part in enumerate(parts):
+        if index and part.startswith(parts[index - 1] + "."):
+            parent = paths[-2] if len(paths) >= 2 else ""
+        else:
+            parent = paths[-1] if paths else ""
+        paths.append(f"{parent}.{part}" if parent else part)
+    return paths[-1] if paths else None
+
+
+#: a torch parameter's name as exporters keep it on an initializer ("features.3.weight"; QDQ adds "_quantized")
+_PARAMETER = re.compile(r"^(.+)\.(weight|bias)(?:_quantized)?$")
+_FOLDABLE = ("Conv", "ConvTranspose")
+
+
+def onnx_node_modules(node: Any, producers: Mapping[str, Any], initializers: Mapping[str, Any]) -> tuple[str, ...]:
+    """The torch modules an ONNX node of edgex's export belongs to, from what the exporter wrote
+    into the file: its scope metadata (dynamo) or its name (TorchScript exporter), and the
+    parameters it consumes; a Conv whose weights the exporter computed (batch norm folded in)
+    holds more than its module, so only its parameters name it. ``producers`` maps each tensor to
+    the node that makes it, ``initializers`` names the graph's initializers. The onnx target's
+    tracer and rknn's (whose per-layer analysis keeps the ONNX tensor names) read nodes so."""
+
+    def source(name: str) -> str:  # a QDQ weight: the initializer behind its DequantizeLinear
+        producer = producers.get(name)
+        return producer.input[0] if producer is not None and producer.op_type == "DequantizeLinear" else name
+
+    sources = [source(name) for name in node.input]
+    parameters = [m.group(1) for m in (_PARAMETER.match(s) for s in sources if s in initializers) if m]
+    scope = onnx_node_scope(node, by_name=False)
+    if scope is None:
+        weights = sources[1] if len(sources) > 1 else ""
+        if node.op_type in _FOLDABLE and weights in initializers and not _PARAMETER.match(weights):
+            # weights the TorchScript exporter computed (batch norm folded into the conv): the
+            # op holds more than the module its name says, so the name is not used
+            return tuple(dict.fromkeys(parameters))
+        scope = onnx_node_scope(node)
+    return tuple(dict.fromkeys(([scope] if scope else []) + parameters))

@@ -7,7 +7,7 @@ See ``docs/writing_targets.md``. The built-in targets (``edgex.targets``) import
 so this module is the whole plugin-facing surface of edgex.
 
 Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy or
-torch (``export_onnx``, ``convert_opset``, ``ExportStore``, ``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
+torch (``export_onnx``, ``convert_opset``, ``onnx_node_scope``, ``onnx_node_modules``, ``ExportStore``, ``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
 ``from_artifact``, ``reference_outputs``, ``output_error``, ``simulated_floor``, ``aten_reach``) load on
 first use.
 """
@@ -53,7 +53,7 @@ from edgex.core.types import (
 
 if TYPE_CHECKING:
     from edgex.core.check import aten_reach
-    from edgex.core.exports import ExportStore, convert_opset, export_onnx
+    from edgex.core.exports import ExportStore, convert_opset, export_onnx, onnx_node_modules, onnx_node_scope
     from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
     from edgex.core.parity import output_error, reference_outputs
     from edgex.core.quant_reference import simulated_floor
@@ -67,6 +67,8 @@ _LAZY = {
     "aten_reach": "edgex.core.check",
     "convert_opset": "edgex.core.exports",
     "export_onnx": "edgex.core.exports",
+    "onnx_node_modules": "edgex.core.exports",
+    "onnx_node_scope": "edgex.core.exports",
     "ExportStore": "edgex.core.exports",
     "from_artifact": "edgex.core.layout",
     "infer_permutation": "edgex.core.layout",
@@ -163,6 +165,8 @@ __all__ = [
     "match_names",
     "match_outputs",
     "offline",
+    "onnx_node_modules",
+    "onnx_node_scope",
     "output_error",
     "one_line",
     "package_version",

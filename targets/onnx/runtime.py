@@ -5,14 +5,13 @@ file for parity (fp16 rounding or unfused QDQ where it stands in for TensorRT), 
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgex.plugins import (
+    onnx_node_modules,
     one_line,
     ArtifactIO,
     QuantParams,
@@ -72,70 +71,6 @@ class OnnxRuntime:
 
 # --------------------------------------------------------------------------- explaining
 
-#: a torch parameter's name as exporters keep it on an initializer ("features.3.weight"; QDQ adds "_quantized")
-_PARAMETER = re.compile(r"^(.+)\.(weight|bias)(?:_quantized)?$")
-_FOLDABLE = ("Conv", "ConvTranspose")
-
-
-def _dynamo_scope(node: Any) -> str | None:
-    """The module the dynamo exporter recorded for a node: its innermost name scope.
-
-    ``pkg.torch.onnx.name_scopes`` lists full module paths outermost first and ends with the fx
-    node's own name: ``['', 'features', 'features.1', '_native_batch_norm_legit_no_training']``.
-    Its rewriter keeps the metadata of the op a fusion ends with (a Conv with batch norm folded
-    in carries the batch norm's scope), so the scope names the module whose output the node holds.
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            return scopes[-2] if isinstance(scopes, list) and len(scopes) >= 2 and scopes[-2] else None
-    return None
-
-
-def _torchscript_scope(node_name: str) -> str | None:
-    """The module path in a TorchScript-exporter node name.
-
-    ``/layers/layers.1/downsample/downsample.0/Conv`` -> ``layers.1.downsample.0``: a component is
-    an attribute of the one before, except that a container's child repeats the container's
-    name (``layers.1`` inside ``layers``).
-    """
-    if not node_name.startswith("/"):
-        return None
-    parts = [p for p in node_name.split("/")[1:-1] if p]
-    paths: list[str] = []
-    for index, part in enumerate(parts):
-        if index and part.startswith(parts[index - 1] + "."):
-            parent = paths[-2] if len(paths) >= 2 else ""
-        else:
-            parent = paths[-1] if paths else ""
-        paths.append(f"{parent}.{part}" if parent else part)
-    return paths[-1] if paths else None
-
-
-def _node_modules(node: Any, producers: Mapping[str, Any], initializers: Mapping[str, Any]) -> tuple[str, ...]:
-    """The torch modules an ONNX node belongs to, from what the exporter wrote into the file:
-    its scope metadata (dynamo) or its name (TorchScript exporter), and the parameters it consumes."""
-
-    def source(name: str) -> str:  # a QDQ weight: the initializer behind its DequantizeLinear
-        producer = producers.get(name)
-        return producer.input[0] if producer is not None and producer.op_type == "DequantizeLinear" else name
-
-    sources = [source(name) for name in node.input]
-    parameters = [m.group(1) for m in (_PARAMETER.match(s) for s in sources if s in initializers) if m]
-    scope = _dynamo_scope(node)
-    if scope is None:
-        weights = sources[1] if len(sources) > 1 else ""
-        if node.op_type in _FOLDABLE and weights in initializers and not _PARAMETER.match(weights):
-            # weights the TorchScript exporter computed (batch norm folded into the conv): the
-            # op holds more than the module its name says, so the name is not used
-            return tuple(dict.fromkeys(parameters))
-        scope = _torchscript_scope(node.name)
-    return tuple(dict.fromkeys(([scope] if scope else []) + parameters))
-
-
 #: ops whose output can be negative whatever their inputs: an int8 range starting at zero after
 #: one of them is an activation ORT's QDQ quantizer removed (it drops a Relu or Clip after a
 #: Conv, Gemm, Add... and lets the quantization clip instead)
@@ -185,7 +120,7 @@ class OnnxTracer:
             # QDQ pairs only move values on and off the int8 grid: each is read with the tensor it quantizes
             if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
                 continue
-            modules = _node_modules(node, producers, initializers)
+            modules = onnx_node_modules(node, producers, initializers)
             for out in node.output:
                 if out and out not in initializers:
                     read = dequantized.get(out, out)

@@ -40,6 +40,12 @@ def _defects():
     return sys.modules["defects"]
 
 
+def _calibration():
+    """64 of digits' 1,315 shipped calibration images: the toolkit, edgex's simulation and the
+    algorithm choice each calibrate on all of them otherwise (the benchmark does, for the figure)."""
+    return (api.load_model("examples:digits").calibration[0][:64],)
+
+
 def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgex.core.cli", *argv], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
@@ -72,7 +78,9 @@ def converted(tmp_path_factory):
     """digits at fp16 and int8 (on its shipped calibration data), the user's versions around them."""
     out = tmp_path_factory.mktemp("rknn")
     before = {name: metadata.version(name) for name in ("torch", "numpy", "onnx")}
-    reports = {precision: api.convert("examples:digits", ["rknn"], out=out / precision, precision=precision, samples=8) for precision in ("fp16", "int8")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEX_LOAD_PLUGINS", "rknn")  # conftest's only_this_plugin is per test
+        reports = {precision: api.convert("examples:digits", ["rknn"], out=out / precision, precision=precision, samples=8, calibration=_calibration()) for precision in ("fp16", "int8")}
     after = {name: metadata.version(name) for name in ("torch", "numpy", "onnx")}
     return reports, before, after, out
 
@@ -86,7 +94,8 @@ def test_digits_pass_on_the_simulator_and_the_users_environment_is_untouched(con
         assert row.status == "passed", (precision, row.messages)
         assert "simulator" in row.backend and "no Rockchip NPU was run" in row.backend
         assert [p.name for p in (out / precision).rglob("*.rknn")] == ["model.rknn"]
-        assert not list((out / precision).rglob("*.onnx"))  # the toolkit's input is not shipped
+        record = json.loads((out / precision / "rknn" / "model.rknn.json").read_text())  # what validate builds it again from
+        assert record["precision"] == precision and all((out / precision / "rknn" / p).is_file() for p in record["inputs"].values() if p)
     data = json.loads((out / "int8" / "report.json").read_text())["targets"]["rknn"]
     assert data["emulated"] and data["simulator"] and data["platform"] == "rk3588"
     assert data["int8_recipe"]["chosen"]["recipe"] in plugin.ALGORITHMS and data["int8_reference"]
@@ -105,15 +114,29 @@ def test_defects_planted_in_the_model_handed_to_the_toolkit_are_caught(precision
         return onnx, exporter, messages
 
     monkeypatch.setattr(plugin, "_toolkit_input", planted)  # the conversion's child is forked from here
-    row = api.convert("examples:digits", ["rknn"], out=tmp_path / "out", precision=precision, samples=8).targets["rknn"]
+    row = api.convert("examples:digits", ["rknn"], out=tmp_path / "out", precision=precision, samples=8, calibration=_calibration()).targets["rknn"]
     assert row.status == "failed", (precision, defect, row.status, row.messages)
+    if precision == "fp16":  # explain: built again from the record (the planted ONNX), read layer by layer
+        report = api.explain(tmp_path / "out" / "rknn" / "model.rknn", "examples:digits", target="rknn", out=tmp_path / "explain")
+        suspects = [layer.module for layer in report.suspects]
+        assert report.first_flagged is not None and "features.3" in suspects, suspects  # swap_channels' middle layer
+        assert all(layer.passed for layer in report.matched[: report.matched.index(report.first_flagged)])
 
 
 @needs_toolchain
-def test_validate_of_an_rknn_file_says_why_in_one_line(converted, tmp_path):
-    _, _, _, out = converted
-    done = _cli("validate", str(out / "fp16" / "rknn" / "model.rknn"), "--reference", "examples:digits", "--out", str(tmp_path / "v"))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "runs only a model it has just built" in done.stderr
+def test_validate_refuses_a_changed_file_and_one_without_its_record(converted, tmp_path):
+    import shutil
+
+    _, _, _, out = converted  # an honest validate passes: the conformance test's, below
+    changed = shutil.copytree(out / "fp16" / "rknn", tmp_path / "changed")
+    data = bytearray((changed / "model.rknn").read_bytes())
+    data[len(data) // 2] ^= 1  # one bit of the weights
+    (changed / "model.rknn").write_bytes(bytes(data))
+    row = api.validate(changed / "model.rknn", "examples:digits", target="rknn", out=tmp_path / "v-changed", samples=8).targets["rknn"]
+    assert row.status == "error" and "its sha256 is not its build record's" in " ".join(row.messages)
+    (changed / "model.rknn.json").unlink()
+    done = _cli("validate", str(changed / "model.rknn"), "--reference", "examples:digits", "--out", str(tmp_path / "v-alone"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "has no build record beside it" in done.stderr
 
 
 def test_the_toolkit_module_imports_nothing_of_edgex():
@@ -138,3 +161,15 @@ def test_an_op_the_npu_cannot_build_is_named_in_one_line(tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "rknn-toolkit2 cannot build op Unique at ONNX node" in done.stdout and "the NPU needs a static graph" in done.stdout
     assert not list((tmp_path / "out").rglob("*.rknn"))
+
+
+@needs_toolchain
+def test_conformance(tmp_path):
+    """The kit validates each artifact against perturbed references: ``edgex validate`` of a .rknn
+    builds it again from its record and simulates that build. No artifact planters (the .rknn
+    format is not published): the kit lists them as not checked."""
+    from edgex.plugins.testing import check_target_conformance
+
+    result = check_target_conformance("rknn", tmp_path / "out", precisions=["fp16", "int8"])
+    assert set(result.precisions) == {"fp16", "int8"} and result.defects and all(result.defects.values())
+    assert all("scale_output" in line or "edgex check" in line for line in result.not_checked), result.not_checked

@@ -17,6 +17,7 @@ Imports only ``edgex.plugins``; numpy and torch are imported inside the hooks.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -27,6 +28,7 @@ from edgex.plugins import (
     AVERAGE_POOLS,
     Artifact,
     ArtifactIO,
+    ArtifactTrace,
     BackendStatus,
     ConversionRequest,
     ConversionResult,
@@ -36,6 +38,7 @@ from edgex.plugins import (
     TargetSpec,
     TensorBinding,
     ToolchainSpec,
+    TracedTensor,
     UnsupportedModel,
     UsageError,
     hookimpl,
@@ -174,19 +177,57 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             details["int8_recipe"] = search
             messages.append(search["message"])
         details["toolkit"] = f"rknn-toolkit2 {process.call('version')}"
-        onnx.unlink(missing_ok=True)  # the artifact is the .rknn; the ONNX was the toolkit's input
+        # the outputs' shapes: one run of the example inputs on the built model
+        shapes = [tuple(o.shape) for o in process.call("infer", "artifact", list(request.model.example_inputs))]
+        record = _record(request, artifact, onnx, platform, algorithm, shapes)
         shutil.rmtree(request.workdir / "calibration", ignore_errors=True)
     except BaseException:
         process.close()
         raise
-    try:  # the outputs' shapes: one run of the example inputs on the built model
-        shapes = [tuple(o.shape) for o in process.call("infer", "artifact", list(request.model.example_inputs))]
-    except BaseException:
-        process.close()
-        raise
     io = _io(artifact, request.model, request.precision, shapes)
-    _LIVE[str(artifact)] = (process, "artifact", f"rknn-toolkit2 {TOOLKIT_VERSION} simulator ({platform}, {request.precision}{'' if algorithm == '-' else ', ' + algorithm}; no Rockchip NPU was run)")
-    return ConversionResult(artifacts=(Artifact(artifact, "rknn"),), io=io, converter=f"{exporter} -> rknn-toolkit2 {TOOLKIT_VERSION} ({platform})", messages=tuple(messages), details=details)
+    _LIVE[str(artifact)] = (process, "artifact", _backend(platform, request.precision, algorithm))
+    files = (Artifact(artifact, "rknn"), Artifact(record, "build-record"), *(Artifact(request.workdir / p, "build-input") for p in json.loads(record.read_text())["inputs"].values() if p))
+    return ConversionResult(artifacts=files, io=io, converter=f"{exporter} -> rknn-toolkit2 {TOOLKIT_VERSION} ({platform})", messages=tuple(messages), details=details)
+
+
+def _backend(platform: str, precision: str, algorithm: str, rebuilt: str = "") -> str:
+    return f"rknn-toolkit2 {TOOLKIT_VERSION} simulator ({platform}, {precision}{'' if algorithm == '-' else ', ' + algorithm}{rebuilt}; no Rockchip NPU was run)"
+
+
+#: the build record beside a .rknn: what it was built from, so that ``edgex validate`` can build
+#: it again and check the file against that build (the simulator cannot run a .rknn file)
+RECORD_SUFFIX = ".json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(request: ConversionRequest, artifact: Path, onnx: Path, platform: str, algorithm: str, shapes: Sequence[tuple[int, ...]]) -> Path:
+    """Keep what the toolkit was handed (the ONNX, the calibration samples) in ``build/`` and
+    write ``model.rknn.json`` naming them with the build's settings."""
+    import numpy as np
+
+    build = request.workdir / "build"
+    build.mkdir(exist_ok=True)
+    onnx.replace(build / "model.onnx")
+    inputs = {"onnx": "build/model.onnx", "calibration": None}
+    if request.precision == "int8":
+        listing = (request.workdir / "calibration" / "dataset.txt").read_text().split()
+        np.savez(build / "calibration.npz", **{Path(path).stem: np.load(path) for path in listing})  # sample{i}_input{j}
+        inputs["calibration"] = "build/calibration.npz"
+    record = artifact.with_name(artifact.name + RECORD_SUFFIX)
+    record.write_text(json.dumps({
+        "format": 1, "toolkit": f"rknn-toolkit2 {TOOLKIT_VERSION}", "platform": platform, "precision": request.precision,
+        "algorithm": algorithm, "sha256": _sha256(artifact), "inputs": inputs, "outputs": [[name, list(shape)] for name, shape in zip(request.model.output_names, shapes)],
+    }, indent=2) + "\n")
+    return record
 
 
 def _toolkit_input(request: ConversionRequest) -> tuple[Path, str, list[str]]:
@@ -298,18 +339,158 @@ class RknnRuntime:
         return {"emulated": True}
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """The build record beside ``path``, checked: a one-line error for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or one_line(exc)}") from exc
+    if magic != b"RKNN":
+        raise UsageError(f"{path} is not an RKNN model (its first bytes are not the RKNN header)")
+    record_path = path.with_name(path.name + RECORD_SUFFIX)
+    if not record_path.is_file():
+        raise UsageError(
+            f"{path} has no build record beside it ({record_path.name}, written by edgex convert): rknn-toolkit2's simulator "
+            "cannot run a .rknn file by itself (load_rknn then init_runtime() needs a Rockchip board), so edgex validates one by "
+            "building it again from what it was built from and checking the file against that build"
+        )
+    try:
+        record = json.loads(record_path.read_text())
+        missing = [name for name in record["inputs"].values() if name and not (path.parent / name).is_file()]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{record_path} is not an edgex build record ({one_line(exc)})") from exc
+    if missing:
+        raise UsageError(f"{path}'s build record names {', '.join(missing)}, which is not beside it: copy the whole rknn folder edgex convert wrote")
+    return record
+
+
 @hookimpl
 def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
-    raise UsageError(
-        f"{path}: rknn-toolkit2's simulator runs only a model it has just built (load_rknn then init_runtime() "
-        "needs a Rockchip board), so edgex validates an RKNN artifact when it converts it: edgex convert MODEL -t rknn"
-    )
+    record = _read_record(path)
+    if "sha256" in record and _sha256(path) != record["sha256"]:
+        raise TargetError(f"{path} is not the file edgex built: its sha256 is not its build record's (it was changed after edgex wrote it); convert again")
+    return _io(path, reference, record["precision"], [tuple(shape) for _, shape in record["outputs"]])
 
 
 @hookimpl
 def edgex_load_runtime(target: str, io: ArtifactIO, options: Mapping[str, Any]) -> RknnRuntime:
     live = _LIVE.get(str(io.path))
-    if live is None:
-        edgex_describe_artifact(target, io.path, None)  # raises: no session built it here
-    process, session, backend = live
-    return RknnRuntime(process, session, backend)
+    if live is not None:  # converted in this process: the session that built it
+        process, session, backend = live
+        return RknnRuntime(process, session, backend)
+    return _rebuilt(io.path)
+
+
+def _header_end(first: Any, second: Any) -> int:
+    """Where the part of a .rknn two builds of one model write alike begins: the toolkit copies
+    uninitialised memory into the file's header (pointers, old heap contents), so two builds in
+    two processes differ there and only there (measured: ~900 bytes in the first 200 KB of a
+    3 MB ResNet); the weights after it are written alike, byte for byte. ``HEADER_SLACK`` more:
+    the uninitialised part of one build can end a byte after another's."""
+    import numpy as np
+
+    differ = np.flatnonzero(first != second)
+    # the uninitialised part ends a few bytes later in one build than another (seen: 1 byte)
+    return int(differ.max()) + 1 + HEADER_SLACK if len(differ) else 0
+
+
+#: bytes past the last one two fresh builds disagree on that may still be uninitialised memory
+HEADER_SLACK = 256
+
+
+def _rebuilt(path: Path) -> RknnRuntime:
+    """``path``, checked against its build record's sha256, built again from the record (the ONNX
+    the toolkit was handed, the calibration samples, the settings) twice, in two processes, and
+    compared with those builds where builds write alike (:func:`_header_end`): the simulator then
+    runs a build of the same weights as the file."""
+    import tempfile
+
+    import numpy as np
+
+    from edgex.plugins import ToolchainError
+
+    record = _read_record(path)
+    if "sha256" in record and _sha256(path) != record["sha256"]:
+        raise TargetError(f"{path} is not the file edgex built: its sha256 is not its build record's (it was changed after edgex wrote it); convert again")
+    folder = Path(tempfile.mkdtemp(prefix="rknn-rebuild-"))  # in the run's scratch
+    dataset = None
+    if record["inputs"].get("calibration"):
+        with np.load(path.parent / record["inputs"]["calibration"]) as stored:
+            order = sorted(stored.files, key=lambda key: tuple(int(n) for n in re.findall(r"\d+", key)))
+            samples: dict[int, list[str]] = {}
+            for key in order:
+                index = int(re.findall(r"\d+", key)[0])
+                np.save(folder / f"{key}.npy", stored[key])
+                samples.setdefault(index, []).append(str(folder / f"{key}.npy"))
+        (folder / "dataset.txt").write_text("\n".join(" ".join(paths) for _, paths in sorted(samples.items())) + "\n")
+        dataset = str(folder / "dataset.txt")
+    built = toolchain(TOOLCHAIN).require()
+    # two builds in two processes at once: their heap addresses differ, so what the toolkit copies
+    # from its heap into the file shows as the bytes they disagree on
+    process, other = (built.start(_TOOLKIT, what="rknn-toolkit2 (in the rknn toolchain)") for _ in range(2))
+    algorithm = record["algorithm"] if record["algorithm"] != "-" else "normal"
+    onnx = path.parent / record["inputs"]["onnx"]
+    try:
+        waits = [p.submit("build", "rebuilt", onnx, folder / name, record["platform"], record["precision"], algorithm, dataset) for p, name in ((process, "first.rknn"), (other, "second.rknn"))]
+        for wait in waits:
+            wait()
+    except ToolchainError as exc:
+        process.close()
+        raise _failed(exc, "build (again, from the record)") from None
+    except BaseException:
+        process.close()
+        raise
+    finally:
+        other.close()
+    given = np.fromfile(path, np.uint8)
+    first, second = np.fromfile(folder / "first.rknn", np.uint8), np.fromfile(folder / "second.rknn", np.uint8)
+    start = _header_end(first, second) if len(first) == len(second) else len(first)
+    if len(given) != len(first) or not np.array_equal(given[start:], first[start:]):
+        process.close()
+        raise TargetError(
+            f"the toolkit did not build {path} again from its build record: the weights a build writes alike differ "
+            f"(another rknn-toolkit2 release, or inputs changed beside it); convert again"
+        )
+    return RknnRuntime(process, "rebuilt", _backend(record["platform"], record["precision"], record["algorithm"], ", built again from its record: the simulator cannot run a .rknn file"))
+
+
+class RknnTracer:
+    """The artifact's session on the simulator, read layer by layer with the toolkit's own
+    per-layer analysis (``accuracy_analysis``: every layer's simulated output, named by the ONNX
+    tensor it computes). The ONNX the toolkit was handed (the build record's) says which torch
+    module each tensor belongs to and its shape (NCHW, as the toolkit dumps it)."""
+
+    def __init__(self, runtime: RknnRuntime, onnx_path: Path):
+        import onnx
+
+        from edgex.plugins import onnx_node_modules
+
+        self.runtime = runtime
+        model = onnx.load(str(onnx_path))
+        initializers = {i.name: i for i in model.graph.initializer}
+        producers = {out: node for node in model.graph.node for out in node.output}
+        self.modules = {out: onnx_node_modules(node, producers, initializers) for out, node in producers.items()}
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        self.shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in (*inferred.value_info, *inferred.output)}
+        self.backend = f"{runtime.backend}; layers by its accuracy_analysis"
+        self.notes = ["layers are read with rknn-toolkit2's accuracy_analysis on its simulator; a layer the toolkit split (tiles of a large conv) is compared where the pieces are joined again"]
+
+    def trace(self, inputs: Sequence[Any]) -> ArtifactTrace:
+        import math
+        import tempfile
+
+        layers = self.runtime.process.call("analyze", self.runtime.session, list(inputs), tempfile.mkdtemp(prefix="rknn-analysis-"))
+        tensors = []
+        for layer in layers:
+            shape = self.shapes.get(layer["name"])
+            if not shape or not all(shape) or math.prod(shape) != layer["value"].size:
+                continue  # a tensor the toolkit made itself (a split, a tile): not in the ONNX
+            tensors.append(TracedTensor(layer["name"], layer["value"].reshape(shape), self.modules.get(layer["name"], ()), tuple(range(len(shape))), op=layer["op"]))
+        return ArtifactTrace(tuple(tensors), tuple(self.runtime.run(inputs)))
+
+
+@hookimpl
+def edgex_load_tracer(target: str, io: ArtifactIO, reference: ReferenceModel, options: Mapping[str, Any]) -> RknnTracer:
+    record = _read_record(io.path)
+    return RknnTracer(edgex_load_runtime(target, io, options), io.path.parent / record["inputs"]["onnx"])

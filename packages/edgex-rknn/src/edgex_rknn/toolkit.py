@@ -126,3 +126,36 @@ def rename(session: str, name: str) -> None:
     """Keep ``session`` under ``name`` (the candidate chosen becomes the artifact's session)."""
     release(name)
     _SESSIONS[name] = _SESSIONS.pop(session)
+
+
+_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<name>\S+)")
+
+
+def analyze(session: str, inputs: list[Any], folder: str) -> list[dict[str, Any]]:
+    """The toolkit's per-layer accuracy analysis of one sample on the simulator: every layer's
+    simulated output (flat, as the toolkit dumps it), in run order, with its op and tensor name."""
+    import numpy as np
+
+    rknn = _SESSIONS[session]
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index, array in enumerate(inputs):
+        paths.append(os.path.join(folder, f"input{index}.npy"))
+        np.save(paths[-1], np.ascontiguousarray(array, dtype=np.float32))
+    _step("accuracy_analysis", lambda: rknn.accuracy_analysis(inputs=paths, output_dir=folder, target=None))
+    files = {}
+    with open(os.path.join(folder, "map_name_to_file.txt")) as listing:
+        for line in listing:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].endswith(".txt"):
+                files[parts[0]] = parts[1]
+    layers = []
+    with open(os.path.join(folder, "error_analysis.txt")) as table:
+        for line in table:
+            row = _ROW.match(line.strip())
+            if not row or row.group("name") not in files:
+                continue
+            dump = os.path.join(folder, "simulator", files[row.group("name")])
+            if os.path.exists(dump):
+                layers.append({"name": row.group("name"), "op": row.group("op"), "value": np.loadtxt(dump, dtype=np.float32, ndmin=1)})
+    return layers
