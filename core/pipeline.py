@@ -13,6 +13,7 @@ converted; nothing is written outside ``out``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import time
@@ -31,7 +32,7 @@ from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
 from edgex.core.exports import ExportStore
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
-from edgex.core.isolation import a_core_for_the_child, interruption
+from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
 from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
@@ -769,6 +770,12 @@ def _convert_each(
     runnable = [p for p in plans if not p.skip]
     cached.look_up(runnable)
     starter.waiting = [p for p in runnable if p.target not in cached.hits]
+    if len(starter.waiting) > 1 and model.module is not None and isolation_mode() == "fork":
+        # torch.export and the dynamo ONNX exporter import torch._dynamo on first use (1.3 s):
+        # once here, before the children fork, rather than once in each child that exports; a
+        # single target imports it in its own child, beside the reference work here (or never:
+        # ncnn traces with TorchScript)
+        importlib.import_module("torch._dynamo")
     compression_summary = report.compression
     try:
         # the first targets convert in their children while the parent computes the reference outputs
