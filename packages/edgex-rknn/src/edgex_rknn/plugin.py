@@ -255,7 +255,7 @@ def _int8(process: Any, request: ConversionRequest, onnx: Path, artifact: Path, 
     building = process.submit("build", f"candidate-{first}", onnx, request.workdir / f"{first}.rknn", platform, "int8", first, dataset)
     reference = reference_outputs(request.model, check)
     floor = None
-    if request.model.module is not None:
+    if request.model.module is not None and chosen == "auto":  # the aim of a choice; named, there is none to make
         try:
             floor = simulated_floor(request.model.module, tuple(request.model.example_inputs), request.calibration, check, reference, 8, on_input_grid=AVERAGE_POOLS)
         except Exception:  # an aid to the choice: without it the aim is SEARCH_BELOW_DB alone
