@@ -212,10 +212,10 @@ def _step(spec: ToolchainSpec, argv: list[str], log: Any, what: str) -> None:
     raise TargetError(f"toolchain {spec.name}: {what} failed ({_last_line(text)}); nothing was kept; log: {log.name}")
 
 
-def _last_line(text: str, pattern: re.Pattern[str] | None = None) -> str:
+def _last_line(text: str) -> str:
+    """pip's last ERROR line (else its last line), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    chosen = [line for line in lines if pattern.search(line)] if pattern else [line for line in lines if line.startswith("ERROR")]
-    line = (chosen or lines or ["no output"])[-1]
+    line = ([line for line in lines if line.startswith("ERROR")] or lines or ["no output"])[-1]
     return line if len(line) <= 240 else line[:237] + "..."
 
 
@@ -236,15 +236,12 @@ def _write_stamp(toolchain: Toolchain, seconds: float) -> None:
 
 def remove(name: str) -> list[Path]:
     """Remove every environment of toolchain ``name`` (any spec), with its log and lock."""
-    removed = []
-    base = root()
-    for path in sorted(base.glob(f"{name}-*")) if base.is_dir() else ():
-        if path.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}", path.name):
-            with _lock(path.with_name(path.name + ".lock"), print):
-                shutil.rmtree(path, ignore_errors=True)
-                path.with_name(path.name + ".build.log").unlink(missing_ok=True)
-            path.with_name(path.name + ".lock").unlink(missing_ok=True)
-            removed.append(path)
+    removed = folders(name)
+    for path in removed:
+        with _lock(path.with_name(path.name + ".lock"), print):
+            shutil.rmtree(path, ignore_errors=True)
+            path.with_name(path.name + ".build.log").unlink(missing_ok=True)
+        path.with_name(path.name + ".lock").unlink(missing_ok=True)
     return removed
 
 
@@ -271,8 +268,8 @@ class ToolchainProcess:
     """A target's module running in its toolchain's interpreter (see ``toolchain_server``).
 
     Started from the target's isolated child, it joins that child's process group (a timeout or
-    a signal ends both), dies with it, inherits its log as stdout/stderr, its scratch folder as
-    working directory and temporary folder, and refuses network connections."""
+    a signal ends both), dies with it, inherits its log as stdout/stderr and its environment
+    (TMPDIR and the caches in the run's scratch), and refuses network connections."""
 
     def __init__(self, toolchain: Toolchain, module_file: Path, what: str):
         from edgex.core import toolchain_server

@@ -7,7 +7,7 @@ See ``docs/writing_targets.md``. The built-in targets (``edgex.targets``) import
 so this module is the whole plugin-facing surface of edgex.
 
 Importing it stays cheap (``edgex targets`` imports every plugin): the helpers that need numpy or
-torch (``export_onnx``, ``convert_opset``, ``onnx_node_scope``, ``onnx_node_modules``, ``ExportStore``, ``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
+torch (``export_onnx``, ``file_sha256``, ``convert_opset``, ``onnx_node_scope``, ``onnx_node_modules``, ``ExportStore``, ``infer_permutation``, ``layout_name``, ``match_names``, ``match_outputs``, ``to_artifact``,
 ``from_artifact``, ``reference_outputs``, ``output_error``, ``simulated_floor``, ``aten_reach``) load on
 first use.
 """
@@ -54,6 +54,7 @@ from edgex.core.types import (
 if TYPE_CHECKING:
     from edgex.core.check import aten_reach
     from edgex.core.exports import ExportStore, convert_opset, export_onnx, onnx_node_modules, onnx_node_scope
+    from edgex.core.loading import file_sha256
     from edgex.core.layout import from_artifact, infer_permutation, layout_name, match_names, match_outputs, to_artifact
     from edgex.core.parity import output_error, reference_outputs
     from edgex.core.quant_reference import simulated_floor
@@ -67,6 +68,7 @@ _LAZY = {
     "aten_reach": "edgex.core.check",
     "convert_opset": "edgex.core.exports",
     "export_onnx": "edgex.core.exports",
+    "file_sha256": "edgex.core.loading",
     "onnx_node_modules": "edgex.core.exports",
     "onnx_node_scope": "edgex.core.exports",
     "ExportStore": "edgex.core.exports",
@@ -159,6 +161,7 @@ __all__ = [
     "contained",
     "convert_opset",
     "export_onnx",
+    "file_sha256",
     "from_artifact",
     "infer_permutation",
     "layout_name",

@@ -42,6 +42,8 @@ from edgex.plugins import (
     UnsupportedModel,
     UsageError,
     hookimpl,
+    file_sha256,
+    onnx_node_scope,
     one_line,
     toolchain,
 )
@@ -109,13 +111,17 @@ def _platform(options: Mapping[str, Any], precision: str) -> str:
     return platform
 
 
-def _dataset(calibration: Sequence[tuple[Any, ...]], folder: Path) -> tuple[str, list[tuple[Any, ...]]]:
-    """The calibration as the toolkit reads it: one line per sample, the ``.npy`` of each input
-    on it (the batches split into samples of one, the model's batch)."""
+def _samples(calibration: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The calibration batches split into samples of one (the model's batch)."""
+    return [tuple(x[i : i + 1] for x in batch) for batch in calibration for i in range(len(batch[0]))]
+
+
+def _dataset(samples: Sequence[tuple[Any, ...]], folder: Path) -> str:
+    """The samples as the toolkit reads them (its dataset file): one line per sample, the
+    ``.npy`` of each input on it, ``sample{i}_input{j}.npy``."""
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
-    samples = [tuple(x[i : i + 1] for x in batch) for batch in calibration for i in range(len(batch[0]))]
     lines = []
     for index, sample in enumerate(samples):
         paths = []
@@ -126,7 +132,7 @@ def _dataset(calibration: Sequence[tuple[Any, ...]], folder: Path) -> tuple[str,
         lines.append(" ".join(paths))
     listing = folder / "dataset.txt"
     listing.write_text("\n".join(lines) + "\n")
-    return str(listing), samples
+    return str(listing)
 
 
 #: the toolkit names an op it cannot build as ``Op('/onnx/node/name')``
@@ -140,8 +146,8 @@ def _failed(exc: Exception, what: str) -> Exception:
     op = _OP.search(message)
     if op and any(word in message for word in ("need to be constant", "not support", "Unsupport", "unsupport")):
         node = op.group(2)
-        scopes = [part for part in node.split("/")[:-1] if part] if node.startswith("/") else []  # /features/features.0/Conv: features.0
-        where = f"layer {scopes[-1]} (ONNX node {node})" if scopes else f"ONNX node {node}"
+        module = onnx_node_scope(node)  # the TorchScript exporter's /features/features.0/Conv: features.0
+        where = f"layer {module} (ONNX node {node})" if module else f"ONNX node {node}"
         said = message.split(": ")[-1].split("!")[0].strip()  # the toolkit's first sentence, without the step names
         why = "; its output shape depends on the data, and the NPU needs a static graph" if "need to be constant" in message else ""
         return UnsupportedModel(f"rknn-toolkit2 cannot build op {op.group(1)} at {where}: \"{said}\"{why}")
@@ -165,6 +171,7 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         onnx, exporter, messages = _toolkit_input(request)
         artifact = request.workdir / "model.rknn"
         details: dict[str, Any] = {"platform": platform, "simulator": True}
+        samples: list[tuple[Any, ...]] = []  # the calibration as the toolkit reads it (int8)
         if request.precision == "fp16":
             algorithm = "-"
             try:
@@ -172,14 +179,15 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
             except ToolchainError as exc:
                 raise _failed(exc, "build") from None
         else:
-            dataset, samples = _dataset(request.calibration, request.workdir / "calibration")
+            samples = _samples(request.calibration)
+            dataset = _dataset(samples, request.workdir / "calibration")
             algorithm, search = _int8(process, request, onnx, artifact, platform, dataset, samples, chosen)
             details["int8_recipe"] = search
             messages.append(search["message"])
         details["toolkit"] = f"rknn-toolkit2 {process.call('version')}"
         # the outputs' shapes: one run of the example inputs on the built model
         shapes = [tuple(o.shape) for o in process.call("infer", "artifact", list(request.model.example_inputs))]
-        record = _record(request, artifact, onnx, platform, algorithm, shapes)
+        record = _record(request, artifact, onnx, platform, algorithm, shapes, samples)
         shutil.rmtree(request.workdir / "calibration", ignore_errors=True)
     except BaseException:
         process.close()
@@ -199,18 +207,8 @@ def _backend(platform: str, precision: str, algorithm: str, rebuilt: str = "") -
 RECORD_SUFFIX = ".json"
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _record(request: ConversionRequest, artifact: Path, onnx: Path, platform: str, algorithm: str, shapes: Sequence[tuple[int, ...]]) -> Path:
-    """Keep what the toolkit was handed (the ONNX, the calibration samples) in ``build/`` and
+def _record(request: ConversionRequest, artifact: Path, onnx: Path, platform: str, algorithm: str, shapes: Sequence[tuple[int, ...]], samples: Sequence[tuple[Any, ...]]) -> Path:
+    """Keep what the toolkit was handed (the ONNX, the calibration ``samples``) in ``build/`` and
     write ``model.rknn.json`` naming them with the build's settings."""
     import numpy as np
 
@@ -218,14 +216,13 @@ def _record(request: ConversionRequest, artifact: Path, onnx: Path, platform: st
     build.mkdir(exist_ok=True)
     onnx.replace(build / "model.onnx")
     inputs = {"onnx": "build/model.onnx", "calibration": None}
-    if request.precision == "int8":
-        listing = (request.workdir / "calibration" / "dataset.txt").read_text().split()
-        np.savez(build / "calibration.npz", **{Path(path).stem: np.load(path) for path in listing})  # sample{i}_input{j}
+    if samples:  # named as the dataset's files: sample{i}_input{j}
+        np.savez(build / "calibration.npz", **{f"sample{i}_input{j}": np.ascontiguousarray(x, dtype=np.float32) for i, sample in enumerate(samples) for j, x in enumerate(sample)})
         inputs["calibration"] = "build/calibration.npz"
     record = artifact.with_name(artifact.name + RECORD_SUFFIX)
     record.write_text(json.dumps({
         "format": 1, "toolkit": f"rknn-toolkit2 {TOOLKIT_VERSION}", "platform": platform, "precision": request.precision,
-        "algorithm": algorithm, "sha256": _sha256(artifact), "inputs": inputs, "outputs": [[name, list(shape)] for name, shape in zip(request.model.output_names, shapes)],
+        "algorithm": algorithm, "sha256": file_sha256(artifact), "inputs": inputs, "outputs": [[name, list(shape)] for name, shape in zip(request.model.output_names, shapes)],
     }, indent=2) + "\n")
     return record
 
@@ -368,7 +365,7 @@ def _read_record(path: Path) -> dict[str, Any]:
 @hookimpl
 def edgex_describe_artifact(target: str, path: Path, reference: ReferenceModel) -> ArtifactIO:
     record = _read_record(path)
-    if "sha256" in record and _sha256(path) != record["sha256"]:
+    if "sha256" in record and file_sha256(path) != record["sha256"]:
         raise TargetError(f"{path} is not the file edgex built: its sha256 is not its build record's (it was changed after edgex wrote it); convert again")
     return _io(path, reference, record["precision"], [tuple(shape) for _, shape in record["outputs"]])
 
@@ -400,7 +397,7 @@ HEADER_SLACK = 256
 
 
 def _rebuilt(path: Path) -> RknnRuntime:
-    """``path``, checked against its build record's sha256, built again from the record (the ONNX
+    """``path`` (described: its sha256 is its build record's) built again from the record (the ONNX
     the toolkit was handed, the calibration samples, the settings) twice, in two processes, and
     compared with those builds where builds write alike (:func:`_header_end`): the simulator then
     runs a build of the same weights as the file."""
@@ -410,21 +407,16 @@ def _rebuilt(path: Path) -> RknnRuntime:
 
     from edgex.plugins import ToolchainError
 
-    record = _read_record(path)
-    if "sha256" in record and _sha256(path) != record["sha256"]:
-        raise TargetError(f"{path} is not the file edgex built: its sha256 is not its build record's (it was changed after edgex wrote it); convert again")
+    record = _read_record(path)  # its sha256 was checked when it was described
     folder = Path(tempfile.mkdtemp(prefix="rknn-rebuild-"))  # in the run's scratch
     dataset = None
     if record["inputs"].get("calibration"):
         with np.load(path.parent / record["inputs"]["calibration"]) as stored:
-            order = sorted(stored.files, key=lambda key: tuple(int(n) for n in re.findall(r"\d+", key)))
-            samples: dict[int, list[str]] = {}
-            for key in order:
-                index = int(re.findall(r"\d+", key)[0])
-                np.save(folder / f"{key}.npy", stored[key])
-                samples.setdefault(index, []).append(str(folder / f"{key}.npy"))
-        (folder / "dataset.txt").write_text("\n".join(" ".join(paths) for _, paths in sorted(samples.items())) + "\n")
-        dataset = str(folder / "dataset.txt")
+            samples: dict[int, dict[int, Any]] = {}
+            for key in stored.files:  # sample{i}_input{j}
+                index, position = (int(n) for n in re.findall(r"\d+", key))
+                samples.setdefault(index, {})[position] = stored[key]
+        dataset = _dataset([tuple(by_position[j] for j in sorted(by_position)) for _, by_position in sorted(samples.items())], folder)
     built = toolchain(TOOLCHAIN).require()
     # two builds in two processes at once: their heap addresses differ, so what the toolkit copies
     # from its heap into the file shows as the bytes they disagree on
