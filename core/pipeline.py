@@ -14,6 +14,7 @@ converted; nothing is written outside ``out``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from edgex.core import layout, parity, resources
-from edgex.core.cache import CachedResult, ResultCache, cache_key, restore, row_from_json, run_identity
+from edgex.core.cache import CachedResult, ResultCache, array_digest, cache_key, restore, row_from_json, run_identity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
@@ -35,7 +36,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SimulatedReference, calibrate, describe_flags, simulate, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SimulatedReference, calibrate, describe_flags, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -141,6 +142,7 @@ class Reference:
         self.vacuous = vacuous_reference(self.outputs, inputs.parity, model.output_names)
         self._simulated: dict[tuple[Any, ...], tuple[SimulatedReference | None, str]] = {}
         self._calibrated: dict[tuple[Any, ...], tuple[Calibration | str, str]] = {}
+        self._floors: dict[tuple[Any, ...], tuple[float, float] | None] = {}
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
         """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
@@ -203,6 +205,22 @@ class Reference:
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}")
         return self._simulated[key]
+
+    def floor(self, batches: Sequence[tuple[np.ndarray, ...]], reference: Any, activation_bits: int, on_input_grid: Sequence[str], recurrent: str | None, rewritten: Rewritten | None) -> tuple[float, float] | None:
+        """``simulated_floor`` on a converter's own check ``batches`` (``ConversionRequest.simulated_floor``,
+        asked by a target's child), from the int8 calibration of the model as ``rewritten`` that the
+        verdict's simulated reference uses: one calibration per run, and one simulation per question."""
+        applied = rewritten.applied() if rewritten is not None else ()
+        key = (tuple(array_digest(x) for batch in batches for x in batch), activation_bits, tuple(sorted(on_input_grid)), recurrent, applied)
+        if key not in self._floors:
+            calibrated, _ = self.calibrated("int8", rewritten, recurrent)
+            found = None
+            if not isinstance(calibrated, str):
+                model = rewritten.model if applied else self.model
+                module = model.module if applied else self.simulated_module
+                found = simulated_floor(module, model.example_inputs, (), batches, reference, activation_bits, on_input_grid, calibrated.recurrent, calibrated=calibrated)
+            self._floors[key] = found
+        return self._floors[key]
 
     def calibrated(self, scheme: str, rewritten: Rewritten | None = None, recurrent: str | None = None) -> tuple[Calibration | str, str]:
         """The export and activation ranges every ``scheme`` simulation of the model (as
@@ -350,7 +368,7 @@ class TargetRun:
 
         def work(send: Callable[[str, Any], None]) -> RunOutcome:
             start = time.perf_counter()
-            conversion, io = make_io()
+            conversion, io = make_io(send)
             convert_seconds = time.perf_counter() - start
             send("converted", convert_seconds)
             runtime = manager.load_runtime(target, io, settings.options)
@@ -371,19 +389,22 @@ class TargetRun:
         elapsed = time.perf_counter() - self.stage_start if seconds is None else seconds
         self.manager.stage_finished(StageEvent(self.stage, self.target, outcome, elapsed))
 
-    def _on_event(self, kind: str, payload: Any) -> None:
+    def _on_event(self, kind: str, payload: Any, reference: Reference | None) -> None:
         if kind == "converted":
             self._end_stage("ok", payload)
             self.stage, self.stage_start = "validate", time.perf_counter()
             self.manager.stage_started(StageEvent("validate", self.target))
+        elif kind == "simulated-floor":
+            _answer_floor(payload, reference, self.rewritten)
 
-    def wait(self) -> None:
+    def wait(self, reference: Reference | None = None) -> None:
         """Wait for the child (its conversion and its runs on the backend); what it returned or
         raised is judged by :meth:`finish`. Apart, so the next target's child can start converting
-        while the parent judges this one."""
+        while the parent judges this one. The child's questions for ``reference`` (its simulated
+        floors) are answered on the way."""
         if self._done is None:
             try:
-                self._done = self.job.wait(self._on_event)
+                self._done = self.job.wait(lambda kind, payload: self._on_event(kind, payload, reference))
             except EdgexError as exc:
                 self._done = exc
 
@@ -393,7 +414,7 @@ class TargetRun:
             # first, and in an error's row too: a rewrite not applied often explains the error
             row.details["rewrites"] = self.rewritten.entries
             row.messages.extend(self.rewritten.messages())
-        self.wait()
+        self.wait(reference)
         try:
             if isinstance(self._done, EdgexError):
                 raise self._done
@@ -629,8 +650,9 @@ def convert(
                 exports=exports,
             )
 
-            def make_io() -> tuple[ConversionResult, ArtifactIO]:
-                result = manager.convert(request)
+            def make_io(send: Callable[[str, Any], None]) -> tuple[ConversionResult, ArtifactIO]:
+                # the recipe searches' simulated floors come from the parent's one calibration
+                result = manager.convert(replace(request, floors=_FloorsFromParent(send, out / SCRATCH / "floors")))
                 return result, result.io
 
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
@@ -706,6 +728,39 @@ class JobSlots(Protocol):
     def try_take(self) -> bool: ...
 
     def give(self) -> None: ...
+
+
+class _FloorsFromParent:
+    """``ConversionRequest.floors`` in a target's child: its recipe search's simulated floors,
+    asked of the run's parent, which calibrates the int8 reference once for the verdict anyway
+    (an export and a pass over the calibration set: seconds on a ResNet, on the core the
+    converter needs). The question goes up the child's event pipe; the answer comes back as a
+    file the parent writes whole (:func:`_answer_floor`), while it waits for this child."""
+
+    def __init__(self, send: Callable[[str, Any], None], folder: Path) -> None:
+        self.send, self.folder = send, folder
+
+    def __call__(self, batches: Sequence[tuple[np.ndarray, ...]], reference: Any, activation_bits: int, on_input_grid: Sequence[str], recurrent: str | None) -> tuple[float, float] | None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        answer = self.folder / f"{uuid.uuid4().hex}.json"
+        self.send("simulated-floor", {"batches": [tuple(np.asarray(x) for x in batch) for batch in batches], "reference": reference,
+                                      "activation_bits": activation_bits, "on_input_grid": tuple(on_input_grid), "recurrent": recurrent, "answer": str(answer)})
+        while not answer.exists():  # the parent answers every question (its end ends this child)
+            time.sleep(0.02)
+        found = json.loads(answer.read_text())["floor"]
+        answer.unlink()
+        return None if found is None else (float(found[0]), float(found[1]))
+
+
+def _answer_floor(question: Mapping[str, Any], reference: Reference | None, rewritten: Rewritten | None) -> None:
+    """The parent's side of :class:`_FloorsFromParent`: always an answer, None where there is no floor."""
+    found = None
+    if reference is not None:
+        try:
+            found = reference.floor(question["batches"], question["reference"], question["activation_bits"], question["on_input_grid"], question["recurrent"], rewritten)
+        except Exception:  # an aid to the child's recipe choice: without it the child aims at its own bound
+            found = None
+    write_text_atomic(Path(question["answer"]), json.dumps({"floor": found}))
 
 
 class _Starter:
@@ -801,7 +856,7 @@ def _convert_each(
                 continue
             run, workdir = starter.take(plan)
             try:
-                run.wait()
+                run.wait(reference)
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 starter.release()
@@ -845,7 +900,7 @@ def validate(manager: PluginManager, artifact: Path, model: ReferenceModel, sett
     inputs = resolve_inputs(model, settings)
     report.model["parity_inputs"] = inputs.parity_source
 
-    def make_io() -> tuple[None, ArtifactIO]:
+    def make_io(send: Callable[[str, Any], None]) -> tuple[None, ArtifactIO]:
         return None, describe_artifact(manager, name, artifact, model, settings.precision)
 
     with owned_out(out, model, overwrite=overwrite) as claim, sandboxed(claim.path):

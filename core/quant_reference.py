@@ -795,16 +795,18 @@ def simulated_floor(
     activation_bits: int = 8,
     on_input_grid: Iterable[str] = (),
     recurrent: str | None = None,
+    calibrated: Calibration | None = None,
 ) -> tuple[float, float] | None:
     """What a full-integer artifact of ``module`` must reach on ``batches``: (the SQNR floor its
     verdict will ask, the simulated reference's own SQNR), both the worst output's against
     ``reference`` (the torch outputs on ``batches``); None where the model cannot be simulated.
-    A converter's recipe search aims at it (targets/litert/convert.py), so the recipe it keeps is judged
-    by the same independent reference as the artifact's verdict."""
+    A converter's recipe search aims at it (``ConversionRequest.simulated_floor``), so the recipe
+    it keeps is judged by the same independent reference as the artifact's verdict. ``calibrated``:
+    the run's own calibration of ``module`` on ``calibration`` (:func:`calibrate`), made once."""
     from edgex.core.parity import output_error, simulated_sqnr_floor
 
     try:
-        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid, recurrent=recurrent)
+        sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid, recurrent=recurrent, calibrated=calibrated)
     except CannotSimulate:
         return None
     sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))

@@ -294,3 +294,39 @@ def test_validate_with_a_missing_backend_is_skipped_and_exit_3(mlp, tmp_path):
 def test_validate_a_missing_artifact_is_a_usage_error(mlp, tmp_path):
     with pytest.raises(UsageError, match="artifact not found"):
         pipeline.validate(npz_manager(), tmp_path / "nothing.npz", mlp, settings(), tmp_path / "out", target="npz")
+
+
+def test_a_childs_simulated_floor_is_answered_from_the_parents_one_calibration(tmp_path):
+    """A converter's recipe search asks ``ConversionRequest.simulated_floor``; in a run the child
+    asks the parent (up its event pipe, the answer a file), which answers from the int8
+    calibration it makes for the verdict: the same floor the child would compute itself, made
+    once per question, and an answer (None) even where the parent has none to give."""
+    import torch
+    from dataclasses import replace
+
+    from edgex.core.data import resolve_inputs
+    from edgex.core.loading import load_model
+    from edgex.core.parity import reference_outputs
+    from edgex.core.types import AVERAGE_POOLS, ConversionRequest
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(32, 4)).eval()
+    model = load_model("cnn", module=module, example_inputs=(torch.randn(1, 3, 8, 8),))
+    rng = np.random.default_rng(0)
+    inputs = resolve_inputs(model, settings(calibration=(rng.standard_normal((24, 3, 8, 8)).astype(np.float32),)), True)
+    reference = pipeline.Reference(npz_manager(), model, inputs)
+    check = inputs.calibration_batches[-4:]
+    outputs = reference_outputs(model, check)
+    own = ConversionRequest("npz", "int8", model, tmp_path, calibration=inputs.calibration_batches)  # built by hand: calibrates itself
+
+    def asking(parent):
+        return replace(own, floors=pipeline._FloorsFromParent(lambda kind, question: pipeline._answer_floor(question, parent, None), tmp_path / "floors"))
+
+    expected = own.simulated_floor(check, outputs, 8, on_input_grid=AVERAGE_POOLS)
+    assert expected is not None and expected[1] > expected[0]
+    assert asking(reference).simulated_floor(check, outputs, 8, on_input_grid=AVERAGE_POOLS) == pytest.approx(expected, abs=1e-9)
+    assert asking(reference).simulated_floor(check, outputs, 16, on_input_grid=AVERAGE_POOLS)[1] > expected[1] + 3  # 16-bit activations: its own question
+    assert asking(reference).simulated_floor(check, outputs, 8, on_input_grid=AVERAGE_POOLS) == pytest.approx(expected, abs=1e-9)
+    assert len(reference._floors) == 2, "a question asked again is answered from the first simulation"
+    assert asking(None).simulated_floor(check, outputs, 8) is None
+    assert not list((tmp_path / "floors").iterdir()), "every answer read is removed"

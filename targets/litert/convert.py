@@ -22,7 +22,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -607,10 +607,11 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         if chosen is None:
             raise _no_path_error(model, attempts)
         if precision == "int8" and model.module is not None and calibration:
-            def shared(what: str, make: Any) -> dict[str, Any]:
-                return request.shared(f"{what} calibration={calibration_digest}", make, scratch / ".shared")
+            def floor_of(check: Sequence[tuple[np.ndarray, ...]], reference: Any, bits: int) -> tuple[float, float] | None:
+                # the run's one calibration (the parent's), unless only the first MAX_CALIBRATION_SAMPLES were used
+                return request.simulated_floor(check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled", calibration=calibration)
 
-            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, int16_activations, shared)
+            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, floor_of, int16_activations)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
@@ -655,8 +656,8 @@ def _search_recipes(
     first: tuple[Any, ...],
     order: Sequence[str],
     convert: Any,
+    floor_of: Callable[[Sequence[tuple[np.ndarray, ...]], Any, int], tuple[float, float] | None],
     int16_activations: bool = False,
-    shared: Any = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Measure the first full-int8 artifact on LiteRT against the torch model, and aim it at what
     edgex's independent simulated reference says an honest int8 conversion reaches on the same
@@ -665,9 +666,10 @@ def _search_recipes(
     best by measured SQNR. Still short, where the target runs int16 activations
     (``int16_activations``): the 16x8 recipe too, kept when it beats the best int8 recipe by
     INT16_MIN_GAIN_DB or alone reaches its own simulated floor. Every candidate is all-integer
-    (``_accept`` rejected any other), so the choice never leaves integers. ``shared(what, make)``
-    (``ConversionRequest.shared``) makes the simulated floor once per run for coral and mcu alike."""
-    from edgex.plugins import reference_outputs, simulated_floor
+    (``_accept`` rejected any other), so the choice never leaves integers. ``floor_of(check,
+    reference, activation_bits)``: the floor (``ConversionRequest.simulated_floor``, which a run's
+    parent answers once for coral and mcu alike)."""
+    from edgex.plugins import reference_outputs
     from edgex.targets.litert.converters import INT16_RECIPES, RECIPES, activation_bits
 
     check = list(calibration[-RECIPE_CHECK_SAMPLES:])
@@ -675,15 +677,11 @@ def _search_recipes(
     floors: dict[int, tuple[float, float] | None] = {}
 
     def floor(bits: int) -> tuple[float, float] | None:  # (parity floor, simulated SQNR), once per scheme
-        def compute(_: Path) -> dict[str, Any]:
-            try:
-                return {"floor": simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled") if model.module is not None else None}
-            except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
-                return {"floor": None}
-
         if bits not in floors:
-            found = (shared(f"simulated floor activation_bits={bits}", compute) if shared is not None else compute(Path()))["floor"]
-            floors[bits] = tuple(found) if found is not None else None
+            try:
+                floors[bits] = floor_of(check, reference, bits)
+            except Exception:  # an aid to the choice: without it the search aims at 30 dB, the verdict says why
+                floors[bits] = None
         return floors[bits]
 
     def measured(path_name: str, recipe_name: str, accepted: tuple[Any, ...]) -> dict[str, Any]:

@@ -243,18 +243,18 @@ def _int8(process: Any, request: ConversionRequest, onnx: Path, artifact: Path, 
     """Build with the toolkit's default algorithm and measure it on the simulator against the
     torch model on the last calibration samples; short of SEARCH_BELOW_DB or of the parity floor
     of edgex's simulated int8 reference there, build with the others and keep the best."""
-    from edgex.plugins import ToolchainError, output_error, reference_outputs, simulated_floor
+    from edgex.plugins import ToolchainError, output_error, reference_outputs
 
     check = samples[-CHECK_SAMPLES:]
     first = ALGORITHMS[0] if chosen == "auto" else chosen
     # the toolkit builds the first candidate while the torch reference and edgex's simulated
-    # int8 floor are computed here, on the other core
+    # int8 floor (from the run's own calibration, in the parent) are computed
     building = process.submit("build", f"candidate-{first}", onnx, request.workdir / f"{first}.rknn", platform, "int8", first, dataset)
     reference = reference_outputs(request.model, check)
     floor = None
-    if request.model.module is not None and chosen == "auto":  # the aim of a choice; named, there is none to make
+    if chosen == "auto":  # the aim of a choice; named, there is none to make
         try:
-            floor = simulated_floor(request.model.module, tuple(request.model.example_inputs), request.calibration, check, reference, 8, on_input_grid=AVERAGE_POOLS)
+            floor = request.simulated_floor(check, reference, 8, on_input_grid=AVERAGE_POOLS)
         except Exception:  # an aid to the choice: without it the aim is SEARCH_BELOW_DB alone
             floor = None
     rows: list[dict[str, Any]] = []
