@@ -306,3 +306,33 @@ def test_16x8_depthwise_convolution_keeps_its_int64_biases(tmp_path):
     runtime = LiteRTRuntime(Path(result.path), [b.name for b in inputs], [b.name for b in outputs])
     (got,) = runtime.run([np.zeros(inputs[0].shape, dtype=np.int16)])
     assert got.dtype == np.int16
+
+
+@pytest.mark.slow
+def test_a_candidate_litert_crashes_on_costs_that_candidate_not_the_target(tmp_path, monkeypatch):
+    """LiteRT aborts on some candidates ("free(): double free detected" in allocate_tensors, a
+    MobileNetV3-style model at coral). Each candidate is measured in a process of its own: a
+    crash there (planted: the default recipe's measurement aborts) fails that candidate, named in
+    the report, and the search goes on to the others."""
+    import os
+
+    from edgex.targets.litert import convert as litert
+
+    measure = litert.measure_sqnr
+
+    def aborting(model, path, *args):
+        if "." not in Path(path).parent.name:  # the default recipe's folder; the others are path.recipe
+            os.abort()
+        return measure(model, path, *args)
+
+    monkeypatch.setattr(litert, "measure_sqnr", aborting)
+    model, _ = models.blank_corner_mlp()
+    digits = models.digits_vectors()
+    report = api.convert(model, ["tflite"], precision="int8", out=tmp_path, example_inputs=(torch.from_numpy(digits[600:601]),), calibration=digits[:128], samples=16, options={"tflite_converter": "litert-torch"})
+    row = report.targets["tflite"]
+    assert row.status == "passed", row.messages
+    recipe = row.details["int8_recipe"]
+    first = recipe["candidates"][0]
+    assert first["outcome"] == "failed" and first["reason"] == "LiteRT crashed with signal SIGABRT", recipe["candidates"]
+    assert recipe["searched"] and recipe["chosen"]["recipe"] != first["recipe"]
+    assert f"{first['path']} {first['recipe']} failed" in recipe["message"]

@@ -36,6 +36,7 @@ from edgex.plugins import (
     package_version,
     reference_outputs,
     start_isolated,
+    RemoteError,
     Artifact,
     ArtifactIO,
     ConversionRequest,
@@ -688,9 +689,16 @@ def _search_recipes(
         result, _, inputs, outputs, _, _ = accepted
         row: dict[str, Any] = {"path": path_name, "recipe": recipe_name}
         try:
-            sqnr = measure_sqnr(model, Path(result.path), inputs, outputs, check, reference)
-        except Exception as exc:  # a candidate LiteRT cannot run is not one to choose
+            # in a process of its own: LiteRT aborts on some candidates ("free(): double free
+            # detected" in allocate_tensors), and that must cost the candidate, not the target
+            sqnr = start_isolated(
+                lambda send: measure_sqnr(model, Path(result.path), inputs, outputs, check, reference),
+                what="LiteRT",
+            ).wait()
+        except RemoteError as exc:  # a candidate LiteRT cannot run is not one to choose
             return {**row, "outcome": "failed", "reason": f"LiteRT could not run it: {one_line(exc)}"}
+        except TargetError as exc:  # nor one it crashes on
+            return {**row, "outcome": "failed", "reason": one_line(exc)}
         row.update(outcome="measured", sqnr_db=round(float(sqnr), 2) if math.isfinite(sqnr) else float(sqnr))
         if (bound := floor(activation_bits(recipe_name))) is not None:
             row.update(reference_sqnr_db=round(bound[1], 2), reference_floor_db=round(bound[0], 2), meets_reference=bool(sqnr >= bound[0]))
