@@ -98,12 +98,14 @@ def gelu_tanh_as_sigmoid(x: Any) -> Any:
 
 
 def _replace_children(module: Any, wanted: Callable[[Any], bool], make: Callable[[Any], Any]) -> list[str]:
-    """Every submodule for which ``wanted`` is true replaced by ``make(submodule)``; their paths."""
+    """Every submodule for which ``wanted`` is true replaced by ``make(submodule)``, in the mode
+    (eval or training) of what it replaces; their paths. A new module starts in training mode:
+    left so, the rewritten model is no longer the eval-mode model the user gave."""
     replaced = []
     for parent_path, parent in list(module.named_modules()):
         for name, child in list(parent.named_children()):
             if wanted(child):
-                setattr(parent, name, make(child))
+                setattr(parent, name, make(child).train(child.training))
                 replaced.append(f"{parent_path}.{name}" if parent_path else name)
     return replaced
 
@@ -333,7 +335,6 @@ def _lstm_steps_class() -> type:
             self.directions = 2 if lstm.bidirectional else 1
             for name in lstm._flat_weights_names:
                 setattr(self, name, getattr(lstm, name))
-            self.train(lstm.training)
 
         def extra_repr(self) -> str:
             return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "

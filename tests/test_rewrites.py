@@ -95,6 +95,7 @@ def test_hard_activations_become_relu6_forms_exactly():
     assert entry["status"] == "applied" and entry["drift"] <= 1e-6
     kinds = {type(m) for m in result.model.module.modules()}
     assert nn.Hardswish not in kinds and nn.Hardsigmoid not in kinds
+    assert not any(m.training for m in result.model.module.modules()), "a replacement left in training mode"
 
 
 def test_the_fused_transformer_fast_path_is_gone_from_the_trace():

@@ -265,3 +265,14 @@ def test_an_int32_input_passes_the_full_int8_check_only_when_read_as_lookup_indi
     table = Op(operators=[Op(name="GATHER", inputs=[0, 2], outputs=[4])])  # the gathered values, not the indices
     assert not litert._only_indices(table, 0)
     assert not litert._only_indices(Op(operators=[]), 0)
+
+
+def test_litert_torch_is_given_an_eval_mode_module(tmp_path, caplog):
+    """An image model reaches litert-torch inside its channel-last wrapper, a new module (so in
+    training mode unless told): litert-torch then "converts in training mode" (its warning)."""
+    import logging
+
+    model = api.load_model(tiny_cnn()[0], example_inputs=tiny_cnn()[1])
+    with caplog.at_level(logging.WARNING):
+        converters.convert_litert_torch(model, "fp32", None, tmp_path, [2])
+    assert not [r for r in caplog.records if "training mode" in r.getMessage()]

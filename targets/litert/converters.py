@@ -326,11 +326,15 @@ def convert_litert_torch(
     wrap_outputs = [i for i, perm in enumerate(output_perms) if perm is not None]
     if wrap_inputs or wrap_outputs:
         module = litert_torch.to_channel_last_io(module, args=wrap_inputs, outputs=wrap_outputs)
+        # a new module starts in training mode, and litert-torch converts "in training mode"
+        # (its warning) unless the module it is given says eval; the wrapper's own flag only
+        # (eval() would recurse into a .pt2 module, which refuses it)
+        module.training = False
     args = tuple(torch.from_numpy(_as_artifact(x, perm)) for x, perm in zip(model.example_inputs, input_perms))
     float_path = work / "litert_torch.fp32.tflite"
     with quiet():
         # no .eval(): loading left the reference in eval mode, and a torch.export (.pt2) module,
-        # fixed in the mode it was exported in, refuses eval() (the channel-last wrapper holds none)
+        # fixed in the mode it was exported in, refuses eval()
         edge = litert_torch.convert(module, args)
         edge.export(str(float_path))
     converter = f"litert-torch {version('litert-torch')}"
