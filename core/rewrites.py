@@ -153,7 +153,71 @@ def _rewrite_gelu(draft: Draft) -> list[str]:
                 if hasattr(module, "activation_relu_or_gelu"):
                     # else the layer's fused fast path would keep computing erf GELU in eager runs
                     module.activation_relu_or_gelu = 0
-    return replaced + _rewrite_gelu_nodes(draft.module)
+    return replaced + _rewrite_gelu_nodes(draft.module) + _rewrite_gelu_calls(draft)
+
+
+def _rewrite_gelu_calls(draft: Draft) -> list[str]:
+    """GELU called as a function in a module's own ``forward`` (``F.gelu(x)`` written there): no
+    module or attribute to replace, and a GELU in every exported graph. Found by running the model
+    once on its example inputs, watching torch's function calls; then the model's forward runs
+    under :func:`_gelu_calls_as_tanh`'s mode, which every tracer the targets use (torch.export,
+    strict or not, and the TorchScript tracer) records as the ops it computes instead."""
+    import torch
+
+    if not draft.example_inputs:
+        return []
+    mode = _gelu_calls_as_tanh()
+    found: dict[str, None] = {}
+    stack: list[str] = []
+
+    def left(module: Any, args: Any, output: Any) -> None:  # returns None: the output stays
+        stack.pop()
+
+    hooks = []
+    for path, module in draft.module.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, path=path: stack.append(path)))
+        hooks.append(module.register_forward_hook(left))
+    try:
+        with mode(watch=found.setdefault, where=stack), torch.no_grad():
+            draft.module(*[torch.from_numpy(np.asarray(x).astype(d, copy=False)) for x, d in zip(draft.example_inputs, draft.dtypes)])
+    except Exception:  # a model that cannot run here is not one to look into: its modules are rewritten still
+        found.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not found:
+        return []
+    model_class = type(draft.module)
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with mode():
+            return model_class.forward(self, *args, **kwargs)
+
+    # a subclass named as the model's: its state_dict, module paths and repr stay the user's
+    draft.module.__class__ = type(model_class.__name__, (model_class,), {"forward": forward, "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
+    return [f"{path}: F.gelu in forward" if path else "F.gelu in the model's forward" for path in found]
+
+
+@cache
+def _gelu_calls_as_tanh() -> type:
+    """A torch function mode computing every ``F.gelu`` call as :func:`gelu_tanh_as_sigmoid`
+    (and, with ``watch``, naming the module each was called in)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class GeluCallsAsTanh(TorchFunctionMode):
+        def __init__(self, watch: Callable[[str], Any] | None = None, where: Sequence[str] = ()) -> None:
+            super().__init__()
+            self.watch, self.where = watch, where
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is torch.nn.functional.gelu:
+                if self.watch is not None:
+                    self.watch(self.where[-1] if self.where else "")
+                return gelu_tanh_as_sigmoid(args[0])
+            return func(*args, **(kwargs or {}))
+
+    return GeluCallsAsTanh
 
 
 def _rewrite_gelu_nodes(root: Any) -> list[str]:

@@ -275,3 +275,31 @@ def kws_dscnn():
         for _ in range(8):
             model(torch.randn(32, 1, 49, 10, generator=generator))
     return model.eval(), (torch.randn(1, 1, 49, 10, generator=generator),)
+
+
+class _GeluCalledBlock(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+class GeluCalledNet(torch.nn.Module):
+    """GELU called as a function in ``forward`` (in a block's and in the model's own), as
+    transformer and audio code often writes it: no nn.GELU module to find."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Linear(16, 32)
+        self.block = _GeluCalledBlock(32)
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.block(torch.nn.functional.gelu(self.stem(x), approximate="tanh")))
+
+
+def gelu_called():
+    torch.manual_seed(0)
+    return GeluCalledNet().eval(), (torch.randn(1, 16),)

@@ -22,7 +22,7 @@ from edgex.core.types import Artifact, ArtifactIO, BackendStatus, ConversionResu
 from edgex.plugins import hookimpl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import lstm_long, token_classifier, vit_tiny  # noqa: E402  (tests/models.py: the shared test models)
+from models import gelu_called, lstm_long, token_classifier, vit_tiny  # noqa: E402  (tests/models.py: the shared test models)
 
 
 def hard_activations_net():
@@ -78,6 +78,22 @@ def test_gelu_modules_and_transformers_gelu_activation_are_found():
     transformers = pytest.importorskip("transformers")
     activation = transformers.activations.GELUActivation()
     assert gelu.apply(rewrites.Draft(nn.Sequential(activation), ["float32"], ["x"])) == ["0.act"]
+
+
+def test_gelu_called_in_forward_is_rewritten_in_every_trace():
+    """F.gelu written in a forward is neither a module nor an attribute: found by a run, named by
+    the module it was called in, and computed as the tanh form in eager runs and in the graphs
+    torch.export and the TorchScript tracer record. The user's model is untouched."""
+    model, result = rewritten(gelu_called, ("gelu",))
+    (entry,) = result.entries
+    assert entry["status"] == "applied" and 0 < entry["drift"] <= rewrites.APPROXIMATE_BOUND
+    assert entry["replaced"] == ["F.gelu in the model's forward", "block: F.gelu in forward"]
+    module, example = result.model.module, tuple(torch.from_numpy(x) for x in model.example_inputs)
+    assert type(module).__name__ == "GeluCalledNet" and module.state_dict().keys() == model.module.state_dict().keys()
+    exported = torch.export.export(module, example)
+    assert not [n for n in exported.graph.nodes if "gelu" in str(n.target)]
+    assert "sigmoid" in str(torch.jit.trace(module, example).graph) and "gelu" not in str(torch.jit.trace(module, example).graph)
+    assert [n for n in torch.export.export(model.module, example).graph.nodes if "gelu" in str(n.target)], "the user's model keeps its GELU"
 
 
 def test_gelu_nodes_of_a_pt2_program_are_rewritten(tmp_path):
@@ -344,6 +360,17 @@ def test_a_vit_passes_on_mcu_and_coral_with_rewrites(tmp_path):
         assert applied["gelu-tanh"]["count"] == 1 and applied["gelu-tanh"]["drift"] <= 1e-4
     operators = {op["op"] for op in report.targets["mcu"].details["operators"]}
     assert "GELU" not in operators and "LOGISTIC" in operators
+
+
+@pytest.mark.slow
+def test_gelu_called_in_forward_passes_on_mcu(tmp_path):
+    """TFLM has no GELU kernel: a GELU called as a function was an exit 3 ("no kernel for GELU")."""
+    pytest.importorskip("tflite_micro")
+    module, example = gelu_called()
+    model = load_model("gelu-called", module=module, example_inputs=list(example))
+    row = pipeline.convert(PluginManager(), model, make_settings(targets=("mcu",), samples=8), tmp_path / "out").targets["mcu"]
+    assert row.status == "passed", row.messages
+    assert "GELU" not in {op["op"] for op in row.details["operators"]}
 
 
 def token_ids(tmp_path, vocab, rows=64):
