@@ -39,6 +39,7 @@ GAPS = {
     "int64-inputs": "takes int32, not int64, integer inputs (token ids)",
     "lstm": "its converter's unrolled nn.LSTM has ops the runtime cannot take: a concatenation of more "
     "inputs than TFLM allows (10), fully-connected layers over the whole sequence (the Edge TPU's are one-dimensional)",
+    "transpose-6d": "its TRANSPOSE takes at most 5 dimensions (window attention's partition and merge take 6)",
     "oversized-pool": "pads a pooling window larger than its input up to the window (int8: the sum divided by the "
     "window's area rounds to zero)",
 }
@@ -158,15 +159,20 @@ def _rewrite_gelu(draft: Draft) -> list[str]:
 
 def _rewrite_gelu_calls(draft: Draft) -> list[str]:
     """GELU called as a function in a module's own ``forward`` (``F.gelu(x)`` written there): no
-    module or attribute to replace, and a GELU in every exported graph. Found by running the model
-    once on its example inputs, watching torch's function calls; then the model's forward runs
-    under :func:`_gelu_calls_as_tanh`'s mode, which every tracer the targets use (torch.export,
-    strict or not, and the TorchScript tracer) records as the ops it computes instead."""
+    module or attribute to replace, and a GELU in every exported graph."""
+    return _rewrite_calls(draft, _function_rewrites()(gelu=True))
+
+
+def _rewrite_calls(draft: Draft, mode: Any) -> list[str]:
+    """Calls a ``forward`` makes that ``mode`` (a :func:`_function_rewrites` mode) computes
+    otherwise. Found by running the model once on its example inputs with the mode watching;
+    then the model's ``forward`` runs under the mode, which every tracer the targets use
+    (torch.export, strict or not, and the TorchScript tracer) records as the ops it computes
+    instead. Returns ``"<module path>.forward"`` per module a call was made in."""
     import torch
 
     if not draft.example_inputs:
         return []
-    mode = _gelu_calls_as_tanh()
     found: dict[str, None] = {}
     stack: list[str] = []
 
@@ -177,12 +183,14 @@ def _rewrite_gelu_calls(draft: Draft) -> list[str]:
     for path, module in draft.module.named_modules():
         hooks.append(module.register_forward_pre_hook(lambda m, a, path=path: stack.append(path)))
         hooks.append(module.register_forward_hook(left))
+    mode.watching = lambda: found.setdefault(stack[-1] if stack else "")
     try:
-        with mode(watch=found.setdefault, where=stack), torch.no_grad():
+        with mode, torch.no_grad():
             draft.module(*[torch.from_numpy(np.asarray(x).astype(d, copy=False)) for x, d in zip(draft.example_inputs, draft.dtypes)])
     except Exception:  # a model that cannot run here is not one to look into: its modules are rewritten still
         found.clear()
     finally:
+        mode.watching = None
         for hook in hooks:
             hook.remove()
     if not found:
@@ -190,34 +198,93 @@ def _rewrite_gelu_calls(draft: Draft) -> list[str]:
     model_class = type(draft.module)
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with mode():
+        with mode:
             return model_class.forward(self, *args, **kwargs)
 
     # a subclass named as the model's: its state_dict, module paths and repr stay the user's
     draft.module.__class__ = type(model_class.__name__, (model_class,), {"forward": forward, "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
-    return [f"{path}: F.gelu in forward" if path else "F.gelu in the model's forward" for path in found]
+    return [f"{path}.forward" if path else "forward" for path in found]
+
+
+def low_rank_permutation(shape: Sequence[int], dims: Sequence[int], most: int = 5) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The transpose of a ``shape`` tensor by ``dims`` done on at most ``most`` dimensions: (the
+    shape to reshape it to first, the permutation of that); None where it needs more. Size-1
+    dimensions go (they move no data), and dimensions that stay neighbours, in the same order,
+    are merged: a Swin window partition, (0, 1, 3, 2, 4, 5) of (1, 2, 4, 2, 4, C), is (0, 2, 1, 3)
+    of (2, 4, 2, 4·C)."""
+    index = {d: k for k, d in enumerate(d for d in range(len(shape)) if shape[d] != 1)}
+    kept = [index[d] for d in dims if shape[d] != 1]
+    sizes = [shape[d] for d in range(len(shape)) if shape[d] != 1]
+    runs: list[list[int]] = []
+    for d in kept:
+        if runs and d == runs[-1][-1] + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    if not runs:
+        return (1,), (0,)
+    if len(runs) > most:
+        return None
+    in_order = sorted(runs, key=lambda run: run[0])
+    return tuple(math.prod(sizes[d] for d in run) for run in in_order), tuple(in_order.index(run) for run in runs)
 
 
 @cache
-def _gelu_calls_as_tanh() -> type:
-    """A torch function mode computing every ``F.gelu`` call as :func:`gelu_tanh_as_sigmoid`
-    (and, with ``watch``, naming the module each was called in)."""
+def _function_rewrites() -> type:
+    """A torch function mode computing some calls otherwise: ``gelu``, every ``F.gelu`` as
+    :func:`gelu_tanh_as_sigmoid`; ``transposes``, a permute or transpose of more than 5
+    dimensions as reshapes around one of at most 5 (:func:`low_rank_permutation`). While its
+    ``watching`` is set, each call it changes is reported to it."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    class GeluCallsAsTanh(TorchFunctionMode):
-        def __init__(self, watch: Callable[[str], Any] | None = None, where: Sequence[str] = ()) -> None:
+    permutes = (torch.Tensor.permute, torch.permute)
+    transposes = (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapaxes, torch.swapaxes)
+
+    class FunctionRewrites(TorchFunctionMode):
+        def __init__(self, gelu: bool = False, transposes: bool = False) -> None:
             super().__init__()
-            self.watch, self.where = watch, where
+            self.gelu, self.transposes = gelu, transposes
+            self.watching: Callable[[], Any] | None = None
+
+        def _lowered(self, x: Any, dims: Sequence[int]) -> Any:
+            dims = [d % x.dim() for d in dims]
+            plan = low_rank_permutation(tuple(x.shape), dims)
+            if plan is None:
+                return None
+            if self.watching is not None:
+                self.watching()
+            merged, order = plan
+            return x.reshape(merged).permute(order).reshape([x.shape[d] for d in dims])
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            if func is torch.nn.functional.gelu:
-                if self.watch is not None:
-                    self.watch(self.where[-1] if self.where else "")
+            kwargs = kwargs or {}
+            if self.gelu and func is torch.nn.functional.gelu:
+                if self.watching is not None:
+                    self.watching()
                 return gelu_tanh_as_sigmoid(args[0])
-            return func(*args, **(kwargs or {}))
+            if self.transposes and (func in permutes or func in transposes) and isinstance(args[0], torch.Tensor) and args[0].dim() > 5:
+                x = args[0]
+                if func in permutes:
+                    given = kwargs.get("dims", args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
+                    dims = list(given)
+                else:
+                    first, second = (list(args[1:3]) + [kwargs.get("dim0"), kwargs.get("dim1")][len(args[1:3]):])[:2]
+                    dims = list(range(x.dim()))
+                    dims[first], dims[second] = dims[second], dims[first]
+                lowered = self._lowered(x, dims)
+                if lowered is not None:
+                    return lowered
+            return func(*args, **kwargs)
 
-    return GeluCallsAsTanh
+    return FunctionRewrites
+
+
+def _rewrite_high_rank_transposes(draft: Draft) -> list[str]:
+    """A permute of 6 or more dimensions (window attention's partition and merge): TFLM's
+    TRANSPOSE takes at most 5. The same data movement as reshapes around a transpose of at most
+    5 dimensions (exact)."""
+    return _rewrite_calls(draft, _function_rewrites()(transposes=True))
 
 
 def _rewrite_gelu_nodes(root: Any) -> list[str]:
@@ -488,6 +555,7 @@ REWRITES: tuple[Rewrite, ...] = (
     ),
     Rewrite("global-pool", "oversized-pool", "a pooling window larger than its input (ceil_mode) as the global mean / max it computes", _rewrite_oversized_pools),
     Rewrite("hard-activations-relu6", "hardswish", "hardswish as (x/6)*relu6(x+3) and hardsigmoid as relu6(x+3)/6", _rewrite_hard_activations),
+    Rewrite("transpose-5d", "transpose-6d", "a transpose of more than 5 dimensions as reshapes around one of at most 5 (size-1 dimensions dropped, neighbours merged)", _rewrite_high_rank_transposes),
     Rewrite(
         "gelu-tanh", "gelu",
         f"GELU as its tanh form x*sigmoid(2*sqrt(2/pi)*(x+0.044715x^3)) (at most {GELU_TANH_MAX_ABS:g} from erf GELU per element)",

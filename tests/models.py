@@ -303,3 +303,29 @@ class GeluCalledNet(torch.nn.Module):
 def gelu_called():
     torch.manual_seed(0)
     return GeluCalledNet().eval(), (torch.randn(1, 16),)
+
+
+class WindowMixer(torch.nn.Module):
+    """Swin-style window partition and merge (6-D views and transposes) around a per-window
+    layer with a GELU called as a function: what LiteRT runs and TFLM refuses (its TRANSPOSE
+    takes at most 5 dimensions; it has no GELU kernel)."""
+
+    def __init__(self, size: int = 8, window: int = 4, channels: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.size, self.window, self.channels = size, window, channels
+        self.embed = torch.nn.Conv2d(3, channels, 1)
+        self.mix = torch.nn.Linear(channels, channels)
+        self.head = torch.nn.Linear(size * size * channels, classes)
+
+    def forward(self, x):
+        b, s, w, c = x.shape[0], self.size, self.window, self.channels
+        x = self.embed(x).permute(0, 2, 3, 1)  # B, H, W, C
+        windows = x.reshape(b, s // w, w, s // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+        windows = windows + torch.nn.functional.gelu(self.mix(windows))
+        x = windows.reshape(b, s // w, s // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, s * s * c)
+        return self.head(x)
+
+
+def window_mixer():
+    torch.manual_seed(0)
+    return WindowMixer().eval(), (torch.randn(1, 3, 8, 8),)

@@ -72,7 +72,7 @@ TARGETS = (
             TargetOption("array_name", "name of the C array holding the model (default g_model)", str, DEFAULT_ARRAY_NAME),
         ),
         accepts=("torch", "onnx"),
-        lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "lstm"),
+        lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "lstm", "transpose-6d"),
     ),
 )
 
