@@ -183,6 +183,7 @@ def explain(
     example_inputs: Any = None,
     input_shapes: Sequence[Sequence[int]] | None = None,
     precision: str | None = None,
+    calibration: Any = None,
     samples: int | None = None,
     seed: int | None = None,
     atol: float | None = None,
@@ -195,10 +196,12 @@ def explain(
     ``out/explain.json`` and returns the :class:`ExplainReport` (its ``to_json()`` is explain.json).
 
     ``samples`` defaults to 8 (every intermediate tensor of each comes back); ``atol``/``rtol``
-    replace the outputs' tolerance only, each layer keeps its own.
+    replace the outputs' tolerance only, each layer keeps its own. ``calibration``: what an int8
+    artifact was quantized with; the per-layer int8 sensitivity is measured on edgex's simulation
+    calibrated on it.
     """
     model = load_model(reference, example_inputs=example_inputs, input_shapes=input_shapes)
-    resolved = make_settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), precision=precision, samples=samples, seed=seed, atol=atol, rtol=rtol)
+    resolved = make_settings(settings or ConvertSettings(samples=DEFAULT_SAMPLES), precision=precision, calibration=calibration, samples=samples, seed=seed, atol=atol, rtol=rtol)
     return _explain(plugins or plugin_manager(), Path(artifact), model, resolved, Path(out), target=target, overwrite=overwrite)
 
 

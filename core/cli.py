@@ -355,7 +355,7 @@ def cmd_explain(args: argparse.Namespace, manager: PluginManager) -> int:
     from edgex.core.report import dumps
 
     model = _load(args, args.reference)
-    settings = _settings(args, precision=_quantize(args.quantize))
+    settings = _settings(args, precision=_quantize(args.quantize), calibration=args.calibration)
     report = explain(manager, args.artifact, model, settings, args.out, target=args.target, overwrite=args.overwrite)
     if args.json:
         print(dumps(report.to_json()))
@@ -480,6 +480,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
 
     p = sub.add_parser("explain", help="find the layer where an artifact parts ways with its reference model", epilog=EPILOG)
     _add_artifact_arguments(p, "the torch model the artifact must match (a MODEL spec)")
+    p.add_argument("--calibration", type=Path, metavar="FILE|DIR", help="the calibration data an int8 artifact was quantized with: the per-layer int8 sensitivity is measured on edgex's simulation calibrated on it")
     _add_parity_options(p, samples=8, eval_data=False)
     _add_target_options(p, manager)
     p.add_argument("--out", type=Path, default=Path("edgex-out"), metavar="DIR", help="output folder for explain.json (default ./edgex-out); nothing is written outside it")

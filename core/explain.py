@@ -33,10 +33,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgex.core import layout, parity
-from edgex.core.data import resolve_inputs
+from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import match_outputs
 from edgex.core.plugin_manager import PluginManager
+from edgex.core.quant_reference import SENSITIVITY_SAMPLES, describe_sensitivity
 from edgex.core.report import model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import explain_page
 from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, owned_out, resolve_artifact, sandboxed
@@ -379,6 +380,9 @@ class ExplainReport:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     #: module paths the artifact names that the reference does not have
     foreign_modules: list[str] = field(default_factory=list)
+    #: an int8 artifact: which layers int8 costs most in edgex's simulation (``layer_sensitivity``),
+    #: or why there is none (a str)
+    sensitivity: dict[str, Any] | str | None = None
 
     @property
     def matched(self) -> list[LayerResult]:
@@ -473,6 +477,7 @@ class ExplainReport:
             "first_flagged": flagged.module if flagged else None,
             "suspects": [layer.module for layer in self.suspects],
             "largest_sqnr_drop": {"module": drop[0].module, "db": drop[1]} if drop else None,
+            **({"int8_sensitivity": self.sensitivity} if self.sensitivity is not None else {}),
             "verdict": self.verdict(),
             "exit_code": self.exit_code,
         }
@@ -520,6 +525,10 @@ def render(report: ExplainReport) -> str:
             lines.append(f"not compared ({_SKIP_REASONS.get(why, why)}): {', '.join(paths[:6])}{f' and {len(paths) - 6} more' if len(paths) > 6 else ''}")
     if report.foreign_modules and not any(layer.matched and layer.op != "output" for layer in report.layers):
         lines.append(f"the artifact names modules the reference does not have ({', '.join(report.foreign_modules[:4])}): is it the right reference?")
+    if isinstance(report.sensitivity, dict):
+        lines.append(f"int8: {describe_sensitivity(report.sensitivity)}")
+    elif report.sensitivity:
+        lines.append(f"int8: no per-layer sensitivity: {report.sensitivity}")
     o = report.outputs
     lines.append(
         f"outputs: {'passed' if o.passed else 'FAILED'} parity (max |error| {o.max_abs:.3g}, tolerance {o.tolerance.atol:.3g}, SQNR {o.sqnr_db:.1f} dB)"
@@ -529,6 +538,29 @@ def render(report: ExplainReport) -> str:
 
 
 # --------------------------------------------------------------------------- running
+
+
+def _int8_sensitivity(model: ReferenceModel, inputs: RunInputs, io: ArtifactIO, reference: Sequence[Sequence[np.ndarray]]) -> dict[str, Any] | str:
+    """Which layers int8 costs most in edgex's simulation, calibrated on ``--calibration`` (else
+    the parity inputs, when they are real), quantizing as the artifact says; or why not."""
+    from edgex.core.quant_reference import CannotSimulate, calibrate, layer_sensitivity
+
+    if inputs.calibration is not None:
+        calibration = list(inputs.calibration_batches or ())
+    elif not inputs.parity_synthetic:
+        calibration = list(inputs.parity)
+    else:
+        return "pass --calibration (the data the artifact was quantized with)"
+    quantization = io.quantization or {}
+    try:
+        calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", quantization.get("recurrent"))
+        return layer_sensitivity(
+            calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), list(reference[:SENSITIVITY_SAMPLES]),
+            weight_bits=int(quantization.get("weight_bits", 8)), symmetric_activations=bool(quantization.get("symmetric_activations", False)),
+            on_input_grid=tuple(quantization.get("on_input_grid", ())),
+        )
+    except CannotSimulate as exc:
+        return exc.message
 
 
 @dataclass(frozen=True)
@@ -622,6 +654,7 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
         except ValueError as exc:
             raise TargetError(f"cannot compare the traced artifact: {exc}") from exc
 
+        sensitivity = _int8_sensitivity(model, inputs, io, outputs_only) if io.precision == "int8" else None
         known = {r.path for r in runs}
         foreign = sorted({m for t in traced.traces[0].tensors for m in t.modules if m and m not in known})
         skipped: dict[str, list[str]] = {}
@@ -640,6 +673,7 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
             layers=results,
             skipped=skipped,
             foreign_modules=foreign,
+            sensitivity=sensitivity,
         )
         with observed(manager, "report"):
             data = report.to_json()

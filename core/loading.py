@@ -435,12 +435,12 @@ def _probe(module: Any, arrays: Sequence[np.ndarray]) -> list[str]:
     return names
 
 
-def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
-    """Multiply-accumulates of one forward pass (torch's FLOP formulas / 2), ``None`` if uncountable.
+def mac_counter() -> Any:
+    """A torch dispatch mode adding up torch's FLOP formulas (``flop_registry``) of the ops run
+    inside it, in ``flops`` (MACs: flops // 2).
 
-    Counted by a dispatch mode of our own over torch's formulas (``flop_registry``), not
-    ``FlopCounterMode``: torch wraps that mode in dynamo's ``disable``, whose first use imports
-    torch._dynamo (1.3 s here), and its module tracking is not needed for a total.
+    Not ``FlopCounterMode``: torch wraps that mode in dynamo's ``disable``, whose first use
+    imports torch._dynamo (1.3 s here), and its module tracking is not needed for a total.
     """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -466,7 +466,15 @@ def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
                 self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
             return out
 
-    counter = Macs()
+    return Macs()
+
+
+def count_macs(module: Any, example_inputs: Sequence[np.ndarray]) -> int | None:
+    """Multiply-accumulates of one forward pass (torch's FLOP formulas / 2, :func:`mac_counter`),
+    ``None`` if uncountable."""
+    import torch
+
+    counter = mac_counter()
     # the fused transformer fast path is one opaque op the counter does not see
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)

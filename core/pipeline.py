@@ -30,13 +30,13 @@ from edgex.core import layout, parity, resources
 from edgex.core.cache import CachedResult, ResultCache, array_digest, cache_key, restore, row_from_json, run_identity
 from edgex.core.compression import compress_reference, drift
 from edgex.core.data import RunInputs, resolve_inputs
-from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model
+from edgex.core.errors import EdgexError, TargetError, UsageError, is_unsupported_model, one_line
 from edgex.core.exports import ExportStore
 from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SimulatedReference, calibrate, describe_flags, simulate, simulated_floor, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -124,6 +124,12 @@ _WEAKER = {
 }
 
 
+#: below this SQNR of edgex's own int8 simulation, int8 itself barely carries the model: the
+#: report lists the layers it costs most (``layer_sensitivity``), kept this many deep in report.json
+SENSITIVITY_BELOW_DB = 20.0
+SENSITIVITY_LAYERS_KEPT = 20
+
+
 class Reference:
     """The reference's side of every verdict in a run, computed once and shared by its targets:
     its outputs on the parity and eval inputs, its float noise floor, whether it can judge at
@@ -143,6 +149,7 @@ class Reference:
         self._simulated: dict[tuple[Any, ...], tuple[SimulatedReference | None, str]] = {}
         self._calibrated: dict[tuple[Any, ...], tuple[Calibration | str, str]] = {}
         self._floors: dict[tuple[Any, ...], tuple[float, float] | None] = {}
+        self._sensitivity: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
         """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
@@ -221,6 +228,25 @@ class Reference:
                 found = simulated_floor(module, model.example_inputs, (), batches, reference, activation_bits, on_input_grid, calibrated.recurrent, calibrated=calibrated)
             self._floors[key] = found
         return self._floors[key]
+
+    def sensitivity(self, quantization: Mapping[str, Any] | None, rewritten: Rewritten | None) -> dict[str, Any] | None:
+        """Per-layer int8 sensitivity (``layer_sensitivity``, leave-out) in the simulation of the
+        model as ``rewritten``, quantizing as the artifact says, on the first
+        SENSITIVITY_SAMPLES parity inputs; None where there is no simulation. Once per key."""
+        quantization = quantization or {}
+        applied = rewritten.applied() if rewritten is not None else ()
+        calibrated, _ = self.calibrated("int8", rewritten, quantization.get("recurrent"))
+        if isinstance(calibrated, str):
+            return None
+        options = {"weight_bits": int(quantization.get("weight_bits", 8)), "symmetric_activations": bool(quantization.get("symmetric_activations", False)), "on_input_grid": tuple(sorted(quantization.get("on_input_grid", ())))}
+        key = (applied, calibrated.recurrent, *options.values())
+        if key not in self._sensitivity:
+            batches = list(self.inputs.parity[:SENSITIVITY_SAMPLES])
+            reference = self.outputs[:SENSITIVITY_SAMPLES]
+            if applied:
+                batches = list(rewritten.cast(batches) or ())
+            self._sensitivity[key] = layer_sensitivity(calibrated, batches, reference, **options)
+        return self._sensitivity[key]
 
     def calibrated(self, scheme: str, rewritten: Rewritten | None = None, recurrent: str | None = None) -> tuple[Calibration | str, str]:
         """The export and activation ranges every ``scheme`` simulation of the model (as
@@ -452,6 +478,7 @@ class TargetRun:
                     row.details["fp16_reference" if io.precision == "fp16" else "int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
                     if flags := describe_flags(simulated.ranges):
                         row.messages.append(flags)
+                    self._sensitivity(row, reference, simulated, io)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
         except UsageError:
             self._end_stage("error")
@@ -475,6 +502,23 @@ class TargetRun:
             row.messages.append(f"inconclusive: {reference.vacuous}; {VACUOUS_HINT}")
         self._end_stage(row.status)
         return row, outcome
+
+    def _sensitivity(self, row: TargetReport, reference: Reference, simulated: SimulatedReference, io: ArtifactIO) -> None:
+        """Where int8 itself barely carries the model (its simulation below SENSITIVITY_BELOW_DB),
+        which layers cost it most: the report lists them, by module, with their share of MACs."""
+        if io.precision != "int8" or simulated.activation_bits != 8:
+            return
+        sqnr_sim = min(parity.output_error(reference.outputs, simulated.outputs, i)[1] for i in range(len(reference.outputs[0])))
+        if not sqnr_sim < SENSITIVITY_BELOW_DB:
+            return
+        try:
+            found = reference.sensitivity(io.quantization, self.simulated_from())
+        except Exception as exc:  # a diagnosis, not the verdict: say why it is missing
+            row.messages.append(f"no per-layer int8 sensitivity: {one_line(exc)}")
+            return
+        if found is not None:
+            row.details["int8_sensitivity"] = {**found, "layers": found["layers"][:SENSITIVITY_LAYERS_KEPT]}
+            row.messages.append(f"int8 reaches only {sqnr_sim:.1f} dB even in edgex's simulation; {describe_sensitivity(found)}")
 
     def _judge_fp16(self, row: TargetReport, reference: Reference) -> None:
         """An fp16 pass also needs the reference's activations inside fp16's range: a backend

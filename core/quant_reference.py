@@ -34,10 +34,11 @@ that declares none gets :class:`CannotSimulate`, naming the op. (A target that c
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -388,7 +389,7 @@ def _unroll_recurrent(exported: Any) -> tuple[Any, int]:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False, dynamic_inputs: bool = False) -> Any:
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False, dynamic_inputs: bool = False, wider: frozenset[Any] = frozenset()) -> Any:
     # ops whose int8 output the artifact keeps on its input's grid (ArtifactIO.quantization): an
     # average pool of 120 positions then uses ~19 of the 256 steps, which a simulation on the
     # pool's own narrow range does not see (a keyword-spotting CNN simulated 4.9 dB better than
@@ -417,6 +418,15 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             #: per conv/linear: the shift bias correction added to its bias (:func:`_correct_biases`)
             self.bias_shifts: dict[Any, Any] = {}
             self.float_weights: set[Any] = set()
+            #: per quantized node, (signal, noise) energy its own quantization adds: with
+            #: ``noise`` set (:func:`layer_sensitivity`'s pre-ranking), None elsewhere
+            self.noise: dict[Any, list[float]] | None = None
+
+        def _note(self, node: Any, exact: Any, quantized: Any) -> None:
+            if self.noise is not None:
+                seen = self.noise.setdefault(node, [0.0, 0.0])
+                seen[0] += float((exact.double() ** 2).sum())
+                seen[1] += float(((quantized.double() - exact.double()) ** 2).sum())
 
         def _weights(self, node: Any, weight: Any, bias: Any) -> tuple[Any, Any]:
             if node in self.weights:
@@ -433,13 +443,14 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 weight, bias = to_fp16(weight), to_fp16(bias)
             # a weight of at most float_weights_up_to elements stays float: Core ML's compression
             # leaves tensors of 2048 elements or fewer dense (its weight_threshold)
-            elif not self.calibrating and weight.numel() <= float_weights_up_to:
+            elif not self.calibrating and (weight.numel() <= float_weights_up_to or node in wider):
                 self.float_weights.add(node)
             elif not self.calibrating:
                 if palettize_bits:
                     weight = fake_palettize_weight(weight, palettize_bits)
                 else:
-                    weight = fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
+                    exact, weight = weight, fake_quant_weight(weight, plan.weight_axis[node], weight_bits)
+                    self._note(node, exact, weight)
             cached = (weight, bias)
             if _constant(node.args[1]) and not self.calibrating:
                 self.weights[node] = cached
@@ -476,7 +487,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                     result = result + _on_channels(self.bias_shifts[node], result, node)
             else:
                 result = super().run_node(node)
-            if scheme == "int8" and (node in plan.points or node in plan.inputs) and node not in unquantized:
+            if scheme == "int8" and (node in plan.points or node in plan.inputs) and node not in unquantized and (self.calibrating or node not in wider):
                 result = self._observe_or_quantize(node, result)
             elif scheme == "fp16" and not self.calibrating and node.op != "output":
                 result = tree_map(to_fp16, result)  # every value an fp16 backend stores: inputs, constants, op outputs
@@ -502,7 +513,9 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             counts = self.outside.setdefault(node, [0, 0])
             counts[0] += int(((value < low - half_step) | (value > high + half_step)).sum())
             counts[1] += value.numel()
-            return fake_quant_activation(value, low, high, symmetric_activations, activation_bits)
+            quantized = fake_quant_activation(value, low, high, symmetric_activations, activation_bits)
+            self._note(node, value, quantized)
+            return quantized
 
     return Simulator()
 
@@ -811,6 +824,125 @@ def simulated_floor(
         return None
     sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))
     return simulated_sqnr_floor("int8", sqnr_sim), sqnr_sim
+
+
+# --------------------------------------------------------------------------- per-layer sensitivity
+
+#: how many layers a report lists, most sensitive first
+SENSITIVE_LAYERS_LISTED = 5
+#: parity inputs the sensitivity is measured on (each layer costs one more simulated pass over them)
+SENSITIVITY_SAMPLES = 4
+#: at most this many layers are measured (one pass each), the noisiest by their own quantization
+SENSITIVITY_CANDIDATES = 24
+
+
+def layer_sensitivity(
+    calibrated: Calibration,
+    batches: Sequence[tuple[np.ndarray, ...]],
+    reference: Outputs,
+    *,
+    method: str = "leave-out",
+    candidates: int = SENSITIVITY_CANDIDATES,
+    weight_bits: int = 8,
+    symmetric_activations: bool = False,
+    on_input_grid: Iterable[str] = (),
+) -> dict[str, Any]:
+    """How much SQNR each layer's int8 quantization costs in edgex's own simulation, on
+    ``batches`` against ``reference`` (the torch outputs there), the worst output's.
+
+    A layer is a torch module: the innermost module of each quantized op (its weights and its
+    output; the model's inputs are the layer ``input``). ``leave-out``: every layer quantized but
+    that one, kept float; its ``gain_db`` is what keeping it wider buys over full int8, measured
+    with every other layer's noise present, as keeping it wider would leave them. ``alone``: that
+    layer the only one quantized; ``cost_db`` is its SQNR alone (lower: more sensitive). Each
+    layer is one more pass over ``batches``: of a model with more than ``candidates`` layers, only
+    the ``candidates`` whose own quantization leaves their tensors the lowest SQNR (``local_db``,
+    from the full-int8 pass) are measured. Returns the full-int8 SQNR and the layers measured,
+    most sensitive first, with their share of the model's multiply-accumulates."""
+    from edgex.core.parity import output_error
+
+    if method not in ("leave-out", "alone"):
+        raise UsageError(f"no sensitivity method {method!r}; methods: leave-out, alone")
+    graph_module, plan = calibrated.graph_module, calibrated.plan
+    groups: dict[str, set[Any]] = {}
+    for node in (*plan.inputs, *plan.points, *plan.weight_axis):
+        groups.setdefault(_module_of(node) or "(model)", set()).add(node)
+    everything = frozenset().union(*groups.values()) if groups else frozenset()
+
+    def sqnr(wider: frozenset[Any], noise: dict[Any, list[float]] | None = None) -> float:
+        simulator = _make_interpreter(graph_module, plan, "int8", weight_bits, symmetric_activations, None, 8, on_input_grid, wider=wider)
+        simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk
+        simulator.calibrating = False
+        simulator.noise = noise
+        outputs = _run(simulator, batches)
+        return min(output_error(reference, outputs, index)[1] for index in range(len(reference[0])))
+
+    start = time.perf_counter()
+    noise: dict[Any, list[float]] = {}
+    full = sqnr(frozenset(), noise)
+    macs = _macs_per_module(graph_module, batches[0])
+    total = sum(macs.values()) or 1
+
+    def local_db(nodes: set[Any]) -> float:  # the worst SQNR a layer's own quantization leaves its tensors
+        return min((10 * math.log10(max(s, 1e-300) / n) if n > 0 else math.inf for s, n in (noise[node] for node in nodes if node in noise)), default=math.inf)
+
+    # beyond `candidates` layers, only the noisiest by their own quantization are measured
+    measured_groups = sorted(groups, key=lambda module: local_db(groups[module]))[:candidates]
+    layers = []
+    for module in measured_groups:
+        nodes = groups[module]
+        measured = sqnr(frozenset(nodes) if method == "leave-out" else everything - nodes)
+        layer = {"module": module, "macs_share": round(macs.get(module, 0) / total, 4)}
+        if method == "leave-out":
+            layer["gain_db"] = round(measured - full, 2) if math.isfinite(measured) else measured
+        else:
+            layer["cost_db"] = round(measured, 2) if math.isfinite(measured) else measured
+        layer["local_db"] = round(local_db(nodes), 2) if math.isfinite(local_db(nodes)) else None
+        layers.append(layer)
+    layers.sort(key=lambda layer: -layer["gain_db"] if method == "leave-out" else layer["cost_db"])
+    return {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers,
+            "layers_total": len(groups), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _macs_per_module(graph_module: Any, batch: tuple[np.ndarray, ...]) -> dict[str, int]:
+    """Multiply-accumulates of one float pass of the exported graph, per innermost module."""
+    import torch
+
+    from edgex.core.loading import mac_counter
+
+    counter = mac_counter()
+    macs: dict[str, int] = {}
+
+    class Counting(torch.fx.Interpreter):
+        def run_node(self, node: Any) -> Any:
+            before = counter.flops
+            with counter:
+                result = super().run_node(node)
+            if counter.flops != before:
+                module = _module_of(node) or "(model)"
+                macs[module] = macs.get(module, 0) + (counter.flops - before) // 2
+            return result
+
+    try:
+        with torch.no_grad():
+            Counting(graph_module).run(*[torch.from_numpy(np.ascontiguousarray(a)) for a in batch])
+    except Exception:  # an op the counter cannot count: shares unknown, not a failed sensitivity
+        return {}
+    return macs
+
+
+def describe_sensitivity(sensitivity: Mapping[str, Any], listed: int = SENSITIVE_LAYERS_LISTED) -> str:
+    """The most sensitive layers in one line: those whose keeping float gains at least 0.1 dB
+    (leave-out), or the lowest alone (alone)."""
+    where = f"on {sensitivity['samples']} parity inputs, full int8 {sensitivity['sqnr_db']:.1f} dB"
+    if sensitivity["method"] == "alone":
+        parts = [f"{layer['module']} ({layer['cost_db']:.1f} dB alone, {100 * layer['macs_share']:.1f}% of MACs)" for layer in sensitivity["layers"][:listed]]
+        return f"the layers int8 costs most in edgex's simulation ({where}): " + ", ".join(parts)
+    gaining = [layer for layer in sensitivity["layers"] if layer["gain_db"] >= 0.1][:listed]
+    if not gaining:
+        return f"no one layer kept float gains 0.1 dB in edgex's simulation ({where}): the loss is spread over the model"
+    parts = [f"{layer['module']} (+{layer['gain_db']:.1f} dB kept float, {100 * layer['macs_share']:.1f}% of MACs)" for layer in gaining]
+    return f"the layers int8 costs most in edgex's simulation ({where}): " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- calibration diagnostics

@@ -160,6 +160,11 @@ def test_int8_tflite_reports_per_layer_sqnr(digits_int8_tflite, tmp_path):
     conv = next(l for l in matched if l.module == "features.5")
     assert "output scale" in conv.parity.tolerance.source and conv.layout == "NHWC"
     assert report.to_json()["largest_sqnr_drop"]["db"] > 0
+    # per-layer int8 sensitivity in edgex's simulation: every quantized layer, its share of MACs
+    sensitivity = report.to_json()["int8_sensitivity"]
+    assert sensitivity["method"] == "leave-out" and sensitivity["sqnr_db"] > 30
+    shares = {layer["module"]: layer["macs_share"] for layer in sensitivity["layers"]}
+    assert {"features.3", "features.7"} <= set(shares) and sum(shares.values()) == pytest.approx(1, abs=0.01)
 
 
 @pytest.fixture(scope="module")

@@ -247,6 +247,11 @@ def test_16x8_kept_on_mcu_where_no_int8_recipe_reaches_and_never_on_coral(tmp_pa
     assert "symmetric int16" in mcu.details["int8_reference"]["description"]
     assert mcu.parity.sqnr_db > 30
     assert coral.status == "failed"
+    # int8 itself cannot carry the model: the row names the layer it costs most, with its MACs
+    top = coral.details["int8_sensitivity"]["layers"][0]
+    assert top["module"] == "hidden" and top["gain_db"] > 20 and top["macs_share"] > 0.8
+    assert any("even in edgex's simulation" in m and "hidden (+" in m for m in coral.messages), coral.messages
+    assert "int8_sensitivity" not in mcu.details, "a 16x8 artifact is not judged against the int8 simulation"
     assert all(c["recipe"] != "16x8" for c in coral.details["int8_recipe"]["candidates"])
 
     # a planted defect in the 16x8 file itself is caught on TFLM

@@ -323,3 +323,32 @@ def test_an_unrolled_lstm_is_judged_by_its_simulation_and_a_defect_in_it_fails(l
     planted = defects.swap_channels(artifact, tmp_path / "swapped.tflite", layer=0, a=0, b=5).path
     judged = api.validate(planted, reference, target="tflite", out=tmp_path / "validate", samples=8, calibration=calibration).targets["tflite"]
     assert judged.status == "failed" and "simulated int8 reference" in judged.parity.tolerance.source, judged.messages
+
+
+def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
+    """WideRangeFeatures' hidden layer spans two scales 100x apart: int8 leaves its small half a
+    few steps. Kept float, it alone gives back the lost SQNR (leave-out); quantized alone, it
+    alone loses it (alone). The other layers cost nothing measurable; MAC shares add up to 1."""
+    import sys
+    from pathlib import Path
+
+    from edgex.core.quant_reference import calibrate, describe_sensitivity, layer_sensitivity
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import models
+
+    module, example = models.wide_range_features()
+    digits = models.digits_vectors()
+    calibration = [(digits[i : i + 1],) for i in range(64)]
+    batches = [(digits[600 + i : 601 + i],) for i in range(4)]
+    with torch.no_grad():
+        reference = [[o.numpy() for o in module(torch.from_numpy(b[0]))] for b in batches]
+    calibrated = calibrate(module, (example[0].numpy(),), calibration)
+    out = layer_sensitivity(calibrated, batches, reference)
+    assert out["sqnr_db"] < 15 and out["layers"][0]["module"] == "hidden"
+    assert out["layers"][0]["gain_db"] > 20 and all(abs(layer["gain_db"]) < 1 for layer in out["layers"][1:])
+    assert sum(layer["macs_share"] for layer in out["layers"]) == pytest.approx(1, abs=0.01)
+    assert out["layers"][0]["macs_share"] == pytest.approx(64 * 32 / (64 * 32 + 16 * 10 + 16 * 4), abs=0.01)
+    assert "hidden (+" in describe_sensitivity(out) and "head" not in describe_sensitivity(out)
+    alone = layer_sensitivity(calibrated, batches, reference, method="alone")
+    assert alone["layers"][0]["module"] == "hidden" and alone["layers"][0]["cost_db"] < 15 < alone["layers"][1]["cost_db"]
