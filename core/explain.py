@@ -37,7 +37,7 @@ from edgex.core.data import RunInputs, resolve_inputs
 from edgex.core.errors import TargetError, UsageError
 from edgex.core.layout import match_outputs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SENSITIVITY_SAMPLES, describe_sensitivity
+from edgex.core.quant_reference import INT8_CARRIES_DB, SENSITIVITY_SAMPLES, describe_sensitivity
 from edgex.core.report import model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import explain_page
 from edgex.core.runner import IsolatedRun, describe_artifact, judge_outputs, observed, owned_out, resolve_artifact, sandboxed
@@ -555,7 +555,7 @@ def _int8_sensitivity(model: ReferenceModel, inputs: RunInputs, io: ArtifactIO, 
     try:
         calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", quantization.get("recurrent"))
         return layer_sensitivity(
-            calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), list(reference[:SENSITIVITY_SAMPLES]),
+            calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), list(reference[:SENSITIVITY_SAMPLES]), aim_db=INT8_CARRIES_DB,
             weight_bits=int(quantization.get("weight_bits", 8)), symmetric_activations=bool(quantization.get("symmetric_activations", False)),
             on_input_grid=tuple(quantization.get("on_input_grid", ())),
         )

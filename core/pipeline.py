@@ -36,7 +36,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, simulate, simulated_floor, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -124,9 +124,7 @@ _WEAKER = {
 }
 
 
-#: below this SQNR of edgex's own int8 simulation, int8 itself barely carries the model: the
-#: report lists the layers it costs most (``layer_sensitivity``), kept this many deep in report.json
-SENSITIVITY_BELOW_DB = 20.0
+#: report.json keeps this many layers of a row's ``int8_sensitivity``
 SENSITIVITY_LAYERS_KEPT = 20
 
 
@@ -245,7 +243,7 @@ class Reference:
             reference = self.outputs[:SENSITIVITY_SAMPLES]
             if applied:
                 batches = list(rewritten.cast(batches) or ())
-            self._sensitivity[key] = layer_sensitivity(calibrated, batches, reference, **options)
+            self._sensitivity[key] = layer_sensitivity(calibrated, batches, reference, aim_db=INT8_CARRIES_DB, **options)
         return self._sensitivity[key]
 
     def calibrated(self, scheme: str, rewritten: Rewritten | None = None, recurrent: str | None = None) -> tuple[Calibration | str, str]:
@@ -504,12 +502,12 @@ class TargetRun:
         return row, outcome
 
     def _sensitivity(self, row: TargetReport, reference: Reference, simulated: SimulatedReference, io: ArtifactIO) -> None:
-        """Where int8 itself barely carries the model (its simulation below SENSITIVITY_BELOW_DB),
+        """Where int8 itself barely carries the model (its simulation below INT8_CARRIES_DB),
         which layers cost it most: the report lists them, by module, with their share of MACs."""
         if io.precision != "int8" or simulated.activation_bits != 8:
             return
         sqnr_sim = min(parity.output_error(reference.outputs, simulated.outputs, i)[1] for i in range(len(reference.outputs[0])))
-        if not sqnr_sim < SENSITIVITY_BELOW_DB:
+        if not sqnr_sim < INT8_CARRIES_DB:
             return
         try:
             found = reference.sensitivity(io.quantization, self.simulated_from())

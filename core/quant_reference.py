@@ -828,12 +828,18 @@ def simulated_floor(
 
 # --------------------------------------------------------------------------- per-layer sensitivity
 
+#: below this SQNR of the simulation, int8 itself barely carries the model: a report lists the
+#: layers it costs most, and the fewest kept float that bring the simulation up to it
+INT8_CARRIES_DB = 20.0
 #: how many layers a report lists, most sensitive first
 SENSITIVE_LAYERS_LISTED = 5
 #: parity inputs the sensitivity is measured on (each layer costs one more simulated pass over them)
 SENSITIVITY_SAMPLES = 4
 #: at most this many layers are measured (one pass each), the noisiest by their own quantization
 SENSITIVITY_CANDIDATES = 24
+#: the greedy choice of layers kept wider: among the most sensitive this many, at most WIDER_MOST
+WIDER_CANDIDATES = 8
+WIDER_MOST = 4
 
 
 def layer_sensitivity(
@@ -843,6 +849,7 @@ def layer_sensitivity(
     *,
     method: str = "leave-out",
     candidates: int = SENSITIVITY_CANDIDATES,
+    aim_db: float | None = None,
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
@@ -858,7 +865,9 @@ def layer_sensitivity(
     layer is one more pass over ``batches``: of a model with more than ``candidates`` layers, only
     the ``candidates`` whose own quantization leaves their tensors the lowest SQNR (``local_db``,
     from the full-int8 pass) are measured. Returns the full-int8 SQNR and the layers measured,
-    most sensitive first, with their share of the model's multiply-accumulates."""
+    most sensitive first, with their share of the model's multiply-accumulates; with ``aim_db``
+    (leave-out) and full int8 below it, also ``keep_wider``: the fewest layers kept float that
+    reach it in the simulation (:func:`_greedy_wider`)."""
     from edgex.core.parity import output_error
 
     if method not in ("leave-out", "alone"):
@@ -900,8 +909,32 @@ def layer_sensitivity(
         layer["local_db"] = round(local_db(nodes), 2) if math.isfinite(local_db(nodes)) else None
         layers.append(layer)
     layers.sort(key=lambda layer: -layer["gain_db"] if method == "leave-out" else layer["cost_db"])
-    return {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers,
-            "layers_total": len(groups), "seconds": round(time.perf_counter() - start, 2)}
+    found = {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers, "layers_total": len(groups)}
+    if aim_db is not None and method == "leave-out" and full < aim_db:
+        found["keep_wider"] = _greedy_wider(full, aim_db, [layer["module"] for layer in layers[:WIDER_CANDIDATES]], groups, sqnr, macs, total)
+    found["seconds"] = round(time.perf_counter() - start, 2)
+    return found
+
+
+def _greedy_wider(full: float, aim_db: float, candidates: Sequence[str], groups: Mapping[str, set[Any]], sqnr: Any, macs: Mapping[str, int], total: int) -> dict[str, Any]:
+    """The fewest layers kept float that bring the simulation to ``aim_db``: greedy, each step
+    the candidate whose keeping (with those kept before it) reaches the highest SQNR, measured
+    again every step; at most WIDER_MOST layers, and no step that gains under 0.1 dB."""
+    kept: list[str] = []
+    reached = full
+    while reached < aim_db and len(kept) < WIDER_MOST:
+        trials = {c: sqnr(frozenset().union(*(groups[m] for m in (*kept, c)))) for c in candidates if c not in kept}
+        if not trials:
+            break
+        best = max(trials, key=lambda c: trials[c])
+        if not trials[best] >= reached + 0.1:
+            break
+        kept.append(best)
+        reached = trials[best]
+    return {
+        "aim_db": aim_db, "modules": kept, "macs_share": round(sum(macs.get(m, 0) for m in kept) / total, 4),
+        "sqnr_before_db": round(full, 2), "sqnr_db": round(reached, 2) if math.isfinite(reached) else reached, "reached": bool(reached >= aim_db),
+    }
 
 
 def _macs_per_module(graph_module: Any, batch: tuple[np.ndarray, ...]) -> dict[str, int]:
@@ -942,7 +975,13 @@ def describe_sensitivity(sensitivity: Mapping[str, Any], listed: int = SENSITIVE
     if not gaining:
         return f"no one layer kept float gains 0.1 dB in edgex's simulation ({where}): the loss is spread over the model"
     parts = [f"{layer['module']} (+{layer['gain_db']:.1f} dB kept float, {100 * layer['macs_share']:.1f}% of MACs)" for layer in gaining]
-    return f"the layers int8 costs most in edgex's simulation ({where}): " + ", ".join(parts)
+    text = f"the layers int8 costs most in edgex's simulation ({where}): " + ", ".join(parts)
+    wider = sensitivity.get("keep_wider")
+    if wider and wider["modules"]:
+        kept = f"keeping {', '.join(wider['modules'])} float ({100 * wider['macs_share']:.1f}% of MACs)"
+        text += (f"; {kept} reaches {wider['sqnr_db']:.1f} dB there" if wider["reached"]
+                 else f"; even {kept} reaches only {wider['sqnr_db']:.1f} dB there (aim {wider['aim_db']:g} dB)")
+    return text
 
 
 # --------------------------------------------------------------------------- calibration diagnostics

@@ -350,5 +350,10 @@ def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
     assert sum(layer["macs_share"] for layer in out["layers"]) == pytest.approx(1, abs=0.01)
     assert out["layers"][0]["macs_share"] == pytest.approx(64 * 32 / (64 * 32 + 16 * 10 + 16 * 4), abs=0.01)
     assert "hidden (+" in describe_sensitivity(out) and "head" not in describe_sensitivity(out)
+    # the fewest layers kept float that reach 20 dB: hidden alone, re-measured with it kept
+    wider = layer_sensitivity(calibrated, batches, reference, aim_db=20.0)["keep_wider"]
+    assert wider["modules"] == ["hidden"] and wider["reached"] and wider["sqnr_db"] > 40 and wider["macs_share"] > 0.8
+    assert "keeping hidden float (" in describe_sensitivity(layer_sensitivity(calibrated, batches, reference, aim_db=20.0))
+    assert "keep_wider" not in layer_sensitivity(calibrated, batches, reference, aim_db=3.0), "full int8 already reaches the aim"
     alone = layer_sensitivity(calibrated, batches, reference, method="alone")
     assert alone["layers"][0]["module"] == "hidden" and alone["layers"][0]["cost_db"] < 15 < alone["layers"][1]["cost_db"]
