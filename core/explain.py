@@ -342,6 +342,8 @@ class LayerResult:
     layout: str | None = None
     fused: tuple[str, ...] = ()
     parity: parity.ParityReport | None = None
+    #: an int8 artifact: this layer's SQNR in edgex's own int8 simulation (against fp32, as ``parity``)
+    simulated_sqnr_db: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -360,6 +362,8 @@ class LayerResult:
                 "tolerance": p.tolerance.to_json(), "within_tolerance": p.outputs[0].within_tolerance, "passed": p.passed,
             }
         )
+        if self.simulated_sqnr_db is not None:
+            data["simulated_sqnr_db"] = self.simulated_sqnr_db
         return data
 
 
@@ -387,6 +391,18 @@ class ExplainReport:
     @property
     def matched(self) -> list[LayerResult]:
         return [layer for layer in self.layers if layer.matched]
+
+    @property
+    def leaves_simulation(self) -> LayerResult | None:
+        """An int8 artifact: the first matched layer whose SQNR is more than the verdict's margin
+        (SIM_SQNR_MARGIN_DB) below edgex's simulation of that layer: where the converter's
+        quantization, not int8 itself, loses what the simulation shows int8 can carry."""
+        margin = parity.SIM_SQNR_MARGIN_DB["int8"]
+        return next((layer for layer in self.matched if layer.simulated_sqnr_db is not None and layer.parity.sqnr_db < layer.simulated_sqnr_db - margin), None)
+
+    def _left(self) -> dict[str, Any] | None:
+        left = self.leaves_simulation
+        return None if left is None else {"module": left.module, "sqnr_db": left.parity.sqnr_db, "simulated_sqnr_db": left.simulated_sqnr_db}
 
     @property
     def first_flagged(self) -> LayerResult | None:
@@ -478,9 +494,18 @@ class ExplainReport:
             "suspects": [layer.module for layer in self.suspects],
             "largest_sqnr_drop": {"module": drop[0].module, "db": drop[1]} if drop else None,
             **({"int8_sensitivity": self.sensitivity} if self.sensitivity is not None else {}),
+            **({"leaves_simulation": self._left()} if any(layer.simulated_sqnr_db is not None for layer in self.matched) else {}),
             "verdict": self.verdict(),
             "exit_code": self.exit_code,
         }
+
+
+def _left_text(report: ExplainReport) -> str:
+    left = report.leaves_simulation
+    if left is None:
+        return f"every matched layer is within {parity.SIM_SQNR_MARGIN_DB['int8']:g} dB of edgex's int8 simulation of it"
+    return (f"the artifact leaves edgex's int8 simulation at {_label(left)}: SQNR {left.parity.sqnr_db:.1f} dB where the "
+            f"simulation keeps {left.simulated_sqnr_db:.1f} dB (the converter's quantization loses it there, not int8)")
 
 
 def _label(layer: LayerResult) -> str:
@@ -525,6 +550,8 @@ def render(report: ExplainReport) -> str:
             lines.append(f"not compared ({_SKIP_REASONS.get(why, why)}): {', '.join(paths[:6])}{f' and {len(paths) - 6} more' if len(paths) > 6 else ''}")
     if report.foreign_modules and not any(layer.matched and layer.op != "output" for layer in report.layers):
         lines.append(f"the artifact names modules the reference does not have ({', '.join(report.foreign_modules[:4])}): is it the right reference?")
+    if any(layer.simulated_sqnr_db is not None for layer in report.matched):
+        lines.append(f"int8: {_left_text(report)}")
     if isinstance(report.sensitivity, dict):
         lines.append(f"int8: {describe_sensitivity(report.sensitivity)}")
     elif report.sensitivity:
@@ -540,27 +567,40 @@ def render(report: ExplainReport) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def _int8_sensitivity(model: ReferenceModel, inputs: RunInputs, io: ArtifactIO, reference: Sequence[Sequence[np.ndarray]]) -> dict[str, Any] | str:
-    """Which layers int8 costs most in edgex's simulation, calibrated on ``--calibration`` (else
-    the parity inputs, when they are real), quantizing as the artifact says; or why not."""
-    from edgex.core.quant_reference import CannotSimulate, calibrate, layer_sensitivity
+def _int8_simulation(
+    model: ReferenceModel, inputs: RunInputs, io: ArtifactIO, reference: parity.Outputs, layer_index: Mapping[str, int], results: list[LayerResult]
+) -> tuple[dict[str, Any] | str, list[LayerResult]]:
+    """edgex's int8 simulation of the model, calibrated on ``--calibration`` (else the parity
+    inputs, when they are real data), quantizing as the artifact says: which layers int8 costs
+    most (``layer_sensitivity``), and each matched layer's SQNR there; or why there is none."""
+    from edgex.core.quant_reference import CannotSimulate, calibrate, layer_sensitivity, simulated_layers
 
     if inputs.calibration is not None:
         calibration = list(inputs.calibration_batches or ())
     elif not inputs.parity_synthetic:
         calibration = list(inputs.parity)
     else:
-        return "pass --calibration (the data the artifact was quantized with)"
+        return "pass --calibration (the data the artifact was quantized with)", results
     quantization = io.quantization or {}
+    options = {"weight_bits": int(quantization.get("weight_bits", 8)), "symmetric_activations": bool(quantization.get("symmetric_activations", False)),
+               "on_input_grid": tuple(quantization.get("on_input_grid", ()))}
+    outputs = [sample[: len(model.output_names)] for sample in reference]
     try:
         calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", quantization.get("recurrent"))
-        return layer_sensitivity(
-            calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), list(reference[:SENSITIVITY_SAMPLES]), aim_db=INT8_CARRIES_DB,
-            weight_bits=int(quantization.get("weight_bits", 8)), symmetric_activations=bool(quantization.get("symmetric_activations", False)),
-            on_input_grid=tuple(quantization.get("on_input_grid", ())),
-        )
+        sensitivity = layer_sensitivity(calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), outputs[:SENSITIVITY_SAMPLES], aim_db=INT8_CARRIES_DB, **options)
+        simulated = simulated_layers(calibrated, list(inputs.parity), [r.module for r in results if r.matched], **options)
     except CannotSimulate as exc:
-        return exc.message
+        return exc.message, results
+    updated = []
+    for result in results:
+        values = simulated.get(result.module)
+        if values is not None:
+            expected = [[sample[layer_index[result.module]]] for sample in reference]
+            if all(v.shape == e[0].shape for v, e in zip(values, expected)):
+                sqnr = parity.output_error(expected, [[v] for v in values], 0)[1]
+                result = replace(result, simulated_sqnr_db=round(sqnr, 2) if math.isfinite(sqnr) else sqnr)
+        updated.append(result)
+    return sensitivity, updated
 
 
 @dataclass(frozen=True)
@@ -654,7 +694,9 @@ def explain(manager: PluginManager, artifact: Path, model: ReferenceModel, setti
         except ValueError as exc:
             raise TargetError(f"cannot compare the traced artifact: {exc}") from exc
 
-        sensitivity = _int8_sensitivity(model, inputs, io, outputs_only) if io.precision == "int8" else None
+        sensitivity = None
+        if io.precision == "int8":
+            sensitivity, results = _int8_simulation(model, inputs, io, reference, layer_index, results)
         known = {r.path for r in runs}
         foreign = sorted({m for t in traced.traces[0].tensors for m in t.modules if m and m not in known})
         skipped: dict[str, list[str]] = {}

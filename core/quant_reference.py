@@ -937,6 +937,46 @@ def _greedy_wider(full: float, aim_db: float, candidates: Sequence[str], groups:
     }
 
 
+def simulated_layers(
+    calibrated: Calibration,
+    batches: Sequence[tuple[np.ndarray, ...]],
+    layers: Sequence[str],
+    *,
+    weight_bits: int = 8,
+    symmetric_activations: bool = False,
+    on_input_grid: Iterable[str] = (),
+) -> dict[str, list[np.ndarray]]:
+    """Each layer's output in edgex's int8 simulation, per batch: the value of the last op (in
+    graph order) inside that torch module, as the simulation leaves it. What ``edgex explain``
+    compares an artifact's layers with, to say where the artifact leaves the simulation rather
+    than where it leaves fp32. A layer no op of the graph belongs to is left out."""
+    import torch
+
+    graph_module, plan = calibrated.graph_module, calibrated.plan
+    last: dict[Any, str] = {}
+    for layer in layers:
+        inside = [n for n in graph_module.graph.nodes if n.op == "call_function" and (_module_of(n) == layer or _module_of(n).startswith(layer + "."))]
+        if inside:
+            last[inside[-1]] = layer
+    simulator = _make_interpreter(graph_module, plan, "int8", weight_bits, symmetric_activations, None, 8, on_input_grid)
+    simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk
+    simulator.calibrating = False
+    found: dict[str, list[np.ndarray]] = {layer: [] for layer in last.values()}
+    run_node = simulator.run_node
+
+    def recording(node: Any) -> Any:
+        result = run_node(node)
+        if node in last and isinstance(result, torch.Tensor):
+            found[last[node]].append(result.detach().numpy().copy())
+        return result
+
+    simulator.run_node = recording
+    with torch.no_grad():
+        for batch in batches:
+            simulator.run(*[torch.from_numpy(np.ascontiguousarray(a)) for a in batch])
+    return {layer: values for layer, values in found.items() if len(values) == len(batches)}
+
+
 def _macs_per_module(graph_module: Any, batch: tuple[np.ndarray, ...]) -> dict[str, int]:
     """Multiply-accumulates of one float pass of the exported graph, per innermost module."""
     import torch

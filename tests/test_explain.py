@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,22 @@ def test_int8_tflite_reports_per_layer_sqnr(digits_int8_tflite, tmp_path):
     assert sensitivity["method"] == "leave-out" and sensitivity["sqnr_db"] > 30
     shares = {layer["module"]: layer["macs_share"] for layer in sensitivity["layers"]}
     assert {"features.3", "features.7"} <= set(shares) and sum(shares.values()) == pytest.approx(1, abs=0.01)
+    # an honest artifact tracks edgex's simulation layer by layer
+    assert report.leaves_simulation is None and all(layer.simulated_sqnr_db is not None for layer in matched)
+    assert all(abs(layer.parity.sqnr_db - layer.simulated_sqnr_db) < 2 for layer in matched), [(l.module, l.parity.sqnr_db, l.simulated_sqnr_db) for l in matched]
+
+
+def test_int8_tflite_defect_is_where_the_artifact_leaves_the_simulation(digits_int8_tflite, tmp_path):
+    """One output channel of the second convolution scaled x1.5 in the .tflite itself: the
+    artifact leaves edgex's int8 simulation at the op holding it, as far below it as the defect costs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import defects
+
+    planted = defects.scale_channel(digits_int8_tflite, tmp_path / "planted.tflite", layer=1, channel=1, factor=1.5)
+    report = api.explain(planted.path, "examples:digits", out=tmp_path / "out", samples=4)
+    left = report.leaves_simulation
+    assert left is not None and left.module == "features.5" and left.simulated_sqnr_db - left.parity.sqnr_db > 10
+    assert report.to_json()["leaves_simulation"]["module"] == "features.5"
 
 
 @pytest.fixture(scope="module")
