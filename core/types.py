@@ -277,24 +277,18 @@ class ConversionRequest:
         activation_bits: int = 8,
         on_input_grid: Sequence[str] = (),
         recurrent: str | None = None,
-        calibration: Sequence[tuple["np.ndarray", ...]] | None = None,
     ) -> tuple[float, float] | None:
-        """What a full-integer artifact calibrated on :attr:`calibration` (or on ``calibration``, where
-        the converter takes only some of it) must reach on ``check``
+        """What a full-integer artifact calibrated on :attr:`calibration` must reach on ``check``
         (batches shaped like the inputs, ``reference`` the torch model's outputs on them): (the SQNR
         floor its verdict will ask, edgex's simulated reference's own SQNR), the worst output's; None
         where the model cannot be simulated. A converter choosing among quantization recipes aims at
-        it (docs/int8_recipes.md). In a run the parent answers from the int8 calibration it makes
-        for the verdict anyway; a request built by hand calibrates here. ``on_input_grid`` and
-        ``recurrent`` as ``ArtifactIO.quantization`` says them. Raises what the simulation raises."""
-        own = calibration is None or len(calibration) == len(self.calibration or ())
-        if not (self.calibration if own else calibration) or self.model.module is None:
+        it (docs/int8_recipes.md). The run's parent answers it (:attr:`floors`) from the int8
+        calibration it makes for the verdict anyway; a request built by hand without ``floors`` has
+        none (``edgex.plugins.simulated_floor`` computes one). ``on_input_grid`` and ``recurrent``
+        as ``ArtifactIO.quantization`` says them. Raises what the simulation raises."""
+        if not self.calibration or self.model.module is None or self.floors is None:
             return None
-        if self.floors is not None and own:
-            return self.floors(check, reference, activation_bits, tuple(on_input_grid), recurrent)
-        from edgex.core.quant_reference import simulated_floor
-
-        return simulated_floor(self.model.module, tuple(self.model.example_inputs), self.calibration if own else calibration, check, reference, activation_bits, on_input_grid=on_input_grid, recurrent=recurrent)
+        return self.floors(check, reference, activation_bits, tuple(on_input_grid), recurrent)
 
     def onnx_export(self, dest: Path, *, opset: int, dynamic_batch: bool = False, exporter: str = "auto") -> tuple[str, list[str]]:
         """The reference as ONNX at ``opset``, written to ``dest`` (the target's own copy, which it

@@ -307,6 +307,7 @@ def test_a_childs_simulated_floor_is_answered_from_the_parents_one_calibration(t
     from edgex.core.data import resolve_inputs
     from edgex.core.loading import load_model
     from edgex.core.parity import reference_outputs
+    from edgex.core.quant_reference import simulated_floor
     from edgex.core.types import AVERAGE_POOLS, ConversionRequest
 
     torch.manual_seed(0)
@@ -317,12 +318,14 @@ def test_a_childs_simulated_floor_is_answered_from_the_parents_one_calibration(t
     reference = pipeline.Reference(npz_manager(), model, inputs)
     check = inputs.calibration_batches[-4:]
     outputs = reference_outputs(model, check)
-    own = ConversionRequest("npz", "int8", model, tmp_path, calibration=inputs.calibration_batches)  # built by hand: calibrates itself
+    own = ConversionRequest("npz", "int8", model, tmp_path, calibration=inputs.calibration_batches)
+    assert own.simulated_floor(check, outputs, 8) is None, "built by hand, without a parent to ask"
 
     def asking(parent):
         return replace(own, floors=pipeline._FloorsFromParent(lambda kind, question: pipeline._answer_floor(question, parent, None), tmp_path / "floors"))
 
-    expected = own.simulated_floor(check, outputs, 8, on_input_grid=AVERAGE_POOLS)
+    # what the child would compute itself, calibrating again
+    expected = simulated_floor(module, (model.example_inputs[0],), inputs.calibration_batches, check, outputs, 8, on_input_grid=AVERAGE_POOLS)
     assert expected is not None and expected[1] > expected[0]
     assert asking(reference).simulated_floor(check, outputs, 8, on_input_grid=AVERAGE_POOLS) == pytest.approx(expected, abs=1e-9)
     assert asking(reference).simulated_floor(check, outputs, 16, on_input_grid=AVERAGE_POOLS)[1] > expected[1] + 3  # 16-bit activations: its own question

@@ -35,6 +35,7 @@ from edgex.plugins import (
     one_line,
     package_version,
     reference_outputs,
+    simulated_floor,
     start_isolated,
     RemoteError,
     Artifact,
@@ -610,7 +611,9 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         if precision == "int8" and model.module is not None and calibration:
             def floor_of(check: Sequence[tuple[np.ndarray, ...]], reference: Any, bits: int) -> tuple[float, float] | None:
                 # the run's one calibration (the parent's), unless only the first MAX_CALIBRATION_SAMPLES were used
-                return request.simulated_floor(check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled", calibration=calibration)
+                if len(calibration) == len(request.calibration or ()) and request.floors is not None:
+                    return request.simulated_floor(check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled")
+                return simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled")
 
             chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, floor_of, int16_activations)
         result, graph, inputs, outputs, checks, warnings = chosen
