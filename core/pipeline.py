@@ -201,8 +201,7 @@ class Reference:
             if isinstance(calibrated, str):
                 self._simulated[key] = (None, calibrated)
             else:
-                model = rewritten.model if applied else self.model
-                module = model.module if applied else self.simulated_module
+                model, module = self._simulated_model(rewritten)
                 parity_inputs = list(rewritten.cast(self.inputs.parity) or ()) if applied else list(self.inputs.parity)
                 try:
                     sim = simulate(module, model.example_inputs, (), parity_inputs, scheme, **scheme_options, calibrated=calibrated)
@@ -210,6 +209,14 @@ class Reference:
                 except CannotSimulate as exc:
                     self._simulated[key] = (None, f"no simulated {scheme} reference ({exc.message}); {_WEAKER[scheme]}")
         return self._simulated[key]
+
+    def _simulated_model(self, rewritten: Rewritten | None) -> tuple[ReferenceModel, Any]:
+        """The model a simulation quantizes, and its torch module: the one a target converted
+        (``rewritten``, when a rewrite was applied), else the reference's own (an ONNX reference
+        written out as torch ops: :attr:`simulated_module`, possibly why there is none)."""
+        if rewritten is not None and rewritten.applied():
+            return rewritten.model, rewritten.model.module
+        return self.model, self.simulated_module
 
     def floor(self, batches: Sequence[tuple[np.ndarray, ...]], reference: Any, activation_bits: int, on_input_grid: Sequence[str], recurrent: str | None, rewritten: Rewritten | None) -> tuple[float, float] | None:
         """``simulated_floor`` on a converter's own check ``batches`` (``ConversionRequest.simulated_floor``,
@@ -221,8 +228,7 @@ class Reference:
             calibrated, _ = self.calibrated("int8", rewritten, recurrent)
             found = None
             if not isinstance(calibrated, str):
-                model = rewritten.model if applied else self.model
-                module = model.module if applied else self.simulated_module
+                model, module = self._simulated_model(rewritten)
                 found = simulated_floor(module, model.example_inputs, (), batches, reference, activation_bits, on_input_grid, calibrated.recurrent, calibrated=calibrated)
             self._floors[key] = found
         return self._floors[key]
@@ -261,8 +267,7 @@ class Reference:
         applied = rewritten.applied() if rewritten is not None else ()
         key = (scheme, applied, recurrent)
         if key not in self._calibrated:
-            model = rewritten.model if applied else self.model
-            module = model.module if applied else self.simulated_module
+            model, module = self._simulated_model(rewritten)
             if isinstance(module, str):
                 self._calibrated[key] = (f"no simulated {scheme} reference ({module}); {_WEAKER[scheme]}", "")
             else:
@@ -476,7 +481,7 @@ class TargetRun:
                     row.details["fp16_reference" if io.precision == "fp16" else "int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
                     if flags := describe_flags(simulated.ranges):
                         row.messages.append(flags)
-                    self._sensitivity(row, reference, simulated, io)
+                    self._int8_sensitivity(row, reference, simulated, io)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
         except UsageError:
             self._end_stage("error")
@@ -501,7 +506,7 @@ class TargetRun:
         self._end_stage(row.status)
         return row, outcome
 
-    def _sensitivity(self, row: TargetReport, reference: Reference, simulated: SimulatedReference, io: ArtifactIO) -> None:
+    def _int8_sensitivity(self, row: TargetReport, reference: Reference, simulated: SimulatedReference, io: ArtifactIO) -> None:
         """Where int8 itself barely carries the model (its simulation below INT8_CARRIES_DB),
         which layers cost it most: the report lists them, by module, with their share of MACs."""
         if io.precision != "int8" or simulated.activation_bits != 8:
