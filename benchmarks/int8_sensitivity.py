@@ -41,8 +41,8 @@ def _models():
 
 
 def main() -> None:
-    from edgex.core.parity import output_error
-    from edgex.core.quant_reference import _make_interpreter, _run, calibrate, layer_sensitivity
+    from edgex.core.parity import torch_outputs
+    from edgex.core.quant_reference import LayerSimulation, calibrate, layer_sensitivity
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=3)
@@ -51,34 +51,17 @@ def main() -> None:
     torch.set_num_threads(1)
     for name, module, calibration, batches in _models():
         batches = batches[: args.samples]
-        with torch.no_grad():
-            reference = []
-            for batch in batches:
-                out = module(*[torch.from_numpy(x) for x in batch])
-                reference.append([o.numpy() for o in (out if isinstance(out, tuple) else (out,))])
+        reference = torch_outputs(module, batches)
         calibrated = calibrate(module, tuple(np.asarray(x) for x in calibration[0]), calibration)
-        plan = calibrated.plan
-        from edgex.core.quant_reference import _module_of
-
-        groups: dict[str, set] = {}
-        for node in (*plan.inputs, *plan.points, *plan.weight_axis):
-            groups.setdefault(_module_of(node) or "(model)", set()).add(node)
-
-        def kept_float(modules):
-            wider = frozenset().union(*(groups[m] for m in modules)) if modules else frozenset()
-            simulator = _make_interpreter(calibrated.graph_module, plan, "int8", wider=wider)
-            simulator.ranges, simulator.bulk, simulator.calibrating = calibrated.ranges, calibrated.bulk, False
-            outputs = _run(simulator, batches)
-            return min(output_error(reference, outputs, i)[1] for i in range(len(reference[0])))
-
+        simulation = LayerSimulation(calibrated, batches, reference)
         rankings = {}
         for method in ("leave-out", "alone"):
             start = time.perf_counter()
             found = layer_sensitivity(calibrated, batches, reference, method=method)
             rankings[method] = ([layer["module"] for layer in found["layers"]], time.perf_counter() - start)
-        print(f"{name}: {len(groups)} layers, full int8 {kept_float([]):.1f} dB")
+        print(f"{name}: {len(simulation.layers)} layers, full int8 {simulation.sqnr():.1f} dB")
         for method, (order, seconds) in rankings.items():
-            reached = ", ".join(f"top {k}: {kept_float(order[:k]):.1f} dB" for k in range(1, args.k + 1))
+            reached = ", ".join(f"top {k}: {simulation.sqnr(order[:k]):.1f} dB" for k in range(1, args.k + 1))
             print(f"   {method:9s} ({seconds:.2f} s): {', '.join(order[: args.k])} -> {reached}")
 
 

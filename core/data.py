@@ -306,6 +306,19 @@ class RunInputs:
     def calibration_batches(self) -> tuple[Batch, ...] | None:
         return None if self.calibration is None else tuple(batches(self.calibration, self.specs))
 
+    def simulation_calibration(self) -> tuple[list[Batch], str]:
+        """What edgex's simulated int8 reference calibrates on, and a sentence saying what it is:
+        the calibration data, else the parity inputs when they are real data. Raises
+        :class:`UsageError` when there are none (seeded random parity inputs)."""
+        if self.calibration is not None:
+            return list(self.calibration_batches or ()), f"calibrated on {self.calibration_source}"
+        if not self.parity_synthetic:
+            return list(self.parity), f"calibrated on the parity inputs ({self.parity_source}): no --calibration given"
+        raise UsageError(
+            "judging an int8 artifact needs real inputs: pass --calibration (the data it was quantized with) or "
+            "--example-inputs; standard-normal samples fall outside the ranges it was calibrated to"
+        )
+
     @property
     def calibration_label_batches(self) -> tuple[np.ndarray, ...] | None:
         """The calibration labels, one array per batch of :attr:`calibration_batches`."""

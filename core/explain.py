@@ -573,20 +573,16 @@ def _int8_simulation(
     """edgex's int8 simulation of the model, calibrated on ``--calibration`` (else the parity
     inputs, when they are real data), quantizing as the artifact says: which layers int8 costs
     most (``layer_sensitivity``), and each matched layer's SQNR there; or why there is none."""
-    from edgex.core.quant_reference import CannotSimulate, calibrate, layer_sensitivity, simulated_layers
+    from edgex.core.quant_reference import CannotSimulate, calibrate, layer_sensitivity, quantization_options, simulated_layers
 
-    if inputs.calibration is not None:
-        calibration = list(inputs.calibration_batches or ())
-    elif not inputs.parity_synthetic:
-        calibration = list(inputs.parity)
-    else:
-        return "pass --calibration (the data the artifact was quantized with)", results
-    quantization = io.quantization or {}
-    options = {"weight_bits": int(quantization.get("weight_bits", 8)), "symmetric_activations": bool(quantization.get("symmetric_activations", False)),
-               "on_input_grid": tuple(quantization.get("on_input_grid", ()))}
+    try:
+        calibration, _ = inputs.simulation_calibration()
+    except UsageError as exc:
+        return exc.message, results
+    options = quantization_options(io.quantization)
     outputs = [sample[: len(model.output_names)] for sample in reference]
     try:
-        calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", quantization.get("recurrent"))
+        calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", (io.quantization or {}).get("recurrent"))
         sensitivity = layer_sensitivity(calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), outputs[:SENSITIVITY_SAMPLES], aim_db=INT8_CARRIES_DB, **options)
         simulated = simulated_layers(calibrated, list(inputs.parity), [r.module for r in results if r.matched], **options)
     except CannotSimulate as exc:

@@ -36,7 +36,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, simulate, simulated_floor, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, quantization_options, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -149,17 +149,6 @@ class Reference:
         self._floors: dict[tuple[Any, ...], tuple[float, float] | None] = {}
         self._sensitivity: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def calibration(self) -> tuple[list[tuple[np.ndarray, ...]], str]:
-        """What the simulated int8 reference calibrates on, and a sentence saying what it is."""
-        if self.inputs.calibration is not None:
-            return list(self.inputs.calibration_batches or ()), f"calibrated on {self.inputs.calibration_source}"
-        if not self.inputs.parity_synthetic:
-            return list(self.inputs.parity), f"calibrated on the parity inputs ({self.inputs.parity_source}): no --calibration given"
-        raise UsageError(
-            "judging an int8 artifact needs real inputs: pass --calibration (the data it was quantized with) or "
-            "--example-inputs; standard-normal samples fall outside the ranges it was calibrated to"
-        )
-
     def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None, rewritten: Rewritten | None = None) -> tuple[SimulatedReference | None, str]:
         """edgex's own ``scheme`` reference, quantizing as the artifact says it does
         (``ArtifactIO.quantization``), or None and the reason the verdict is weaker without one.
@@ -237,12 +226,11 @@ class Reference:
         """Per-layer int8 sensitivity (``layer_sensitivity``, leave-out) in the simulation of the
         model as ``rewritten``, quantizing as the artifact says, on the first
         SENSITIVITY_SAMPLES parity inputs; None where there is no simulation. Once per key."""
-        quantization = quantization or {}
         applied = rewritten.applied() if rewritten is not None else ()
-        calibrated, _ = self.calibrated("int8", rewritten, quantization.get("recurrent"))
+        calibrated, _ = self.calibrated("int8", rewritten, (quantization or {}).get("recurrent"))
         if isinstance(calibrated, str):
             return None
-        options = {"weight_bits": int(quantization.get("weight_bits", 8)), "symmetric_activations": bool(quantization.get("symmetric_activations", False)), "on_input_grid": tuple(sorted(quantization.get("on_input_grid", ())))}
+        options = quantization_options(quantization)
         key = (applied, calibrated.recurrent, *options.values())
         if key not in self._sensitivity:
             batches = list(self.inputs.parity[:SENSITIVITY_SAMPLES])
@@ -271,7 +259,7 @@ class Reference:
             if isinstance(module, str):
                 self._calibrated[key] = (f"no simulated {scheme} reference ({module}); {_WEAKER[scheme]}", "")
             else:
-                calibration, how = self.calibration() if scheme == "int8" else ([], "no calibration" if scheme == "fp16" else "weights only")
+                calibration, how = self.inputs.simulation_calibration() if scheme == "int8" else ([], "no calibration" if scheme == "fp16" else "weights only")
                 if model.module is None:
                     how += "; the ONNX reference written out as torch ops (edgex.core.onnx_module), which reproduce onnxruntime's outputs"
                 if applied:  # the rewritten model's input dtypes (int64 ids as int32)
@@ -481,7 +469,7 @@ class TargetRun:
                     row.details["fp16_reference" if io.precision == "fp16" else "int8_reference"] = simulated_details(simulated, how, reference.outputs, self.model.output_names)
                     if flags := describe_flags(simulated.ranges):
                         row.messages.append(flags)
-                    self._int8_sensitivity(row, reference, simulated, io)
+                    self._int8_sensitivity(row, reference, io)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
         except UsageError:
             self._end_stage("error")
@@ -506,12 +494,13 @@ class TargetRun:
         self._end_stage(row.status)
         return row, outcome
 
-    def _int8_sensitivity(self, row: TargetReport, reference: Reference, simulated: SimulatedReference, io: ArtifactIO) -> None:
-        """Where int8 itself barely carries the model (its simulation below INT8_CARRIES_DB),
-        which layers cost it most: the report lists them, by module, with their share of MACs."""
-        if io.precision != "int8" or simulated.activation_bits != 8:
+    def _int8_sensitivity(self, row: TargetReport, reference: Reference, io: ArtifactIO) -> None:
+        """Where int8 itself barely carries the model (its simulation, the row's ``int8_reference``,
+        below INT8_CARRIES_DB), which layers cost it most: the report lists them, by module, with
+        their share of MACs."""
+        if io.precision != "int8" or (io.quantization or {}).get("activation_bits", 8) != 8:
             return
-        sqnr_sim = min(parity.output_error(reference.outputs, simulated.outputs, i)[1] for i in range(len(reference.outputs[0])))
+        sqnr_sim = min(output["sqnr_sim_db"] for output in row.details["int8_reference"]["outputs"])
         if not sqnr_sim < INT8_CARRIES_DB:
             return
         try:

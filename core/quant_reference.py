@@ -685,6 +685,15 @@ class Calibration:
     batches: Sequence[tuple[np.ndarray, ...]] = ()
 
 
+def _calibrated_simulator(calibrated: Calibration, *options: Any, **named: Any) -> Any:
+    """An interpreter simulating ``calibrated.scheme`` on the ranges ``calibrated`` holds (read only
+    from here on); ``options`` as :func:`_make_interpreter` takes them after the scheme."""
+    simulator = _make_interpreter(calibrated.graph_module, calibrated.plan, calibrated.scheme, *options, **named)
+    simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk
+    simulator.calibrating = False
+    return simulator
+
+
 def _recurrent_form(scheme: str, recurrent: str | None) -> str | None:
     """How ``scheme`` simulates a recurrent op: as the artifact says, but written out per step at
     fp16, where backends store each step's values."""
@@ -757,9 +766,7 @@ def simulate(
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
         raise UsageError(f"a {calibrated.scheme} calibration (recurrent ops: {calibrated.recurrent}) cannot serve a {scheme} simulation (recurrent ops: {recurrent})")
     graph_module, plan = calibrated.graph_module, calibrated.plan
-    simulator = _make_interpreter(graph_module, plan, scheme, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8")
-    simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk  # read only from here on
-    simulator.calibrating = False
+    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8")
     if bias_correction and scheme == "int8":
         weights_only = _make_interpreter(graph_module, plan, "dynamic-int8", weight_bits, palettize_bits=palettize_bits, float_weights_up_to=float_weights_up_to)
         weights_only.calibrating = False
@@ -842,6 +849,43 @@ WIDER_CANDIDATES = 8
 WIDER_MOST = 4
 
 
+def quantization_options(quantization: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The int8 simulation's options an artifact's ``ArtifactIO.quantization`` sets for its
+    weights and activations (what :class:`LayerSimulation` and :func:`simulated_layers` take)."""
+    quantization = quantization or {}
+    return {
+        "weight_bits": int(quantization.get("weight_bits", 8)),
+        "symmetric_activations": bool(quantization.get("symmetric_activations", False)),
+        "on_input_grid": tuple(sorted(quantization.get("on_input_grid", ()))),
+    }
+
+
+class LayerSimulation:
+    """The int8 simulation of one calibrated model on ``batches``, by layer: ``layers`` maps each
+    torch module (the innermost module of each quantized op, ``input`` for the model's inputs,
+    ``(model)`` for ops outside any submodule) to its quantized nodes (weights and outputs), and
+    :meth:`sqnr` runs the simulation with some layers kept float, against ``reference``."""
+
+    def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = ()) -> None:
+        self.calibrated, self.batches, self.reference = calibrated, batches, reference
+        self.options = (weight_bits, symmetric_activations, None, 8, tuple(on_input_grid))
+        plan = calibrated.plan
+        self.layers: dict[str, set[Any]] = {}
+        for node in (*plan.inputs, *plan.points, *plan.weight_axis):
+            self.layers.setdefault(_module_of(node) or "(model)", set()).add(node)
+
+    def sqnr(self, kept_float: Iterable[str] = (), noise: dict[Any, list[float]] | None = None) -> float:
+        """The worst output's SQNR with the layers ``kept_float`` float (weights and outputs);
+        ``noise`` collects the (signal, noise) energy each quantized node adds."""
+        from edgex.core.parity import output_error
+
+        wider = frozenset().union(*(self.layers[layer] for layer in kept_float))
+        simulator = _calibrated_simulator(self.calibrated, *self.options, wider=wider)
+        simulator.noise = noise
+        outputs = _run(simulator, self.batches)
+        return min(output_error(self.reference, outputs, index)[1] for index in range(len(self.reference[0])))
+
+
 def layer_sensitivity(
     calibrated: Calibration,
     batches: Sequence[tuple[np.ndarray, ...]],
@@ -857,8 +901,7 @@ def layer_sensitivity(
     """How much SQNR each layer's int8 quantization costs in edgex's own simulation, on
     ``batches`` against ``reference`` (the torch outputs there), the worst output's.
 
-    A layer is a torch module: the innermost module of each quantized op (its weights and its
-    output; the model's inputs are the layer ``input``). ``leave-out``: every layer quantized but
+    A layer is a torch module (:class:`LayerSimulation`). ``leave-out``: every layer quantized but
     that one, kept float; its ``gain_db`` is what keeping it wider buys over full int8, measured
     with every other layer's noise present, as keeping it wider would leave them. ``alone``: that
     layer the only one quantized; ``cost_db`` is its SQNR alone (lower: more sensitive). Each
@@ -868,62 +911,46 @@ def layer_sensitivity(
     most sensitive first, with their share of the model's multiply-accumulates; with ``aim_db``
     (leave-out) and full int8 below it, also ``keep_wider``: the fewest layers kept float that
     reach it in the simulation (:func:`_greedy_wider`)."""
-    from edgex.core.parity import output_error
-
     if method not in ("leave-out", "alone"):
         raise UsageError(f"no sensitivity method {method!r}; methods: leave-out, alone")
-    graph_module, plan = calibrated.graph_module, calibrated.plan
-    groups: dict[str, set[Any]] = {}
-    for node in (*plan.inputs, *plan.points, *plan.weight_axis):
-        groups.setdefault(_module_of(node) or "(model)", set()).add(node)
-    everything = frozenset().union(*groups.values()) if groups else frozenset()
-
-    def sqnr(wider: frozenset[Any], noise: dict[Any, list[float]] | None = None) -> float:
-        simulator = _make_interpreter(graph_module, plan, "int8", weight_bits, symmetric_activations, None, 8, on_input_grid, wider=wider)
-        simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk
-        simulator.calibrating = False
-        simulator.noise = noise
-        outputs = _run(simulator, batches)
-        return min(output_error(reference, outputs, index)[1] for index in range(len(reference[0])))
-
+    simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid)
     start = time.perf_counter()
     noise: dict[Any, list[float]] = {}
-    full = sqnr(frozenset(), noise)
-    macs = _macs_per_module(graph_module, batches[0])
+    full = simulation.sqnr((), noise)
+    macs = _macs_per_module(calibrated.graph_module, batches[0])
     total = sum(macs.values()) or 1
-
-    def local_db(nodes: set[Any]) -> float:  # the worst SQNR a layer's own quantization leaves its tensors
-        return min((10 * math.log10(max(s, 1e-300) / n) if n > 0 else math.inf for s, n in (noise[node] for node in nodes if node in noise)), default=math.inf)
-
+    # the worst SQNR each layer's own quantization leaves its tensors
+    local = {
+        layer: min((10 * math.log10(max(s, 1e-300) / n) if n > 0 else math.inf for s, n in (noise[node] for node in nodes if node in noise)), default=math.inf)
+        for layer, nodes in simulation.layers.items()
+    }
     # beyond `candidates` layers, only the noisiest by their own quantization are measured
-    measured_groups = sorted(groups, key=lambda module: local_db(groups[module]))[:candidates]
     layers = []
-    for module in measured_groups:
-        nodes = groups[module]
-        measured = sqnr(frozenset(nodes) if method == "leave-out" else everything - nodes)
+    for module in sorted(local, key=local.get)[:candidates]:
+        measured = simulation.sqnr([module] if method == "leave-out" else [m for m in simulation.layers if m != module])
         layer = {"module": module, "macs_share": round(macs.get(module, 0) / total, 4)}
         if method == "leave-out":
             layer["gain_db"] = round(measured - full, 2) if math.isfinite(measured) else measured
         else:
             layer["cost_db"] = round(measured, 2) if math.isfinite(measured) else measured
-        layer["local_db"] = round(local_db(nodes), 2) if math.isfinite(local_db(nodes)) else None
+        layer["local_db"] = round(local[module], 2) if math.isfinite(local[module]) else None
         layers.append(layer)
     layers.sort(key=lambda layer: -layer["gain_db"] if method == "leave-out" else layer["cost_db"])
-    found = {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers, "layers_total": len(groups)}
+    found = {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers, "layers_total": len(simulation.layers)}
     if aim_db is not None and method == "leave-out" and full < aim_db:
-        found["keep_wider"] = _greedy_wider(full, aim_db, [layer["module"] for layer in layers[:WIDER_CANDIDATES]], groups, sqnr, macs, total)
+        found["keep_wider"] = _greedy_wider(simulation, full, aim_db, [layer["module"] for layer in layers[:WIDER_CANDIDATES]], macs, total)
     found["seconds"] = round(time.perf_counter() - start, 2)
     return found
 
 
-def _greedy_wider(full: float, aim_db: float, candidates: Sequence[str], groups: Mapping[str, set[Any]], sqnr: Any, macs: Mapping[str, int], total: int) -> dict[str, Any]:
+def _greedy_wider(simulation: LayerSimulation, full: float, aim_db: float, candidates: Sequence[str], macs: Mapping[str, int], total: int) -> dict[str, Any]:
     """The fewest layers kept float that bring the simulation to ``aim_db``: greedy, each step
     the candidate whose keeping (with those kept before it) reaches the highest SQNR, measured
     again every step; at most WIDER_MOST layers, and no step that gains under 0.1 dB."""
     kept: list[str] = []
     reached = full
     while reached < aim_db and len(kept) < WIDER_MOST:
-        trials = {c: sqnr(frozenset().union(*(groups[m] for m in (*kept, c)))) for c in candidates if c not in kept}
+        trials = {c: simulation.sqnr([*kept, c]) for c in candidates if c not in kept}
         if not trials:
             break
         best = max(trials, key=lambda c: trials[c])
@@ -952,15 +979,13 @@ def simulated_layers(
     than where it leaves fp32. A layer no op of the graph belongs to is left out."""
     import torch
 
-    graph_module, plan = calibrated.graph_module, calibrated.plan
+    graph_module = calibrated.graph_module
     last: dict[Any, str] = {}
     for layer in layers:
         inside = [n for n in graph_module.graph.nodes if n.op == "call_function" and (_module_of(n) == layer or _module_of(n).startswith(layer + "."))]
         if inside:
             last[inside[-1]] = layer
-    simulator = _make_interpreter(graph_module, plan, "int8", weight_bits, symmetric_activations, None, 8, on_input_grid)
-    simulator.ranges, simulator.bulk = calibrated.ranges, calibrated.bulk
-    simulator.calibrating = False
+    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, None, 8, on_input_grid)
     found: dict[str, list[np.ndarray]] = {layer: [] for layer in last.values()}
     run_node = simulator.run_node
 

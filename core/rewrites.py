@@ -247,35 +247,34 @@ def _function_rewrites() -> type:
             self.gelu, self.transposes = gelu, transposes
             self.watching: Callable[[], Any] | None = None
 
-        def _lowered(self, x: Any, dims: Sequence[int]) -> Any:
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            done = self._otherwise(func, args, kwargs)
+            if done is None:
+                return func(*args, **kwargs)
+            if self.watching is not None:
+                self.watching()
+            return done
+
+        def _otherwise(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+            """What the call computes instead, or None where it stays as it is."""
+            if self.gelu and func is torch.nn.functional.gelu:
+                return gelu_tanh_as_sigmoid(args[0])
+            if not (self.transposes and (func in permutes or func in transposes) and isinstance(args[0], torch.Tensor) and args[0].dim() > 5):
+                return None
+            x = args[0]
+            if func in permutes:  # x.permute(0, 1, ...), x.permute((0, 1, ...)), torch.permute(x, dims=...)
+                dims = list(kwargs.get("dims", args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:]))
+            else:  # x.transpose(a, b), the dimensions given by position, then by name
+                first, second = [*args[1:3], *(kwargs[name] for name in ("dim0", "dim1") if name in kwargs)]
+                dims = list(range(x.dim()))
+                dims[first], dims[second] = dims[second], dims[first]
             dims = [d % x.dim() for d in dims]
             plan = low_rank_permutation(tuple(x.shape), dims)
             if plan is None:
                 return None
-            if self.watching is not None:
-                self.watching()
             merged, order = plan
             return x.reshape(merged).permute(order).reshape([x.shape[d] for d in dims])
-
-        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            kwargs = kwargs or {}
-            if self.gelu and func is torch.nn.functional.gelu:
-                if self.watching is not None:
-                    self.watching()
-                return gelu_tanh_as_sigmoid(args[0])
-            if self.transposes and (func in permutes or func in transposes) and isinstance(args[0], torch.Tensor) and args[0].dim() > 5:
-                x = args[0]
-                if func in permutes:
-                    given = kwargs.get("dims", args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
-                    dims = list(given)
-                else:
-                    first, second = (list(args[1:3]) + [kwargs.get("dim0"), kwargs.get("dim1")][len(args[1:3]):])[:2]
-                    dims = list(range(x.dim()))
-                    dims[first], dims[second] = dims[second], dims[first]
-                lowered = self._lowered(x, dims)
-                if lowered is not None:
-                    return lowered
-            return func(*args, **kwargs)
 
     return FunctionRewrites
 

@@ -332,6 +332,7 @@ def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
     import sys
     from pathlib import Path
 
+    from edgex.core.parity import torch_outputs
     from edgex.core.quant_reference import calibrate, describe_sensitivity, layer_sensitivity
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -341,8 +342,7 @@ def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
     digits = models.digits_vectors()
     calibration = [(digits[i : i + 1],) for i in range(64)]
     batches = [(digits[600 + i : 601 + i],) for i in range(4)]
-    with torch.no_grad():
-        reference = [[o.numpy() for o in module(torch.from_numpy(b[0]))] for b in batches]
+    reference = torch_outputs(module, batches)
     calibrated = calibrate(module, (example[0].numpy(),), calibration)
     out = layer_sensitivity(calibrated, batches, reference)
     assert out["sqnr_db"] < 15 and out["layers"][0]["module"] == "hidden"
