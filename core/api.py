@@ -81,6 +81,8 @@ def convert(
     compression: Sequence[CompressionStep] | Mapping[str, Any] | None = None,
     distill_data: Any = None,
     rewrite: str | None = None,
+    mixed_precision: str | None = None,
+    keep_wider: Sequence[str] | None = None,
     settings: ConvertSettings | None = None,
     plugins: PluginManager | None = None,
     overwrite: bool = False,
@@ -94,7 +96,9 @@ def convert(
     takes steps or option values, as :func:`compress` does; the compressed model is then the
     reference every artifact is judged against. ``rewrite`` is ``"auto"`` (default: what a target
     lacks is rewritten before converting, every rewrite proven by parity first; docs/rewrites.md)
-    or ``"none"``. With ``cache`` (a folder), a target whose result is cached for exactly this
+    or ``"none"``. ``mixed_precision`` is ``"auto"`` (default: an int8 artifact keeps the fewest
+    sensitive layers wider where full int8 misses its floor in edgex's simulation) or ``"off"``;
+    ``keep_wider`` names the torch modules to keep wider instead (docs/mixed_precision.md). With ``cache`` (a folder), a target whose result is cached for exactly this
     model, data, settings and versions is served from it (docs/cache.md).
     """
     if isinstance(compression, Mapping):
@@ -116,6 +120,8 @@ def convert(
             "compression": tuple(compression) if compression else None,
             "distill_data": distill_data,
             "rewrite": rewrite,
+            "mixed_precision": mixed_precision,
+            "keep_wider": tuple(keep_wider) if keep_wider else None,
         },
     )
     reference = _loaded(model, resolved, example_inputs=example_inputs, input_shapes=input_shapes)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from edgex.core.version import __version__
 from edgex.core.errors import EdgexError, UsageError
 from edgex.core.isolation import end_run_on_signals
-from edgex.core.settings import REWRITE_MODES
+from edgex.core.settings import MIXED_PRECISION_MODES, REWRITE_MODES
 from edgex.core.supervisor import REPORTING, reported, supervise, time_limit
 
 if TYPE_CHECKING:  # pragma: no cover -- the manager imports pluggy; `edgex --help` stays light
@@ -305,6 +305,8 @@ def cmd_convert(args: argparse.Namespace, manager: PluginManager) -> int:
         compression=_compression_steps(args),
         distill_data=getattr(args, "distill_data", None),
         rewrite=args.rewrite,
+        mixed_precision=args.mixed_precision,
+        keep_wider=tuple(args.keep_wider) if args.keep_wider else None,
     )
     cache = None
     if args.cache is not None and not args.no_cache:
@@ -450,6 +452,12 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
         help="auto (default): before converting, rewrite what a target lacks (GELU for mcu/coral, int64 ids as int32, ...), "
         "each rewrite proven by fp32 parity against the model first; none: convert the model as it is (docs/rewrites.md)",
     )
+    p.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISION_MODES, default=None,
+        help="auto (default): where full int8 misses its floor in edgex's simulation, keep the fewest sensitive layers "
+        "at the wider type the target offers (float, int16), proven by parity like the rest; off: full int8 only (docs/mixed_precision.md)",
+    )
+    p.add_argument("--keep-wider", action="append", metavar="MODULE", help="keep this torch module (and its submodules) wider in every int8 artifact (repeatable; replaces auto's choice)")
     _add_model_options(p)
     _add_parity_options(p)
     _add_compression_options(p)

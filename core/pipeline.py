@@ -36,7 +36,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, describe_flags, describe_sensitivity, layer_sensitivity, quantization_options, simulate, simulated_floor, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, choose_wider, describe_flags, describe_sensitivity, layer_sensitivity, quantization_options, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -55,7 +55,7 @@ from edgex.core.runner import (
     SCRATCH,
 )
 from edgex.core.settings import ConvertSettings
-from edgex.core.types import ArtifactIO, ConversionRequest, ConversionResult, ReferenceModel, StageEvent
+from edgex.core.types import ArtifactIO, ConversionRequest, ConversionResult, ReferenceModel, StageEvent, WiderLayers
 from edgex.core.version import __version__
 
 Outputs = parity.Outputs
@@ -148,6 +148,7 @@ class Reference:
         self._calibrated: dict[tuple[Any, ...], tuple[Calibration | str, str]] = {}
         self._floors: dict[tuple[Any, ...], tuple[float, float] | None] = {}
         self._sensitivity: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._wider: dict[tuple[Any, ...], dict[str, Any] | None] = {}
 
     def simulated(self, scheme: str, quantization: Mapping[str, Any] | None = None, rewritten: Rewritten | None = None) -> tuple[SimulatedReference | None, str]:
         """edgex's own ``scheme`` reference, quantizing as the artifact says it does
@@ -180,6 +181,9 @@ class Reference:
             "bias_correction": bool((quantization or {}).get("bias_correction", False)),
             "float_outputs": bool((quantization or {}).get("float_outputs", False)),
             "dynamic_inputs": bool((quantization or {}).get("dynamic_inputs", False)),
+            # a mixed-precision artifact's layers kept wider (WiderLayers.quantization)
+            "kept_wider": tuple(((quantization or {}).get("kept_wider") or {}).get("modules", ())),
+            "wider_as": str(((quantization or {}).get("kept_wider") or {}).get("as", "float")),
         }
         applied = rewritten.applied() if rewritten is not None else ()
         # how the artifact quantizes a recurrent op changes the graph simulated, so the calibration too
@@ -239,6 +243,40 @@ class Reference:
                 batches = list(rewritten.cast(batches) or ())
             self._sensitivity[key] = layer_sensitivity(calibrated, batches, reference, aim_db=INT8_CARRIES_DB, **options)
         return self._sensitivity[key]
+
+    def wider(self, types: Sequence[str], quantization: Mapping[str, Any] | None, modules: Sequence[str], rewritten: Rewritten | None) -> dict[str, Any] | None:
+        """The layers an int8 artifact quantized as ``quantization`` says keeps wider, at one of
+        ``types`` (``ConversionRequest.layers_kept_wider``, asked by a target's child): the
+        user's ``modules``, measured at the first type, or ``choose_wider``'s where full int8's
+        simulation (the verdict's, on every parity input) misses its floor, at the first type
+        whose choice reaches the aim, else the one that comes closest; None where full int8 meets
+        its floor, or there is no simulation to choose by. Measured on the first
+        SENSITIVITY_SAMPLES parity inputs. Once per key."""
+        applied = rewritten.applied() if rewritten is not None else ()
+        quantization = {k: v for k, v in (quantization or {}).items() if k != "kept_wider"}
+        options = quantization_options(quantization)
+        key = (tuple(types), applied, quantization.get("recurrent"), *options.values(), tuple(modules))
+        if key not in self._wider:
+            calibrated, _ = self.calibrated("int8", rewritten, quantization.get("recurrent"))
+            full, _ = self.simulated("int8", quantization, rewritten)
+            found = None
+            if isinstance(calibrated, str) or full is None:
+                found = {"modules": list(modules), "chosen_by": "user", "as": types[0]} if modules else None
+            else:
+                full_db = min(parity.output_error(self.outputs, full.outputs, index)[1] for index in range(len(self.outputs[0])))
+                batches = list(self.inputs.parity[:SENSITIVITY_SAMPLES])
+                if applied:
+                    batches = list(rewritten.cast(batches) or ())
+                choices = []
+                for wider_as in types[:1] if modules else types:
+                    choice = choose_wider(calibrated, batches, self.outputs[:SENSITIVITY_SAMPLES], full_db, wider_as=wider_as, modules=modules, **options)
+                    if choice is not None:
+                        choices.append({**choice, "as": wider_as, "full_int8_db": round(full_db, 2)})
+                        if choice.get("reached", True):
+                            break
+                found = max(choices, key=lambda c: c["sqnr_db"]) if choices and not choices[-1].get("reached", True) else (choices[-1] if choices else None)
+            self._wider[key] = found
+        return self._wider[key]
 
     def calibrated(self, scheme: str, rewritten: Rewritten | None = None, recurrent: str | None = None) -> tuple[Calibration | str, str]:
         """The export and activation ranges every ``scheme`` simulation of the model (as
@@ -382,6 +420,8 @@ class TargetRun:
         self.simulated_from = simulated_from or (lambda: rewritten)
         #: named by the user, rather than by ``all`` (a model the target does not take is then an error)
         self.requested = requested
+        #: the parent's answer to the child's question which layers to keep wider (``_answer_wider``)
+        self.wider: dict[str, Any] | None = None
 
         def work(send: Callable[[str, Any], None]) -> RunOutcome:
             start = time.perf_counter()
@@ -413,6 +453,8 @@ class TargetRun:
             self.manager.stage_started(StageEvent("validate", self.target))
         elif kind == "simulated-floor":
             _answer_floor(payload, reference, self.rewritten)
+        elif kind == "wider-layers":
+            self.wider = _answer_wider(payload, reference, self.simulated_from())
 
     def wait(self, reference: Reference | None = None) -> None:
         """Wait for the child (its conversion and its runs on the backend); what it returned or
@@ -470,6 +512,7 @@ class TargetRun:
                     if flags := describe_flags(simulated.ranges):
                         row.messages.append(flags)
                     self._int8_sensitivity(row, reference, io)
+                    self._mixed_precision(row, io)
             judged = judge_outputs(self.model, io, outcome.outputs, reference.outputs, reference.noise, self.settings, self.inputs.parity_source, simulated)
         except UsageError:
             self._end_stage("error")
@@ -494,11 +537,32 @@ class TargetRun:
         self._end_stage(row.status)
         return row, outcome
 
+    def _mixed_precision(self, row: TargetReport, io: ArtifactIO) -> None:
+        """The layers a mixed-precision int8 artifact kept wider, with their share of MACs and the
+        simulation's SQNR at full int8 and with them kept (the verdict's simulated reference
+        already quantizes as the artifact did); or why ``--keep-wider`` was not followed."""
+        kept = (io.quantization or {}).get("kept_wider") or {}
+        if kept.get("modules"):
+            advice = self.wider or {}
+            found = {"modules": list(kept["modules"]), "as": kept.get("as", "float"), "chosen_by": advice.get("chosen_by", "target")}
+            for name in ("macs_share", "full_int8_db", "sqnr_before_db", "sqnr_db", "aim_db", "reached", "seconds", "why_unmeasured"):
+                if advice.get(name) is not None:
+                    found[name] = advice[name]
+            if "int8_reference" in row.details:
+                found["simulated_db"] = min(output["sqnr_sim_db"] for output in row.details["int8_reference"]["outputs"])
+            row.details["mixed_precision"] = found
+            share = f", {100 * found['macs_share']:.1f}% of MACs" if found.get("macs_share") is not None else ""
+            who = "chosen by --keep-wider" if found["chosen_by"] == "user" else "chosen by edgex: full int8 misses its floor in edgex's simulation" if found["chosen_by"] == "auto" else "the target's own choice"
+            measured = f"; edgex's simulation {found['sqnr_before_db']:.1f} dB at full int8, {found['sqnr_db']:.1f} dB with them kept" if "sqnr_db" in found and "sqnr_before_db" in found else ""
+            row.messages.append(f"mixed precision: {', '.join(found['modules'])} kept {found['as']} ({who}{share}){measured}")
+        elif self.settings.keep_wider and not self.manager.resolve_target(self.target).spec.keeps_wider and io.precision == "int8":
+            row.messages.append(f"--keep-wider not followed: {self.target} keeps no layer wider (full int8 only)")
+
     def _int8_sensitivity(self, row: TargetReport, reference: Reference, io: ArtifactIO) -> None:
         """Where int8 itself barely carries the model (its simulation, the row's ``int8_reference``,
         below INT8_CARRIES_DB), which layers cost it most: the report lists them, by module, with
         their share of MACs."""
-        if io.precision != "int8" or (io.quantization or {}).get("activation_bits", 8) != 8:
+        if io.precision != "int8" or (io.quantization or {}).get("activation_bits", 8) != 8 or (io.quantization or {}).get("kept_wider"):
             return
         sqnr_sim = min(output["sqnr_sim_db"] for output in row.details["int8_reference"]["outputs"])
         if not sqnr_sim < INT8_CARRIES_DB:
@@ -510,7 +574,8 @@ class TargetRun:
             return
         if found is not None:
             row.details["int8_sensitivity"] = {**found, "layers": found["layers"][:SENSITIVITY_LAYERS_KEPT]}
-            row.messages.append(f"int8 reaches only {sqnr_sim:.1f} dB even in edgex's simulation; {describe_sensitivity(found)}")
+            cannot = "" if self.manager.resolve_target(self.target).spec.keeps_wider else f"; {self.target} keeps no layer wider (full int8 only)"
+            row.messages.append(f"int8 reaches only {sqnr_sim:.1f} dB even in edgex's simulation; {describe_sensitivity(found)}{cannot}")
 
     def _judge_fp16(self, row: TargetReport, reference: Reference) -> None:
         """An fp16 pass also needs the reference's activations inside fp16's range: a backend
@@ -684,11 +749,15 @@ def convert(
                 calibration_labels=inputs.calibration_label_batches if plan.precision == "int8" else None,
                 max_accuracy_drop=settings.max_accuracy_drop,
                 exports=exports,
+                mixed_precision=settings.mixed_precision,
+                keep_wider=settings.keep_wider,
             )
 
             def make_io(send: Callable[[str, Any], None]) -> tuple[ConversionResult, ArtifactIO]:
-                # the recipe searches' simulated floors come from the parent's one calibration
-                result = manager.convert(replace(request, floors=_FloorsFromParent(send, out / SCRATCH / "floors")))
+                # the recipe searches' simulated floors and the layers kept wider come from the
+                # parent's one calibration
+                parent = _AskParent(send, out / SCRATCH / "questions")
+                result = manager.convert(replace(request, floors=parent.floor, wider_advice=parent.wider))
                 return result, result.io
 
             return TargetRun(manager, plan.target, plan.plugin, model, make_io, inputs, settings, logs / f"{plan.target}.log", rewritten, requested=plan.requested), workdir
@@ -766,37 +835,69 @@ class JobSlots(Protocol):
     def give(self) -> None: ...
 
 
-class _FloorsFromParent:
-    """``ConversionRequest.floors`` in a target's child: its recipe search's simulated floors,
-    asked of the run's parent, which calibrates the int8 reference once for the verdict anyway
-    (an export and a pass over the calibration set: seconds on a ResNet, on the core the
-    converter needs). The question goes up the child's event pipe; the answer comes back as a
-    file the parent writes whole (:func:`_answer_floor`), while it waits for this child."""
+class _AskParent:
+    """A target's child asking the run's parent what the parent's simulation knows: its recipe
+    search's simulated floors (``ConversionRequest.floors``) and the layers to keep wider
+    (``ConversionRequest.wider_advice``). The parent calibrates the int8 reference once for the
+    verdict anyway (an export and a pass over the calibration set: seconds on a ResNet, on the
+    core the converter needs). The question goes up the child's event pipe; the answer comes back
+    as a file the parent writes whole (:func:`_answer_floor`, :func:`_answer_wider`), while it
+    waits for this child."""
 
     def __init__(self, send: Callable[[str, Any], None], folder: Path) -> None:
         self.send, self.folder = send, folder
 
-    def __call__(self, batches: Sequence[tuple[np.ndarray, ...]], reference: Any, activation_bits: int, on_input_grid: Sequence[str], recurrent: str | None) -> tuple[float, float] | None:
+    def _ask(self, kind: str, question: dict[str, Any]) -> Any:
         self.folder.mkdir(parents=True, exist_ok=True)
         answer = self.folder / f"{uuid.uuid4().hex}.json"
-        self.send("simulated-floor", {"batches": [tuple(np.asarray(x) for x in batch) for batch in batches], "reference": reference,
-                                      "activation_bits": activation_bits, "on_input_grid": tuple(on_input_grid), "recurrent": recurrent, "answer": str(answer)})
+        self.send(kind, {**question, "answer": str(answer)})
         while not answer.exists():  # the parent answers every question (its end ends this child)
             time.sleep(0.02)
-        found = json.loads(answer.read_text())["floor"]
+        found = json.loads(answer.read_text())["answer"]
         answer.unlink()
+        return found
+
+    def floor(self, batches: Sequence[tuple[np.ndarray, ...]], reference: Any, activation_bits: int, on_input_grid: Sequence[str], recurrent: str | None) -> tuple[float, float] | None:
+        found = self._ask("simulated-floor", {"batches": [tuple(np.asarray(x) for x in batch) for batch in batches], "reference": reference,
+                                              "activation_bits": activation_bits, "on_input_grid": tuple(on_input_grid), "recurrent": recurrent})
         return None if found is None else (float(found[0]), float(found[1]))
+
+    def wider(self, types: Sequence[str], quantization: Mapping[str, Any], modules: Sequence[str]) -> WiderLayers | None:
+        found = self._ask("wider-layers", {"types": list(types), "quantization": dict(quantization), "modules": tuple(modules)})
+        if found is None:
+            return None
+        if "error" in found:
+            raise UsageError(found["error"])
+        return WiderLayers(tuple(found["modules"]), found["as"], found["chosen_by"], found.get("macs_share"), found.get("sqnr_before_db"), found.get("sqnr_db"))
 
 
 def _answer_floor(question: Mapping[str, Any], reference: Reference | None, rewritten: Rewritten | None) -> None:
-    """The parent's side of :class:`_FloorsFromParent`: always an answer, None where there is no floor."""
+    """The parent's side of :meth:`_AskParent.floor`: always an answer, None where there is no floor."""
     found = None
     if reference is not None:
         try:
             found = reference.floor(question["batches"], question["reference"], question["activation_bits"], question["on_input_grid"], question["recurrent"], rewritten)
         except Exception:  # an aid to the child's recipe choice: without it the child aims at its own bound
             found = None
-    write_text_atomic(Path(question["answer"]), json.dumps({"floor": found}))
+    write_text_atomic(Path(question["answer"]), json.dumps({"answer": found}))
+
+
+def _answer_wider(question: Mapping[str, Any], reference: Reference | None, rewritten: Rewritten | None) -> dict[str, Any] | None:
+    """The parent's side of :meth:`_AskParent.wider`: always an answer (the user's modules
+    unmeasured, or None, where the simulation cannot say); returns it for the row."""
+    modules = tuple(question["modules"])
+    found = {"modules": list(modules), "chosen_by": "user", "as": question["types"][0]} if modules else None
+    if reference is not None:
+        try:
+            found = reference.wider(question["types"], question["quantization"], modules, rewritten)
+        except UsageError as exc:  # a --keep-wider module the model does not have: the child's error
+            write_text_atomic(Path(question["answer"]), json.dumps({"answer": {"error": exc.message}}))
+            return None
+        except Exception as exc:  # without a measured choice: the user's modules as asked, else full int8
+            if found is not None:
+                found["why_unmeasured"] = one_line(exc)
+    write_text_atomic(Path(question["answer"]), json.dumps({"answer": found}))
+    return found
 
 
 class _Starter:

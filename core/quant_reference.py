@@ -114,6 +114,11 @@ class SimulatedReference:
     #: how the model's recurrent ops were simulated (RECURRENT_FORMS), with how many; None without one
     recurrent: str | None = None
     recurrent_ops: int = 0
+    #: the torch modules kept wider (``WiderLayers``), at ``"float"`` or ``"int16"``, and how many
+    #: of the simulation's quantized nodes (weights and values) they hold
+    kept_wider: tuple[str, ...] = ()
+    wider_as: str | None = None
+    wider_nodes: int = 0
 
     def flagged_ranges(self) -> list[dict[str, Any]]:
         return [r for r in self.ranges if r["flags"]]
@@ -150,6 +155,9 @@ class SimulatedReference:
             how += (f"; {self.recurrent_ops} recurrent op(s) written out per step (PyTorch's decomposition), quantized like every op" if self.recurrent == "unrolled"
                     else f"; {self.recurrent_ops} recurrent op(s) kept whole, on int8 weights per gate row" if self.recurrent == "int8_weights"
                     else f"; {self.recurrent_ops} recurrent op(s) kept float32, weights too, quantized where their outputs are read")
+        if self.kept_wider:
+            how += (f"; mixed precision: {', '.join(self.kept_wider)} kept {self.wider_as} ({self.wider_nodes} quantization points), "
+                    "int8 where their values cross into int8 ops")
         return f"edgex's own simulated {self.scheme} reference: {how}"
 
 
@@ -389,7 +397,48 @@ def _unroll_recurrent(exported: Any) -> tuple[Any, int]:
 # --------------------------------------------------------------------------- the interpreter
 
 
-def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False, dynamic_inputs: bool = False, wider: frozenset[Any] = frozenset()) -> Any:
+def _consumers(plan: _Plan, node: Any) -> list[Any]:
+    """The nodes that read ``node``'s value, through ops that only move values."""
+    found = []
+    for user in node.users:
+        if user.op == "call_function" and _op_name(user) in _MOVES_VALUES and user not in plan.points:
+            found.extend(_consumers(plan, user))
+        else:
+            found.append(user)
+    return found
+
+
+def _inside(plan: _Plan, wider: frozenset[Any]) -> frozenset[Any]:
+    """The nodes of ``wider`` whose every consumer (through ops that only move values) lies in
+    ``wider`` too: their outputs flow inside the kept layers and take the wider type. A kept
+    layer's output read by an int8 op (or a model output) is quantized there as before: a
+    converter keeping ops float or int16 inserts a QUANTIZE (QuantizeLinear) on that edge."""
+    return frozenset(node for node in wider if all(user in wider for user in _consumers(plan, node)))
+
+
+#: the bits a value kept wider is quantized to inside a kept layer (``WiderLayers.wider_as``); None: float
+WIDER_BITS = {"float": None, "int16": 16}
+
+
+def nodes_of(plan: _Plan, modules: Iterable[str]) -> frozenset[Any]:
+    """The quantized nodes (inputs, values, weighted ops) whose innermost torch module is one of
+    ``modules``, as ``WiderLayers.holds`` reads a module path (``(model)``: ops outside any)."""
+    modules = frozenset(modules)
+    return frozenset(n for n in (*plan.inputs, *plan.points, *plan.weight_axis) if (_module_of(n) or "(model)") in modules)
+
+
+def modules_within(layers: Iterable[str], modules: Iterable[str]) -> list[str]:
+    """Every layer (innermost module) of ``layers`` that is one of ``modules`` or lies inside one:
+    what the user's ``--keep-wider MODULE`` keeps."""
+    modules = tuple(modules)
+    return [layer for layer in layers if any(layer == m or layer.startswith(m + ".") for m in modules)]
+
+
+def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: int = 8, symmetric_activations: bool = False, palettize_bits: int | None = None, activation_bits: int = 8, on_input_grid: Iterable[str] = (), float_weights_up_to: int = 0, float_outputs: bool = False, dynamic_inputs: bool = False, wider: frozenset[Any] = frozenset(), wider_bits: int | None = None) -> Any:
+    # ``wider``: the nodes of layers an int8 artifact keeps wider (``WiderLayers``): float weights
+    # and float values inside them (``wider_bits`` None), or int8 weights and int16 values inside
+    # them (16); their boundary values stay int8 (:func:`_inside`)
+    inside = _inside(plan, wider) if wider else frozenset()
     # ops whose int8 output the artifact keeps on its input's grid (ArtifactIO.quantization): an
     # average pool of 120 positions then uses ~19 of the 256 steps, which a simulation on the
     # pool's own narrow range does not see (a keyword-spotting CNN simulated 4.9 dB better than
@@ -443,7 +492,7 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                 weight, bias = to_fp16(weight), to_fp16(bias)
             # a weight of at most float_weights_up_to elements stays float: Core ML's compression
             # leaves tensors of 2048 elements or fewer dense (its weight_threshold)
-            elif not self.calibrating and (weight.numel() <= float_weights_up_to or node in wider):
+            elif not self.calibrating and (weight.numel() <= float_weights_up_to or (node in wider and wider_bits is None)):
                 self.float_weights.add(node)
             elif not self.calibrating:
                 if palettize_bits:
@@ -487,13 +536,13 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
                     result = result + _on_channels(self.bias_shifts[node], result, node)
             else:
                 result = super().run_node(node)
-            if scheme == "int8" and (node in plan.points or node in plan.inputs) and node not in unquantized and (self.calibrating or node not in wider):
-                result = self._observe_or_quantize(node, result)
+            if scheme == "int8" and (node in plan.points or node in plan.inputs) and node not in unquantized and (self.calibrating or node not in inside or wider_bits):
+                result = self._observe_or_quantize(node, result, wider_bits if node in inside and not self.calibrating else activation_bits)
             elif scheme == "fp16" and not self.calibrating and node.op != "output":
                 result = tree_map(to_fp16, result)  # every value an fp16 backend stores: inputs, constants, op outputs
             return result
 
-        def _observe_or_quantize(self, node: Any, value: Any) -> Any:
+        def _observe_or_quantize(self, node: Any, value: Any, bits: int) -> Any:
             if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
                 return value
             if self.calibrating:
@@ -509,11 +558,11 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             low, high = self.ranges.get(node, (0.0, 0.0))
             if _op_name(node) in on_input_grid:  # on its input's grid, as the artifact keeps it
                 low, high = _calibrated_range(node.args[0], self.ranges) or (low, high)
-            half_step = int16_scale(low, high) / 2 if activation_bits == 16 else (max(high, 0.0) - min(low, 0.0)) / 510.0
+            half_step = int16_scale(low, high) / 2 if bits == 16 else (max(high, 0.0) - min(low, 0.0)) / 510.0
             counts = self.outside.setdefault(node, [0, 0])
             counts[0] += int(((value < low - half_step) | (value > high + half_step)).sum())
             counts[1] += value.numel()
-            quantized = fake_quant_activation(value, low, high, symmetric_activations, activation_bits)
+            quantized = fake_quant_activation(value, low, high, symmetric_activations, bits)
             self._note(node, value, quantized)
             return quantized
 
@@ -738,6 +787,8 @@ def simulate(
     bias_correction: bool = False,
     float_outputs: bool = False,
     dynamic_inputs: bool = False,
+    kept_wider: Sequence[str] = (),
+    wider_as: str = "float",
 ) -> SimulatedReference:
     """``module`` run on ``batches`` as an honest ``scheme`` converter would quantize it.
 
@@ -754,8 +805,9 @@ def simulate(
     NNCF's full bias correction on the calibration data (int8; :func:`_correct_biases`);
     ``float_outputs`` leaves the model's outputs unquantized (NNCF's int8 IR computes its last
     layer's output in float); ``dynamic_inputs`` quantizes each weighted op's input as a
-    dynamic-range kernel does at run time (dynamic-int8; :func:`fake_quant_dynamic`). Raises
-    :class:`CannotSimulate` for what it cannot simulate.
+    dynamic-range kernel does at run time (dynamic-int8; :func:`fake_quant_dynamic`);
+    ``kept_wider`` the torch modules a mixed-precision artifact keeps at ``wider_as`` ("float" or
+    "int16"; ``WiderLayers``). Raises :class:`CannotSimulate` for what it cannot simulate.
     """
     if not batches:
         raise UsageError("the simulated int8 reference needs at least one batch")
@@ -766,7 +818,9 @@ def simulate(
     elif calibrated.scheme != scheme or calibrated.recurrent != recurrent:
         raise UsageError(f"a {calibrated.scheme} calibration (recurrent ops: {calibrated.recurrent}) cannot serve a {scheme} simulation (recurrent ops: {recurrent})")
     graph_module, plan = calibrated.graph_module, calibrated.plan
-    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8")
+    wider = nodes_of(plan, kept_wider) if scheme == "int8" else frozenset()
+    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8",
+                                      wider=wider, wider_bits=WIDER_BITS[wider_as])
     if bias_correction and scheme == "int8":
         weights_only = _make_interpreter(graph_module, plan, "dynamic-int8", weight_bits, palettize_bits=palettize_bits, float_weights_up_to=float_weights_up_to)
         weights_only.calibrating = False
@@ -803,6 +857,9 @@ def simulate(
         ranges=range_diagnostics(simulator) if scheme == "int8" else (),
         recurrent=recurrent if plan.recurrent_ops else None,
         recurrent_ops=plan.recurrent_ops,
+        kept_wider=tuple(kept_wider) if wider else (),
+        wider_as=wider_as if wider else None,
+        wider_nodes=len(wider),
     )
 
 
@@ -843,10 +900,19 @@ SENSITIVE_LAYERS_LISTED = 5
 #: parity inputs the sensitivity is measured on (each layer costs one more simulated pass over them)
 SENSITIVITY_SAMPLES = 4
 #: at most this many layers are measured (one pass each), the noisiest by their own quantization
-SENSITIVITY_CANDIDATES = 24
-#: the greedy choice of layers kept wider: among the most sensitive this many, at most WIDER_MOST
+SENSITIVITY_CANDIDATES = 32
+#: the greedy choice of layers kept wider: among the most sensitive this many, at most WIDER_MOST,
+#: together at most WIDER_MACS_MOST of the model's multiply-accumulates (what a kept layer costs
+#: on the device grows with its MACs: a CPU fallback on coral, int16 kernels on an MCU)
 WIDER_CANDIDATES = 8
 WIDER_MOST = 4
+WIDER_MACS_MOST = 0.15
+#: a greedy step whose best candidate gains less than this tries the best WIDER_PAIRS_OF in pairs
+WIDER_LOOK_AHEAD_DB = 1.0
+WIDER_PAIRS_OF = 6
+#: layers no target can keep wider: the model's inputs (the artifact's I/O type is the target's)
+#: and ops outside every module (no converter names them)
+_NOT_KEPT = frozenset({"input", "(model)"})
 
 
 def quantization_options(quantization: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -866,21 +932,22 @@ class LayerSimulation:
     ``(model)`` for ops outside any submodule) to its quantized nodes (weights and outputs), and
     :meth:`sqnr` runs the simulation with some layers kept float, against ``reference``."""
 
-    def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = ()) -> None:
+    def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = (), wider_as: str = "float") -> None:
         self.calibrated, self.batches, self.reference = calibrated, batches, reference
         self.options = (weight_bits, symmetric_activations, None, 8, tuple(on_input_grid))
+        self.wider_bits = WIDER_BITS[wider_as]
         plan = calibrated.plan
         self.layers: dict[str, set[Any]] = {}
         for node in (*plan.inputs, *plan.points, *plan.weight_axis):
             self.layers.setdefault(_module_of(node) or "(model)", set()).add(node)
 
-    def sqnr(self, kept_float: Iterable[str] = (), noise: dict[Any, list[float]] | None = None) -> float:
-        """The worst output's SQNR with the layers ``kept_float`` float (weights and outputs);
-        ``noise`` collects the (signal, noise) energy each quantized node adds."""
+    def sqnr(self, kept: Iterable[str] = (), noise: dict[Any, list[float]] | None = None) -> float:
+        """The worst output's SQNR with the modules ``kept`` (and their submodules) wider, as a
+        mixed-precision artifact keeps them (:func:`_inside`); ``noise`` collects the (signal,
+        noise) energy each quantized node adds."""
         from edgex.core.parity import output_error
 
-        wider = frozenset().union(*(self.layers[layer] for layer in kept_float))
-        simulator = _calibrated_simulator(self.calibrated, *self.options, wider=wider)
+        simulator = _calibrated_simulator(self.calibrated, *self.options, wider=nodes_of(self.calibrated.plan, kept), wider_bits=self.wider_bits)
         simulator.noise = noise
         outputs = _run(simulator, self.batches)
         return min(output_error(self.reference, outputs, index)[1] for index in range(len(self.reference[0])))
@@ -897,69 +964,157 @@ def layer_sensitivity(
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
+    wider_as: str = "float",
 ) -> dict[str, Any]:
     """How much SQNR each layer's int8 quantization costs in edgex's own simulation, on
     ``batches`` against ``reference`` (the torch outputs there), the worst output's.
 
     A layer is a torch module (:class:`LayerSimulation`). ``leave-out``: every layer quantized but
-    that one, kept float; its ``gain_db`` is what keeping it wider buys over full int8, measured
-    with every other layer's noise present, as keeping it wider would leave them. ``alone``: that
+    that one, kept at ``wider_as`` as a mixed-precision artifact keeps it (its boundary int8); its
+    ``gain_db`` is what keeping it wider buys over full int8, measured with every other layer's
+    noise present, as keeping it wider would leave them. ``alone``: that
     layer the only one quantized; ``cost_db`` is its SQNR alone (lower: more sensitive). Each
     layer is one more pass over ``batches``: of a model with more than ``candidates`` layers, only
     the ``candidates`` whose own quantization leaves their tensors the lowest SQNR (``local_db``,
     from the full-int8 pass) are measured. Returns the full-int8 SQNR and the layers measured,
     most sensitive first, with their share of the model's multiply-accumulates; with ``aim_db``
     (leave-out) and full int8 below it, also ``keep_wider``: the fewest layers kept float that
-    reach it in the simulation (:func:`_greedy_wider`)."""
+    reach it in the simulation (:func:`_greedy_wider`), within WIDER_MACS_MOST of the MACs."""
     if method not in ("leave-out", "alone"):
         raise UsageError(f"no sensitivity method {method!r}; methods: leave-out, alone")
-    simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid)
+    simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid, wider_as=wider_as)
     start = time.perf_counter()
     noise: dict[Any, list[float]] = {}
     full = simulation.sqnr((), noise)
     macs = _macs_per_module(calibrated.graph_module, batches[0])
     total = sum(macs.values()) or 1
-    # the worst SQNR each layer's own quantization leaves its tensors
-    local = {
-        layer: min((10 * math.log10(max(s, 1e-300) / n) if n > 0 else math.inf for s, n in (noise[node] for node in nodes if node in noise)), default=math.inf)
-        for layer, nodes in simulation.layers.items()
-    }
-    # beyond `candidates` layers, only the noisiest by their own quantization are measured
+    # the candidates: each layer, and each value read across layers with the layers that make
+    # and read it (a kept layer's boundary stays int8: only keeping both sides removes that
+    # value's quantization); ranked by the worst SQNR their own quantization leaves a tensor
+    def local_db(node: Any) -> float:
+        signal, error = noise.get(node, (1.0, 0.0))
+        return 10 * math.log10(max(signal, 1e-300) / error) if error > 0 else math.inf
+
+    units: dict[tuple[str, ...], float] = {}
+    for layer, nodes in simulation.layers.items():
+        units[(layer,)] = min((local_db(node) for node in nodes), default=math.inf)
+    quantized = {node for nodes in simulation.layers.values() for node in nodes}
+    for node in calibrated.plan.points:
+        unit = tuple(sorted({_module_of(n) or "(model)" for n in (node, *_consumers(calibrated.plan, node)) if n in quantized}))
+        if len(unit) > 1:
+            units[unit] = min(units.get(unit, math.inf), local_db(node))
+    # beyond `candidates` units, only the noisiest by their own quantization are measured
     layers = []
-    for module in sorted(local, key=local.get)[:candidates]:
-        measured = simulation.sqnr([module] if method == "leave-out" else [m for m in simulation.layers if m != module])
-        layer = {"module": module, "macs_share": round(macs.get(module, 0) / total, 4)}
+    for unit in sorted(units, key=units.get)[:candidates]:
+        if method == "leave-out":
+            measured = simulation.sqnr(unit)
+        elif len(unit) == 1:
+            measured = simulation.sqnr([m for m in simulation.layers if m not in unit])
+        else:
+            continue  # alone: one layer quantized at a time
+        layer = {"module": " + ".join(unit), "modules": list(unit), "macs_share": macs_share(unit, macs, total)}
         if method == "leave-out":
             layer["gain_db"] = round(measured - full, 2) if math.isfinite(measured) else measured
         else:
             layer["cost_db"] = round(measured, 2) if math.isfinite(measured) else measured
-        layer["local_db"] = round(local[module], 2) if math.isfinite(local[module]) else None
+        layer["local_db"] = round(units[unit], 2) if math.isfinite(units[unit]) else None
         layers.append(layer)
     layers.sort(key=lambda layer: -layer["gain_db"] if method == "leave-out" else layer["cost_db"])
-    found = {"method": method, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers, "layers_total": len(simulation.layers)}
+    found = {"method": method, "wider_as": wider_as, "sqnr_db": round(full, 2), "samples": sum(len(b[0]) for b in batches), "layers": layers, "layers_total": len(simulation.layers)}
     if aim_db is not None and method == "leave-out" and full < aim_db:
-        found["keep_wider"] = _greedy_wider(simulation, full, aim_db, [layer["module"] for layer in layers[:WIDER_CANDIDATES]], macs, total)
+        keepable = [tuple(layer["modules"]) for layer in layers if not _NOT_KEPT.intersection(layer["modules"]) and layer["gain_db"] > 0 and layer["macs_share"] <= WIDER_MACS_MOST]
+        found["keep_wider"] = _greedy_wider(simulation, full, aim_db, keepable[:WIDER_CANDIDATES], macs, total)
     found["seconds"] = round(time.perf_counter() - start, 2)
     return found
 
 
-def _greedy_wider(simulation: LayerSimulation, full: float, aim_db: float, candidates: Sequence[str], macs: Mapping[str, int], total: int) -> dict[str, Any]:
-    """The fewest layers kept float that bring the simulation to ``aim_db``: greedy, each step
-    the candidate whose keeping (with those kept before it) reaches the highest SQNR, measured
-    again every step; at most WIDER_MOST layers, and no step that gains under 0.1 dB."""
+#: mixed precision (``--mixed-precision auto``) starts where full int8's simulation falls below
+#: this: an artifact as good as the simulation, less the verdict's margin, would miss the verdict's
+#: absolute floor (MIN_SQNR_DB 10 + SIM_SQNR_MARGIN_DB 3; edgex.core.parity)
+MIXED_PRECISION_BELOW_DB = 13.0
+#: and keeps layers wider until the simulation reaches this: the floor with the verdict's margin
+#: again as headroom for the converter's own shortfall against the simulation
+MIXED_PRECISION_AIM_DB = 16.0
+
+
+def choose_wider(
+    calibrated: Calibration,
+    batches: Sequence[tuple[np.ndarray, ...]],
+    reference: Outputs,
+    full_db: float,
+    *,
+    wider_as: str = "float",
+    modules: Sequence[str] = (),
+    weight_bits: int = 8,
+    symmetric_activations: bool = False,
+    on_input_grid: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """The layers a mixed-precision int8 artifact keeps at ``wider_as``: the user's ``modules``
+    (measured), or, where full int8's simulation (``full_db``, the verdict's, on every parity
+    input) is below MIXED_PRECISION_BELOW_DB, the fewest sensitive layers whose keeping brings
+    the simulation on ``batches`` to MIXED_PRECISION_AIM_DB (:func:`layer_sensitivity`'s greedy
+    choice, within WIDER_MACS_MOST of the MACs); None where full int8 meets its floor, or no
+    layer helps. Returns ``modules``, ``macs_share``, ``sqnr_before_db`` and ``sqnr_db`` (the
+    simulation on ``batches`` without and with them), ``chosen_by``, ``seconds``."""
+    start = time.perf_counter()
+    options = {"weight_bits": weight_bits, "symmetric_activations": symmetric_activations, "on_input_grid": tuple(on_input_grid)}
+    if modules:
+        simulation = LayerSimulation(calibrated, batches, reference, wider_as=wider_as, **options)
+        asked, modules = modules, modules_within(simulation.layers, modules)
+        if not modules:
+            raise UsageError(f"--keep-wider {', '.join(asked)}: no such torch module holds a quantized op of the model (its modules: {', '.join(sorted(simulation.layers)[:12])}, ...)")
+        macs = _macs_per_module(calibrated.graph_module, batches[0])
+        before, after = simulation.sqnr(), simulation.sqnr(modules)
+        return {"modules": list(modules), "chosen_by": "user", "macs_share": macs_share(modules, macs, sum(macs.values())) if macs else None,
+                "sqnr_before_db": round(before, 2), "sqnr_db": round(after, 2) if math.isfinite(after) else after, "seconds": round(time.perf_counter() - start, 2)}
+    if not full_db < MIXED_PRECISION_BELOW_DB:
+        return None
+    found = layer_sensitivity(calibrated, batches, reference, aim_db=MIXED_PRECISION_AIM_DB, wider_as=wider_as, **options)
+    wider = found.get("keep_wider")
+    if not wider or not wider["modules"]:
+        return None
+    return {"modules": list(wider["modules"]), "chosen_by": "auto", "macs_share": wider["macs_share"], "sqnr_before_db": wider["sqnr_before_db"],
+            "sqnr_db": wider["sqnr_db"], "aim_db": MIXED_PRECISION_AIM_DB, "reached": wider["reached"], "seconds": round(time.perf_counter() - start, 2)}
+
+
+def macs_share(modules: Iterable[str], macs: Mapping[str, int], total: int) -> float:
+    """The share of ``total`` MACs the ``modules`` hold, of ``macs`` per innermost module."""
+    modules = frozenset(modules)
+    held = sum(n for module, n in macs.items() if module in modules)
+    return round(held / (total or 1), 4)
+
+
+def _greedy_wider(simulation: LayerSimulation, full: float, aim_db: float, candidates: Sequence[tuple[str, ...]], macs: Mapping[str, int], total: int) -> dict[str, Any]:
+    """The fewest layers kept wider that bring the simulation to ``aim_db``: greedy over the
+    ``candidates`` (a layer, or the layers on both sides of one value), each step the one whose
+    keeping (with those kept before it) reaches the highest SQNR, measured again every step; at
+    most WIDER_MOST steps and WIDER_MACS_MOST of the MACs, and no step that gains under 0.1 dB."""
     kept: list[str] = []
     reached = full
-    while reached < aim_db and len(kept) < WIDER_MOST:
-        trials = {c: simulation.sqnr([*kept, c]) for c in candidates if c not in kept}
+    steps = 0
+
+    def adding(unit: tuple[str, ...]) -> list[str]:
+        return [*kept, *(m for m in unit if m not in kept)]
+
+    while reached < aim_db and steps < WIDER_MOST:
+        trials = {unit: simulation.sqnr(adding(unit)) for unit in candidates if not set(unit) <= set(kept) and macs_share(adding(unit), macs, total) <= WIDER_MACS_MOST}
         if not trials:
             break
-        best = max(trials, key=lambda c: trials[c])
+        if max(trials.values()) < reached + WIDER_LOOK_AHEAD_DB:
+            # no one candidate gains much: a value between two layers stays int8 unless both are
+            # kept (values -> attention -> projection), so try the best few in pairs too
+            top = sorted(trials, key=lambda unit: -trials[unit])[:WIDER_PAIRS_OF]
+            for i, first in enumerate(top):
+                for second in top[i + 1:]:
+                    pair = tuple(dict.fromkeys((*first, *second)))
+                    if macs_share(adding(pair), macs, total) <= WIDER_MACS_MOST:
+                        trials[pair] = simulation.sqnr(adding(pair))
+        best = max(trials, key=lambda unit: trials[unit])
         if not trials[best] >= reached + 0.1:
             break
-        kept.append(best)
-        reached = trials[best]
+        kept, reached, steps = adding(best), trials[best], steps + 1
     return {
-        "aim_db": aim_db, "modules": kept, "macs_share": round(sum(macs.get(m, 0) for m in kept) / total, 4),
+        "aim_db": aim_db, "modules": kept, "macs_share": macs_share(kept, macs, total),
         "sqnr_before_db": round(full, 2), "sqnr_db": round(reached, 2) if math.isfinite(reached) else reached, "reached": bool(reached >= aim_db),
     }
 

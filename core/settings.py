@@ -12,6 +12,8 @@ from edgex.core.types import PRECISIONS
 
 #: ``--rewrite``: "auto" rewrites what each target lacks (every rewrite proven first), "none" nothing
 REWRITE_MODES = ("auto", "none")
+#: ``--mixed-precision``: auto (default for int8) or off
+MIXED_PRECISION_MODES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class ConvertSettings:
     min_top1_agreement: float = 0.99
     #: one of ``REWRITE_MODES``: the rewrites of ``edgex.core.rewrites`` applied before converting
     rewrite: str = "auto"
+    #: ``--mixed-precision``: ``auto`` keeps the fewest sensitive layers of an int8 artifact wider
+    #: where full int8 misses its floor in edgex's simulation (docs/mixed_precision.md); ``off`` never
+    mixed_precision: str = "auto"
+    #: ``--keep-wider MODULE``: torch modules (with their submodules) every int8 artifact keeps
+    #: wider, chosen by the user (replaces ``auto``'s choice)
+    keep_wider: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # checked when built, whoever builds them: a bad value is a usage error before any work
@@ -57,6 +65,10 @@ class ConvertSettings:
             raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop:g} must be 0 or more (points of accuracy)")
         if self.rewrite not in REWRITE_MODES:
             raise UsageError(f"--rewrite {self.rewrite!r}: choose one of {', '.join(REWRITE_MODES)}")
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise UsageError(f"--mixed-precision {self.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION_MODES)}")
+        if any(not isinstance(m, str) or not m or m != m.strip(".") for m in self.keep_wider):
+            raise UsageError(f"--keep-wider takes torch module names as the model names them (e.g. blocks.0.attn), not {', '.join(map(repr, self.keep_wider))}")
         if not 0.0 <= self.min_top1_agreement <= 1.0:
             raise UsageError(f"--min-top1-agreement {self.min_top1_agreement:g} must lie between 0 and 1")
 

@@ -92,6 +92,45 @@ class TargetSpec:
     #: the environment its converter and runtime run in, when they cannot share the user's: the
     #: target is ``unavailable`` until ``edgex toolchains build NAME`` made it
     toolchain: ToolchainSpec | None = None
+    #: the wider types an int8 artifact of this target can keep some layers at, from
+    #: :data:`WIDER_TYPES` ("float": those ops run float, "int16": int16 activations, int8
+    #: weights), preferred first; empty: full int8 only. Core asks which layers to keep only of a
+    #: target that declares one (``ConversionRequest.layers_kept_wider``; docs/mixed_precision.md)
+    keeps_wider: tuple[str, ...] = ()
+
+
+#: what a mixed-precision int8 artifact keeps its sensitive layers at (``TargetSpec.keeps_wider``)
+WIDER_TYPES = ("float", "int16")
+
+
+@dataclass(frozen=True)
+class WiderLayers:
+    """The layers an int8 artifact keeps at a wider type (``ConversionRequest.layers_kept_wider``).
+
+    ``modules`` are torch module paths; an op belongs to one when it is its innermost module
+    (:meth:`holds`): a module's own ops (a block's attention matmuls), not its submodules'. A run
+    expands the user's ``--keep-wider`` modules to every module inside them. The tensors crossing a kept layer's boundary stay int8
+    as its int8 neighbours quantize them; only what flows inside it is wider. The artifact says
+    what it kept in ``ArtifactIO.quantization["kept_wider"]`` (``{"modules": [...], "as": type}``),
+    which edgex's simulated reference then quantizes alike."""
+
+    modules: tuple[str, ...]
+    #: one of :data:`WIDER_TYPES`
+    wider_as: str
+    #: "auto" (the fewest sensitive layers, edgex's greedy choice) or "user" (``--keep-wider``)
+    chosen_by: str
+    #: their share of the model's multiply-accumulates, and the simulation's worst-output SQNR
+    #: at full int8 and with them kept wider (None where not measured)
+    macs_share: float | None = None
+    sqnr_before_db: float | None = None
+    sqnr_db: float | None = None
+
+    def holds(self, module: str | None) -> bool:
+        return bool(module) and module in self.modules
+
+    def quantization(self) -> dict[str, Any]:
+        """What the artifact writes into ``ArtifactIO.quantization``."""
+        return {"kept_wider": {"modules": list(self.modules), "as": self.wider_as}}
 
 
 @dataclass(frozen=True)
@@ -269,6 +308,33 @@ class ConversionRequest:
     exports: Any = None
     #: where a run's simulated floors come from (core sets it): use :meth:`simulated_floor`
     floors: Any = None
+    #: ``--mixed-precision`` (auto, off) and ``--keep-wider`` (the user's modules): use :meth:`layers_kept_wider`
+    mixed_precision: str = "auto"
+    keep_wider: tuple[str, ...] = ()
+    #: who chooses the layers kept wider in a run (core sets it: the parent, from its simulation)
+    wider_advice: Any = None
+
+    def layers_kept_wider(self, wider_as: str | Sequence[str], quantization: Mapping[str, Any] | None = None) -> WiderLayers | None:
+        """Which layers this int8 artifact keeps wider, and at which of the types ``wider_as`` (the
+        target's ``TargetSpec.keeps_wider``, preferred first), or None for full int8: the user's
+        ``--keep-wider`` modules, at the first type; else, with ``--mixed-precision auto``, the
+        fewest layers edgex's simulation of the model (quantized as ``quantization``, the
+        artifact's ``ArtifactIO.quantization``, says) needs kept wider where full int8 misses its
+        parity floor, chosen greedily, at the first type that reaches the aim (else the one that
+        comes closest); None where full int8 meets the floor, or ``off``. A request built by hand
+        has no run to ask: only the user's modules (docs/mixed_precision.md)."""
+        types = (wider_as,) if isinstance(wider_as, str) else tuple(wider_as)
+        if not types or any(t not in WIDER_TYPES for t in types):
+            raise ValueError(f"wider types {types!r}: choose from {', '.join(WIDER_TYPES)}")
+        if self.precision != "int8":
+            return None
+        if self.keep_wider:
+            if self.wider_advice is None:
+                return WiderLayers(tuple(self.keep_wider), types[0], "user")
+            return self.wider_advice(types, dict(quantization or {}), tuple(self.keep_wider))
+        if self.mixed_precision == "off" or self.wider_advice is None or not self.calibration or self.model.module is None:
+            return None
+        return self.wider_advice(types, dict(quantization or {}), ())
 
     def simulated_floor(
         self,

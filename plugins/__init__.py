@@ -49,6 +49,8 @@ from edgex.core.types import (
     TensorSpec,
     TracedTensor,
     Tracer,
+    WIDER_TYPES,
+    WiderLayers,
 )
 
 if TYPE_CHECKING:
@@ -210,6 +212,8 @@ __all__ = [
     "ToolchainSpec",
     "TracedTensor",
     "Tracer",
+    "WIDER_TYPES",
+    "WiderLayers",
     "UnsupportedModel",
     "UsageError",
 ]

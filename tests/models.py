@@ -329,3 +329,65 @@ class WindowMixer(torch.nn.Module):
 def window_mixer():
     torch.manual_seed(0)
     return WindowMixer().eval(), (torch.randn(1, 3, 8, 8),)
+
+
+class _Attention(torch.nn.Module):
+    """Self-attention as ViTs write it: q, k, v and proj Linear modules, the attention itself in
+    this module's own forward."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query, self.key, self.value = (torch.nn.Linear(dim, dim) for _ in range(3))
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        weights = torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
+        return self.proj(weights @ v)
+
+
+class _PreNormBlock(torch.nn.Module):
+    """A pre-norm transformer block (ReLU MLP of 4x the width, as ViTs have)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = torch.nn.LayerNorm(dim), _Attention(dim)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.fc1, self.fc2 = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(torch.relu(self.fc1(self.norm2(x))))
+
+
+class OffsetAttention(torch.nn.Module):
+    """A small ViT whose second block's attention values carry large per-channel offsets (the
+    systematic outlier channels trained transformers grow): ``offset`` x a sign per channel added
+    to the value projection's bias, and taken back out of the output projection's bias. The
+    float function is unchanged and no converter can fold it away (the attention's matmul reads
+    the values), but the values and the attention's output now span about 2 x ``offset`` while
+    they vary by about 1 per token, which per-tensor int8 cannot carry (edgex's simulation: a few
+    dB at full int8). Keeping the value projection, the attention's own ops and the output
+    projection wider restores it, float or int16 alike, at about a tenth of the MACs
+    (docs/mixed_precision.md)."""
+
+    def __init__(self, image: int = 16, patch: int = 4, dim: int = 32, blocks: int = 2, classes: int = 5, offset: float = 40.0) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, dim, patch, stride=patch)
+        self.blocks = torch.nn.Sequential(*(_PreNormBlock(dim, dim * 4) for _ in range(blocks)))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, classes)
+        with torch.no_grad():
+            attn = self.blocks[-1].attn
+            shift = offset * torch.where(torch.arange(dim) % 2 == 0, 1.0, -1.0)
+            attn.value.bias += shift
+            attn.proj.bias -= attn.proj.weight @ shift
+
+    def forward(self, images):
+        tokens = self.patch(images).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
+def offset_attention(offset: float = 40.0):
+    torch.manual_seed(0)
+    return OffsetAttention(offset=offset).eval(), (torch.randn(1, 3, 16, 16),)

@@ -249,7 +249,7 @@ def test_16x8_kept_on_mcu_where_no_int8_recipe_reaches_and_never_on_coral(tmp_pa
     assert coral.status == "failed"
     # int8 itself cannot carry the model: the row names the layer it costs most, with its MACs
     top = coral.details["int8_sensitivity"]["layers"][0]
-    assert top["module"] == "hidden" and top["gain_db"] > 20 and top["macs_share"] > 0.8
+    assert "hidden" in top["modules"] and top["gain_db"] > 20 and top["macs_share"] > 0.8
     assert any("even in edgex's simulation" in m and "hidden (+" in m for m in coral.messages), coral.messages
     assert "int8_sensitivity" not in mcu.details, "a 16x8 artifact is not judged against the int8 simulation"
     assert all(c["recipe"] != "16x8" for c in coral.details["int8_recipe"]["candidates"])
@@ -285,7 +285,7 @@ def test_percentile_kept_where_a_calibration_glitch_widens_a_range(tmp_path):
     assert recipe["chosen"]["recipe"] == "percentile", recipe["candidates"]
     assert by_recipe["percentile"]["sqnr_db"] > by_recipe["min-max"]["sqnr_db"] + 10
     assert by_recipe["min-max"]["meets_reference"] and "reference_floor_db" in by_recipe["percentile"]
-    assert by_recipe["mse"]["outcome"] == "measured", "the MSE recipe converts to a full-int8 model LiteRT runs"
+    assert "mse" not in by_recipe, "the recipes are tried in order until one is no longer short: percentile was"
     assert "ranges clipped to the 0.01-99.99 percentiles" in row.converter
 
 

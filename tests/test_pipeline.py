@@ -322,7 +322,7 @@ def test_a_childs_simulated_floor_is_answered_from_the_parents_one_calibration(t
     assert own.simulated_floor(check, outputs, 8) is None, "built by hand, without a parent to ask"
 
     def asking(parent):
-        return replace(own, floors=pipeline._FloorsFromParent(lambda kind, question: pipeline._answer_floor(question, parent, None), tmp_path / "floors"))
+        return replace(own, floors=pipeline._AskParent(lambda kind, question: pipeline._answer_floor(question, parent, None), tmp_path / "floors").floor)
 
     # what the child would compute itself, calibrating again
     expected = simulated_floor(module, (model.example_inputs[0],), inputs.calibration_batches, check, outputs, 8, on_input_grid=AVERAGE_POOLS)

@@ -327,8 +327,9 @@ def test_an_unrolled_lstm_is_judged_by_its_simulation_and_a_defect_in_it_fails(l
 
 def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
     """WideRangeFeatures' hidden layer spans two scales 100x apart: int8 leaves its small half a
-    few steps. Kept float, it alone gives back the lost SQNR (leave-out); quantized alone, it
-    alone loses it (alone). The other layers cost nothing measurable; MAC shares add up to 1."""
+    few steps. Kept float with the layers that read it, it gives back the lost SQNR (leave-out);
+    quantized alone, a layer reading it quantizes that value at its input and loses it (alone).
+    MAC shares of the single layers add up to 1."""
     import sys
     from pathlib import Path
 
@@ -345,15 +346,17 @@ def test_per_layer_sensitivity_names_the_layer_int8_cannot_carry():
     reference = torch_outputs(module, batches)
     calibrated = calibrate(module, (example[0].numpy(),), calibration)
     out = layer_sensitivity(calibrated, batches, reference)
-    assert out["sqnr_db"] < 15 and out["layers"][0]["module"] == "hidden"
-    assert out["layers"][0]["gain_db"] > 20 and all(abs(layer["gain_db"]) < 1 for layer in out["layers"][1:])
-    assert sum(layer["macs_share"] for layer in out["layers"]) == pytest.approx(1, abs=0.01)
-    assert out["layers"][0]["macs_share"] == pytest.approx(64 * 32 / (64 * 32 + 16 * 10 + 16 * 4), abs=0.01)
-    assert "hidden (+" in describe_sensitivity(out) and "head" not in describe_sensitivity(out)
-    # the fewest layers kept float that reach 20 dB: hidden alone, re-measured with it kept
+    # the value int8 cannot carry is hidden's output: kept float, hidden with the layers reading it
+    # gives the SQNR back; hidden alone does not (a kept layer's output stays int8 where int8 ops read it)
+    top = out["layers"][0]
+    assert out["sqnr_db"] < 15 and "hidden" in top["modules"] and len(top["modules"]) > 1 and top["gain_db"] > 20, top
+    hidden = next(layer for layer in out["layers"] if layer["modules"] == ["hidden"])
+    assert hidden["gain_db"] < top["gain_db"] - 10 and hidden["macs_share"] == pytest.approx(64 * 32 / (64 * 32 + 16 * 10 + 16 * 4), abs=0.01)
+    assert sum(layer["macs_share"] for layer in out["layers"] if len(layer["modules"]) == 1) == pytest.approx(1, abs=0.01)
+    assert "hidden (+" in describe_sensitivity(out)
+    # keeping them wider would take nearly every MAC: over WIDER_MACS_MOST, nothing is kept
     wider = layer_sensitivity(calibrated, batches, reference, aim_db=20.0)["keep_wider"]
-    assert wider["modules"] == ["hidden"] and wider["reached"] and wider["sqnr_db"] > 40 and wider["macs_share"] > 0.8
-    assert "keeping hidden float (" in describe_sensitivity(layer_sensitivity(calibrated, batches, reference, aim_db=20.0))
+    assert wider["modules"] == [] and not wider["reached"]
     assert "keep_wider" not in layer_sensitivity(calibrated, batches, reference, aim_db=3.0), "full int8 already reaches the aim"
     alone = layer_sensitivity(calibrated, batches, reference, method="alone")
-    assert alone["layers"][0]["module"] == "hidden" and alone["layers"][0]["cost_db"] < 15 < alone["layers"][1]["cost_db"]
+    assert alone["layers"][0]["module"] in ("head", "aux") and alone["layers"][0]["cost_db"] < 15, alone["layers"]

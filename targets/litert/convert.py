@@ -22,7 +22,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from edgex.plugins import (
     TargetOption,
     TensorBinding,
     UsageError,
+    WiderLayers,
 )
 from edgex.targets.litert.runtime import LiteRTRuntime, quant_params
 
@@ -174,8 +175,9 @@ def bindings(
     return tuple(inputs), tuple(outputs)
 
 
-def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], reference: ReferenceModel, converter: str) -> bytes:
-    """What edgex writes into the .tflite so that ``edgex validate`` needs no guessing."""
+def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], reference: ReferenceModel, converter: str, kept: WiderLayers | None = None) -> bytes:
+    """What edgex writes into the .tflite so that ``edgex validate`` needs no guessing (``kept``:
+    a mixed-precision artifact's layers kept wider, which its simulated reference keeps too)."""
     def entry(name: str, binding: TensorBinding) -> dict[str, Any]:
         return {"reference": name, "tensor": binding.name, "perm": list(binding.perm) if binding.perm else None}
 
@@ -186,6 +188,8 @@ def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Se
         "inputs": [entry(s.name, b) for s, b in zip(reference.inputs, inputs)],
         "outputs": [entry(n, b) for n, b in zip(reference.output_names, outputs)],
     }
+    if kept is not None:
+        data.update(kept.quantization())
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
@@ -230,7 +234,7 @@ def describe_tflite(path: Path, reference: ReferenceModel) -> ArtifactIO:
     except TargetError as exc:
         raise UsageError(exc.message) from exc
     precision = (stamp or {}).get("precision") or _infer_precision(graph, inputs)
-    return ArtifactIO(path, precision, inputs, outputs, _quantization(graph, precision))
+    return ArtifactIO(path, precision, inputs, outputs, _quantization(graph, precision, (stamp or {}).get("kept_wider")))
 
 
 # --------------------------------------------------------------------------- int8 checks
@@ -271,16 +275,20 @@ def activation_bits_of(graph: Any) -> int:
     return 16 if any(t.dtype == "int16" and t.quantized for t in edges) else 8
 
 
-def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any], list[str]]:
+def check_full_int8(graph: Any, activation_bits: int = 8, wider_as: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
     read as lookup indices: token ids; bool for masks), int8 inputs and outputs, sane activation
     scales; returns (summary, warnings) or raises :class:`RejectedArtifact`.
 
     ``activation_bits=16``: TFLite's 16x8 mode, all-integer too: int16 activations, inputs and
     outputs, int8 weights, int64 biases. bool tensors (masks from comparisons, e.g. a
-    transformer's attention mask) carry no values to quantize and are allowed, and counted."""
+    transformer's attention mask) carry no values to quantize and are allowed, and counted.
+
+    ``wider_as``: a mixed-precision model, whose kept layers' tensors are float32 or int16 (with
+    int64 biases); :func:`check_kept` then checks they lie in the kept layers."""
     act = "int16" if activation_bits == 16 else "int8"
     allowed = ("int8", "int16", "int32", "int64", "bool") if activation_bits == 16 else ("int8", "int32", "bool")
+    allowed += {"float": ("float32",), "int16": ("int16", "int64", "float32")}.get(wider_as or "", ())
     mode = "16x8" if activation_bits == 16 else "full int8"
     not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in allowed]
     if not_int:
@@ -332,6 +340,29 @@ def check_full_int8(graph: Any, activation_bits: int = 8) -> tuple[dict[str, Any
     if masks := sum(1 for _, t in graph.all_tensors if t.dtype == "bool"):
         summary["bool_tensors"] = masks
     return summary, warnings
+
+
+def kept_layers(graph: Any) -> WiderLayers | None:
+    """The layers a mixed-precision .tflite of edgex's keeps wider, as its metadata says; None for another."""
+    kept = (graph.edgex_metadata() or {}).get("kept_wider") or {}
+    return WiderLayers(tuple(kept["modules"]), kept.get("as", "float"), "") if kept.get("modules") else None
+
+
+def check_kept(graph: Any, kept: WiderLayers) -> dict[str, Any]:
+    """The operators a mixed-precision model computes wider (float32, or int16 activations), each
+    of a kept layer (:func:`edgex.targets.litert.converters.op_module`); raises
+    :class:`RejectedArtifact` for a wider operator outside them, or none at all."""
+    from edgex.targets.litert.converters import op_module
+
+    dtype = ("float32",) if kept.wider_as == "float" else ("int16", "float32")  # int16: activation products stay float
+    wider = [op for op in graph.operators if op.name not in ("QUANTIZE", "DEQUANTIZE") and any(graph.tensor(i).dtype in dtype for i in op.outputs if i >= 0)]
+    stray = [f"{op.name} #{op.index} ({op_module(graph, op) or 'no module'})" for op in wider if not kept.holds(op_module(graph, op))]
+    if stray:
+        raise RejectedArtifact(f"mixed precision: {len(stray)} {' or '.join(dtype)} operators outside the layers kept wider ({', '.join(stray[:3])})")
+    if not wider:
+        raise RejectedArtifact(f"mixed precision: no operator of {', '.join(kept.modules)} was found to keep {kept.wider_as}")
+    return {"modules": list(kept.modules), "as": kept.wider_as, "operators": len(wider),
+            "conversions": sum(1 for op in graph.operators if op.name in ("QUANTIZE", "DEQUANTIZE"))}
 
 
 #: (operator, input position) -> the axis on which that input's int8 kernel takes one scale per
@@ -535,7 +566,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
 
     ``int16_activations``: the target runs TFLite's 16x8 mode, which the int8 recipe search may
     then choose (``_search_recipes``)."""
-    from edgex.targets.litert.converters import ONNX2TF_OPSET, PathResult, activation_bits, convert_with
+    from edgex.targets.litert.converters import KEEPS_WIDER, ONNX2TF_OPSET, PathResult, activation_bits, convert_with
     from edgex.targets.litert.graph import rewrite
 
     precision = precision or request.precision
@@ -556,28 +587,29 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
     learned: dict[str, tuple[str, ...]] = {}
     refused: dict[str, tuple[str, list[dict[str, Any]]]] = {}
 
-    def convert(name: str, recipe_name: str | None = None, per_tensor: tuple[str, ...] | None = None) -> tuple[Any, _Attempt]:
+    def convert(name: str, recipe_name: str | None = None, per_tensor: tuple[str, ...] | None = None, kept: WiderLayers | None = None) -> tuple[Any, _Attempt]:
         if per_tensor is None:
             per_tensor = learned.get(name, ())
-        folder = scratch / ((name if recipe_name is None else f"{name}.{recipe_name}") + (".per-tensor" if per_tensor else ""))
+        folder = scratch / ((name if recipe_name is None else f"{name}.{recipe_name}") + (".per-tensor" if per_tensor else "") + (".mixed" if kept else ""))
+        wider = (kept.modules, kept.wider_as) if kept is not None else None
 
         def run_path(into: Path) -> dict[str, Any]:
             # each path in its own process: converters segfault, and a crash must fall back, not end the target
             made = start_isolated(
-                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor, export),
+                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor, export, wider),
                 what=f"the {name} converter",
             ).wait()
             return {**asdict(made), "path": Path(made.path).relative_to(into).as_posix()}
 
         try:
             # the same path, recipe and data make the same file for tflite, coral and mcu: made once per run
-            made = request.shared(f"litert {name} {precision} recipe={recipe_name} per-tensor={','.join(per_tensor)} ranks={ranks} calibration={calibration_digest}", run_path, folder)
+            made = request.shared(f"litert {name} {precision} recipe={recipe_name} per-tensor={','.join(per_tensor)} ranks={ranks} calibration={calibration_digest} kept={wider}", run_path, folder)
         except Exception as exc:
             return None, _Attempt(name, "failed", one_line(exc))
         result = PathResult(**{**made, "path": str(folder / made["path"]), "messages": tuple(made["messages"]),
                                "input_perms": _perms(made["input_perms"]), "output_perms": _perms(made["output_perms"])})
         try:
-            accepted = _accept(request, precision, result, output_shapes, activation_bits(recipe_name))
+            accepted = _accept(request, precision, result, output_shapes, activation_bits(recipe_name), kept)
         except PerChannelRejected as exc:
             # per-channel scales on an op whose kernel takes one: the same path again, with per-tensor
             # weights for those ops (a converter setting, not a lossy rewrite of the file's int8 weights)
@@ -585,7 +617,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
             if per_tensor and set(ops) == set(per_tensor):
                 return None, _Attempt(name, "rejected", one_line(exc))
             refused[name] = (one_line(exc), exc.findings[:8])
-            again, attempt = convert(name, recipe_name, ops)
+            again, attempt = convert(name, recipe_name, ops, kept)
             if again is None:
                 return None, _Attempt(name, "rejected", f"{one_line(exc)}; converted again with per-tensor weights for {', '.join(ops)}: {attempt.reason}")
             learned[name] = ops
@@ -600,15 +632,29 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
             warnings.insert(0, f"{name} converted with per-tensor weights for {', '.join(per_tensor)}: its first artifact was refused ({reason})")
         return accepted, _Attempt(name, "used")
 
+    # mixed precision: where full int8 misses its floor in edgex's simulation (so no full-int8
+    # recipe can meet it: none is tried), the layers the run's parent chose, kept wider
+    kept = None
+    if precision == "int8" and model.module is not None and calibration:
+        # int16 kernels where the target has them (mcu: TFLM), float where it falls back to the CPU
+        kept = request.layers_kept_wider(("int16", "float") if int16_activations else "float", {"on_input_grid": list(AVERAGE_POOLS), "recurrent": "unrolled"})
     try:
-        for name in order:
+        if kept is not None:
+            path = next((name for name in order if name in KEEPS_WIDER), None)
+            chosen, attempt = convert(path, kept=kept) if path else (None, _Attempt("litert-torch", "not tried", "the converter option leaves it out"))
+            if chosen is None:
+                messages.append(f"mixed precision ({', '.join(kept.modules)} kept {kept.wider_as}) not converted: {attempt.path} {attempt.reason or attempt.outcome}; converted full int8 instead")
+                kept = None
+            else:
+                attempts.append(attempt)
+        for name in order if chosen is None else ():
             chosen, attempt = convert(name)
             attempts.append(attempt)
             if chosen is not None:
                 break
         if chosen is None:
             raise _no_path_error(model, attempts)
-        if precision == "int8" and model.module is not None and calibration:
+        if precision == "int8" and model.module is not None and calibration and kept is None:
             def floor_of(check: Sequence[tuple[np.ndarray, ...]], reference: Any, bits: int) -> tuple[float, float] | None:
                 # the run's one calibration (the parent's), unless only the first MAX_CALIBRATION_SAMPLES were used
                 if len(calibration) == len(request.calibration or ()) and request.floors is not None:
@@ -619,7 +665,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
-        rewrite(final, {"edgex": layout_metadata(precision, inputs, outputs, model, result.converter)})
+        rewrite(final, {"edgex": layout_metadata(precision, inputs, outputs, model, result.converter, kept)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -636,7 +682,7 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         messages.append(recipe["message"])
     if checks:
         details["int8_checks"] = checks
-    io = ArtifactIO(final, precision, inputs, outputs, _quantization(graph, precision))
+    io = ArtifactIO(final, precision, inputs, outputs, _quantization(graph, precision, kept.quantization()["kept_wider"] if kept is not None else None))
     return ConversionResult((Artifact(final, "tflite"),), io, result.converter, tuple(messages), details)
 
 
@@ -727,11 +773,14 @@ def _search_recipes(
     aim = RECIPE_SEARCH_BELOW_DB
     best = 0
     searched = short(0)
-    if searched:
+    # the simulation rules the int8 recipes out where even it, quantizing ideally, stays below
+    # the floor: none can meet it (mixed precision, or 16x8 below, is what can)
+    ruled_out = (bound := floor(8)) is not None and bound[1] < bound[0]
+    if searched and not ruled_out:
         for path_name in order:
             for recipe_name in RECIPES.get(path_name, ()):
-                if (path_name, recipe_name) != (first_path, first_recipe):
-                    tried(path_name, recipe_name)
+                if (path_name, recipe_name) != (first_path, first_recipe) and short(max(artifacts, key=sqnr)):
+                    tried(path_name, recipe_name)  # in order, until one is no longer short
         best = max(artifacts, key=sqnr)
     if searched and int16_activations and short(best):
         for path_name in order:
@@ -753,11 +802,13 @@ def _search_recipes(
         f"; edgex's simulated {'16x8' if activation_bits(chosen['recipe']) == 16 else 'int8'} reference reaches {bound[1]:.1f} dB there, its parity floor {bound[0]:.1f} dB"
         if bound is not None else "; no simulated int8 reference for this model: aimed at 30 dB alone"
     )
-    if searched:
+    if searched and ruled_out and len(rows) == 1:
+        message = f"int8 recipe: {described(chosen)} ({where}{against}); no other int8 recipe tried: edgex's simulation, quantizing ideally, stays below the floor"
+    elif searched:
         others = ", ".join(described(r) for i, r in enumerate(rows) if i != best)
         message = (
             f"int8 recipe: {described(chosen)} ({where}{against}); the default measured below "
-            f"{'its floor' if not rows[0].get('meets_reference', True) else f'{aim:g} dB'}, so every recipe was tried: {others or 'no other recipe converted'}"
+            f"{'its floor' if not rows[0].get('meets_reference', True) else f'{aim:g} dB'}, so the other recipes were tried in order until one was not: {others or 'no other recipe converted'}"
         )
     else:
         message = f"int8 recipe: {described(chosen)} ({where}{against}); at or above {aim:g} dB and the floor, no other recipe tried"
@@ -765,12 +816,14 @@ def _search_recipes(
         "chosen": {"path": chosen["path"], "recipe": chosen["recipe"], "sqnr_db": chosen.get("sqnr_db"), "activation_bits": activation_bits(chosen["recipe"])},
         "rule": (
             f"the first path's default recipe, unless it measures below {aim:g} dB or below the parity floor of edgex's simulated "
-            "int8 reference on the same samples: then the int8 candidate with the highest SQNR"
+            "int8 reference on the same samples: then the other int8 recipes in order until one is neither, keeping the highest SQNR "
+            "(none where the simulation itself stays below the floor)"
             + (f"; where that one is still short, 16x8 when it gains {INT16_MIN_GAIN_DB:g} dB or alone meets its own simulated floor" if int16_activations else "")
             + " (every candidate all-integer)"
         ),
         "measured_on": where,
         "searched": searched,
+        "ruled_out_by_simulation": ruled_out,
         "candidates": rows,
         "message": message,
     }
@@ -779,24 +832,26 @@ def _search_recipes(
     return artifacts[best], details
 
 
-def _quantization(graph: Any, precision: str) -> dict[str, Any]:
+def _quantization(graph: Any, precision: str, kept: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``ArtifactIO.quantization`` of a .tflite, which its simulated reference quantizes likewise
     (``pipeline.Reference.simulated``): a 16x8 model's int16 activations; AVERAGE_POOL_2D's
     output on its input's grid (LiteRT's SAME_AS_INPUT_SCALE); a recurrent op written out per
     step, int8 throughout (litert-torch lowers aten.lstm / aten.gru by PyTorch's decomposition
     into FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD), unless the file holds a fused recurrent
     kernel (another converter's UNIDIRECTIONAL_SEQUENCE_LSTM, whose int16 cell state edgex does
-    not simulate); at dynamic-int8, the hybrid kernels' int8 inputs, quantized as they run."""
+    not simulate); at dynamic-int8, the hybrid kernels' int8 inputs, quantized as they run; a
+    mixed-precision model's layers ``kept`` wider (``WiderLayers.quantization``)."""
     fused = any(op.name in FUSED_RECURRENT for op in graph.operators)
-    return {"on_input_grid": list(AVERAGE_POOLS), **({"dynamic_inputs": True} if precision == "dynamic-int8" else {}), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+    return {**({"kept_wider": dict(kept)} if kept else {}),"on_input_grid": list(AVERAGE_POOLS), **({"dynamic_inputs": True} if precision == "dynamic-int8" else {}), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
 
 
 #: LiteRT's fused recurrent kernels (not what litert-torch writes)
 FUSED_RECURRENT = frozenset({"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "RNN"})
 
 
-def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8) -> tuple[Any, ...]:
-    """Read a path's .tflite back and check it: layout by shape, full int8 where asked."""
+def _accept(request: ConversionRequest, precision: str, result: Any, output_shapes: Sequence[Sequence[int]], bits: int = 8, kept: WiderLayers | None = None) -> tuple[Any, ...]:
+    """Read a path's .tflite back and check it: layout by shape, full int8 where asked (but for
+    the ops of the layers ``kept`` wider: :func:`check_kept`)."""
     from edgex.targets.litert.graph import read_graph, rewrite
 
     # int64 index constants as int32 for int8 consumers; never in 16x8, whose int64 biases LiteRT's
@@ -807,7 +862,9 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     checks: dict[str, Any] = {}
     warnings: list[str] = []
     if precision == "int8":
-        checks, warnings = check_full_int8(graph, bits)
+        checks, warnings = check_full_int8(graph, bits, kept.wider_as if kept is not None else None)
+        if kept is not None:
+            checks["kept_wider"] = check_kept(graph, kept)
         check_per_channel(graph)
         if narrowed:
             checks["int64_constants_narrowed_to_int32"] = narrowed

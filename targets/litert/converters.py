@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ def _quantize_with_ai_edge_quantizer(
     input_perms: Sequence[tuple[int, ...] | None],
     recipe_name: str = "min-max",
     per_tensor_ops: Sequence[str] = (),
+    kept: tuple[tuple[str, ...], str] | None = None,
 ) -> str:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe, recipe_manager
@@ -248,6 +250,17 @@ def _quantize_with_ai_edge_quantizer(
                 regex=".*", operation_name=op_name, activation_num_bits=bits, weight_num_bits=8,
                 weight_granularity=qtyping.QuantGranularity.TENSORWISE,
             )
+        kept_ops = 0
+        if kept is not None:
+            # the kept layers' ops, by scope (their output tensors' names): float (no quantization:
+            # ai-edge-quantizer puts DEQUANTIZE / QUANTIZE on their edges) or int16 activations
+            # with int8 weights; the latest config for a scope wins
+            wider, floats, kept_ops = kept_scopes(float_path, *kept)
+            if kept[1] == "int16" and wider:
+                recipes.add_static_config(regex=wider, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=16, weight_num_bits=8)
+            for scopes in (floats, wider if kept[1] == "float" else ""):
+                if scopes:
+                    recipes.add_quantization_config(scopes, qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
         engine = quantizer.Quantizer(str(float_path), recipes.get_quantization_recipe())
         signatures = Interpreter(model_path=str(float_path)).get_signature_list()
         key = next(iter(signatures))
@@ -280,10 +293,49 @@ def _quantize_with_ai_edge_quantizer(
         scheme = "static_wi8_ai16" if bits == 16 else "static_wi8_ai8"
         kind = "16x8 (int16 activations, int8 weights)" if bits == 16 else "full int8"
         how = f"{kind}, {weights}, calibrated on {len(samples)} samples (ai-edge-quantizer {scheme}, {estimator})"
+        if kept is not None:
+            how += f"; {kept_ops} ops of {', '.join(kept[0])} kept {'float' if kept[1] == 'float' else 'at int16 activations'}"
         with _embedding_lookup_on_its_table_scale():
             result = engine.quantize(qsvs, enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
     return how
+
+
+def op_module(graph: Any, op: Any) -> str | None:
+    """The torch module an operator of a litert-torch .tflite belongs to: the first module its
+    first output tensor's name records (litert-torch names a fused op by all the modules it
+    joins, the op's own first)."""
+    from edgex.targets.litert.runtime import tensor_modules
+
+    names = [graph.tensor(i).name for i in op.outputs if i >= 0]
+    modules = tensor_modules(names[0]) if names else ()
+    return modules[0] if modules else None
+
+
+#: operators whose int16 kernels in TFLM take int8 constant weights only: an activation x
+#: activation product (attention's q @ k, weights @ v) of a layer kept int16 stays float
+_CONSTANT_WEIGHTS_AT_INT16 = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL"})
+
+
+def kept_scopes(float_path: Path, modules: Sequence[str], wider_as: str) -> tuple[str, str, int]:
+    """ai-edge-quantizer's scope regexes for the operators of the torch ``modules`` in the float
+    .tflite at ``float_path``: those kept at ``wider_as``, those kept float (at int16: the
+    products of two activations, which TFLM's int16 kernels refuse), and how many operators in
+    all. A scope is an operator's output tensor names joined by ";" with a ";" after
+    (``get_op_scope``)."""
+    from edgex.plugins import WiderLayers
+    from edgex.targets.litert.graph import read_graph
+
+    layers = WiderLayers(tuple(modules), wider_as, "")
+    graph = read_graph(float_path)
+    wider, floats = [], []
+    for op in graph.operators:
+        names = [graph.tensor(i).name for i in op.outputs if i >= 0 and graph.tensor(i).name]
+        if names and layers.holds(op_module(graph, op)):
+            scope = "^" + re.escape(";".join(names) + ";") + "$"
+            products = wider_as == "int16" and op.name in _CONSTANT_WEIGHTS_AT_INT16 and not graph.tensor(op.inputs[1]).constant
+            (floats if products else wider).append(scope)
+    return "|".join(wider), "|".join(floats), len(wider) + len(floats)
 
 
 def _quantizer_op_names(ops: Sequence[str]) -> list[object]:
@@ -310,6 +362,7 @@ def convert_litert_torch(
     recipe_name: str = "min-max",
     per_tensor_ops: Sequence[str] = (),
     export: Callable[[Path], tuple[str, list[str]]] | None = None,
+    kept: tuple[tuple[str, ...], str] | None = None,
 ) -> PathResult:
     """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
     if model.module is None:
@@ -342,7 +395,7 @@ def convert_litert_torch(
     if precision == "fp32":
         float_path.replace(dest)
         return PathResult(str(dest), converter, (), input_perms, output_perms)
-    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms, recipe_name, per_tensor_ops)
+    how = _quantize_with_ai_edge_quantizer(float_path, dest, precision, calibration, input_perms, recipe_name, per_tensor_ops, kept)
     float_path.unlink(missing_ok=True)
     return PathResult(str(dest), f"{converter} + ai-edge-quantizer {version('ai-edge-quantizer')}: {how}", (), input_perms, output_perms)
 
@@ -453,6 +506,9 @@ def _keras_input_order(names: Sequence[str], model: ReferenceModel) -> list[int]
 
 
 PATHS = {"litert-torch": convert_litert_torch, "onnx2tf": convert_onnx2tf}
+#: the paths that can keep some layers of an int8 model wider: litert-torch names every tensor by
+#: the torch modules it came from, which ai-edge-quantizer's per-scope recipes select
+KEEPS_WIDER = ("litert-torch",)
 
 
 def convert_with(
@@ -465,10 +521,17 @@ def convert_with(
     recipe_name: str | None = None,
     per_tensor_ops: Sequence[str] = (),
     export: Callable[[Path], tuple[str, list[str]]] | None = None,
+    kept: tuple[tuple[str, ...], str] | None = None,
 ) -> PathResult:
     """Run converter path ``name`` offline, with every file it writes kept inside ``work``
     (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first;
     ``per_tensor_ops``: TFLite operators to give per-tensor weights, full int8 only; ``export``:
-    writes the model's ONNX at ONNX2TF_OPSET to a path, the run's shared export)."""
+    writes the model's ONNX at ONNX2TF_OPSET to a path, the run's shared export; ``kept``: the
+    torch modules a mixed-precision int8 artifact keeps wider, and at what (``WiderLayers``),
+    which only KEEPS_WIDER paths can do)."""
     with offline(), contained(work, chdir=True):  # onnx2tf writes to the current directory
+        if kept is not None:
+            if name not in KEEPS_WIDER:
+                raise ValueError(f"{name} cannot keep layers wider (its tensor names do not record the torch modules)")
+            return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0], tuple(per_tensor_ops), export, kept)
         return PATHS[name](model, precision, calibration, work, output_ranks, recipe_name or RECIPES[name][0], tuple(per_tensor_ops), export)

@@ -42,6 +42,9 @@ TARGETS = (
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
         lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "hardswish", "lstm"),
+        # mixed precision: the kept layers' ops stay float, which the Edge TPU compiler maps to
+        # the host CPU (the mapping says so; docs/mixed_precision.md)
+        keeps_wider=("float",),
     ),
 )
 

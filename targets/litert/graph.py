@@ -283,7 +283,7 @@ def _narrow_int64_constants(model: Any) -> int:
 
 
 #: one component of a litert-torch tensor name: "torch.nn.modules.conv.Conv2d_0" (type, attribute)
-_MODULE_COMPONENT = re.compile(r"^(?:.*\.)?([A-Za-z][A-Za-z0-9]*)_([A-Za-z0-9_]+)$")
+_MODULE_COMPONENT = re.compile(r"^(?:.*\.)?(_*[A-Za-z][A-Za-z0-9]*)_([A-Za-z0-9_]+)$")
 
 
 def compact_name(name: str) -> str:

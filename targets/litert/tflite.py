@@ -37,6 +37,8 @@ TARGETS = (
         options=litert.CONVERTER_OPTIONS,
         accepts=("torch", "onnx"),
         lacks=("int64-inputs", "fused-transformer", "oversized-pool"),
+        # mixed precision: the kept layers' ops run float on the CPU kernels (docs/mixed_precision.md)
+        keeps_wider=("float",),
     ),
 )
 

@@ -73,6 +73,10 @@ TARGETS = (
         ),
         accepts=("torch", "onnx"),
         lacks=("int64-inputs", "fused-transformer", "oversized-pool", "gelu", "lstm", "transpose-6d"),
+        # mixed precision: the kept layers' ops at int16 activations and int8 weights (TFLM's
+        # int16 kernels), else float (its float reference kernels) where int8 weights cannot carry
+        # them; a larger arena either way (docs/mixed_precision.md)
+        keeps_wider=("int16", "float"),
     ),
 )
 
