@@ -584,7 +584,9 @@ def _int8_simulation(
     try:
         calibrated = calibrate(model.module, model.example_inputs, calibration, "int8", (io.quantization or {}).get("recurrent"))
         sensitivity = layer_sensitivity(calibrated, list(inputs.parity[:SENSITIVITY_SAMPLES]), outputs[:SENSITIVITY_SAMPLES], aim_db=INT8_CARRIES_DB, **options)
-        simulated = simulated_layers(calibrated, list(inputs.parity), [r.module for r in results if r.matched], **options)
+        kept = (io.quantization or {}).get("kept_wider") or {}  # a mixed-precision artifact's layers, kept as it keeps them
+        simulated = simulated_layers(calibrated, list(inputs.parity), [r.module for r in results if r.matched], **options,
+                                     kept_wider=tuple(kept.get("modules", ())), wider_as=kept.get("as", "float"))
     except CannotSimulate as exc:
         return exc.message, results
     updated = []

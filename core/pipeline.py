@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import time
@@ -36,7 +37,7 @@ from edgex.core.fp16_range import FP16_ARITHMETIC, fp16_overflow
 from edgex.core.isolation import a_core_for_the_child, interruption, isolation_mode
 from edgex.core.loading import count_macs
 from edgex.core.plugin_manager import PluginManager
-from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, choose_wider, describe_flags, describe_sensitivity, layer_sensitivity, quantization_options, simulate, simulated_floor, vacuous_reference
+from edgex.core.quant_reference import SCHEMES, Calibration, CannotSimulate, RecurrentOp, INT8_CARRIES_DB, MIXED_PRECISION_AIM_DB, MIXED_PRECISION_BELOW_DB, SENSITIVITY_SAMPLES, SimulatedReference, calibrate, choose_wider, describe_flags, describe_sensitivity, layer_sensitivity, quantization_options, simulate, simulated_floor, vacuous_reference
 from edgex.core.report import Report, TargetReport, model_json, write_json_atomic, write_text_atomic
 from edgex.core.report_html import report_page
 from edgex.core.rewrites import Rewriter, Rewritten
@@ -271,10 +272,15 @@ class Reference:
                 for wider_as in types[:1] if modules else types:
                     choice = choose_wider(calibrated, batches, self.outputs[:SENSITIVITY_SAMPLES], full_db, wider_as=wider_as, modules=modules, **options)
                     if choice is not None:
-                        choices.append({**choice, "as": wider_as, "full_int8_db": round(full_db, 2)})
-                        if choice.get("reached", True):
+                        # measured again on every parity input, as the verdict will: a choice made on 4 can fit those 4
+                        kept, _ = self.simulated("int8", {**quantization, "kept_wider": {"modules": choice["modules"], "as": wider_as}}, rewritten)
+                        kept_db = min(parity.output_error(self.outputs, kept.outputs, index)[1] for index in range(len(self.outputs[0]))) if kept is not None else -math.inf
+                        choices.append({**choice, "as": wider_as, "full_int8_db": round(full_db, 2), "parity_db": round(kept_db, 2)})
+                        if modules or kept_db >= MIXED_PRECISION_AIM_DB:
                             break
-                found = max(choices, key=lambda c: c["sqnr_db"]) if choices and not choices[-1].get("reached", True) else (choices[-1] if choices else None)
+                # the automatic choice is kept only where it lets an artifact meet the floor
+                usable = [c for c in choices if c["chosen_by"] == "user" or c["parity_db"] >= MIXED_PRECISION_BELOW_DB]
+                found = max(usable, key=lambda c: c["parity_db"]) if usable else None
             self._wider[key] = found
         return self._wider[key]
 
@@ -544,16 +550,26 @@ class TargetRun:
         kept = (io.quantization or {}).get("kept_wider") or {}
         if kept.get("modules"):
             advice = self.wider or {}
-            found = {"modules": list(kept["modules"]), "as": kept.get("as", "float"), "chosen_by": advice.get("chosen_by", "target")}
-            for name in ("macs_share", "full_int8_db", "sqnr_before_db", "sqnr_db", "aim_db", "reached", "seconds", "why_unmeasured"):
+            found = {"modules": list(kept["modules"]), "as": kept.get("as", "float"), "chosen_by": advice.get("chosen_by", "artifact")}
+            for name in ("macs_share", "full_int8_db", "sqnr_before_db", "sqnr_db", "parity_db", "aim_db", "reached", "seconds", "why_unmeasured"):
                 if advice.get(name) is not None:
                     found[name] = advice[name]
+            if advice and set(advice["modules"]) != set(found["modules"]):
+                # the target kept other layers than chosen (more: ops its quantizer has no int8 form
+                # for; fewer: modules it found no op of): the choice's figures are the chosen set's
+                found["chosen"] = list(advice["modules"])
             if "int8_reference" in row.details:
                 found["simulated_db"] = min(output["sqnr_sim_db"] for output in row.details["int8_reference"]["outputs"])
+                if "mixed precision:" not in row.details["int8_reference"].get("description", ""):
+                    row.messages.append(f"the layers the artifact keeps wider ({', '.join(found['modules'])}) are no modules of this reference: "
+                                        "it is judged against edgex's full-int8 simulation (is it this model's artifact?)")
             row.details["mixed_precision"] = found
             share = f", {100 * found['macs_share']:.1f}% of MACs" if found.get("macs_share") is not None else ""
-            who = "chosen by --keep-wider" if found["chosen_by"] == "user" else "chosen by edgex: full int8 misses its floor in edgex's simulation" if found["chosen_by"] == "auto" else "the target's own choice"
-            measured = f"; edgex's simulation {found['sqnr_before_db']:.1f} dB at full int8, {found['sqnr_db']:.1f} dB with them kept" if "sqnr_db" in found and "sqnr_before_db" in found else ""
+            who = {"user": "chosen by --keep-wider", "auto": "chosen by edgex: full int8 misses its floor in edgex's simulation"}.get(found["chosen_by"], "as the artifact records them")
+            measured = (f"; edgex's simulation {found['full_int8_db']:.1f} dB at full int8, {found['simulated_db']:.1f} dB as kept"
+                        if "full_int8_db" in found and "simulated_db" in found else "")
+            if "chosen" in found:
+                measured += f" (chosen: {', '.join(found['chosen'])}; the target kept {len(found['modules'])} layers)"
             row.messages.append(f"mixed precision: {', '.join(found['modules'])} kept {found['as']} ({who}{share}){measured}")
         elif self.settings.keep_wider and not self.manager.resolve_target(self.target).spec.keeps_wider and io.precision == "int8":
             row.messages.append(f"--keep-wider not followed: {self.target} keeps no layer wider (full int8 only)")

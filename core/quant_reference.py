@@ -467,6 +467,8 @@ def _make_interpreter(graph_module: Any, plan: _Plan, scheme: str, weight_bits: 
             #: per conv/linear: the shift bias correction added to its bias (:func:`_correct_biases`)
             self.bias_shifts: dict[Any, Any] = {}
             self.float_weights: set[Any] = set()
+            #: weighted ops of layers kept float (mixed precision): never quantized, never bias-corrected
+            self.float_kept = frozenset(n for n in wider if n in plan.weight_axis) if wider_bits is None else frozenset()
             #: per quantized node, (signal, noise) energy its own quantization adds: with
             #: ``noise`` set (:func:`layer_sensitivity`'s pre-ranking), None elsewhere
             self.noise: dict[Any, list[float]] | None = None
@@ -623,7 +625,8 @@ def _correct_biases(weights_only: Any, graph_module: Any, plan: _Plan, calibrati
             float_model.run(*(torch.from_numpy(np.ascontiguousarray(a)) for a in batch))
     channel_sums = float_model.channel_sums
     order = {node: index for index, node in enumerate(weights_only.graph.nodes)}
-    corrected = [n for n in weights_only.graph.nodes if n in channel_sums]  # NNCF's order: the graph's
+    # NNCF's order: the graph's; a layer kept float is not quantized, so not corrected (NNCF's ignored scope)
+    corrected = [n for n in weights_only.graph.nodes if n in channel_sums and n not in weights_only.float_kept]
 
     def reached(start: Any) -> set[Any]:  # the inputs of the layers to correct that start reaches first
         found, queue, seen = set(), list(start.users), set()
@@ -822,7 +825,7 @@ def simulate(
     simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, palettize_bits, activation_bits, on_input_grid, float_weights_up_to, float_outputs, dynamic_inputs and scheme == "dynamic-int8",
                                       wider=wider, wider_bits=WIDER_BITS[wider_as])
     if bias_correction and scheme == "int8":
-        weights_only = _make_interpreter(graph_module, plan, "dynamic-int8", weight_bits, palettize_bits=palettize_bits, float_weights_up_to=float_weights_up_to)
+        weights_only = _make_interpreter(graph_module, plan, "dynamic-int8", weight_bits, palettize_bits=palettize_bits, float_weights_up_to=float_weights_up_to, wider=wider, wider_bits=WIDER_BITS[wider_as])
         weights_only.calibrating = False
         simulator.bias_shifts = _correct_biases(weights_only, graph_module, plan, calibrated.batches)
     outputs = _run(simulator, batches)
@@ -923,7 +926,18 @@ def quantization_options(quantization: Mapping[str, Any] | None) -> dict[str, An
         "weight_bits": int(quantization.get("weight_bits", 8)),
         "symmetric_activations": bool(quantization.get("symmetric_activations", False)),
         "on_input_grid": tuple(sorted(quantization.get("on_input_grid", ()))),
+        "float_outputs": bool(quantization.get("float_outputs", False)),
+        "bias_correction": bool(quantization.get("bias_correction", False)),
     }
+
+
+def _bias_shifts(calibrated: Calibration, weight_bits: int) -> dict[Any, Any]:
+    """NNCF's bias correction of the full-int8 model (:func:`_correct_biases`), once for a
+    :class:`LayerSimulation`: a layer kept float then drops its shift (NNCF corrects only what it
+    quantizes); the others keep theirs, corrected for full int8 upstream (a close approximation)."""
+    weights_only = _make_interpreter(calibrated.graph_module, calibrated.plan, "dynamic-int8", weight_bits)
+    weights_only.calibrating = False
+    return _correct_biases(weights_only, calibrated.graph_module, calibrated.plan, calibrated.batches)
 
 
 class LayerSimulation:
@@ -932,10 +946,12 @@ class LayerSimulation:
     ``(model)`` for ops outside any submodule) to its quantized nodes (weights and outputs), and
     :meth:`sqnr` runs the simulation with some layers kept float, against ``reference``."""
 
-    def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = (), wider_as: str = "float") -> None:
+    def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = (),
+                 float_outputs: bool = False, bias_correction: bool = False, wider_as: str = "float") -> None:
         self.calibrated, self.batches, self.reference = calibrated, batches, reference
-        self.options = (weight_bits, symmetric_activations, None, 8, tuple(on_input_grid))
+        self.options = (weight_bits, symmetric_activations, None, 8, tuple(on_input_grid), 0, float_outputs)
         self.wider_bits = WIDER_BITS[wider_as]
+        self.bias_shifts = _bias_shifts(calibrated, weight_bits) if bias_correction else {}
         plan = calibrated.plan
         self.layers: dict[str, set[Any]] = {}
         for node in (*plan.inputs, *plan.points, *plan.weight_axis):
@@ -948,6 +964,7 @@ class LayerSimulation:
         from edgex.core.parity import output_error
 
         simulator = _calibrated_simulator(self.calibrated, *self.options, wider=nodes_of(self.calibrated.plan, kept), wider_bits=self.wider_bits)
+        simulator.bias_shifts = {node: shift for node, shift in self.bias_shifts.items() if node not in simulator.float_kept}
         simulator.noise = noise
         outputs = _run(simulator, self.batches)
         return min(output_error(self.reference, outputs, index)[1] for index in range(len(self.reference[0])))
@@ -964,6 +981,8 @@ def layer_sensitivity(
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
+    float_outputs: bool = False,
+    bias_correction: bool = False,
     wider_as: str = "float",
 ) -> dict[str, Any]:
     """How much SQNR each layer's int8 quantization costs in edgex's own simulation, on
@@ -982,7 +1001,8 @@ def layer_sensitivity(
     reach it in the simulation (:func:`_greedy_wider`), within WIDER_MACS_MOST of the MACs."""
     if method not in ("leave-out", "alone"):
         raise UsageError(f"no sensitivity method {method!r}; methods: leave-out, alone")
-    simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid, wider_as=wider_as)
+    simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid,
+                                 float_outputs=float_outputs, bias_correction=bias_correction, wider_as=wider_as)
     start = time.perf_counter()
     noise: dict[Any, list[float]] = {}
     full = simulation.sqnr((), noise)
@@ -998,9 +1018,8 @@ def layer_sensitivity(
     units: dict[tuple[str, ...], float] = {}
     for layer, nodes in simulation.layers.items():
         units[(layer,)] = min((local_db(node) for node in nodes), default=math.inf)
-    quantized = {node for nodes in simulation.layers.values() for node in nodes}
     for node in calibrated.plan.points:
-        unit = tuple(sorted({_module_of(n) or "(model)" for n in (node, *_consumers(calibrated.plan, node)) if n in quantized}))
+        unit = _reach(calibrated.plan, node, simulation.layers)
         if len(unit) > 1:
             units[unit] = min(units.get(unit, math.inf), local_db(node))
     # beyond `candidates` units, only the noisiest by their own quantization are measured
@@ -1048,6 +1067,8 @@ def choose_wider(
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
+    float_outputs: bool = False,
+    bias_correction: bool = False,
 ) -> dict[str, Any] | None:
     """The layers a mixed-precision int8 artifact keeps at ``wider_as``: the user's ``modules``
     (measured), or, where full int8's simulation (``full_db``, the verdict's, on every parity
@@ -1057,7 +1078,7 @@ def choose_wider(
     layer helps. Returns ``modules``, ``macs_share``, ``sqnr_before_db`` and ``sqnr_db`` (the
     simulation on ``batches`` without and with them), ``chosen_by``, ``seconds``."""
     start = time.perf_counter()
-    options = {"weight_bits": weight_bits, "symmetric_activations": symmetric_activations, "on_input_grid": tuple(on_input_grid)}
+    options = {"weight_bits": weight_bits, "symmetric_activations": symmetric_activations, "on_input_grid": tuple(on_input_grid), "float_outputs": float_outputs, "bias_correction": bias_correction}
     if modules:
         simulation = LayerSimulation(calibrated, batches, reference, wider_as=wider_as, **options)
         asked, modules = modules, modules_within(simulation.layers, modules)
@@ -1075,6 +1096,35 @@ def choose_wider(
         return None
     return {"modules": list(wider["modules"]), "chosen_by": "auto", "macs_share": wider["macs_share"], "sqnr_before_db": wider["sqnr_before_db"],
             "sqnr_db": wider["sqnr_db"], "aim_db": MIXED_PRECISION_AIM_DB, "reached": wider["reached"], "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _reach(plan: _Plan, node: Any, layers: Mapping[str, set[Any]]) -> tuple[str, ...]:
+    """The layers on both sides of ``node``'s value: its own and its readers'; where a reader is a
+    layer without weights of its own (an attention's matmuls and softmax, a block's residual
+    add), the value flows on through it, so the layers reading what it computes from the value
+    too (values -> attention -> output projection: keeping all three keeps both values wide)."""
+    weighted = {_module_of(n) or "(model)" for n in plan.weight_axis}
+    quantized = {n for nodes in layers.values() for n in nodes}
+    found = {_module_of(node) or "(model)"}
+    for reader in _consumers(plan, node):
+        if reader not in quantized:
+            continue
+        module = _module_of(reader) or "(model)"
+        found.add(module)
+        if module in weighted or module in _NOT_KEPT:
+            continue
+        queue, seen = [reader], set()
+        while queue:  # through the reader's layer, to the layers its values leave for
+            current = queue.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            for user in _consumers(plan, current):
+                if (_module_of(user) or "(model)") == module:
+                    queue.append(user)
+                elif user in quantized:
+                    found.add(_module_of(user) or "(model)")
+    return tuple(sorted(found))
 
 
 def macs_share(modules: Iterable[str], macs: Mapping[str, int], total: int) -> float:
@@ -1127,11 +1177,16 @@ def simulated_layers(
     weight_bits: int = 8,
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
+    float_outputs: bool = False,
+    bias_correction: bool = False,
+    kept_wider: Sequence[str] = (),
+    wider_as: str = "float",
 ) -> dict[str, list[np.ndarray]]:
     """Each layer's output in edgex's int8 simulation, per batch: the value of the last op (in
     graph order) inside that torch module, as the simulation leaves it. What ``edgex explain``
     compares an artifact's layers with, to say where the artifact leaves the simulation rather
-    than where it leaves fp32. A layer no op of the graph belongs to is left out."""
+    than where it leaves fp32 (a mixed-precision artifact's layers ``kept_wider`` at
+    ``wider_as``, as it keeps them). A layer no op of the graph belongs to is left out."""
     import torch
 
     graph_module = calibrated.graph_module
@@ -1140,7 +1195,10 @@ def simulated_layers(
         inside = [n for n in graph_module.graph.nodes if n.op == "call_function" and (_module_of(n) == layer or _module_of(n).startswith(layer + "."))]
         if inside:
             last[inside[-1]] = layer
-    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, None, 8, on_input_grid)
+    simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, None, 8, on_input_grid, 0, float_outputs,
+                                      wider=nodes_of(calibrated.plan, kept_wider), wider_bits=WIDER_BITS[wider_as])
+    if bias_correction:
+        simulator.bias_shifts = {node: shift for node, shift in _bias_shifts(calibrated, weight_bits).items() if node not in simulator.float_kept}
     found: dict[str, list[np.ndarray]] = {layer: [] for layer in last.values()}
     run_node = simulator.run_node
 

@@ -9,6 +9,12 @@ quantizer on the calibration data (per-channel symmetric int8 weights, per-tenso
 activations with min/max ranges: the scheme edgex's own int8 reference simulates), inputs and
 outputs float with the quantize/dequantize inside the program.
 
+Mixed precision (``keeps_wider=("float",)``): where edgex's simulation says full int8 misses its
+floor (or with ``--keep-wider``), the quantizer annotates no op of the layers it names (their
+innermost module; a filter function, as executorch 1.5's ``set_module_name`` takes no None): they
+stay float32 ops on float32 weights, which XNNPACK delegates as such, and an int8 op reading their
+values quantizes them at its own input. The stamp's quantization records them (``kept_wider``).
+
 Validated on the ExecuTorch runtime's Python bindings (``executorch.runtime``), which run the same
 C++ runtime, portable kernels and XNNPACK delegate a device links. The report says which ops were
 delegated and which fell back to portable kernels, and the program's planned memory.
@@ -59,6 +65,7 @@ from edgex.plugins import (
     TensorBinding,
     TracedTensor,
     UsageError,
+    WiderLayers,
     hookimpl,
 )
 
@@ -88,6 +95,10 @@ TARGETS = (
             ),
         ),
         accepts=("torch",),
+        # mixed precision: the XNNPACK quantizer leaves the kept modules' ops unannotated, so they
+        # stay float32 ops (float weights) that XNNPACK delegates as such; what an int8 op reads
+        # from them is quantized at its input as before
+        keeps_wider=("float",),
     ),
 )
 
@@ -142,10 +153,13 @@ def _calibration_batches(model: ReferenceModel, calibration: Sequence[tuple[np.n
     return batches
 
 
-def xnnpack_quantizer() -> Any:
+def xnnpack_quantizer(layers: WiderLayers | None = None) -> Any:
     """ExecuTorch's XNNPACK quantizer, per-channel symmetric int8 weights and per-tensor affine int8
     activations; activations calibrated by min/max (its default histogram observer clips
-    outliers by an L2 search, a scheme edgex's independent int8 reference does not simulate)."""
+    outliers by an L2 search, a scheme edgex's independent int8 reference does not simulate).
+    With ``layers`` (mixed precision) it annotates no op of the modules they hold: those stay
+    float32 ops with float weights, and an int8 op reading one of their values quantizes it at its
+    own input, as edgex's simulation keeps a kept layer's boundary int8."""
     from dataclasses import replace
 
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -153,21 +167,70 @@ def xnnpack_quantizer() -> Any:
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     activation = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
-    return XNNPACKQuantizer().set_global(replace(config, input_activation=activation, output_activation=activation))
+    quantizer = XNNPACKQuantizer().set_global(replace(config, input_activation=activation, output_activation=activation))
+    if layers is not None and layers.modules:
+        # XNNPACKQuantizer.set_module_name(name, None) is refused in executorch 1.5 ("quantization_config
+        # == None is not supported yet"); its filter function, applied to every pattern, leaves them out
+        quantizer.set_filter_function(lambda node: not held(node, layers))
+    return quantizer
 
 
-def _quantized_program(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]], exported: Any) -> tuple[Any, list[QuantParams | None]]:
-    """The PT2E int8 program, and the grid each output's float value lies on (its last dequantize)."""
+def module_paths(node: Any) -> list[str]:
+    """The torch module paths a graph node lies in (torch.export's ``nn_module_stack``), outermost first."""
+    return [str(path).removeprefix("L['self'].") for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def held(node: Any, layers: WiderLayers) -> bool:
+    """Whether the graph node is an op of a module the mixed-precision artifact keeps float (its
+    innermost module, as ``WiderLayers.holds`` reads an op)."""
+    paths = module_paths(node)
+    return bool(paths) and layers.holds(paths[-1])
+
+
+#: the ops whose weights the XNNPACK quantizer makes int8: what a kept layer keeps float
+_WEIGHTED_OPS = ("linear", "conv1d", "conv2d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+
+
+def _kept_float(graph: Any, layers: WiderLayers) -> dict[str, Any]:
+    """What the PT2E-converted graph keeps float of ``layers``: each held op by kind, and the
+    weighted ops among them whose weight is read without a dequantize (float32 weights). Raises a
+    usage error where no op of the model is held (modules the model lacks: nothing kept float)."""
+    ops: Counter[str] = Counter()
+    float_weights: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_function" or not held(node, layers):
+            continue
+        kind = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if "quantize" in kind:  # the boundary quantize / dequantize pairs PT2E inserts around them
+            continue
+        ops[kind] += 1
+        if kind in _WEIGHTED_OPS and len(node.args) > 1:
+            weight = node.args[1]
+            if "dequantize" not in str(getattr(weight, "target", "")):
+                float_weights.append(module_paths(node)[-1])
+    if not ops:
+        raise UsageError(
+            f"mixed precision: no op of the model belongs to {', '.join(layers.modules)} (torch module paths as the model names them, "
+            "e.g. blocks.0.attn): nothing to keep float"
+        )
+    return {"modules": list(layers.modules), "as": layers.wider_as, "chosen_by": layers.chosen_by, "float_ops": dict(sorted(ops.items())), "float_weight_ops": float_weights}
+
+
+def _quantized_program(model: ReferenceModel, batches: Sequence[tuple[np.ndarray, ...]], exported: Any,
+                       layers: WiderLayers | None = None) -> tuple[Any, list[QuantParams | None], dict[str, Any] | None]:
+    """The PT2E int8 program, the grid each output's float value lies on (its last dequantize),
+    and what it keeps float of ``layers`` (:func:`_kept_float`; None without them)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     args = _torch_inputs(model.example_inputs)
     try:
-        prepared = prepare_pt2e(exported.module(), xnnpack_quantizer())
+        prepared = prepare_pt2e(exported.module(), xnnpack_quantizer(layers))
         with torch.no_grad():
             for batch in batches:
                 prepared(*_torch_inputs(batch))
         converted = convert_pt2e(prepared)
+        kept = _kept_float(converted.graph, layers) if layers is not None and layers.modules else None
     except UsageError:
         raise
     except Exception as exc:
@@ -181,7 +244,7 @@ def _quantized_program(model: ReferenceModel, batches: Sequence[tuple[np.ndarray
             grids.append(QuantParams(float(node.args[1]), int(node.args[2]), "int8"))
         else:
             grids.append(None)
-    return program, grids
+    return program, grids, kept
 
 
 def _delegation(edge_graph: Any) -> dict[str, Any]:
@@ -228,6 +291,8 @@ class Lowered:
     delegation: dict[str, Any]
     grids: list[QuantParams | None]
     record: Any  # the ETRecord, when asked for
+    #: what a mixed-precision int8 program keeps float (``_kept_float``); None for full int8
+    kept_float: dict[str, Any] | None = None
 
 
 def _backend(name: str | None, precision: str) -> str:
@@ -240,21 +305,22 @@ def _backend(name: str | None, precision: str) -> str:
 
 
 def lower(model: ReferenceModel, precision: str, backend: str, calibration: Sequence[tuple[np.ndarray, ...]] | None,
-          stamp: Mapping[str, Any], etrecord: bool) -> Lowered:
-    """torch.export (PT2E-quantized at int8) -> to_edge_transform_and_lower -> to_executorch, with
-    edgex's stamp as a constant method. The ETRecord costs a copy of the edge program (about a
-    tenth of ResNet-18's lowering), so it is made only when asked for."""
+          stamp: Mapping[str, Any], etrecord: bool, layers: WiderLayers | None = None) -> Lowered:
+    """torch.export (PT2E-quantized at int8, ``layers`` left float) -> to_edge_transform_and_lower
+    -> to_executorch, with edgex's stamp as a constant method. The ETRecord costs a copy of the
+    edge program (about a tenth of ResNet-18's lowering), so it is made only when asked for."""
     import torch
     from executorch.exir import to_edge_transform_and_lower
 
     grids: list[QuantParams | None] = [None] * len(model.output_names)
+    kept = None
     if precision == "fp16":
         module = copy.deepcopy(model.module).half()
         exported = _export(module, _torch_inputs(model.example_inputs, torch.float16), "fp16")
     else:
         exported = _export(model.module, _torch_inputs(model.example_inputs), "float")
     if precision == "int8":
-        exported, grids = _quantized_program(model, _calibration_batches(model, calibration), exported)
+        exported, grids, kept = _quantized_program(model, _calibration_batches(model, calibration), exported, layers)
     partitioners = []
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -273,7 +339,7 @@ def lower(model: ReferenceModel, precision: str, backend: str, calibration: Sequ
     if record is not None:
         # explain maps events through the edge program; the aten program would only double the file
         record.exported_program = None
-    return Lowered(program, delegation, grids, record)
+    return Lowered(program, delegation, grids, record, kept)
 
 
 @hookimpl
@@ -287,9 +353,16 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     # XNNPACKQuantizer annotates no recurrent op: aten.lstm stays float32 (weights too), decomposed
     # and delegated to XNNPACK as fp32 ops; only what reads its output quantizes it
     quantization = {"weight_bits": 8, "symmetric_activations": False, "on_input_grid": ["adaptive_avg_pool2d"], "recurrent": "float"} if request.precision == "int8" else {}
+    # mixed precision: the layers edgex's simulation (or --keep-wider) keeps float, recorded in the
+    # stamp's quantization so that a .pte described again (edgex validate) says it too
+    layers = request.layers_kept_wider("float", quantization=quantization) if request.precision == "int8" else None
+    if layers is not None and layers.modules:
+        quantization = {**quantization, **layers.quantization()}
+    else:
+        layers = None
     stamp = {"edgex": __version__, "precision": request.precision, "backend": backend,
              "inputs": [s.name for s in model.inputs], "outputs": list(model.output_names), "quantization": quantization}
-    lowered = lower(model, request.precision, backend, request.calibration, stamp, bool(request.options.get("executorch_etrecord")))
+    lowered = lower(model, request.precision, backend, request.calibration, stamp, bool(request.options.get("executorch_etrecord")), layers)
     program = lowered.program
     path = request.workdir / ("model.pte" if request.precision == "fp32" else f"model_{request.precision}.pte")
     path.write_bytes(program.buffer)
@@ -301,6 +374,14 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         converter = "PT2E (XNNPACKQuantizer, min/max calibration) -> " + converter
     messages = [delegation_summary(lowered.delegation, backend), f"planned memory (activations): {sum(planned)} bytes"]
     details = {"executorch": {"backend": backend, "delegation": lowered.delegation, "planned_memory_bytes": sum(planned), "planned_buffers": planned[1:]}}
+    if lowered.kept_float is not None:
+        kept = lowered.kept_float
+        details["executorch"]["kept_float"] = kept
+        ops = ", ".join(f"{name} x{count}" for name, count in kept["float_ops"].items())
+        messages.append(
+            f"kept float (not annotated by the XNNPACK quantizer; float32 ops, {len(kept['float_weight_ops'])} with float32 weights): "
+            f"{', '.join(kept['modules'])} ({ops})"
+        )
     artifacts = [Artifact(path, "pte")]
     if lowered.record is not None:
         try:
@@ -582,8 +663,10 @@ class ExecuTorchTracer:
             raise UsageError(f"{self.path.name} has no ETRecord beside it, and an ONNX reference cannot be lowered to rebuild one: pass the torch model as --reference")
         backend = stamp.get("backend") or ("xnnpack" if layout["delegate_calls"] else "portable")
         refused = f"{self.path.name} has no ETRecord beside it ({etrecord_path(self.path).name})"
+        kept = (stamp.get("quantization") or {}).get("kept_wider") or {}
+        layers = WiderLayers(tuple(kept["modules"]), kept.get("as", "float"), "artifact") if kept.get("modules") else None
         try:
-            lowered = lower(reference, io.precision, _backend(backend, io.precision), [tuple(reference.example_inputs)], dict(stamp), etrecord=True)
+            lowered = lower(reference, io.precision, _backend(backend, io.precision), [tuple(reference.example_inputs)], dict(stamp), etrecord=True, layers=layers)
         except (TargetError, UsageError) as exc:
             raise UsageError(f"{refused}, and lowering the reference to rebuild one failed ({exc.message}): convert with --executorch-etrecord") from exc
         if _instructions(_forward(lowered.program.executorch_program)) != _instructions(plan):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import models  # noqa: E402  (tests/models.py: the shared test models)
 
 #: the layer edgex keeps for OffsetAttention: the output projection, which reads the offset
-#: values (with, on some data, the block's residual add it feeds: the block's own op)
+#: values (with, on some data, the attention's own ops and another projection)
 KEPT = "blocks.1.attn.proj"
 
 
@@ -47,11 +47,11 @@ def test_the_fewest_layers_that_carry_the_model_are_chosen_and_a_kept_layers_bou
     assert full < MIXED_PRECISION_BELOW_DB, "full int8 cannot carry the offset values"
     batched = [(b[None],) for b in batches[:4]]
     choice = choose_wider(calibrated, batched, reference[:4], full)
-    assert KEPT in choice["modules"] and len(choice["modules"]) <= 2 and choice["chosen_by"] == "auto", choice
+    assert KEPT in choice["modules"] and len(choice["modules"]) <= 3 and choice["chosen_by"] == "auto", choice
     assert choice["macs_share"] <= WIDER_MACS_MOST and choice["sqnr_db"] >= MIXED_PRECISION_AIM_DB
     kept = simulate(model, (example.numpy(),), (), [(b[None],) for b in batches], calibrated=calibrated, kept_wider=choice["modules"])
     assert min(output_error(reference, kept.outputs, i)[1] for i in range(1)) > full + 6
-    assert "blocks.1.attn.proj kept float" in kept.describe()
+    assert "blocks.1.attn.proj" in kept.describe() and "kept float" in kept.describe()
     # the honest boundary: the projection kept float alone still reads the attention's int8 output
     # (a converter quantizes that edge), which the old "module float" simulation left float
     simulation = LayerSimulation(calibrated, batched, reference[:4])

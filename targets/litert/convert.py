@@ -20,7 +20,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -175,7 +175,8 @@ def bindings(
     return tuple(inputs), tuple(outputs)
 
 
-def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], reference: ReferenceModel, converter: str, kept: WiderLayers | None = None) -> bytes:
+def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Sequence[TensorBinding], reference: ReferenceModel, converter: str,
+                    kept: WiderLayers | None = None, recorded: Mapping[str, str] | None = None) -> bytes:
     """What edgex writes into the .tflite so that ``edgex validate`` needs no guessing (``kept``:
     a mixed-precision artifact's layers kept wider, which its simulated reference keeps too)."""
     def entry(name: str, binding: TensorBinding) -> dict[str, Any]:
@@ -190,6 +191,8 @@ def layout_metadata(precision: str, inputs: Sequence[TensorBinding], outputs: Se
     }
     if kept is not None:
         data.update(kept.quantization())
+        if recorded is not None:  # the same modules as the file's tensor names record them (check_kept reads those)
+            data["kept_wider"]["recorded"] = [recorded.get(m, m) for m in kept.modules]
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
@@ -342,10 +345,20 @@ def check_full_int8(graph: Any, activation_bits: int = 8, wider_as: str | None =
     return summary, warnings
 
 
+class StrayWider(RejectedArtifact):
+    """A mixed-precision model computes wider outside the kept layers: ``modules`` (as the
+    file's tensor names record them) hold operators the quantizer had no int8 form for."""
+
+    def __init__(self, message: str, modules: Sequence[str], ops: Sequence[str]):
+        super().__init__(message)
+        self.modules = tuple(dict.fromkeys(m for m in modules if m))
+        self.ops = tuple(dict.fromkeys(ops))
+
+
 def kept_layers(graph: Any) -> WiderLayers | None:
     """The layers a mixed-precision .tflite of edgex's keeps wider, as its metadata says; None for another."""
     kept = (graph.edgex_metadata() or {}).get("kept_wider") or {}
-    return WiderLayers(tuple(kept["modules"]), kept.get("as", "float"), "") if kept.get("modules") else None
+    return WiderLayers(tuple(kept.get("recorded") or kept["modules"]), kept.get("as", "float"), "") if kept.get("modules") else None
 
 
 def check_kept(graph: Any, kept: WiderLayers) -> dict[str, Any]:
@@ -356,9 +369,11 @@ def check_kept(graph: Any, kept: WiderLayers) -> dict[str, Any]:
 
     dtype = ("float32",) if kept.wider_as == "float" else ("int16", "float32")  # int16: activation products stay float
     wider = [op for op in graph.operators if op.name not in ("QUANTIZE", "DEQUANTIZE") and any(graph.tensor(i).dtype in dtype for i in op.outputs if i >= 0)]
-    stray = [f"{op.name} #{op.index} ({op_module(graph, op) or 'no module'})" for op in wider if not kept.holds(op_module(graph, op))]
+    stray = [op for op in wider if not kept.holds(op_module(graph, op))]
     if stray:
-        raise RejectedArtifact(f"mixed precision: {len(stray)} {' or '.join(dtype)} operators outside the layers kept wider ({', '.join(stray[:3])})")
+        shown = ", ".join(f"{op.name} #{op.index} ({op_module(graph, op) or 'no module'})" for op in stray[:3])
+        raise StrayWider(f"mixed precision: {len(stray)} {' or '.join(dtype)} operators outside the layers kept wider ({shown})",
+                         [op_module(graph, op) or "" for op in stray], [op.name for op in stray])
     if not wider:
         raise RejectedArtifact(f"mixed precision: no operator of {', '.join(kept.modules)} was found to keep {kept.wider_as}")
     return {"modules": list(kept.modules), "as": kept.wider_as, "operators": len(wider),
@@ -557,6 +572,20 @@ def _no_path_error(model: ReferenceModel, attempts: Sequence[_Attempt]) -> Targe
     return TargetError(f"every TFLite converter path failed ({summary})", stage="convert")
 
 
+def recorded_module_names(module: Any) -> dict[str, str]:
+    """Each torch module path -> the path litert-torch's tensor names record for it: the modules
+    that were called, so without the name of an nn.ModuleList / nn.ModuleDict holding it
+    (``encoder.layer.3`` is recorded ``encoder.3``)."""
+    import torch
+
+    containers = (torch.nn.ModuleList, torch.nn.ModuleDict)
+    found = {}
+    for path, _ in module.named_modules():
+        parts = path.split(".") if path else []
+        found[path] = ".".join(p for i, p in enumerate(parts) if not isinstance(module.get_submodule(".".join(parts[: i + 1])), containers))
+    return found
+
+
 def _precision_tag(precision: str) -> str:
     return precision.replace("-", "_")
 
@@ -586,6 +615,8 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
     #: per path, the ops an artifact of it needed per-tensor weights for: later recipes start there
     learned: dict[str, tuple[str, ...]] = {}
     refused: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    #: per path, the layers a mixed conversion kept float beyond the chosen ones, and their ops
+    absorbed: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def convert(name: str, recipe_name: str | None = None, per_tensor: tuple[str, ...] | None = None, kept: WiderLayers | None = None) -> tuple[Any, _Attempt]:
         if per_tensor is None:
@@ -622,6 +653,14 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
                 return None, _Attempt(name, "rejected", f"{one_line(exc)}; converted again with per-tensor weights for {', '.join(ops)}: {attempt.reason}")
             learned[name] = ops
             return again, attempt
+        except StrayWider as exc:
+            # ops the quantizer has no int8 form for (litert-torch's softmax: REDUCE_MAX, EXP), in
+            # layers not kept: a mixed model keeps those layers float too, and says so (once)
+            extended = tuple(dict.fromkeys((*kept.modules, *exc.modules)))
+            if not exc.modules or len(extended) == len(kept.modules) or "" in exc.modules or not (kept.wider_as == "float" or set(exc.ops) <= {"FULLY_CONNECTED", "BATCH_MATMUL"}):
+                return None, _Attempt(name, "rejected", one_line(exc))
+            absorbed[name] = (exc.modules, exc.ops)
+            return convert(name, recipe_name, per_tensor, replace(kept, modules=extended))
         except (RejectedArtifact, EdgexError, ValueError) as exc:  # unreadable, wrong layout, not full int8
             return None, _Attempt(name, "rejected", one_line(exc))
         if per_tensor:  # what was done, in the row: the artifact that was refused, and the setting that fixed it
@@ -641,12 +680,21 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
     try:
         if kept is not None:
             path = next((name for name in order if name in KEEPS_WIDER), None)
-            chosen, attempt = convert(path, kept=kept) if path else (None, _Attempt("litert-torch", "not tried", "the converter option leaves it out"))
+            # litert-torch's tensor names record the modules that were called: an nn.ModuleList's own name is not among them
+            recorded = recorded_module_names(model.module)
+            as_recorded = replace(kept, modules=tuple(recorded.get(m, m) for m in kept.modules))
+            chosen, attempt = convert(path, kept=as_recorded) if path else (None, _Attempt("litert-torch", "not tried", "the converter option leaves it out"))
             if chosen is None:
                 messages.append(f"mixed precision ({', '.join(kept.modules)} kept {kept.wider_as}) not converted: {attempt.path} {attempt.reason or attempt.outcome}; converted full int8 instead")
                 kept = None
             else:
                 attempts.append(attempt)
+                real = {name: module for module, name in recorded.items()}
+                kept = replace(kept, modules=tuple(real.get(m, m) for m in chosen[4]["kept_wider"]["modules"]))
+                chosen[4]["kept_wider"]["modules"] = list(kept.modules)
+                if path in absorbed:
+                    modules, ops = absorbed[path]
+                    messages.append(f"mixed precision: {', '.join(real.get(m, m) for m in modules)} kept float too: ai-edge-quantizer has no int8 form for their {', '.join(ops)}")
         for name in order if chosen is None else ():
             chosen, attempt = convert(name)
             attempts.append(attempt)
@@ -661,11 +709,14 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
                     return request.simulated_floor(check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled")
                 return simulated_floor(model.module, tuple(model.example_inputs), calibration, check, reference, bits, on_input_grid=AVERAGE_POOLS, recurrent="unrolled")
 
-            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, order, convert, floor_of, int16_activations)
+            # a path whose default artifact kept float ops its quantizer has no int8 form for keeps
+            # them under every recipe: its other recipes are ruled out without converting them
+            structural = {a.path for a in attempts if a.outcome == "rejected" and "not full int8" in a.reason}
+            chosen, recipe = _search_recipes(model, calibration, attempts[-1].path, chosen, [p for p in order if p not in structural], convert, floor_of, int16_activations)
         result, graph, inputs, outputs, checks, warnings = chosen
         final = request.workdir / f"model_{_precision_tag(precision)}.tflite"
         shutil.move(result.path, final)
-        rewrite(final, {"edgex": layout_metadata(precision, inputs, outputs, model, result.converter, kept)})
+        rewrite(final, {"edgex": layout_metadata(precision, inputs, outputs, model, result.converter, kept, recorded if kept is not None else None)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -770,12 +821,15 @@ def _search_recipes(
     first_recipe = RECIPES[first_path][0]
     rows = [measured(first_path, first_recipe, first)]
     artifacts = {0: first}
+    # the aim stays 30 dB even where the simulation reaches less: it calibrates on min/max, and
+    # a clipping recipe beats it where the calibration data holds outliers (docs/int8_recipes.md)
+    bound = floor(8)
     aim = RECIPE_SEARCH_BELOW_DB
     best = 0
     searched = short(0)
-    # the simulation rules the int8 recipes out where even it, quantizing ideally, stays below
-    # the floor: none can meet it (mixed precision, or 16x8 below, is what can)
-    ruled_out = (bound := floor(8)) is not None and bound[1] < bound[0]
+    # the simulation rules the int8 recipes out where even it stays below the floor: none can
+    # meet it (mixed precision, or 16x8 below, is what can)
+    ruled_out = bound is not None and bound[1] < bound[0]
     if searched and not ruled_out:
         for path_name in order:
             for recipe_name in RECIPES.get(path_name, ()):
@@ -808,7 +862,8 @@ def _search_recipes(
         others = ", ".join(described(r) for i, r in enumerate(rows) if i != best)
         message = (
             f"int8 recipe: {described(chosen)} ({where}{against}); the default measured below "
-            f"{'its floor' if not rows[0].get('meets_reference', True) else f'{aim:g} dB'}, so the other recipes were tried in order until one was not: {others or 'no other recipe converted'}"
+            f"{'its floor' if not rows[0].get('meets_reference', True) else f'{aim:g} dB'}, so the other recipes were tried in order until one was not: "
+            f"{others or 'no other recipe to try (a path whose default kept float ops keeps them under every recipe)'}"
         )
     else:
         message = f"int8 recipe: {described(chosen)} ({where}{against}); at or above {aim:g} dB and the floor, no other recipe tried"

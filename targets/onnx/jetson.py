@@ -37,6 +37,8 @@ from edgex.targets.onnx.model import (
     describe_onnx,
     fold_static,
     fp32_onnx,
+    kept_float_messages,
+    node_scopes,
     onnx_status,
     to_int8_qdq,
 )
@@ -53,6 +55,9 @@ TARGET = TargetSpec(
     default_precision="fp16",
     options=(OPSET_OPTION, EXPORTER_OPTION),  # TensorRT takes static shapes and 8-bit symmetric int8 only
     accepts=("torch", "onnx"),
+    # int8: nodes left out of QDQ quantization carry no Q/DQ, which TensorRT's explicit
+    # quantization runs in fp32 (no FP16 flag on an int8 build)
+    keeps_wider=("float",),
 )
 
 #: how the jetson target's int8 artifact runs without TensorRT
@@ -91,6 +96,8 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     fp32 = work / "model.fp32.onnx"
     converter, messages = fp32_onnx(request, fp32, opset, dynamic_batch=False)
     check_onnx(fp32)
+    # the export's torch modules per node, before onnxruntime's folding drops their metadata
+    scopes = node_scopes(fp32) if request.precision == "int8" else {}
     folded = work / "model.folded.onnx"
     fold_static(fp32, folded, request.model.inputs)
     folded.replace(fp32)
@@ -99,9 +106,12 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
     final = work / "model.trt.onnx"
     details: dict[str, Any] = {}
     if request.precision == "int8":
-        to_int8_qdq(fp32, final, request, symmetric=True)
+        kept = to_int8_qdq(fp32, final, request, symmetric=True, scopes=scopes)
         converter += "; int8 QDQ by onnxruntime.quantization (8-bit symmetric, as TensorRT requires)"
         details["quantization"] = {"reduce_range": False, "weight_bits": 8, "symmetric": True}
+        kept_messages, kept_details = kept_float_messages(kept)
+        messages.extend(kept_messages)
+        details["quantization"].update(kept_details)
     else:
         # fp16 keeps an fp32 ONNX: TensorRT lowers it to fp16 with its FP16 builder flag
         shutil.copyfile(fp32, final)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io as _io
+import json
+import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from edgex.plugins import (
     AVERAGE_POOLS,
     infer_permutation,
     layout_name,
+    onnx_node_scope,
     one_line,
     package_version,
     ArtifactIO,
@@ -32,6 +36,7 @@ from edgex.plugins import (
     TargetOption,
     TensorBinding,
     UsageError,
+    WiderLayers,
 )
 
 DEFAULT_OPSET = 18
@@ -167,10 +172,30 @@ class _CalibrationReader:
         return next(self._feeds, None)
 
 
-def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetric: bool, reduce_range: bool = False) -> None:
+def to_int8_qdq(
+    source: Path,
+    dest: Path,
+    request: ConversionRequest,
+    *,
+    symmetric: bool,
+    reduce_range: bool = False,
+    scopes: Mapping[str, str] | None = None,
+    guard_float_weights: bool = False,
+) -> dict[str, Any] | None:
     """QDQ static quantization (int8 weights per channel, int8 activations) from calibration data.
 
     ``symmetric``: activations with zero point 0 (TensorRT); ``reduce_range``: 7-bit weights.
+    Softmax outputs are quantized over their calibrated range, as every other activation (and
+    edgex's simulated reference) is, not over onnxruntime's fixed [0, 1] (:func:`_softmax_ranges`).
+    Mixed precision: the layers ``request.layers_kept_wider("float")`` names stay float (their
+    nodes excluded from quantization: float weights, float values inside; what crosses into an
+    int8 node or an output is still quantized there), recorded in the file's ``KEPT_WIDER_KEY``
+    metadata; returns what was kept (:func:`kept_float_nodes`), or None for full int8.
+    ``scopes`` maps the float export's node names to torch modules (:func:`node_scopes`; default:
+    ``source``'s): pass it where ``source`` went through onnxruntime's optimizer already, which
+    drops the exporter's scope metadata. ``guard_float_weights``: the file runs on onnxruntime
+    with its QDQ fusions, which quantize a kept Conv/Gemm's float weights themselves where it
+    reads a DequantizeLinear and feeds a QuantizeLinear (:func:`guard_float_weights_of`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -178,10 +203,20 @@ def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetr
 
     if not request.calibration:
         raise UsageError("int8 needs calibration data: pass --calibration FILE|DIR")
+    scopes = node_scopes(source) if scopes is None else scopes
     prepared = dest.with_name(dest.stem + ".preprocessed.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    names = [i.name for i in onnx.load(str(prepared)).graph.input]
     try:
+        graph = onnx.load(str(prepared)).graph
+        names = [i.name for i in graph.input]
+        # the layers kept float, asked with the scheme the artifact will report (describe_onnx)
+        layers = request.layers_kept_wider("float", quantization=int8_scheme(7 if reduce_range else 8, symmetric, float_recurrent_graph(graph)))
+        kept = kept_float_nodes(graph, scopes, layers) if layers is not None else None
+        excluded = set(kept["nodes"]) if kept else set()
+        overrides = {
+            tensor: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+            for tensor, (low, high) in _softmax_ranges(prepared, graph, excluded, names, request.calibration).items()
+        }
         with contextlib.redirect_stdout(_io.StringIO()):
             quantize_static(
                 str(prepared),
@@ -193,10 +228,195 @@ def to_int8_qdq(source: Path, dest: Path, request: ConversionRequest, *, symmetr
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+                nodes_to_exclude=sorted(excluded) or None,
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, **({"TensorQuantOverrides": overrides} if overrides else {})},
             )
     finally:
         prepared.unlink(missing_ok=True)
+    if kept and kept["modules"]:
+        model = onnx.load(str(dest))
+        kept["guarded"] = guard_float_weights_of(model, kept["nodes"]) if guard_float_weights else []
+        entry = model.metadata_props.add()
+        entry.key, entry.value = KEPT_WIDER_KEY, json.dumps({"modules": kept["modules"], "as": "float", "chosen_by": kept["chosen_by"], "nodes": kept["nodes"]})
+        onnx.save(model, str(dest))
+    return kept
+
+
+def _softmax_ranges(prepared: Path, graph: Any, excluded: set[str], names: Sequence[str], calibration: Sequence[tuple[np.ndarray, ...]]) -> dict[str, tuple[float, float]]:
+    """The calibrated (0, max) of each quantized Softmax's output: onnxruntime's quantizer sets a
+    Softmax output's range to [0, 1] whatever the calibration saw, where an attention's
+    probabilities over many tokens span a tenth of it (3 of the 8 bits lost, which a value
+    carrying large offsets multiplies). Quantized over its calibrated range, as edgex's simulated
+    reference quantizes it, the int8 artifact keeps them (a float pass over the calibration data)."""
+    import onnx
+    import onnxruntime as ort
+
+    outputs = [n.output[0] for n in graph.node if n.op_type == "Softmax" and n.name not in excluded and n.output]
+    if not outputs:
+        return {}
+    model = onnx.load(str(prepared))
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in existing)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    highest = dict.fromkeys(outputs, 0.0)
+    for batch in calibration:
+        for name, value in zip(outputs, session.run(outputs, dict(zip(names, batch)))):
+            if np.size(value):
+                highest[name] = max(highest[name], float(np.max(value)))
+    return {name: (0.0, high) for name, high in highest.items() if high > 0.0}
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+#: the metadata_props entry of an int8 .onnx that keeps layers float (mixed precision): JSON with
+#: the torch ``modules`` kept, ``as`` ("float") and the ONNX ``nodes`` left unquantized.
+#: describe_onnx reads it back into ``ArtifactIO.quantization["kept_wider"]``, so that ``edgex
+#: validate`` of the file simulates the same mixed scheme as the conversion did
+KEPT_WIDER_KEY = "edgex.kept_wider"
+
+#: ops that only move values: one without a scope of its own (onnxruntime's optimizer inserts
+#: Reshapes around a 3-D Gemm) whose input comes from a kept node and whose every reader is
+#: kept lies inside the kept layers and stays float with them
+_MOVES_VALUES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+#: the suffix onnxruntime's GenerateNodeName adds to keep a node name unique
+_NAME_TOKEN = re.compile(r"_token_\d+$")
+
+
+def node_scopes(path: Path) -> dict[str, str]:
+    """Each node of an ONNX export (by name) -> the torch module it belongs to (``onnx_node_scope``:
+    the dynamo exporter's metadata, the TorchScript exporter's node name); read from the export
+    before onnxruntime's optimizer (``quant_pre_process``, ``fold_static``) drops the metadata."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {node.name: scope for node in graph.node if node.name and (scope := onnx_node_scope(node))}
+
+
+def _scope_of(node: Any, scopes: Mapping[str, str]) -> str | None:
+    """The torch module of a node of an optimized graph: its own scope metadata, else the export's
+    node of the same name (onnxruntime's fusions name a fused node ``<first node>/<Name>Fusion``,
+    its new nodes ``<name>_token_<n>``); None where neither says (those stay int8)."""
+    own = onnx_node_scope(node, by_name=False)
+    if own:
+        return own
+    name = node.name
+    while name:
+        if name in scopes:
+            return scopes[name]
+        head, sep, tail = name.rpartition("/")
+        if _NAME_TOKEN.search(name):
+            name = _NAME_TOKEN.sub("", name)
+        elif sep and head and tail.endswith("Fusion"):
+            name = head
+        else:
+            return None
+    return None
+
+
+def kept_float_nodes(graph: Any, scopes: Mapping[str, str], layers: WiderLayers) -> dict[str, Any]:
+    """The nodes of ``graph`` (the graph handed to the quantizer) that ``layers`` keeps float: each
+    whose torch module (:func:`_scope_of`) ``layers.holds``, and each scope-less value-moving
+    node between kept ones. Returns ``modules`` (those of ``layers.modules`` some node belongs to:
+    what the artifact really keeps float), ``missing`` (the others), ``nodes`` (their names) and
+    ``chosen_by``, ``macs_share``, ``sqnr_before_db``, ``sqnr_db`` as ``layers`` says them."""
+    held: dict[str, str] = {}
+    for node in graph.node:
+        scope = _scope_of(node, scopes)
+        if node.name and layers.holds(scope):
+            held[node.name] = scope or ""
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    grown = True
+    while grown:
+        grown = False
+        for node in graph.node:
+            if not node.name or node.name in held or node.op_type not in _MOVES_VALUES or not node.input or _scope_of(node, scopes) is not None:
+                continue
+            source = producers.get(node.input[0])
+            after = [r for out in node.output for r in readers.get(out, ())]
+            if source is not None and source.name in held and after and all(r.name in held for r in after) and not outputs.intersection(node.output):
+                held[node.name] = held[source.name]
+                grown = True
+    # a module is kept where some node it holds (as ``layers.holds`` reads a scope) was found
+    modules = [m for m in layers.modules if any(replace(layers, modules=(m,)).holds(scope) for scope in held.values())]
+    return {
+        "modules": modules,
+        "missing": [m for m in layers.modules if m not in modules],
+        "nodes": [node.name for node in graph.node if node.name in held],
+        "chosen_by": layers.chosen_by,
+        "macs_share": layers.macs_share,
+        "sqnr_before_db": layers.sqnr_before_db,
+        "sqnr_db": layers.sqnr_db,
+    }
+
+
+def guard_float_weights_of(model: Any, kept: Sequence[str]) -> list[str]:
+    """Keep the float weights of the kept Conv/ConvTranspose/Gemm nodes float on onnxruntime.
+
+    onnxruntime's QDQ optimizer (``WeightBiasQuantization``, on by default with its QDQ fusions)
+    quantizes the float weights of a Conv, ConvTranspose or Gemm that reads a DequantizeLinear
+    and feeds a QuantizeLinear (directly, or through ReLU / Clip, or ops its QDQ propagation
+    moves the QuantizeLinear over), per tensor, when the session loads: a layer kept float alone
+    between int8 layers would run int8 with coarser weights than the quantizer's. A one-input
+    Sum (an identity no optimizer removes) after each such node keeps it float as written, the
+    same values the file means. Returns the guarded nodes' names (``model`` is changed)."""
+    from onnx import helper
+
+    kept_names = set(kept)
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def reads_dequantized(node: Any) -> bool:
+        source = producers.get(node.input[0]) if node.input else None
+        while source is not None and source.op_type in _MOVES_VALUES:  # DequantizeLinear propagates down these
+            source = producers.get(source.input[0]) if source.input else None
+        return source is not None and source.op_type == "DequantizeLinear"
+
+    def feeds_quantize(node: Any) -> bool:
+        while len(node.output) == 1 and len(after := readers.get(node.output[0], [])) == 1:
+            node = after[0]
+            if node.op_type == "QuantizeLinear":
+                return True
+            if node.op_type not in _MOVES_VALUES and node.op_type not in ("Relu", "Clip"):  # QuantizeLinear propagates up _MOVES_VALUES
+                return False
+        return False
+
+    guarded, nodes = [], []
+    for node in graph.node:
+        nodes.append(node)
+        if node.name in kept_names and node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.output) == 1 and reads_dequantized(node) and feeds_quantize(node):
+            value = node.output[0]
+            node.output[0] = f"{value}/float"
+            # named apart from the exporter's module paths ("/blocks/...") that onnx_node_scope reads
+            nodes.append(helper.make_node("Sum", [node.output[0]], [value], name=f"keeps_float({node.name})"))
+            guarded.append(node.name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return guarded
+
+
+def kept_float_messages(kept: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]]:
+    """The conversion's messages and details entry for what :func:`to_int8_qdq` kept float."""
+    if not kept:
+        return [], {}
+    messages = []
+    if kept["modules"]:
+        shown = ", ".join(kept["nodes"][:8]) + (f", ... ({len(kept['nodes'])} in all)" if len(kept["nodes"]) > 8 else "")
+        messages.append(f"kept float: {len(kept['nodes'])} ONNX nodes of {', '.join(kept['modules'])} (left out of quantization: {shown})")
+        if kept.get("guarded"):
+            messages.append(f"{', '.join(kept['guarded'])}: a one-input Sum after each keeps its weights float on onnxruntime, whose QDQ optimizer would quantize them per tensor at load")
+    if kept["missing"]:
+        messages.append(f"not kept float: no ONNX node carries the scope of {', '.join(kept['missing'])} (the exporter or onnxruntime's optimizer lost it); those layers stay int8")
+    return messages, {"kept_float": {"modules": kept["modules"], "missing": kept["missing"], "onnx_nodes": kept["nodes"], "guarded": kept.get("guarded", []), "chosen_by": kept["chosen_by"]}}
 
 
 def fold_static(source: Path, dest: Path, inputs: Sequence[Any]) -> None:
@@ -288,19 +508,49 @@ def describe_onnx(path: Path, reference: ReferenceModel, precision: str | None =
     scheme: dict[str, Any] = {}
     if precision == "int8":
         outputs = [TensorBinding(o.name, o.shape, o.dtype, None, None, quant.get(o.name)) for o in outputs]
-        # AveragePool's output keeps its input's scale (onnxruntime's QDQDirect8BitOp)
-        scheme = {"weight_bits": weight_bits(model), "symmetric_activations": symmetric_activations(model), "on_input_grid": list(AVERAGE_POOLS)}
-        if float_recurrent(model):  # onnxruntime's static QDQ quantizer leaves LSTM / GRU / RNN float
-            scheme["recurrent"] = "float"
+        scheme = int8_scheme(weight_bits(model), symmetric_activations(model), float_recurrent(model))
+        kept = kept_wider(model)
+        if kept is not None:
+            scheme.update(kept.quantization())
     return ArtifactIO(Path(path), precision, tuple(inputs), tuple(outputs), scheme)
+
+
+def int8_scheme(weight_bits: int, symmetric: bool, recurrent_float: bool) -> dict[str, Any]:
+    """``ArtifactIO.quantization`` of a QDQ int8 artifact (mixed precision aside)."""
+    # AveragePool's output keeps its input's scale (onnxruntime's QDQDirect8BitOp)
+    scheme: dict[str, Any] = {"weight_bits": weight_bits, "symmetric_activations": symmetric, "on_input_grid": list(AVERAGE_POOLS)}
+    if recurrent_float:  # onnxruntime's static QDQ quantizer leaves LSTM / GRU / RNN float
+        scheme["recurrent"] = "float"
+    return scheme
+
+
+def kept_wider(model: Any) -> WiderLayers | None:
+    """The layers an int8 .onnx of edgex keeps float, as its ``KEPT_WIDER_KEY`` metadata says; None
+    where it has none (full int8). Metadata edgex did not write is a UsageError: the verdict's
+    simulation must quantize as the file does."""
+    entry = next((p.value for p in model.metadata_props if p.key == KEPT_WIDER_KEY), None)
+    if entry is None:
+        return None
+    try:
+        found = json.loads(entry)
+        modules = tuple(str(m) for m in found["modules"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"the ONNX file's {KEPT_WIDER_KEY} metadata is not what edgex writes: {one_line(exc)}") from exc
+    return WiderLayers(modules, str(found.get("as", "float")), str(found.get("chosen_by", "target"))) if modules else None
 
 
 def float_recurrent(model: Any) -> bool:
     """Whether the graph holds a recurrent op (LSTM, GRU, RNN) and every one reads its weights as
     float initializers: onnxruntime's static quantizer has no QDQ form for them (LSTM is only in
     its dynamic IntegerOps registry), so they run float32 and what reads them is quantized."""
-    initializers = {i.name: i for i in model.graph.initializer}
-    recurrent = [n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    return float_recurrent_graph(model.graph)
+
+
+def float_recurrent_graph(graph: Any) -> bool:
+    """:func:`float_recurrent` of a graph (a float graph's: whether it holds recurrent ops, which
+    its int8 QDQ version keeps float)."""
+    initializers = {i.name: i for i in graph.initializer}
+    recurrent = [n for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
     return bool(recurrent) and all(
         n.input[1] in initializers and initializers[n.input[1]].data_type == 1 for n in recurrent  # FLOAT W
     )

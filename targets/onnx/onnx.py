@@ -36,6 +36,7 @@ from edgex.targets.onnx.model import (
     describe_onnx,
     fp16_model,
     fp32_onnx,
+    kept_float_messages,
     onnx_save,
     onnx_status,
     to_int8_qdq,
@@ -59,6 +60,7 @@ TARGET = TargetSpec(
         ),
     ),
     accepts=("torch", "onnx"),
+    keeps_wider=("float",),  # int8: nodes left out of QDQ quantization run float (to_int8_qdq)
 )
 
 #: what the onnx target's fp16 artifact computes in on onnxruntime's CPU provider
@@ -152,13 +154,16 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         saturating_cpu = this_cpu_saturates_int8()
         asked = request.options.get("reduce_range") or "auto"
         reduce_range, why = choose_reduce_range(asked, saturating_cpu)
-        to_int8_qdq(fp32, final, request, symmetric=False, reduce_range=reduce_range)
+        kept = to_int8_qdq(fp32, final, request, symmetric=False, reduce_range=reduce_range, guard_float_weights=True)
         chosen = f"reduce_range {'on' if reduce_range else 'off'}"
         if asked == "auto":
             chosen += f" (auto: this CPU is {saturating_cpu})" if saturating_cpu else " (auto: this CPU's int8 kernels do not saturate)"
         converter += f"; int8 QDQ by onnxruntime.quantization (per-channel {7 if reduce_range else 8}-bit weights, {chosen})"
         messages.append(why)
         details["quantization"] = {"reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8, "saturating_cpu": saturating_cpu}
+        kept_messages, kept_details = kept_float_messages(kept)
+        messages.extend(kept_messages)
+        details["quantization"].update(kept_details)
     else:
         shutil.copyfile(fp32, final)
     fp32.unlink(missing_ok=True)

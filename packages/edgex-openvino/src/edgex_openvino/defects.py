@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from edgex_openvino.plugin import _openvino, fake_quantizes
+from edgex_openvino.plugin import _openvino, fake_quantizes, op_module
 
 
 def _planted(artifact: Path, folder: Path, edit: Callable[[Any, Any], None]) -> Path:
@@ -56,6 +56,31 @@ def scale_output(artifact: Path, folder: Path, factor: float = 4.0) -> Path:
         for index in (3, 4):  # output_low, output_high
             bound = last.input_value(index).get_node()
             _replace_constant(ov, bound, bound.get_data() * factor)
+
+    return _planted(artifact, folder, edit)
+
+
+def scale_float_channel(artifact: Path, folder: Path, module: str, factor: float = 1.5, channel: int = 0) -> Path:
+    """Output channel ``channel`` of a layer a mixed-precision IR keeps float (the MatMul or
+    Convolution of torch module ``module``, on float weights) computes ``factor`` x: its float
+    weights for that channel written ``factor`` x (the bias left alone)."""
+
+    def edit(ov: Any, model: Any) -> None:
+        for op in model.get_ordered_ops():
+            if op.get_type_name() not in ("MatMul", "Convolution") or op_module(op, {}) != module:
+                continue
+            weight = op.input_value(1).get_node()
+            if weight.get_type_name() != "Constant" or weight.get_output_element_type(0) != ov.Type.f32:
+                raise ValueError(f"{artifact}: {module}'s {op.get_type_name()} reads no float32 constant weight (is it kept float?)")
+            values = weight.get_data().copy()
+            # a MatMul from torch's linear reads W [out, in] transposed; else [in, out]; a Convolution [out, in, ...]
+            axis = 1 if op.get_type_name() == "MatMul" and not op.get_attributes().get("transpose_b", False) else 0
+            index = [slice(None)] * values.ndim
+            index[axis] = channel
+            values[tuple(index)] *= factor
+            _replace_constant(ov, weight, values)
+            return
+        raise ValueError(f"{artifact}: no MatMul or Convolution of {module} to plant a float weight defect in")
 
     return _planted(artifact, folder, edit)
 

@@ -8,6 +8,12 @@ fallback recorded; an ONNX reference is read directly). fp16 stores compressed f
 labels. Validated on the OpenVINO CPU runtime, through edgex's one parity implementation: this
 module only loads and runs the IR.
 
+Mixed precision (``keeps_wider=("float",)``): where edgex's simulation says full int8 misses its
+floor (or with ``--keep-wider``), the layers it names are left out of NNCF's quantization
+(``nncf.IgnoredScope`` of the IR ops whose torch module they hold): float ops on float weights,
+whose values an int8 op reading them quantizes at its own input. The IR records them in its
+rt_info (``edgex/kept_wider``), which ``edgex validate`` reads back.
+
 Imports only ``edgex.plugins``; openvino, nncf and torch are imported inside the hooks, always
 through :func:`_telemetry_off` (OpenVINO's telemetry is on by default; see there).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,10 +44,12 @@ from edgex.plugins import (
     TensorBinding,
     TracedTensor,
     UsageError,
+    WiderLayers,
     hookimpl,
     infer_permutation,
     layout_name,
     one_line,
+    onnx_node_scope,
     package_version,
     target_check,
 )
@@ -66,7 +75,12 @@ TARGET = TargetSpec(
         ),
     ),
     accepts=("torch", "onnx"),
+    keeps_wider=("float",),
 )
+
+#: where a mixed-precision IR records the layers it keeps float: its rt_info at this path holds
+#: ``WiderLayers.quantization()["kept_wider"]`` as a JSON string
+KEPT_WIDER_RT_INFO = ["edgex", "kept_wider"]
 
 #: a HOME that does not exist: openvino_telemetry then finds no place for its consent file and
 #: declines, so it neither writes ~/intel nor sends anything
@@ -125,8 +139,9 @@ def edgex_backend_status(target: str) -> BackendStatus:
 # --------------------------------------------------------------------------- converting
 
 
-def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[str]]:
-    """The float OpenVINO model of the torch reference, the converter in words, and messages."""
+def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[str], dict[str, str]]:
+    """The float OpenVINO model of the torch reference, the converter in words, messages, and
+    (the ONNX route) the torch module of each ONNX node and tensor (:func:`_onnx_scopes`)."""
     import numpy as np
     import torch
 
@@ -138,7 +153,7 @@ def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[
     if route in ("auto", "direct"):
         try:
             with _telemetry_off():
-                return ov.convert_model(model.module, example_input=args, input=shapes), f"openvino.convert_model {ov.__version__.split('-')[0]}", []
+                return ov.convert_model(model.module, example_input=args, input=shapes), f"openvino.convert_model {ov.__version__.split('-')[0]}", [], {}
         except Exception as exc:
             if route == "direct":
                 raise TargetError(f"openvino.convert_model failed: {one_line(exc)} (try --openvino-route onnx)", stage="convert") from exc
@@ -149,12 +164,64 @@ def _from_torch(request: ConversionRequest, route: str) -> tuple[Any, str, list[
         exporter, export_messages = request.onnx_export(onnx_path, opset=ONNX_ROUTE_OPSET)
         with _telemetry_off():
             converted = ov.convert_model(str(onnx_path))
+        scopes = _onnx_scopes(onnx_path)
     except Exception as exc:
         raise TargetError("; ".join([*failures, f"the ONNX route failed: {one_line(exc)}"]), stage="convert") from exc
     finally:
         onnx_path.unlink(missing_ok=True)
     messages = [f"used the ONNX route because {failures[0]}"] if failures else []
-    return converted, f"{exporter} -> openvino.convert_model {ov.__version__.split('-')[0]}", messages + export_messages
+    return converted, f"{exporter} -> openvino.convert_model {ov.__version__.split('-')[0]}", messages + export_messages, scopes
+
+
+def _onnx_scopes(path: Path) -> dict[str, str]:
+    """The torch module of each node of an ONNX export (``onnx_node_scope``), by node name and by
+    the names of the tensors it makes: OpenVINO's ONNX frontend names an op after its node, or
+    (a LayerNormalization made MVN) only its output tensor after the node's."""
+    import onnx
+
+    scopes: dict[str, str] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        scope = onnx_node_scope(node)
+        if scope:
+            scopes[node.name] = scope
+            scopes.update((f"tensor:{name}", scope) for name in node.output if name)
+    return scopes
+
+
+def op_module(op: Any, scopes: Mapping[str, str]) -> str | None:
+    """The torch module an OpenVINO op belongs to: from the friendly name openvino.convert_model
+    gives it from torch (``__module.blocks.1.attn.query/aten::linear/MatMul``), else from the ONNX
+    export it was read from (``scopes``: its node's name, ``node/WithoutBiases`` included, or the
+    tensor it makes); None where neither says."""
+    name = op.get_friendly_name()
+    found = _modules(name)
+    if found:
+        return found[0]
+    if name in scopes:
+        return scopes[name]
+    if name.split("/", 1)[0] in scopes:
+        return scopes[name.split("/", 1)[0]]
+    for port in op.outputs():
+        for tensor in port.get_names():
+            if f"tensor:{tensor}" in scopes:
+                return scopes[f"tensor:{tensor}"]
+    return None
+
+
+def _held_ops(model: Any, layers: WiderLayers, scopes: Mapping[str, str]) -> list[str]:
+    """The friendly names of the ops (constants, inputs and outputs aside) whose innermost torch
+    module ``layers`` holds: NNCF's ignored scope. None at all is a usage error (modules the model
+    lacks, or an IR whose op names say no module)."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Constant", "Parameter", "Result") and layers.holds(op_module(op, scopes)):
+            names.append(op.get_friendly_name())
+    if not names:
+        raise UsageError(
+            f"mixed precision: no op of the OpenVINO model belongs to {', '.join(layers.modules)} (torch module paths as the model "
+            "names them, e.g. blocks.0.attn): nothing to keep float"
+        )
+    return names
 
 
 def _named(model: Any, reference: ReferenceModel) -> Any:
@@ -175,7 +242,7 @@ def _named(model: Any, reference: ReferenceModel) -> Any:
 _OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
 
 
-def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str, dict[str, Any]]:
+def _quantize(model: Any, request: ConversionRequest, ignored: Sequence[str] = ()) -> tuple[Any, str, dict[str, Any]]:
     """int8 by NNCF post-training quantization on the calibration data; with labelled calibration
     data (``request.calibration_labels``) accuracy-controlled (:func:`_accuracy_controlled`).
     Returns the model, the converter's words and the report's account of the path taken.
@@ -190,6 +257,8 @@ def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str, dict[st
       (digits' pooled features at 2.51 where the data reach 4.64);
     - the full bias correction instead of the fast one, which took digits to 12 dB whatever the
       weights and ranges (none: 36.3 dB; full: 40.9 dB [39.6 dB]).
+
+    ``ignored``: the friendly names of the ops mixed precision keeps float (NNCF's ignored scope).
     """
     if not request.calibration:
         raise UsageError("int8 needs calibration data: pass --calibration FILE|DIR")
@@ -206,12 +275,15 @@ def _quantize(model: Any, request: ConversionRequest) -> tuple[Any, str, dict[st
             activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
         )
         settings = f"overflow fix {overflow_fix}, min/max ranges, full bias correction; {len(request.calibration)} calibration samples"
+        scope = nncf.IgnoredScope(names=list(ignored)) if ignored else None
+        if ignored:
+            settings += f"; {len(ignored)} ops kept float (ignored scope)"
         if request.calibration_labels is not None:
-            quantized, control = _accuracy_controlled(model, request, advanced)
+            quantized, control = _accuracy_controlled(model, request, advanced, scope)
             return quantized, f"int8 by nncf.quantize_with_accuracy_control {nncf.__version__} (max drop {request.max_accuracy_drop:g} points on the labelled calibration data; {settings})", control
         dataset = nncf.Dataset([list(sample) for sample in request.calibration])
         try:
-            quantized = nncf.quantize(model, dataset, subset_size=len(request.calibration), fast_bias_correction=False, advanced_parameters=advanced)
+            quantized = nncf.quantize(model, dataset, subset_size=len(request.calibration), fast_bias_correction=False, advanced_parameters=advanced, ignored_scope=scope)
         except Exception as exc:
             raise TargetError(f"nncf.quantize failed: {one_line(exc)}", stage="convert") from exc
     why = "the calibration data carries no labels (pass --calibration DATA.npz with arrays x and y for accuracy control)"
@@ -246,7 +318,7 @@ def _float_layers(model: Any) -> list[str]:
     return floating
 
 
-def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any) -> tuple[Any, dict[str, Any]]:
+def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any, scope: Any = None) -> tuple[Any, dict[str, Any]]:
     """``nncf.quantize_with_accuracy_control``: quantize, then revert the layers that cost most
     top-1 accuracy to float until the drop on the labelled calibration data is within
     ``--max-accuracy-drop``. It validates on the calibration data, never on the evaluation data
@@ -265,7 +337,7 @@ def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any) 
         quantized = nncf.quantize_with_accuracy_control(
             model, dataset, dataset, _top1,
             max_drop=request.max_accuracy_drop / 100, drop_type=DropType.ABSOLUTE,  # points -> a fraction, as validate returns
-            subset_size=len(items), fast_bias_correction=False, advanced_quantization_parameters=advanced,
+            subset_size=len(items), fast_bias_correction=False, advanced_quantization_parameters=advanced, ignored_scope=scope,
         )
     except Exception as exc:
         raise TargetError(f"nncf.quantize_with_accuracy_control failed: {one_line(exc)}", stage="convert") from exc
@@ -282,8 +354,26 @@ def _accuracy_controlled(model: Any, request: ConversionRequest, advanced: Any) 
         "max_drop_points": request.max_accuracy_drop,
         "accuracy_float": before,
         "accuracy_int8": after,
-        "layers_reverted_to_float": _float_layers(quantized),
+        # the layers mixed precision kept float (the ignored scope) were never NNCF's to revert
+        "layers_reverted_to_float": [name for name in _float_layers(quantized) if scope is None or name not in scope.names],
     }
+
+
+def expected_scheme(model: Any, request: ConversionRequest) -> dict[str, Any]:
+    """The ``quantization_scheme`` the IR ``_quantize`` makes of the float ``model`` will read
+    (what edgex's simulation chooses the layers kept float by, before there is an IR): 7-bit
+    weights with the overflow fix in every layer, NNCF's full bias correction and float outputs."""
+    scheme: dict[str, Any] = {"weight_bits": 7 if (request.options.get("openvino_overflow_fix") or "enable") == "enable" else 8,
+                              "quantizer": "nncf", "bias_correction": True, "float_outputs": True}
+    if any(op.get_type_name() in RECURRENT_OPS for op in model.get_ordered_ops()):
+        scheme["recurrent"] = "int8_weights"
+    return scheme
+
+
+def _layers_kept_float(model: Any, request: ConversionRequest) -> WiderLayers | None:
+    """The layers this int8 IR keeps float (``ConversionRequest.layers_kept_wider``), None for full int8."""
+    layers = request.layers_kept_wider("float", quantization=expected_scheme(model, request))
+    return layers if layers is not None and layers.modules else None
 
 
 @hookimpl
@@ -293,13 +383,25 @@ def edgex_convert(request: ConversionRequest) -> ConversionResult:
         with _telemetry_off():
             model = ov.convert_model(str(request.model.onnx_path))
         converter, messages = f"openvino.convert_model {ov.__version__.split('-')[0]} (the reference ONNX)", []
+        scopes = _onnx_scopes(request.model.onnx_path) if request.precision == "int8" and request.keep_wider else {}
     else:
-        model, converter, messages = _from_torch(request, request.options.get("openvino_route") or "auto")
+        model, converter, messages, scopes = _from_torch(request, request.options.get("openvino_route") or "auto")
     model = _named(model, request.model)
     quantization_path: dict[str, Any] = {}
     if request.precision == "int8":
-        model, how, quantization_path = _quantize(model, request)
+        layers = _layers_kept_float(model, request)
+        ignored = _held_ops(model, layers, scopes) if layers is not None else []
+        model, how, quantization_path = _quantize(model, request, ignored)
         converter += f"; {how}"
+        if layers is not None:
+            kept = _float_layers(model)
+            model.set_rt_info(json.dumps(layers.quantization()["kept_wider"]), KEPT_WIDER_RT_INFO)
+            quantization_path["kept_float"] = {"modules": list(layers.modules), "as": layers.wider_as, "chosen_by": layers.chosen_by,
+                                               "ignored_ops": ignored, "float_weight_ops": [name for name in kept if name in ignored]}
+            messages.append(
+                f"kept float (left out of NNCF's quantization: {len(ignored)} ops, {len(quantization_path['kept_float']['float_weight_ops'])} "
+                f"with float weights): {', '.join(layers.modules)}"
+            )
         if quantization_path.get("layers_reverted_to_float"):
             reverted = quantization_path["layers_reverted_to_float"]
             messages.append(
@@ -407,7 +509,24 @@ def quantization_scheme(model: Any) -> dict[str, Any]:
     if any(op.get_type_name() in RECURRENT_OPS for op in model.get_ordered_ops()):
         # NNCF keeps an LSTMSequence whole: input and output FakeQuantized, W and R int8 per gate row
         scheme["recurrent"] = "int8_weights" if recurrent else "float"
+    kept = kept_wider(model)
+    if kept is not None:
+        scheme["kept_wider"] = kept
     return scheme
+
+
+def kept_wider(model: Any) -> dict[str, Any] | None:
+    """The layers a mixed-precision IR keeps float, as its rt_info records them
+    (``{"modules": [...], "as": "float"}``); None for an IR that records none."""
+    if not model.has_rt_info(KEPT_WIDER_RT_INFO):
+        return None
+    try:
+        kept = json.loads(model.get_rt_info(KEPT_WIDER_RT_INFO).astype(str))
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"the IR's rt_info {'/'.join(KEPT_WIDER_RT_INFO)} is not edgex's JSON ({one_line(exc)})") from exc
+    if not isinstance(kept, dict) or not kept.get("modules"):
+        return None
+    return {"modules": [str(m) for m in kept["modules"]], "as": str(kept.get("as", "float"))}
 
 
 #: OpenVINO's recurrent ops (what ov.convert_model makes of aten.lstm / gru / rnn)
