@@ -268,19 +268,32 @@ class Reference:
                 batches = list(self.inputs.parity[:SENSITIVITY_SAMPLES])
                 if applied:
                     batches = list(rewritten.cast(batches) or ())
-                choices = []
-                for wider_as in types[:1] if modules else types:
+                measured: dict[str, dict[str, Any] | None] = {}
+
+                def measure(wider_as: str) -> dict[str, Any] | None:
                     choice = choose_wider(calibrated, batches, self.outputs[:SENSITIVITY_SAMPLES], full_db, wider_as=wider_as, modules=modules, **options)
                     if choice is not None:
                         # measured again on every parity input, as the verdict will: a choice made on 4 can fit those 4
                         kept, _ = self.simulated("int8", {**quantization, "kept_wider": {"modules": choice["modules"], "as": wider_as}}, rewritten)
                         kept_db = min(parity.output_error(self.outputs, kept.outputs, index)[1] for index in range(len(self.outputs[0]))) if kept is not None else -math.inf
-                        choices.append({**choice, "as": wider_as, "full_int8_db": round(full_db, 2), "parity_db": round(kept_db, 2)})
-                        if modules or kept_db >= MIXED_PRECISION_AIM_DB:
+                        choice = {**choice, "as": wider_as, "full_int8_db": round(full_db, 2), "parity_db": round(kept_db, 2)}
+                    measured[wider_as] = choice
+                    return choice
+
+                if modules:
+                    found = measure(types[0])
+                else:
+                    # float carries the most of any wider type: where even its choice cannot let an
+                    # artifact meet the floor, no other type's can, and they are not measured
+                    hopeless = "float" in types[1:] and ((upper := measure("float")) is None or upper["parity_db"] < MIXED_PRECISION_BELOW_DB)
+                    for wider_as in () if hopeless else types:  # the target's preference first
+                        choice = measured[wider_as] if wider_as in measured else measure(wider_as)
+                        if choice is not None and choice["parity_db"] >= MIXED_PRECISION_AIM_DB:
                             break
-                # the automatic choice is kept only where it lets an artifact meet the floor
-                usable = [c for c in choices if c["chosen_by"] == "user" or c["parity_db"] >= MIXED_PRECISION_BELOW_DB]
-                found = max(usable, key=lambda c: c["parity_db"]) if usable else None
+                    # the automatic choice is kept only where it lets an artifact meet the floor: the
+                    # first type reaching the aim, else the one that comes closest
+                    usable = [measured[t] for t in types if measured.get(t) is not None and measured[t]["parity_db"] >= MIXED_PRECISION_BELOW_DB]
+                    found = next((c for c in usable if c["parity_db"] >= MIXED_PRECISION_AIM_DB), None) or (max(usable, key=lambda c: c["parity_db"]) if usable else None)
             self._wider[key] = found
         return self._wider[key]
 

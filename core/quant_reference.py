@@ -927,17 +927,7 @@ def quantization_options(quantization: Mapping[str, Any] | None) -> dict[str, An
         "symmetric_activations": bool(quantization.get("symmetric_activations", False)),
         "on_input_grid": tuple(sorted(quantization.get("on_input_grid", ()))),
         "float_outputs": bool(quantization.get("float_outputs", False)),
-        "bias_correction": bool(quantization.get("bias_correction", False)),
     }
-
-
-def _bias_shifts(calibrated: Calibration, weight_bits: int) -> dict[Any, Any]:
-    """NNCF's bias correction of the full-int8 model (:func:`_correct_biases`), once for a
-    :class:`LayerSimulation`: a layer kept float then drops its shift (NNCF corrects only what it
-    quantizes); the others keep theirs, corrected for full int8 upstream (a close approximation)."""
-    weights_only = _make_interpreter(calibrated.graph_module, calibrated.plan, "dynamic-int8", weight_bits)
-    weights_only.calibrating = False
-    return _correct_biases(weights_only, calibrated.graph_module, calibrated.plan, calibrated.batches)
 
 
 class LayerSimulation:
@@ -947,11 +937,10 @@ class LayerSimulation:
     :meth:`sqnr` runs the simulation with some layers kept float, against ``reference``."""
 
     def __init__(self, calibrated: Calibration, batches: Sequence[tuple[np.ndarray, ...]], reference: Outputs, *, weight_bits: int = 8, symmetric_activations: bool = False, on_input_grid: Iterable[str] = (),
-                 float_outputs: bool = False, bias_correction: bool = False, wider_as: str = "float") -> None:
+                 float_outputs: bool = False, wider_as: str = "float") -> None:
         self.calibrated, self.batches, self.reference = calibrated, batches, reference
         self.options = (weight_bits, symmetric_activations, None, 8, tuple(on_input_grid), 0, float_outputs)
         self.wider_bits = WIDER_BITS[wider_as]
-        self.bias_shifts = _bias_shifts(calibrated, weight_bits) if bias_correction else {}
         plan = calibrated.plan
         self.layers: dict[str, set[Any]] = {}
         for node in (*plan.inputs, *plan.points, *plan.weight_axis):
@@ -964,7 +953,6 @@ class LayerSimulation:
         from edgex.core.parity import output_error
 
         simulator = _calibrated_simulator(self.calibrated, *self.options, wider=nodes_of(self.calibrated.plan, kept), wider_bits=self.wider_bits)
-        simulator.bias_shifts = {node: shift for node, shift in self.bias_shifts.items() if node not in simulator.float_kept}
         simulator.noise = noise
         outputs = _run(simulator, self.batches)
         return min(output_error(self.reference, outputs, index)[1] for index in range(len(self.reference[0])))
@@ -982,7 +970,6 @@ def layer_sensitivity(
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
     float_outputs: bool = False,
-    bias_correction: bool = False,
     wider_as: str = "float",
 ) -> dict[str, Any]:
     """How much SQNR each layer's int8 quantization costs in edgex's own simulation, on
@@ -1002,7 +989,7 @@ def layer_sensitivity(
     if method not in ("leave-out", "alone"):
         raise UsageError(f"no sensitivity method {method!r}; methods: leave-out, alone")
     simulation = LayerSimulation(calibrated, batches, reference, weight_bits=weight_bits, symmetric_activations=symmetric_activations, on_input_grid=on_input_grid,
-                                 float_outputs=float_outputs, bias_correction=bias_correction, wider_as=wider_as)
+                                 float_outputs=float_outputs, wider_as=wider_as)
     start = time.perf_counter()
     noise: dict[Any, list[float]] = {}
     full = simulation.sqnr((), noise)
@@ -1068,7 +1055,6 @@ def choose_wider(
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
     float_outputs: bool = False,
-    bias_correction: bool = False,
 ) -> dict[str, Any] | None:
     """The layers a mixed-precision int8 artifact keeps at ``wider_as``: the user's ``modules``
     (measured), or, where full int8's simulation (``full_db``, the verdict's, on every parity
@@ -1078,7 +1064,7 @@ def choose_wider(
     layer helps. Returns ``modules``, ``macs_share``, ``sqnr_before_db`` and ``sqnr_db`` (the
     simulation on ``batches`` without and with them), ``chosen_by``, ``seconds``."""
     start = time.perf_counter()
-    options = {"weight_bits": weight_bits, "symmetric_activations": symmetric_activations, "on_input_grid": tuple(on_input_grid), "float_outputs": float_outputs, "bias_correction": bias_correction}
+    options = {"weight_bits": weight_bits, "symmetric_activations": symmetric_activations, "on_input_grid": tuple(on_input_grid), "float_outputs": float_outputs}
     if modules:
         simulation = LayerSimulation(calibrated, batches, reference, wider_as=wider_as, **options)
         asked, modules = modules, modules_within(simulation.layers, modules)
@@ -1178,7 +1164,6 @@ def simulated_layers(
     symmetric_activations: bool = False,
     on_input_grid: Iterable[str] = (),
     float_outputs: bool = False,
-    bias_correction: bool = False,
     kept_wider: Sequence[str] = (),
     wider_as: str = "float",
 ) -> dict[str, list[np.ndarray]]:
@@ -1197,8 +1182,6 @@ def simulated_layers(
             last[inside[-1]] = layer
     simulator = _calibrated_simulator(calibrated, weight_bits, symmetric_activations, None, 8, on_input_grid, 0, float_outputs,
                                       wider=nodes_of(calibrated.plan, kept_wider), wider_bits=WIDER_BITS[wider_as])
-    if bias_correction:
-        simulator.bias_shifts = {node: shift for node, shift in _bias_shifts(calibrated, weight_bits).items() if node not in simulator.float_kept}
     found: dict[str, list[np.ndarray]] = {layer: [] for layer in last.values()}
     run_node = simulator.run_node
 

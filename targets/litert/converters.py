@@ -301,12 +301,20 @@ def _quantize_with_ai_edge_quantizer(
     return how
 
 
+#: operators whose weight (input 1) is a constant named after its own module
+_WEIGHTED = frozenset({"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"})
+
+
 def op_module(graph: Any, op: Any) -> str | None:
-    """The torch module an operator of a litert-torch .tflite belongs to: the first module its
+    """The torch module an operator of a litert-torch .tflite belongs to: a weighted operator's,
+    the module its weight's name records (its output may be named after a reshape fused behind
+    it: Swin's output projection, named after the block); any other's, the first module its
     first output tensor's name records (litert-torch names a fused op by all the modules it
     joins, the op's own first)."""
     from edgex.targets.litert.runtime import tensor_modules
 
+    if op.name in _WEIGHTED and len(op.inputs) > 1 and op.inputs[1] >= 0 and (own := tensor_modules(graph.tensor(op.inputs[1]).name)):
+        return own[0]
     names = [graph.tensor(i).name for i in op.outputs if i >= 0]
     modules = tensor_modules(names[0]) if names else ()
     return modules[0] if modules else None

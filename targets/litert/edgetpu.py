@@ -257,7 +257,7 @@ def _general_requirements(graph: Graph, op: Operator) -> str:
                 return f"constant {tensor.name!r} is {tensor.dtype}, not 8-bit quantized"
             continue
         if tensor.dtype == "float32":  # only a mixed-precision model's kept layers (and their edges) hold one
-            return f"tensor {tensor.name!r} is float32: a layer kept float (mixed precision), which runs on the CPU"
+            return f"tensor {tensor.name!r} is float32, not 8-bit quantized: a float op (a layer kept float by mixed precision) runs on the CPU"
         if tensor.dtype not in EIGHT_BIT or not tensor.quantized:
             return f"tensor {tensor.name!r} is {tensor.dtype}{'' if tensor.quantized else ' without quantization'}, not 8-bit quantized"
         if tensor.dynamic:
