@@ -282,6 +282,11 @@ def output_error(reference: Outputs, other: Outputs, index: int) -> tuple[float,
     return float(np.max(np.abs(diff), initial=0.0)), _sqnr(float(np.sum(r**2)), float(np.sum(diff**2)))
 
 
+def worst_sqnr(reference: Outputs, other: Outputs) -> float:
+    """The lowest SQNR over the outputs of ``other`` against ``reference`` (:func:`output_error`)."""
+    return min(output_error(reference, other, index)[1] for index in range(len(reference[0])))
+
+
 def simulated_sqnr_floor(precision: str, sqnr_sim: float) -> float:
     """The SQNR an artifact at ``precision`` must reach, given its simulated reference's
     ``sqnr_sim`` (both against the torch model): what its verdict asks, and what a converter's

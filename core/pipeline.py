@@ -264,7 +264,7 @@ class Reference:
             if isinstance(calibrated, str) or full is None:
                 found = {"modules": list(modules), "chosen_by": "user", "as": types[0]} if modules else None
             else:
-                full_db = min(parity.output_error(self.outputs, full.outputs, index)[1] for index in range(len(self.outputs[0])))
+                full_db = parity.worst_sqnr(self.outputs, full.outputs)
                 batches = list(self.inputs.parity[:SENSITIVITY_SAMPLES])
                 if applied:
                     batches = list(rewritten.cast(batches) or ())
@@ -275,7 +275,7 @@ class Reference:
                     if choice is not None:
                         # measured again on every parity input, as the verdict will: a choice made on 4 can fit those 4
                         kept, _ = self.simulated("int8", {**quantization, "kept_wider": {"modules": choice["modules"], "as": wider_as}}, rewritten)
-                        kept_db = min(parity.output_error(self.outputs, kept.outputs, index)[1] for index in range(len(self.outputs[0]))) if kept is not None else -math.inf
+                        kept_db = parity.worst_sqnr(self.outputs, kept.outputs) if kept is not None else -math.inf
                         choice = {**choice, "as": wider_as, "full_int8_db": round(full_db, 2), "parity_db": round(kept_db, 2)}
                     measured[wider_as] = choice
                     return choice

@@ -420,11 +420,16 @@ def _inside(plan: _Plan, wider: frozenset[Any]) -> frozenset[Any]:
 WIDER_BITS = {"float": None, "int16": 16}
 
 
+def _layer_of(node: Any) -> str:
+    """The layer a node belongs to: its innermost torch module, ``(model)`` outside any."""
+    return _module_of(node) or "(model)"
+
+
 def nodes_of(plan: _Plan, modules: Iterable[str]) -> frozenset[Any]:
     """The quantized nodes (inputs, values, weighted ops) whose innermost torch module is one of
     ``modules``, as ``WiderLayers.holds`` reads a module path (``(model)``: ops outside any)."""
     modules = frozenset(modules)
-    return frozenset(n for n in (*plan.inputs, *plan.points, *plan.weight_axis) if (_module_of(n) or "(model)") in modules)
+    return frozenset(n for n in (*plan.inputs, *plan.points, *plan.weight_axis) if _layer_of(n) in modules)
 
 
 def modules_within(layers: Iterable[str], modules: Iterable[str]) -> list[str]:
@@ -883,13 +888,13 @@ def simulated_floor(
     A converter's recipe search aims at it (``ConversionRequest.simulated_floor``), so the recipe
     it keeps is judged by the same independent reference as the artifact's verdict. ``calibrated``:
     the run's own calibration of ``module`` on ``calibration`` (:func:`calibrate`), made once."""
-    from edgex.core.parity import output_error, simulated_sqnr_floor
+    from edgex.core.parity import simulated_sqnr_floor, worst_sqnr
 
     try:
         sim = simulate(module, example_inputs, calibration, batches, "int8", activation_bits=activation_bits, on_input_grid=on_input_grid, recurrent=recurrent, calibrated=calibrated)
     except CannotSimulate:
         return None
-    sqnr_sim = min(output_error(reference, sim.outputs, index)[1] for index in range(len(reference[0])))
+    sqnr_sim = worst_sqnr(reference, sim.outputs)
     return simulated_sqnr_floor("int8", sqnr_sim), sqnr_sim
 
 
@@ -944,18 +949,17 @@ class LayerSimulation:
         plan = calibrated.plan
         self.layers: dict[str, set[Any]] = {}
         for node in (*plan.inputs, *plan.points, *plan.weight_axis):
-            self.layers.setdefault(_module_of(node) or "(model)", set()).add(node)
+            self.layers.setdefault(_layer_of(node), set()).add(node)
 
     def sqnr(self, kept: Iterable[str] = (), noise: dict[Any, list[float]] | None = None) -> float:
-        """The worst output's SQNR with the modules ``kept`` (and their submodules) wider, as a
-        mixed-precision artifact keeps them (:func:`_inside`); ``noise`` collects the (signal,
-        noise) energy each quantized node adds."""
-        from edgex.core.parity import output_error
+        """The worst output's SQNR with the layers ``kept`` wider, as a mixed-precision artifact
+        keeps them (:func:`_inside`); ``noise`` collects the (signal, noise) energy each quantized
+        node adds."""
+        from edgex.core.parity import worst_sqnr
 
         simulator = _calibrated_simulator(self.calibrated, *self.options, wider=nodes_of(self.calibrated.plan, kept), wider_bits=self.wider_bits)
         simulator.noise = noise
-        outputs = _run(simulator, self.batches)
-        return min(output_error(self.reference, outputs, index)[1] for index in range(len(self.reference[0])))
+        return worst_sqnr(self.reference, _run(simulator, self.batches))
 
 
 def layer_sensitivity(
@@ -1005,8 +1009,10 @@ def layer_sensitivity(
     units: dict[tuple[str, ...], float] = {}
     for layer, nodes in simulation.layers.items():
         units[(layer,)] = min((local_db(node) for node in nodes), default=math.inf)
+    quantized = {node for nodes in simulation.layers.values() for node in nodes}
+    weighted = {_layer_of(node) for node in calibrated.plan.weight_axis}
     for node in calibrated.plan.points:
-        unit = _reach(calibrated.plan, node, simulation.layers)
+        unit = _reach(calibrated.plan, node, quantized, weighted)
         if len(unit) > 1:
             units[unit] = min(units.get(unit, math.inf), local_db(node))
     # beyond `candidates` units, only the noisiest by their own quantization are measured
@@ -1084,18 +1090,17 @@ def choose_wider(
             "sqnr_db": wider["sqnr_db"], "aim_db": MIXED_PRECISION_AIM_DB, "reached": wider["reached"], "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _reach(plan: _Plan, node: Any, layers: Mapping[str, set[Any]]) -> tuple[str, ...]:
-    """The layers on both sides of ``node``'s value: its own and its readers'; where a reader is a
-    layer without weights of its own (an attention's matmuls and softmax, a block's residual
-    add), the value flows on through it, so the layers reading what it computes from the value
-    too (values -> attention -> output projection: keeping all three keeps both values wide)."""
-    weighted = {_module_of(n) or "(model)" for n in plan.weight_axis}
-    quantized = {n for nodes in layers.values() for n in nodes}
-    found = {_module_of(node) or "(model)"}
+def _reach(plan: _Plan, node: Any, quantized: set[Any], weighted: set[str]) -> tuple[str, ...]:
+    """The layers on both sides of ``node``'s value: its own and its readers' (of the
+    ``quantized`` nodes); where a reader is a layer without weights of its own (not in
+    ``weighted``: an attention's matmuls and softmax, a block's residual add), the value flows on
+    through it, so the layers reading what it computes from the value too (values -> attention
+    -> output projection: keeping all three keeps both values wide)."""
+    found = {_layer_of(node)}
     for reader in _consumers(plan, node):
         if reader not in quantized:
             continue
-        module = _module_of(reader) or "(model)"
+        module = _layer_of(reader)
         found.add(module)
         if module in weighted or module in _NOT_KEPT:
             continue
@@ -1106,10 +1111,10 @@ def _reach(plan: _Plan, node: Any, layers: Mapping[str, set[Any]]) -> tuple[str,
                 continue
             seen.add(current)
             for user in _consumers(plan, current):
-                if (_module_of(user) or "(model)") == module:
+                if _layer_of(user) == module:
                     queue.append(user)
                 elif user in quantized:
-                    found.add(_module_of(user) or "(model)")
+                    found.add(_layer_of(user))
     return tuple(sorted(found))
 
 
@@ -1213,7 +1218,7 @@ def _macs_per_module(graph_module: Any, batch: tuple[np.ndarray, ...]) -> dict[s
             with counter:
                 result = super().run_node(node)
             if counter.flops != before:
-                module = _module_of(node) or "(model)"
+                module = _layer_of(node)
                 macs[module] = macs.get(module, 0) + (counter.flops - before) // 2
             return result
 

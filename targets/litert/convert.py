@@ -278,7 +278,7 @@ def activation_bits_of(graph: Any) -> int:
     return 16 if any(t.dtype == "int16" and t.quantized for t in edges) else 8
 
 
-def check_full_int8(graph: Any, activation_bits: int = 8, wider_as: str | None = None) -> tuple[dict[str, Any], list[str]]:
+def check_full_int8(graph: Any, activation_bits: int = 8, kept: WiderLayers | None = None) -> tuple[dict[str, Any], list[str]]:
     """Every tensor int8 (int32 only for biases and shape parameters, and for inputs that are only
     read as lookup indices: token ids; bool for masks), int8 inputs and outputs, sane activation
     scales; returns (summary, warnings) or raises :class:`RejectedArtifact`.
@@ -287,11 +287,12 @@ def check_full_int8(graph: Any, activation_bits: int = 8, wider_as: str | None =
     outputs, int8 weights, int64 biases. bool tensors (masks from comparisons, e.g. a
     transformer's attention mask) carry no values to quantize and are allowed, and counted.
 
-    ``wider_as``: a mixed-precision model, whose kept layers' tensors are float32 or int16 (with
-    int64 biases); :func:`check_kept` then checks they lie in the kept layers."""
+    ``kept``: a mixed-precision model's layers kept wider, whose tensors are float32 or int16
+    (with int64 biases): :func:`check_kept` checks they lie in those layers (its summary under
+    ``kept_wider``)."""
     act = "int16" if activation_bits == 16 else "int8"
     allowed = ("int8", "int16", "int32", "int64", "bool") if activation_bits == 16 else ("int8", "int32", "bool")
-    allowed += {"float": ("float32",), "int16": ("int16", "int64", "float32")}.get(wider_as or "", ())
+    allowed += {"float": ("float32",), "int16": ("int16", "int64", "float32")}.get(kept.wider_as, ()) if kept is not None else ()
     mode = "16x8" if activation_bits == 16 else "full int8"
     not_int = [(sub, t) for sub, t in graph.all_tensors if t.dtype not in allowed]
     if not_int:
@@ -342,6 +343,8 @@ def check_full_int8(graph: Any, activation_bits: int = 8, wider_as: str | None =
         summary["int32_index_inputs"] = index_inputs
     if masks := sum(1 for _, t in graph.all_tensors if t.dtype == "bool"):
         summary["bool_tensors"] = masks
+    if kept is not None:
+        summary["kept_wider"] = check_kept(graph, kept)
     return summary, warnings
 
 
@@ -580,7 +583,9 @@ def recorded_module_names(module: Any) -> dict[str, str]:
 
     containers = (torch.nn.ModuleList, torch.nn.ModuleDict)
     found = {}
-    for path, _ in module.named_modules():
+    for path, held in module.named_modules():
+        if isinstance(held, containers):  # never called, no op of its own: its name would shadow its parent's
+            continue
         parts = path.split(".") if path else []
         found[path] = ".".join(p for i, p in enumerate(parts) if not isinstance(module.get_submodule(".".join(parts[: i + 1])), containers))
     return found
@@ -622,19 +627,18 @@ def convert_tflite(request: ConversionRequest, precision: str | None = None, int
         if per_tensor is None:
             per_tensor = learned.get(name, ())
         folder = scratch / ((name if recipe_name is None else f"{name}.{recipe_name}") + (".per-tensor" if per_tensor else "") + (".mixed" if kept else ""))
-        wider = (kept.modules, kept.wider_as) if kept is not None else None
 
         def run_path(into: Path) -> dict[str, Any]:
             # each path in its own process: converters segfault, and a crash must fall back, not end the target
             made = start_isolated(
-                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor, export, wider),
+                lambda send: convert_with(name, model, precision, calibration, into, ranks, recipe_name, per_tensor, export, kept),
                 what=f"the {name} converter",
             ).wait()
             return {**asdict(made), "path": Path(made.path).relative_to(into).as_posix()}
 
         try:
             # the same path, recipe and data make the same file for tflite, coral and mcu: made once per run
-            made = request.shared(f"litert {name} {precision} recipe={recipe_name} per-tensor={','.join(per_tensor)} ranks={ranks} calibration={calibration_digest} kept={wider}", run_path, folder)
+            made = request.shared(f"litert {name} {precision} recipe={recipe_name} per-tensor={','.join(per_tensor)} ranks={ranks} calibration={calibration_digest} kept={(kept.modules, kept.wider_as) if kept is not None else None}", run_path, folder)
         except Exception as exc:
             return None, _Attempt(name, "failed", one_line(exc))
         result = PathResult(**{**made, "path": str(folder / made["path"]), "messages": tuple(made["messages"]),
@@ -897,7 +901,7 @@ def _quantization(graph: Any, precision: str, kept: Mapping[str, Any] | None = N
     not simulate); at dynamic-int8, the hybrid kernels' int8 inputs, quantized as they run; a
     mixed-precision model's layers ``kept`` wider (``WiderLayers.quantization``)."""
     fused = any(op.name in FUSED_RECURRENT for op in graph.operators)
-    return {**({"kept_wider": dict(kept)} if kept else {}),"on_input_grid": list(AVERAGE_POOLS), **({"dynamic_inputs": True} if precision == "dynamic-int8" else {}), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
+    return {**({"kept_wider": dict(kept)} if kept else {}), "on_input_grid": list(AVERAGE_POOLS), **({"dynamic_inputs": True} if precision == "dynamic-int8" else {}), **({} if fused else {"recurrent": "unrolled"}), **({"activation_bits": 16} if activation_bits_of(graph) == 16 else {})}
 
 
 #: LiteRT's fused recurrent kernels (not what litert-torch writes)
@@ -917,9 +921,7 @@ def _accept(request: ConversionRequest, precision: str, result: Any, output_shap
     checks: dict[str, Any] = {}
     warnings: list[str] = []
     if precision == "int8":
-        checks, warnings = check_full_int8(graph, bits, kept.wider_as if kept is not None else None)
-        if kept is not None:
-            checks["kept_wider"] = check_kept(graph, kept)
+        checks, warnings = check_full_int8(graph, bits, kept)
         check_per_channel(graph)
         if narrowed:
             checks["int64_constants_narrowed_to_int32"] = narrowed

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgex.plugins import ReferenceModel, contained, offline, package_version
+from edgex.plugins import ReferenceModel, WiderLayers, contained, offline, package_version
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -217,7 +217,7 @@ def _quantize_with_ai_edge_quantizer(
     input_perms: Sequence[tuple[int, ...] | None],
     recipe_name: str = "min-max",
     per_tensor_ops: Sequence[str] = (),
-    kept: tuple[tuple[str, ...], str] | None = None,
+    kept: WiderLayers | None = None,
 ) -> str:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe, recipe_manager
@@ -255,10 +255,10 @@ def _quantize_with_ai_edge_quantizer(
             # the kept layers' ops, by scope (their output tensors' names): float (no quantization:
             # ai-edge-quantizer puts DEQUANTIZE / QUANTIZE on their edges) or int16 activations
             # with int8 weights; the latest config for a scope wins
-            wider, floats, kept_ops = kept_scopes(float_path, *kept)
-            if kept[1] == "int16" and wider:
+            wider, floats, kept_ops = kept_scopes(float_path, kept)
+            if kept.wider_as == "int16" and wider:
                 recipes.add_static_config(regex=wider, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=16, weight_num_bits=8)
-            for scopes in (floats, wider if kept[1] == "float" else ""):
+            for scopes in (floats, wider if kept.wider_as == "float" else ""):
                 if scopes:
                     recipes.add_quantization_config(scopes, qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
         engine = quantizer.Quantizer(str(float_path), recipes.get_quantization_recipe())
@@ -294,7 +294,7 @@ def _quantize_with_ai_edge_quantizer(
         kind = "16x8 (int16 activations, int8 weights)" if bits == 16 else "full int8"
         how = f"{kind}, {weights}, calibrated on {len(samples)} samples (ai-edge-quantizer {scheme}, {estimator})"
         if kept is not None:
-            how += f"; {kept_ops} ops of {', '.join(kept[0])} kept {'float' if kept[1] == 'float' else 'at int16 activations'}"
+            how += f"; {kept_ops} ops of {', '.join(kept.modules)} kept {'float' if kept.wider_as == 'float' else 'at int16 activations'}"
         with _embedding_lookup_on_its_table_scale():
             result = engine.quantize(qsvs, enable_progress_report=False)
     dest.write_bytes(bytes(result.quantized_model))
@@ -325,23 +325,21 @@ def op_module(graph: Any, op: Any) -> str | None:
 _CONSTANT_WEIGHTS_AT_INT16 = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL"})
 
 
-def kept_scopes(float_path: Path, modules: Sequence[str], wider_as: str) -> tuple[str, str, int]:
-    """ai-edge-quantizer's scope regexes for the operators of the torch ``modules`` in the float
-    .tflite at ``float_path``: those kept at ``wider_as``, those kept float (at int16: the
-    products of two activations, which TFLM's int16 kernels refuse), and how many operators in
-    all. A scope is an operator's output tensor names joined by ";" with a ";" after
+def kept_scopes(float_path: Path, layers: WiderLayers) -> tuple[str, str, int]:
+    """ai-edge-quantizer's scope regexes for the operators of the ``layers`` kept wider in the
+    float .tflite at ``float_path``: those kept at ``layers.wider_as``, those kept float (at
+    int16: the products of two activations, which TFLM's int16 kernels refuse), and how many
+    operators in all. A scope is an operator's output tensor names joined by ";" with a ";" after
     (``get_op_scope``)."""
-    from edgex.plugins import WiderLayers
     from edgex.targets.litert.graph import read_graph
 
-    layers = WiderLayers(tuple(modules), wider_as, "")
     graph = read_graph(float_path)
     wider, floats = [], []
     for op in graph.operators:
         names = [graph.tensor(i).name for i in op.outputs if i >= 0 and graph.tensor(i).name]
         if names and layers.holds(op_module(graph, op)):
             scope = "^" + re.escape(";".join(names) + ";") + "$"
-            products = wider_as == "int16" and op.name in _CONSTANT_WEIGHTS_AT_INT16 and not graph.tensor(op.inputs[1]).constant
+            products = layers.wider_as == "int16" and op.name in _CONSTANT_WEIGHTS_AT_INT16 and not graph.tensor(op.inputs[1]).constant
             (floats if products else wider).append(scope)
     return "|".join(wider), "|".join(floats), len(wider) + len(floats)
 
@@ -370,7 +368,7 @@ def convert_litert_torch(
     recipe_name: str = "min-max",
     per_tensor_ops: Sequence[str] = (),
     export: Callable[[Path], tuple[str, list[str]]] | None = None,
-    kept: tuple[tuple[str, ...], str] | None = None,
+    kept: WiderLayers | None = None,
 ) -> PathResult:
     """torch -> .tflite with litert-torch (+ ai-edge-quantizer below fp32)."""
     if model.module is None:
@@ -529,7 +527,7 @@ def convert_with(
     recipe_name: str | None = None,
     per_tensor_ops: Sequence[str] = (),
     export: Callable[[Path], tuple[str, list[str]]] | None = None,
-    kept: tuple[tuple[str, ...], str] | None = None,
+    kept: WiderLayers | None = None,
 ) -> PathResult:
     """Run converter path ``name`` offline, with every file it writes kept inside ``work``
     (``recipe_name``: one of ``RECIPES[name]``, full int8 only; default the path's first;

@@ -256,7 +256,7 @@ def _general_requirements(graph: Graph, op: Operator) -> str:
             if tensor.dtype not in (*EIGHT_BIT, "int32"):
                 return f"constant {tensor.name!r} is {tensor.dtype}, not 8-bit quantized"
             continue
-        if tensor.dtype == "float32":  # only a mixed-precision model's kept layers (and their edges) hold one
+        if tensor.dtype == "float32":  # a float model's, or a mixed-precision model's kept layers and their edges
             return f"tensor {tensor.name!r} is float32, not 8-bit quantized: a float op (a layer kept float by mixed precision) runs on the CPU"
         if tensor.dtype not in EIGHT_BIT or not tensor.quantized:
             return f"tensor {tensor.name!r} is {tensor.dtype}{'' if tensor.quantized else ' without quantization'}, not 8-bit quantized"
